@@ -1,0 +1,187 @@
+"""Typed configs: YAML files plus ``key=value`` overrides, checked when they are loaded.
+
+Every recipe has one pydantic config class. Each field carries its default and a docstring-like
+``description``; unknown or ill-typed keys fail at load time with the dotted key's name, so a typo
+never silently trains the wrong thing::
+
+    cfg = load_config(SFTConfig, "sft.yaml", ["train.lr=3e-4", "data.max_length=512"])
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="StrictModel")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every offending key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into its key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set each dotted ``key=value`` override into a nested dict (in place, also returned)."""
+    for override in overrides:
+        path, value = parse_override(override)
+        node = data
+        for index, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                dotted = ".".join(path[: index + 1])
+                raise ConfigError(f"override {override!r}: {dotted} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, naming the file (and line) when it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or error
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def preset_path(recipe: str, preset: str) -> Path:
+    """Where the packaged preset ``<recipe>_<preset>.yaml`` lives."""
+    path = Path(str(resources.files("rlhf") / "presets" / f"{recipe}_{preset}.yaml"))
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob(f"{recipe}_*.yaml"))
+        names = ", ".join(name.removeprefix(f"{recipe}_") for name in known) or "none"
+        raise ConfigError(f"no preset {preset!r} for {recipe} (presets: {names})")
+    return path
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = item["msg"]
+            if "input" in item and item["type"] not in ("missing",):
+                message += f" (got {item['input']!r})"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def validate_config(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from a plain mapping, turning pydantic's errors into a :class:`ConfigError`."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> C:
+    """Load ``cls`` from an optional base mapping, then a YAML file, then ``key=value`` overrides."""
+    data: dict[str, Any] = _deep_merge({}, dict(base or {}))
+    sources = []
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+        sources.append(str(path))
+    apply_overrides(data, overrides)
+    if overrides:
+        sources.append("command-line overrides")
+    return validate_config(cls, data, " + ".join(sources) or "defaults")
+
+
+def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+    return into
+
+
+def dump_config(config: BaseModel, path: str | Path) -> None:
+    """Write the fully resolved config next to a run's outputs, so it can be rerun as is."""
+    Path(path).write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(repr(arg) if isinstance(arg, str) else str(arg) for arg in annotation.__args__)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(arg) for arg in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_config(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every leaf key of a config as ``(dotted key, type, default, description)`` rows."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_config(annotation, prefix=f"{key}."))
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((key, _type_name(annotation), default, field.description or ""))
+    return rows
+
+
+def config_help(cls: type[BaseModel]) -> str:
+    """Plain-text table of every key, for ``--help``."""
+    rows = describe_config(cls)
+    width = max(len(row[0]) for row in rows)
+    lines = []
+    for key, type_name, default, description in rows:
+        lines.append(f"{key.ljust(width)}  {description} [{type_name}; default {default}]")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Data: typed feedback records, readers, conversions, tokenisation, collation and packing."""

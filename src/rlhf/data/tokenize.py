@@ -1,0 +1,264 @@
+"""Tokenisation: records → token ids with a loss mask.
+
+Rules every recipe relies on:
+
+* Prompt and response are rendered to one string and tokenised **together**; the boundary is
+  found through character offsets. Tokenising them apart can split a word differently at the
+  seam and, with many tokenizers, inserts a second BOS in the middle.
+* BOS follows the tokenizer's own convention (added once when ``tokenizer(text)`` would add
+  it, never doubled when a chat template already writes it). EOS ends every plain-text
+  response; chat templates end assistant turns themselves.
+* Loss masks: completion tokens only for prompt→completion data; every assistant turn (and
+  only those) for multi-turn conversations; every token for plain text.
+* Truncation policy (``max_length``): plain text and conversations keep their start. A
+  prompt→completion pair first loses the *start of the prompt* (the part furthest from the
+  response), and only when the completion alone is too long is the completion cut at its end,
+  leaving at least :data:`MIN_PROMPT_TOKENS` of the prompt. ``truncation="drop"`` skips
+  over-long examples instead; the recipes log how many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rlhf.data.chat import render_chat
+from rlhf.data.records import (
+    CompletionRecord,
+    ConversationRecord,
+    Message,
+    Text,
+    TextRecord,
+)
+
+Truncation = Literal["truncate", "drop"]
+MIN_PROMPT_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedExample:
+    """One training sequence."""
+
+    input_ids: list[int]  # [T] token ids, no padding
+    loss_mask: list[bool]  # [T] True where the token is a prediction target
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+class TooLongError(ValueError):
+    """An example longer than ``max_length`` under ``truncation="drop"``."""
+
+
+def messages_as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": message.role, "content": message.content} for message in messages]
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's own convention starts a sequence with BOS."""
+    cached = getattr(tokenizer, "_rlhf_adds_bos", None)
+    if cached is None:
+        bos = tokenizer.bos_token_id
+        cached = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+        tokenizer._rlhf_adds_bos = cached
+    return cached
+
+
+def _encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and the character offset where each token ends."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [end for _, end in encoded["offset_mapping"]]
+    ids = list(encoded["input_ids"])
+    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids.insert(0, tokenizer.bos_token_id)
+        ends.insert(0, 0)
+    return ids, ends
+
+
+def _mask_spans(ends: list[int], spans: Iterable[tuple[int, int]]) -> list[bool]:
+    """True for tokens that end inside one of the character spans ``[start, stop)``.
+
+    A token counts as part of a span when its last character lies in it, so a token that
+    straddles the prompt/response seam is trained on (it carries response text).
+    """
+    spans = list(spans)
+    mask = [False] * len(ends)
+    for index, end in enumerate(ends):
+        mask[index] = any(start < end <= stop for start, stop in spans)
+    return mask
+
+
+def render_prompt_and_response(tokenizer: Any, prompt: Text, response: Text) -> tuple[str, int]:
+    """The full text of ``prompt`` followed by ``response`` and where the response starts.
+
+    Plain strings are concatenated as they are and the tokenizer's EOS is appended; message
+    lists go through the chat template (the prompt rendered with the generation prompt).
+    """
+    if isinstance(prompt, str) != isinstance(response, str):
+        raise ValueError("prompt and response must both be text or both be message lists")
+    if isinstance(prompt, str):
+        return prompt + response + (tokenizer.eos_token or ""), len(prompt)
+    prompt_text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
+    full_text = render_chat(tokenizer, messages_as_dicts((*prompt, *response)))
+    if not full_text.startswith(prompt_text):
+        raise ValueError(
+            "the chat template renders the prompt differently once a response follows; "
+            "cannot locate the response tokens"
+        )
+    return full_text, len(prompt_text)
+
+
+def tokenize_prompt_response(
+    tokenizer: Any,
+    prompt: Text,
+    response: Text,
+    max_length: int | None = None,
+    truncation: Truncation = "truncate",
+) -> tuple[list[int], int]:
+    """Token ids of prompt + response and the index of the first response token.
+
+    Applies the truncation policy of this module's docstring; the response always keeps at
+    least one token. Used by SFT (loss on the response) and by preference recipes.
+    """
+    text, response_start = render_prompt_and_response(tokenizer, prompt, response)
+    ids, ends = _encode_with_offsets(tokenizer, text)
+    # first token whose last character is response text
+    boundary = next((i for i, end in enumerate(ends) if end > response_start), len(ids))
+    if boundary >= len(ids):
+        raise ValueError("the response is empty after tokenisation")
+    if max_length is not None and len(ids) > max_length:
+        if truncation == "drop":
+            raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
+        ids, boundary = _truncate_pair(ids, boundary, max_length, adds_bos(tokenizer))
+    return ids, boundary
+
+
+def _truncate_pair(
+    ids: list[int], boundary: int, max_length: int, keep_bos: bool
+) -> tuple[list[int], int]:
+    head = ids[:1] if keep_bos else []
+    prompt, response = ids[len(head) : boundary], ids[boundary:]
+    budget = max_length - len(head)
+    prompt_floor = max(min(len(prompt), MIN_PROMPT_TOKENS, budget - 1), 0)
+    if len(response) <= budget - prompt_floor:
+        prompt_keep = budget - len(response)  # the whole response fits: cut the prompt's start
+    else:
+        prompt_keep = prompt_floor  # cut the response's end too
+    prompt = prompt[len(prompt) - prompt_keep :] if prompt_keep else []
+    response = response[: budget - len(prompt)]
+    return head + prompt + response, len(head) + len(prompt)
+
+
+def tokenize_record(
+    tokenizer: Any,
+    record: CompletionRecord | ConversationRecord | TextRecord,
+    max_length: int | None = None,
+    truncation: Truncation = "truncate",
+) -> TokenizedExample:
+    """Tokenise a demonstration for SFT / pretraining with its loss mask."""
+    if isinstance(record, CompletionRecord):
+        ids, boundary = tokenize_prompt_response(
+            tokenizer, record.prompt, record.completion, max_length, truncation
+        )
+        return TokenizedExample(ids, [False] * boundary + [True] * (len(ids) - boundary))
+    if isinstance(record, ConversationRecord):
+        ids, mask = _tokenize_conversation(tokenizer, record.messages)
+    elif isinstance(record, TextRecord):
+        if isinstance(record.text, str):
+            ids, _ = _encode_with_offsets(tokenizer, record.text)
+            if tokenizer.eos_token_id is not None:
+                ids.append(tokenizer.eos_token_id)
+            mask = [True] * len(ids)
+        else:
+            # a conversation as plain language-modelling text: every token is a target
+            ids, mask = _tokenize_conversation(tokenizer, record.text)
+            mask = [True] * len(ids)
+    else:
+        raise TypeError(f"cannot build a demonstration from a {type(record).__name__}")
+    if max_length is not None and len(ids) > max_length:
+        if truncation == "drop":
+            raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
+        ids, mask = ids[:max_length], mask[:max_length]
+    return TokenizedExample(ids, mask)
+
+
+def _tokenize_conversation(
+    tokenizer: Any, messages: Sequence[Message]
+) -> tuple[list[int], list[bool]]:
+    """Assistant-only loss mask over a multi-turn conversation.
+
+    Each assistant turn's character span is where the rendering of the conversation up to
+    and including that turn extends the rendering up to it with the generation prompt. This
+    works for any template that renders a conversation's prefixes as prefixes of the whole.
+    """
+    as_dicts = messages_as_dicts(messages)
+    full_text = render_chat(tokenizer, as_dicts)
+    spans = []
+    for index, message in enumerate(messages):
+        if message.role != "assistant":
+            continue
+        before = render_chat(tokenizer, as_dicts[:index], add_generation_prompt=True)
+        through = render_chat(tokenizer, as_dicts[: index + 1])
+        if not (full_text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                "the chat template does not render conversation prefixes as prefixes; "
+                "cannot mask assistant turns"
+            )
+        spans.append((len(before), len(through)))
+    ids, ends = _encode_with_offsets(tokenizer, full_text)
+    return ids, _mask_spans(ends, spans)
+
+
+def render_example(tokenizer: Any, record: Any) -> str:
+    """The text the model sees for ``record`` (after the chat template), for ``rlhf data check``.
+
+    Response parts are wrapped in ``[[...]]`` so a person can see what is trained on or
+    compared.
+    """
+    from rlhf.data.records import BinaryRecord, EditRecord, PreferenceRecord, RatingRecord
+
+    def pair(prompt: Text, response: Text) -> str:
+        text, start = render_prompt_and_response(tokenizer, prompt, response)
+        return f"{text[:start]}[[{text[start:]}]]"
+
+    if isinstance(record, CompletionRecord):
+        return pair(record.prompt, record.completion)
+    if isinstance(record, PreferenceRecord):
+        return (
+            f"chosen:   {pair(record.prompt, record.chosen)}\n"
+            f"rejected: {pair(record.prompt, record.rejected)}"
+        )
+    if isinstance(record, BinaryRecord):
+        return f"{'👍' if record.label else '👎'} {pair(record.prompt, record.completion)}"
+    if isinstance(record, RatingRecord):
+        return f"score {record.score:g}: {pair(record.prompt, record.response)}"
+    if isinstance(record, EditRecord):
+        return f"edited: {pair(record.prompt, record.edited)}"
+    if isinstance(record, ConversationRecord):
+        ids, mask = _tokenize_conversation(tokenizer, record.messages)
+        return _decode_marked(tokenizer, ids, mask)
+    if isinstance(record, TextRecord):
+        return tokenizer.decode(tokenize_record(tokenizer, record).input_ids)
+    responses = getattr(record, "responses", None)
+    if responses is not None:
+        ranked = sorted(zip(record.ranks, responses, strict=True), key=lambda item: item[0])
+        return "\n".join(f"rank {rank}: {pair(record.prompt, r)}" for rank, r in ranked)
+    prompt = record.prompt
+    if isinstance(prompt, str):
+        return prompt
+    return render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
+
+
+def _decode_marked(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
+    pieces, start = [], 0
+    for index in range(1, len(ids) + 1):
+        if index == len(ids) or mask[index] != mask[start]:
+            text = tokenizer.decode(ids[start:index])
+            pieces.append(f"[[{text}]]" if mask[start] else text)
+            start = index
+    return "".join(pieces)

@@ -1,0 +1,83 @@
+"""Where metrics go: a JSONL file (always), TensorBoard, W&B, and the console progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger("rlhf")
+
+
+class MetricsSink(Protocol):
+    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+class JsonlSink:
+    """One JSON object per logged step: ``{"step": 10, "split": "train", "loss": ...}``.
+
+    Appends, so a resumed run continues the same file; rows after the resume step that a
+    crashed run had already written are dropped first, so every step appears once.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and path.exists():
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        elif resume_step is None:
+            path.write_text("", encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8")
+
+    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        row = {"step": step, "split": prefix} | {k: _json_number(v) for k, v in metrics.items()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, run_name: str, config: Mapping[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError(
+                "wandb=true needs the wandb package: pip install 'rlhf[wandb]'"
+            ) from None
+        self._run = wandb.init(project=project, name=run_name, config=dict(config))
+
+    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        self._run.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=step)
+
+    def close(self) -> None:
+        self._run.finish()

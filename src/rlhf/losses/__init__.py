@@ -1,0 +1,1 @@
+"""Losses: pure functions of tensors returning (loss, metrics), one per variant."""

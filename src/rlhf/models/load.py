@@ -1,0 +1,363 @@
+"""Loading and saving causal language models and their tokenizers.
+
+Any causal LM that ``transformers`` knows loads by hub name or local folder, optionally from a
+GGUF file (dequantised by transformers; needs the optional ``gguf`` package), optionally
+wrapped with LoRA adapters through peft. Everything is saved in Hugging Face format
+(safetensors) so that plain ``AutoModelForCausalLM.from_pretrained`` and vLLM read it.
+
+RL needs dropout off in the policy, reference, reward and value models: with dropout on, the
+log-probs of the same tokens differ between the rollout and the update and the importance
+ratios are noise (Ziegler et al. 2019; Huang et al. 2024, "The N+ Implementation Details of
+RLHF with PPO"). :func:`load_model` therefore disables it by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger("rlhf.models")
+
+PAD_TOKEN = "<|pad|>"
+DTYPES: dict[str, torch.dtype | Literal["auto"]] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
+# A hub repository id: "name" or "owner/name" (huggingface_hub's rule, without length limits).
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_GGUF_HINT = "loading GGUF files needs the optional 'gguf' package: pip install 'rlhf[gguf]'"
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that could not be loaded; names what was tried and why."""
+
+    def __init__(self, name_or_path: str, message: str) -> None:
+        super().__init__(f"{name_or_path}: {message}")
+        self.name_or_path = name_or_path
+        self.message = message
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models")."""
+
+    r: int = 8  # rank of the update B @ A
+    alpha: float = 16  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapter's input
+    # module names to adapt (e.g. ["q_proj", "v_proj"]), or every linear layer but the output
+    target_modules: list[str] | Literal["all-linear"] = field(default="all-linear")
+
+    def to_peft(self) -> LoraConfig:
+        """The equivalent ``peft.LoraConfig`` for a causal LM."""
+        from peft import LoraConfig
+
+        target = self.target_modules
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=target if isinstance(target, str) else list(target),
+            task_type="CAUSAL_LM",
+        )
+
+
+def _source(name_or_path: str | os.PathLike[str], gguf_file: str | None) -> tuple[str, str | None]:
+    """Where to load from: ``(local folder or hub name, GGUF file name or None)``.
+
+    A path to a ``.gguf`` file is split into its folder and file name. A missing local path
+    fails here rather than as a confusing hub lookup; anything that is not an existing path but
+    looks like ``owner/name`` is taken for a hub name.
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if gguf_file is None and path.suffix == ".gguf":
+            return str(path.parent), path.name
+        raise ModelLoadError(name, "is a file; expected a model folder (or a .gguf file)")
+    if path.is_dir():
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise ModelLoadError(name, f"no GGUF file {gguf_file!r} in this folder")
+        return str(path), gguf_file
+    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name) or path.suffix == ".gguf":
+        raise ModelLoadError(name, "no such file or folder")
+    return name, gguf_file
+
+
+def _require_gguf(name: str, gguf_file: str | None) -> None:
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{name} ({gguf_file})", _GGUF_HINT)
+
+
+def _describe(exc: BaseException) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def _is_local(source: str) -> bool:
+    return Path(source).is_dir()
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str],
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer with a pad token distinct from EOS and right padding.
+
+    Padding with EOS would mask out, or teach the model to ignore, the very token that ends a
+    response; when the tokenizer has no pad token, or pads with EOS, a ``<|pad|>`` token is
+    added. The tokenizer may then be longer than the model's embedding table:
+    :func:`load_model` given this tokenizer grows the table to match. Padding is on the right;
+    collators that need left padding (generation) set it themselves. Whether the tokenizer
+    writes BOS by itself is left as it is: see :func:`tokenizer_adds_bos`.
+    """
+    from transformers import AutoTokenizer
+
+    source, gguf_file = _source(name_or_path, gguf_file)
+    label = source if gguf_file is None else f"{source} ({gguf_file})"
+    _require_gguf(source, gguf_file)
+    if _is_local(source) and gguf_file is None:
+        present = [name for name in _TOKENIZER_FILES if (Path(source) / name).is_file()]
+        if not present:
+            raise ModelLoadError(
+                source, f"no tokenizer in this folder (looked for {', '.join(_TOKENIZER_FILES)})"
+            )
+    options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        options["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    except Exception as exc:
+        raise ModelLoadError(label, f"could not load the tokenizer ({_describe(exc)})") from exc
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        logger.info("%s: added pad token %s (id %d)", label, PAD_TOKEN, tokenizer.pad_token_id)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer(text)`` starts the encoding with BOS by itself.
+
+    Asked of the tokenizer's behaviour, not of ``add_bos_token``: in transformers 5 a
+    ``LlamaTokenizer`` such as stories260K's reports ``add_bos_token=False`` yet its
+    post-processor still writes ``<s>``. Tokenisation that writes BOS itself should encode with
+    ``add_special_tokens=False`` when this is True, or BOS appears twice.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(ids) > 0 and ids[0] == bos
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype | Literal["auto"]:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"dtype: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}"
+        ) from None
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Turn every dropout in ``model`` off, in modules and in their configs.
+
+    Setting ``nn.Dropout.p`` is not enough: attention layers copy ``config.attention_dropout``
+    into a float attribute at construction and pass it to the attention kernel, so float
+    attributes whose name contains "dropout" are zeroed too, as are those of the config (for
+    anything built from it later).
+    """
+    _turn_off_dropout(model)
+
+
+def _turn_off_dropout(model: torch.nn.Module) -> None:
+    from transformers import PretrainedConfig
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            _zero_config_dropout(config)
+
+
+def _zero_config_dropout(config: Any) -> None:
+    from transformers import PretrainedConfig
+
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_dropout(value)
+        elif "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = "sdpa",
+    gguf_file: str | None = None,
+    lora: LoraSpec | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    disable_dropout: bool = True,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM by hub name or local folder, ready for training or inference.
+
+    ``dtype``: "float32", "bfloat16", "float16" or "auto" (the checkpoint's own).
+    ``attn_implementation``: "sdpa", "eager", "flash_attention_2", or None for transformers'
+    choice. ``gguf_file``: a GGUF file inside the folder (or pass the ``.gguf`` path itself);
+    transformers dequantises it to ``dtype``. ``tokenizer``: when given (from
+    :func:`load_tokenizer`), the embedding table grows to its length if it added tokens, and
+    the model's pad id becomes the tokenizer's. ``disable_dropout`` turns off the base model's
+    dropout (see :func:`disable_dropout`) before the LoRA adapters are added, so a LoRA dropout
+    asked for in ``lora`` is kept. With ``lora`` the result is a ``peft.PeftModel`` whose base
+    weights are frozen.
+
+    The model comes back in eval mode, as transformers returns it; the training loop calls
+    ``.train()``. Any failure is a :class:`ModelLoadError` naming the model and the cause.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source, gguf_file = _source(name_or_path, gguf_file)
+    label = source if gguf_file is None else f"{source} ({gguf_file})"
+    _require_gguf(source, gguf_file)
+    if _is_local(source) and gguf_file is None and not (Path(source) / "config.json").is_file():
+        raise ModelLoadError(source, "no config.json: not a Hugging Face model folder")
+    options: dict[str, Any] = {"dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if gguf_file is not None:
+        options["gguf_file"] = gguf_file
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **options)
+    except Exception as exc:
+        raise ModelLoadError(label, f"could not load the model ({_describe(exc)})") from exc
+    try:
+        model = model.to(device)
+    except Exception as exc:
+        raise ModelLoadError(
+            label, f"could not move the model to {device} ({_describe(exc)})"
+        ) from exc
+
+    if tokenizer is not None:
+        _match_tokenizer(model, tokenizer)
+    if disable_dropout:
+        _turn_off_dropout(model)
+    if lora is not None:
+        from peft import get_peft_model
+
+        try:
+            model = get_peft_model(model, lora.to_peft())
+        except Exception as exc:
+            raise ModelLoadError(label, f"could not add LoRA adapters ({_describe(exc)})") from exc
+    return model
+
+
+def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embedding table to the tokenizer and adopt its pad id."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    # Never shrink: many checkpoints pad the table beyond the tokenizer for speed.
+    if len(tokenizer) > rows:
+        # New rows start at the mean of the old ones (Hewitt 2021), a near-uniform guess.
+        model.resize_token_embeddings(len(tokenizer))
+    pad = tokenizer.pad_token_id
+    if pad is not None:
+        model.config.pad_token_id = pad
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = pad
+
+
+def save_model(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    merge_lora: bool = False,
+) -> Path:
+    """Save ``model`` (and ``tokenizer``) to ``out_dir`` in Hugging Face format (safetensors).
+
+    A plain model saves as ``config.json`` + ``model.safetensors`` (+ generation config), which
+    plain ``AutoModelForCausalLM.from_pretrained`` and vLLM load. A LoRA (peft) model with
+    ``merge_lora=True`` saves the same way with the adapters merged into the weights (on a
+    copy: the model passed in keeps training); with ``merge_lora=False`` only the adapters are
+    saved (``adapter_config.json`` + ``adapter_model.safetensors``, to load with
+    ``peft.AutoPeftModelForCausalLM``), with a README saying so.
+    The tokenizer is saved so that older transformers versions read it too (its class named
+    ``PreTrainedTokenizerFast`` and the chat template kept in ``tokenizer_config.json``).
+    Returns the folder.
+    """
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    if isinstance(model, PeftModel):
+        if merge_lora:
+            copy.deepcopy(model).merge_and_unload().save_pretrained(out)
+        else:
+            model.save_pretrained(out)
+            (out / "README.md").write_text(_ADAPTER_NOTE, encoding="utf-8")
+            logger.info("%s: saved LoRA adapters only (merge_lora=False)", out)
+    else:
+        model.save_pretrained(out)
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, out)
+    return out
+
+
+_ADAPTER_NOTE = """\
+# LoRA adapters
+
+This folder holds LoRA adapters only (`adapter_model.safetensors`), not a full model. The base
+model is named in `adapter_config.json` (`base_model_name_or_path`). Load with
+
+    from peft import AutoPeftModelForCausalLM
+    model = AutoPeftModelForCausalLM.from_pretrained("<this folder>")
+
+or save with `rlhf.models.save_model(model, tokenizer, out_dir, merge_lora=True)` for a plain
+model that `AutoModelForCausalLM` and vLLM read.
+"""
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    tokenizer.save_pretrained(out)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # transformers 5 names its generic fast tokenizer "TokenizersBackend", a class older
+    # versions (and the vLLM builds pinned to them) do not have; the old name loads in both.
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # transformers 5 writes the template to chat_template.jinja only; older readers look here.
+    if isinstance(tokenizer.chat_template, str):
+        config["chat_template"] = tokenizer.chat_template
+    config_path.write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )

@@ -1,0 +1,1 @@
+"""Recipes: one readable file per algorithm, each composing the shared components."""

@@ -1,0 +1,224 @@
+"""Pieces every recipe composes: model and data config sections, output folders, loaders."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from rlhf.config import StrictModel, dump_config
+from rlhf.data.records import Record
+from rlhf.data.tokenize import TokenizedExample, TooLongError, Truncation, tokenize_record
+from rlhf.engine.trainer import latest_checkpoint
+from rlhf.sim.builtin import is_builtin, load_builtin
+
+logger = logging.getLogger("rlhf")
+
+
+class TinyModelSpec(StrictModel):
+    """A fresh Llama-architecture model with a byte-level BPE tokenizer trained on the data."""
+
+    vocab_size: int = Field(2000, ge=300, description="Tokenizer vocabulary size.")
+    hidden_size: int = Field(256, ge=8, description="Model width.")
+    num_layers: int = Field(4, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(688, ge=8, description="MLP width.")
+    max_position_embeddings: int = Field(512, ge=16, description="Longest sequence.")
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class ModelConfig(StrictModel):
+    """Which model to train. Exactly one of `path` and `tiny`."""
+
+    path: str | None = Field(
+        None, description="Hugging Face hub name or local folder of a causal LM."
+    )
+    tiny: TinyModelSpec | None = Field(
+        None, description="Build a tiny model from scratch instead (tokenizer trained on the data)."
+    )
+    gguf_file: str | None = Field(None, description="Load weights from this GGUF file in `path`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights' dtype (train in float32 or bfloat16)."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        "sdpa", description="Attention kernel."
+    )
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of model.path and model.tiny")
+        return self
+
+
+class DataConfig(StrictModel):
+    train: str = Field(
+        description="Training data: a .jsonl/.json/.parquet/.csv file, a datasets folder, a hub "
+        "dataset name, or builtin:NAME."
+    )
+    eval: str | None = Field(None, description="Held-out data (default: split off the training data).")
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of the training data held out when `eval` is not set."
+    )
+    eval_max_examples: int = Field(256, ge=1, description="Cap on the held-out examples evaluated.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map our field names to the file's columns, e.g. {prompt: question}."
+    )
+    skip_bad_rows: bool = Field(False, description="Skip (and count) invalid rows instead of stopping.")
+    max_length: int = Field(1024, ge=2, description="Longest training sequence in tokens.")
+    truncation: Truncation = Field(
+        "truncate", description="Over-long examples: 'truncate' (prompt start first) or 'drop'."
+    )
+    packing: bool = Field(False, description="Pack several examples per row, no attention across them.")
+
+
+class RecipeConfig(StrictModel):
+    """Fields shared by every recipe's config."""
+
+    out: str = Field("runs/run", description="Output folder (checkpoints, metrics, final model).")
+    overwrite: bool = Field(False, description="Allow starting afresh in a folder that has checkpoints.")
+    tensorboard: bool = Field(True, description="Write TensorBoard logs under <out>/tensorboard.")
+    wandb_project: str | None = Field(None, description="Log to this W&B project (needs wandb).")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    final_step: int
+    model_dir: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+def prepare_out_dir(config: RecipeConfig, resume: bool) -> tuple[Path, Path | None]:
+    """Create the output folder, refuse to clobber a previous run, find the checkpoint to resume."""
+    out = Path(config.out)
+    checkpoint = latest_checkpoint(out)
+    if resume and checkpoint is None:
+        raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    if not resume and checkpoint is not None and not config.overwrite:
+        raise ValueError(
+            f"{out} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue "
+            "it, overwrite=true to start again there, or choose another out="
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.yaml")
+    return out, checkpoint if resume else None
+
+
+def load_records(source: str, data: DataConfig) -> list[Record]:
+    if is_builtin(source):
+        return load_builtin(source)
+    from rlhf.data.readers import read_records
+
+    result = read_records(source, columns=data.columns or None, skip_bad=data.skip_bad_rows)
+    if result.skipped:
+        logger.warning("%s: skipped %d bad rows %s", source, sum(result.skipped.values()), dict(result.skipped))
+    return result.records
+
+
+def split_train_eval(
+    records: Sequence[Record], data: DataConfig, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Training records and held-out records (the `eval` file, or a seeded split)."""
+    if data.eval is not None:
+        return list(records), load_records(data.eval, data)[: data.eval_max_examples]
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: int(len(records) * data.eval_fraction)])
+    train = [record for index, record in enumerate(records) if index not in held]
+    held_out = [records[index] for index in sorted(held)]
+    return train, held_out[: data.eval_max_examples]
+
+
+def tokenize_records(
+    tokenizer: Any,
+    records: Iterable[Record],
+    data: DataConfig,
+    convert: Callable[[Record], Iterable[Record]],
+) -> list[TokenizedExample]:
+    """Tokenise records for next-token training, counting (not hiding) what is dropped."""
+    examples, dropped = [], Counter()
+    for record in records:
+        for item in convert(record):
+            try:
+                example = tokenize_record(tokenizer, item, data.max_length, data.truncation)
+            except TooLongError:
+                dropped["longer than max_length"] += 1
+                continue
+            if example.num_loss_tokens == 0:
+                dropped["no target tokens left"] += 1
+                continue
+            examples.append(example)
+    if dropped:
+        logger.warning("dropped %d examples: %s", sum(dropped.values()), dict(dropped))
+    return examples
+
+
+def training_texts(records: Iterable[Record]) -> list[str]:
+    """Every string inside records, to train a tiny model's tokenizer on."""
+    texts = []
+    for record in records:
+        for value in record.to_dict().values():
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, list):
+                texts.extend(
+                    item["content"] if isinstance(item, dict) else str(item) for item in value
+                )
+    return texts
+
+
+def build_model_and_tokenizer(
+    model_config: ModelConfig, out: Path, texts: Callable[[], list[str]], seed: int
+) -> tuple[torch.nn.Module, Any]:
+    """Load the configured model and tokenizer (or build a tiny one) ready for training."""
+    from rlhf.models.load import LoraSpec, load_model, load_tokenizer
+
+    path = model_config.path
+    if model_config.tiny is not None:
+        from rlhf.models.tiny import make_tiny_model
+
+        spec = model_config.tiny
+        path = str(
+            make_tiny_model(
+                out / "init",
+                texts(),
+                vocab_size=spec.vocab_size,
+                hidden_size=spec.hidden_size,
+                num_layers=spec.num_layers,
+                num_heads=spec.num_heads,
+                intermediate_size=spec.intermediate_size,
+                max_position_embeddings=spec.max_position_embeddings,
+                seed=seed,
+            )
+        )
+    tokenizer = load_tokenizer(path, gguf_file=model_config.gguf_file)
+    lora = None
+    if model_config.lora is not None:
+        lora = LoraSpec(**model_config.lora.model_dump())
+    model = load_model(
+        path,
+        dtype=model_config.dtype,
+        attn_implementation=model_config.attn_implementation,
+        gguf_file=model_config.gguf_file,
+        lora=lora,
+        tokenizer=tokenizer,
+    )
+    return model, tokenizer

@@ -1,0 +1,115 @@
+"""Next-token training shared by SFT and pretraining: loss, evaluation, loaders, export."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.data.collate import IGNORE_INDEX, LMBatch, collate_packed, collate_padded, pack_examples
+from rlhf.data.tokenize import TokenizedExample
+from rlhf.engine.loader import ResumableLoader
+from rlhf.engine.trainer import Trainer, resolve_device
+from rlhf.losses.sft import nll_loss_sum
+from rlhf.models.forward import logits_at
+from rlhf.recipes.common import RunResult
+
+
+def lm_loss(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Mapping[str, float]]:
+    """Summed NLL of the batch's target tokens; the output layer runs on those positions only."""
+    select = batch.labels != IGNORE_INDEX  # [B, T]
+    logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.position_ids, select)
+    return nll_loss_sum(logits, batch.labels[select])  # logits [N, V], targets [N]
+
+
+def make_loader(
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    packing: bool,
+    max_length: int,
+    seed: int,
+    shuffle: bool = True,
+) -> ResumableLoader:
+    """Batches of padded examples, or of packs of examples when ``packing``."""
+    if packing:
+        packs = pack_examples(examples, max_length)
+        return ResumableLoader(
+            packs, batch_size, partial(collate_packed, pad_token_id=pad_token_id),
+            seed=seed, shuffle=shuffle, drop_last=shuffle,
+        )
+    return ResumableLoader(
+        list(examples), batch_size, partial(collate_padded, pad_token_id=pad_token_id),
+        seed=seed, shuffle=shuffle, drop_last=shuffle,
+    )
+
+
+def held_out_loss(loader: ResumableLoader, device: torch.device) -> Any:
+    """An evaluation function: token-level mean NLL and perplexity on held-out examples."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        total, tokens = 0.0, 0
+        for batch in loader:
+            loss_sum, _ = lm_loss(model, batch.to(device))
+            total, tokens = total + float(loss_sum), tokens + batch.num_loss_tokens
+        mean = total / max(tokens, 1)
+        return {"loss": mean, "perplexity": float(torch.tensor(mean).exp())}
+
+    return evaluate
+
+
+def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
+    """Writes a Hugging Face folder (safetensors) that plain transformers loads."""
+    from rlhf.models.load import save_model
+
+    def export(folder: Path) -> None:
+        save_model(model, tokenizer, folder, merge_lora=True)
+
+    return export
+
+
+def train_language_model(
+    config: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out: Path,
+    checkpoint: Path | None,
+    train_examples: Sequence[TokenizedExample],
+    eval_examples: Sequence[TokenizedExample],
+) -> RunResult:
+    """Train on tokenised examples through the engine and export the final model to <out>/model."""
+    options = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        packing=config.data.packing,
+        max_length=config.data.max_length,
+        seed=config.train.seed,
+    )
+    train_loader = make_loader(train_examples, batch_size=config.train.batch_size, **options)
+    evaluate = None
+    if eval_examples:
+        eval_loader = make_loader(
+            eval_examples, batch_size=config.train.batch_size, shuffle=False, **options
+        )
+        evaluate = held_out_loss(eval_loader, resolve_device(config.train.device))
+    export = exporter(model, tokenizer)
+    trainer = Trainer(
+        model,
+        config.train,
+        train_loader,
+        lm_loss,
+        out,
+        evaluate=evaluate,
+        export=export,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config.model_dump(mode="json"),
+        progress=config.progress,
+    )
+    result = trainer.train(resume_from=checkpoint)
+    model_dir = out / "model"
+    export(model_dir)
+    return RunResult(out, result.final_step, model_dir, result.history)

@@ -1,0 +1,1 @@
+"""The embedded world: data and tasks generated in code, so nothing is downloaded."""
