@@ -39,7 +39,11 @@ def test_unknown_key_fails_at_load_naming_it(tmp_path):
 
 def test_missing_data_file_is_a_clear_error(tmp_path):
     result = invoke(
-        "sft", "--preset", "tiny", f"out={tmp_path / 'run'}", f"data.train={tmp_path / 'nope.jsonl'}"
+        "sft",
+        "--preset",
+        "tiny",
+        f"out={tmp_path / 'run'}",
+        f"data.train={tmp_path / 'nope.jsonl'}",
     )
     assert result.exit_code == 1
     assert "nope.jsonl" in result.output and "Traceback" not in result.output

@@ -20,10 +20,14 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_dir, tiny_
     assert decoder_blocks(compiled) is not None
     names_before = [name for name, _ in compiled.named_parameters()]
     assert compile_blocks(compiled)
-    assert [name for name, _ in compiled.named_parameters()] == names_before  # checkpoints still match
+    assert [
+        name for name, _ in compiled.named_parameters()
+    ] == names_before  # checkpoints still match
     for model in (eager, compiled):
         loss, _ = lm_loss(model, batch)
         loss.backward()
-    torch.testing.assert_close(lm_loss(compiled, batch)[0], lm_loss(eager, batch)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        lm_loss(compiled, batch)[0], lm_loss(eager, batch)[0], rtol=1e-4, atol=1e-4
+    )
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5)

@@ -79,5 +79,5 @@ def test_presets_load_and_unknown_preset_fails():
 
 
 def test_model_needs_exactly_one_source():
-    with pytest.raises(ConfigError, match="exactly one of model.path and model.tiny"):
+    with pytest.raises(ConfigError, match=r"exactly one of model\.path and model\.tiny"):
         load_config(SFTConfig, None, ["data.train=x.jsonl", "model.dtype=float32"])

@@ -34,13 +34,19 @@ def make_trainer(model, examples, tokenizer, out, **overrides):
     options = dict(max_steps=6, batch_size=8, lr=1e-2, warmup_steps=2, seed=0, save_every=3)
     config = TrainConfig(**(options | overrides))
     loader = make_loader(
-        examples, batch_size=config.batch_size, pad_token_id=tokenizer.pad_token_id,
-        packing=False, max_length=128, seed=0,
+        examples,
+        batch_size=config.batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        packing=False,
+        max_length=128,
+        seed=0,
     )
     return Trainer(model, config, loader, lm_loss, out, tensorboard=False, progress=False)
 
 
-def test_accumulation_split_gives_the_same_update(tiny_model_dir, tiny_tokenizer, examples, tmp_path):
+def test_accumulation_split_gives_the_same_update(
+    tiny_model_dir, tiny_tokenizer, examples, tmp_path
+):
     whole = fresh_model(tiny_model_dir)
     split = fresh_model(tiny_model_dir)
     make_trainer(whole, examples, tiny_tokenizer, tmp_path / "a", max_steps=1, batch_size=8).train()
@@ -64,7 +70,9 @@ def test_resume_continues_exactly(tiny_model_dir, tiny_tokenizer, examples, tmp_
     straight = make_trainer(fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path / "a")
     expected = [row["loss"] for row in straight.train().history]
 
-    interrupted = make_trainer(fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path / "b")
+    interrupted = make_trainer(
+        fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path / "b"
+    )
     interrupted.callbacks.append(StopAt(5))  # dies after step 5; last checkpoint is step 3
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
@@ -76,7 +84,9 @@ def test_resume_continues_exactly(tiny_model_dir, tiny_tokenizer, examples, tmp_
     history = resumed.train(resume_from=checkpoint).history
     assert [row["loss"] for row in history] == pytest.approx(expected[3:], rel=1e-6, abs=1e-7)
     # the metrics file holds each step once, the dead run's step 4 and 5 rows replaced
-    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [row["step"] for row in rows if row["split"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -91,12 +101,18 @@ def test_nan_loss_names_step_and_checkpoint(tiny_model_dir, tiny_tokenizer, exam
 
     trainer = make_trainer(fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path)
     trainer.loss_fn = exploding_loss
-    with pytest.raises(TrainingDiverged, match=r"step 5: the loss is nan; last good checkpoint: .*step-0000003"):
+    with pytest.raises(
+        TrainingDiverged, match=r"step 5: the loss is nan; last good checkpoint: .*step-0000003"
+    ):
         trainer.train()
 
 
-def test_metrics_sinks_write_jsonl_and_tensorboard(tiny_model_dir, tiny_tokenizer, examples, tmp_path):
-    trainer = make_trainer(fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path, max_steps=2)
+def test_metrics_sinks_write_jsonl_and_tensorboard(
+    tiny_model_dir, tiny_tokenizer, examples, tmp_path
+):
+    trainer = make_trainer(
+        fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path, max_steps=2
+    )
     trainer._tensorboard = True
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

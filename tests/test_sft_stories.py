@@ -42,9 +42,16 @@ def test_sft_lowers_held_out_loss_and_reloads(tmp_path):
         {
             "model": {"path": str(stories)},
             "data": {"train": str(train), "eval": str(held_out), "max_length": 64},
-            "train": {"max_steps": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4,
-                      "eval_every": 40},
-            "out": str(tmp_path / "run"), "progress": False, "tensorboard": False,
+            "train": {
+                "max_steps": 40,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "warmup_steps": 4,
+                "eval_every": 40,
+            },
+            "out": str(tmp_path / "run"),
+            "progress": False,
+            "tensorboard": False,
         }
     )
     # the base model's held-out completion loss, measured the same way as the recipe's eval
@@ -55,9 +62,18 @@ def test_sft_lowers_held_out_loss_and_reloads(tmp_path):
 
     tokenizer = load_tokenizer(str(stories))
     base = load_model(str(stories), tokenizer=tokenizer).eval()
-    examples = [tokenize_record(tokenizer, CompletionRecord(**r), 64) for r in demonstrations(40, 1)]
-    loader = make_loader(examples, batch_size=16, pad_token_id=tokenizer.pad_token_id,
-                         packing=False, max_length=64, seed=0, shuffle=False)
+    examples = [
+        tokenize_record(tokenizer, CompletionRecord(**r), 64) for r in demonstrations(40, 1)
+    ]
+    loader = make_loader(
+        examples,
+        batch_size=16,
+        pad_token_id=tokenizer.pad_token_id,
+        packing=False,
+        max_length=64,
+        seed=0,
+        shuffle=False,
+    )
     with torch.no_grad():
         before = held_out_loss(loader, torch.device("cpu"))(base)["loss"]
 
@@ -70,5 +86,7 @@ def test_sft_lowers_held_out_loss_and_reloads(tmp_path):
     plain_tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     inputs = plain_tokenizer("Ben had a red ball. What did Ben have?", return_tensors="pt")
     output = reloaded.generate(**inputs, max_new_tokens=8, do_sample=False)
-    text = plain_tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = plain_tokenizer.decode(
+        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     assert "Ben" in text or "ball" in text, text

@@ -17,7 +17,9 @@ from .conftest import STORIES, require_shared
 
 
 def masked_text(tokenizer, example):
-    return tokenizer.decode([t for t, keep in zip(example.input_ids, example.loss_mask) if keep])
+    return tokenizer.decode(
+        [t for t, keep in zip(example.input_ids, example.loss_mask, strict=True) if keep]
+    )
 
 
 def test_completion_mask_covers_completion_and_eos(tiny_tokenizer):
@@ -25,10 +27,12 @@ def test_completion_mask_covers_completion_and_eos(tiny_tokenizer):
     example = tokenize_record(tok, CompletionRecord("What is 12 + 30?\n", "12 + 30 = 42"))
     assert tok.eos_token_id != tok.pad_token_id
     assert example.input_ids[-1] == tok.eos_token_id
-    assert masked_text(tok, example).replace(" ", "") == ("12 + 30 = 42" + tok.eos_token).replace(" ", "")
+    assert masked_text(tok, example).replace(" ", "") == ("12 + 30 = 42" + tok.eos_token).replace(
+        " ", ""
+    )
     # prompt tokens come first and carry no loss
     assert not example.loss_mask[0] and example.loss_mask[-1]
-    assert tok.decode(example.input_ids) .replace(" ", "").startswith("Whatis12+30?")
+    assert tok.decode(example.input_ids).replace(" ", "").startswith("Whatis12+30?")
 
 
 def test_multi_turn_masks_only_assistant_turns(tiny_tokenizer):
@@ -82,7 +86,7 @@ def test_right_padding_for_training_and_left_for_generation(tiny_tokenizer):
     short = tokenize_record(tok, CompletionRecord("What is 1 + 1?\n", "2"))
     long = tokenize_record(tok, CompletionRecord("What is 11 + 11?\n", "11 + 11 = 22"))
     batch = collate_padded([short, long], tok.pad_token_id)
-    assert batch.input_ids[0, len(short):].eq(tok.pad_token_id).all()
+    assert batch.input_ids[0, len(short) :].eq(tok.pad_token_id).all()
     assert batch.attention_mask[0].sum() == len(short)
     # labels are shifted: position t predicts token t+1, and padding predicts nothing
     assert batch.labels[1, -1] == IGNORE_INDEX

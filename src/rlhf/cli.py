@@ -43,7 +43,8 @@ ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue the run in `out` from its latest checkpoint.")
 ]
 OverridesArgument = Annotated[
-    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4", show_default=False)
+    list[str] | None,
+    typer.Argument(help="key=value overrides, e.g. train.lr=1e-4", show_default=False),
 ]
 
 
@@ -85,7 +86,9 @@ def _run_recipe(
     except Exception as error:  # every failure reaches the user as one clear line
         _fail(error)
         return
-    console.print(f"[green]done[/]: {result.final_step} steps; model saved to [bold]{result.model_dir}[/]")
+    console.print(
+        f"[green]done[/]: {result.final_step} steps; model saved to [bold]{result.model_dir}[/]"
+    )
     for row in reversed(result.metrics):
         evals = {k.removeprefix("eval_"): v for k, v in row.items() if k.startswith("eval_")}
         if evals:
@@ -115,11 +118,15 @@ def _recipe_command(recipe: str, cls_path: str, run_path: str, summary: str) -> 
 
 
 _recipe_command(
-    "sft", "rlhf.recipes.sft", "SFTConfig:run_sft",
+    "sft",
+    "rlhf.recipes.sft",
+    "SFTConfig:run_sft",
     "Supervised fine-tuning on demonstrations (loss on completion tokens only).",
 )
 _recipe_command(
-    "pretrain", "rlhf.recipes.pretrain", "PretrainConfig:run_pretrain",
+    "pretrain",
+    "rlhf.recipes.pretrain",
+    "PretrainConfig:run_pretrain",
     "Pretrain a (tiny) causal LM on raw text, from scratch or further.",
 )
 
@@ -153,7 +160,11 @@ def data_check(
 
             tokenizer = load_tokenizer(model)
         report = check_data(
-            path, kind, tokenizer=tokenizer, columns=columns or None, rating_scale=scale,
+            path,
+            kind,
+            tokenizer=tokenizer,
+            columns=columns or None,
+            rating_scale=scale,
             examples=examples,
         )
     except Exception as error:

@@ -152,7 +152,9 @@ def dump_config(config: BaseModel, path: str | Path) -> None:
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
-        return "|".join(repr(arg) if isinstance(arg, str) else str(arg) for arg in annotation.__args__)
+        return "|".join(
+            repr(arg) if isinstance(arg, str) else str(arg) for arg in annotation.__args__
+        )
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
     if origin is not None:
@@ -172,7 +174,11 @@ def describe_config(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(describe_config(annotation, prefix=f"{key}."))
             continue
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        default = (
+            "required"
+            if field.is_required()
+            else repr(field.get_default(call_default_factory=True))
+        )
         rows.append((key, _type_name(annotation), default, field.description or ""))
     return rows
 

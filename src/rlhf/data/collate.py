@@ -127,7 +127,9 @@ def pack_examples(
     return packs
 
 
-def collate_prompts_left(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_prompts_left(
+    prompts: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompt token ids for generation: ``(input_ids [B, T], attention_mask [B, T])``."""
     width = max(len(prompt) for prompt in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)

@@ -64,7 +64,9 @@ def adds_bos(tokenizer: Any) -> bool:
     cached = getattr(tokenizer, "_rlhf_adds_bos", None)
     if cached is None:
         bos = tokenizer.bos_token_id
-        cached = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+        cached = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [
+            bos
+        ]
         tokenizer._rlhf_adds_bos = cached
     return cached
 

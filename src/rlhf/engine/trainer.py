@@ -43,7 +43,9 @@ class TrainConfig(StrictModel):
     max_steps: int | None = Field(
         None, ge=1, description="Optimiser steps to run; when null, `epochs` decides."
     )
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data (if max_steps is null).")
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training data (if max_steps is null)."
+    )
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch (one forward/backward).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
@@ -61,7 +63,9 @@ class TrainConfig(StrictModel):
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
         "auto", description="bf16 autocast; 'auto' uses it on GPUs that support it, never on CPU."
     )
-    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ..."
+    )
     compile: bool = Field(
         False,
         description="torch.compile each transformer block: much faster steps after a one-off "
@@ -149,7 +153,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = out_dir / "checkpoints"
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
+    complete = [
+        p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()
+    ]
     return max(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
 
 
@@ -213,7 +219,9 @@ class Trainer:
         wanted = self.config.mixed_precision
         if wanted == "no" or self.device.type != "cuda":
             if wanted == "bf16" and self.device.type != "cuda":
-                logger.warning("mixed_precision=bf16 is for GPUs; training in fp32 on %s", self.device)
+                logger.warning(
+                    "mixed_precision=bf16 is for GPUs; training in fp32 on %s", self.device
+                )
             return None
         if wanted == "auto" and not torch.cuda.is_bf16_supported():
             return None
@@ -245,7 +253,11 @@ class Trainer:
         torch.save(_rng_state(), partial / "rng.pt")
         if self.export is not None:
             self.export(partial / "model")
-        state = {"step": self.step, "total_steps": self.total_steps, "loader": self.loader.state_dict()}
+        state = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loader": self.loader.state_dict(),
+        }
         # trainer_state.json is written last and the folder renamed into place: a checkpoint
         # that exists is complete, even if the process died while writing the next one.
         (partial / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -270,11 +282,15 @@ class Trainer:
         params = dict(self.model.named_parameters())
         missing = [name for name in weights if name not in params]
         if missing:
-            raise ValueError(f"{folder}: checkpoint does not match the model (unknown {missing[:3]})")
+            raise ValueError(
+                f"{folder}: checkpoint does not match the model (unknown {missing[:3]})"
+            )
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
+        self.optimizer.load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location=self.device)
+        )
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
         _set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         self.loader.load_state_dict(state["loader"])
@@ -303,7 +319,8 @@ class Trainer:
         for batch in micro_batches:
             batch = batch.to(self.device)
             with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.float32,
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
                 enabled=self.autocast_dtype is not None,
             ):
                 loss_sum, metrics = self.loss_fn(self.model, batch)
@@ -320,26 +337,45 @@ class Trainer:
                 f"step {self.step + 1}: the loss is {loss_value}; last good checkpoint: {where}"
             )
         if self.config.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+            )
         else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([
-                torch.linalg.vector_norm(p.grad) for p in self.trainable if p.grad is not None
-            ])))
+            grad_norm = float(
+                torch.linalg.vector_norm(
+                    torch.stack(
+                        [
+                            torch.linalg.vector_norm(p.grad)
+                            for p in self.trainable
+                            if p.grad is not None
+                        ]
+                    )
+                )
+            )
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(batch.num_tokens for batch in micro_batches)
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": float(tokens),
-                "loss_units": float(units)} | totals
+        return {
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": float(tokens),
+            "loss_units": float(units),
+        } | totals
 
     def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
         if self.evaluate is None:
             return {}
         self.model.eval()
-        with torch.no_grad(), torch.autocast(
-            self.device.type, dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ),
         ):
             metrics = dict(self.evaluate(self.model))
         for sink in sinks:
@@ -365,15 +401,19 @@ class Trainer:
                 now = time.perf_counter()
                 window_tokens += metrics["tokens"]
                 metrics["time"] = now - start
-                metrics["epoch"] = self.loader.epoch + self.loader.position / max(len(self.loader), 1)
+                metrics["epoch"] = self.loader.epoch + self.loader.position / max(
+                    len(self.loader), 1
+                )
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0.0, now
                     for sink in sinks:
                         sink.log(self.step, metrics)
                     bar.set_postfix(
-                        loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                        tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False,
+                        loss=f"{metrics['loss']:.4f}",
+                        lr=f"{metrics['lr']:.2e}",
+                        tok_s=f"{metrics['tokens_per_s']:.0f}",
+                        refresh=False,
                     )
                 history.append(metrics)
                 for callback in self.callbacks:

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def nll_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def nll_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Summed next-token negative log-likelihood over the given positions.
 
     Args:

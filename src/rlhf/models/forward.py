@@ -17,8 +17,25 @@ import torch
 
 # Families whose causal-LM head is exactly `lm_head(decoder(...).last_hidden_state)`.
 _PLAIN_HEAD_FAMILIES = frozenset(
-    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo",
-     "olmo2", "smollm3", "granite", "gpt2", "gpt_neox", "starcoder2", "stablelm", "opt"}
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "smollm3",
+        "granite",
+        "gpt2",
+        "gpt_neox",
+        "starcoder2",
+        "stablelm",
+        "opt",
+    }
 )
 
 
@@ -53,7 +70,11 @@ def logits_at(
     select: torch.Tensor,
 ) -> torch.Tensor:
     """Logits [N, V] at the N positions where ``select`` [B, T] is True (row-major order)."""
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
     if has_plain_head(model):
         hidden = decoder_hidden_states(model, **inputs)
         head = unwrap(model).get_output_embeddings()

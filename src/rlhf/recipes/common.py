@@ -72,27 +72,36 @@ class DataConfig(StrictModel):
         description="Training data: a .jsonl/.json/.parquet/.csv file, a datasets folder, a hub "
         "dataset name, or builtin:NAME."
     )
-    eval: str | None = Field(None, description="Held-out data (default: split off the training data).")
+    eval: str | None = Field(
+        None, description="Held-out data (default: split off the training data)."
+    )
     eval_fraction: float = Field(
         0.05, ge=0, lt=1, description="Share of the training data held out when `eval` is not set."
     )
     eval_max_examples: int = Field(256, ge=1, description="Cap on the held-out examples evaluated.")
     columns: dict[str, str] = Field(
-        default_factory=dict, description="Map our field names to the file's columns, e.g. {prompt: question}."
+        default_factory=dict,
+        description="Map our field names to the file's columns, e.g. {prompt: question}.",
     )
-    skip_bad_rows: bool = Field(False, description="Skip (and count) invalid rows instead of stopping.")
+    skip_bad_rows: bool = Field(
+        False, description="Skip (and count) invalid rows instead of stopping."
+    )
     max_length: int = Field(1024, ge=2, description="Longest training sequence in tokens.")
     truncation: Truncation = Field(
         "truncate", description="Over-long examples: 'truncate' (prompt start first) or 'drop'."
     )
-    packing: bool = Field(False, description="Pack several examples per row, no attention across them.")
+    packing: bool = Field(
+        False, description="Pack several examples per row, no attention across them."
+    )
 
 
 class RecipeConfig(StrictModel):
     """Fields shared by every recipe's config."""
 
     out: str = Field("runs/run", description="Output folder (checkpoints, metrics, final model).")
-    overwrite: bool = Field(False, description="Allow starting afresh in a folder that has checkpoints.")
+    overwrite: bool = Field(
+        False, description="Allow starting afresh in a folder that has checkpoints."
+    )
     tensorboard: bool = Field(True, description="Write TensorBoard logs under <out>/tensorboard.")
     wandb_project: str | None = Field(None, description="Log to this W&B project (needs wandb).")
     progress: bool = Field(True, description="Show a progress bar.")
@@ -129,7 +138,9 @@ def load_records(source: str, data: DataConfig) -> list[Record]:
 
     result = read_records(source, columns=data.columns or None, skip_bad=data.skip_bad_rows)
     if result.skipped:
-        logger.warning("%s: skipped %d bad rows %s", source, sum(result.skipped.values()), dict(result.skipped))
+        logger.warning(
+            "%s: skipped %d bad rows %s", source, sum(result.skipped.values()), dict(result.skipped)
+        )
     return result.records
 
 

@@ -39,12 +39,20 @@ def make_loader(
     if packing:
         packs = pack_examples(examples, max_length)
         return ResumableLoader(
-            packs, batch_size, partial(collate_packed, pad_token_id=pad_token_id),
-            seed=seed, shuffle=shuffle, drop_last=shuffle,
+            packs,
+            batch_size,
+            partial(collate_packed, pad_token_id=pad_token_id),
+            seed=seed,
+            shuffle=shuffle,
+            drop_last=shuffle,
         )
     return ResumableLoader(
-        list(examples), batch_size, partial(collate_padded, pad_token_id=pad_token_id),
-        seed=seed, shuffle=shuffle, drop_last=shuffle,
+        list(examples),
+        batch_size,
+        partial(collate_padded, pad_token_id=pad_token_id),
+        seed=seed,
+        shuffle=shuffle,
+        drop_last=shuffle,
     )
 
 

@@ -28,7 +28,9 @@ from rlhf.recipes.lm import train_language_model
 
 
 class PretrainDataConfig(DataConfig):
-    packing: bool = Field(True, description="Pack several documents per row, no attention across them.")
+    packing: bool = Field(
+        True, description="Pack several documents per row, no attention across them."
+    )
 
 
 class PretrainConfig(RecipeConfig):
@@ -65,7 +67,11 @@ def run_pretrain(config: PretrainConfig, resume: bool = False) -> RunResult:
 
     # tokenise (loss on every token) and train
     return train_language_model(
-        config, model, tokenizer, out, checkpoint,
+        config,
+        model,
+        tokenizer,
+        out,
+        checkpoint,
         tokenize_records(tokenizer, train_records, config.data, as_text),
         tokenize_records(tokenizer, eval_records, config.data, as_text),
     )

@@ -51,7 +51,11 @@ def run_sft(config: SFTConfig, resume: bool = False) -> RunResult:
 
     # tokenise: loss on completion / assistant tokens only
     return train_language_model(
-        config, model, tokenizer, out, checkpoint,
+        config,
+        model,
+        tokenizer,
+        out,
+        checkpoint,
         tokenize_records(tokenizer, train_records, config.data, as_demonstration),
         tokenize_records(tokenizer, eval_records, config.data, as_demonstration),
     )

@@ -53,7 +53,9 @@ def load_builtin(source: str) -> list[Record]:
     """Generate the records named by ``builtin:NAME[?n=N&seed=S]``."""
     name, _, query = str(source).removeprefix(PREFIX).partition("?")
     if name not in BUILTIN:
-        raise ValueError(f"{source}: unknown built-in dataset (known: {', '.join(sorted(BUILTIN))})")
+        raise ValueError(
+            f"{source}: unknown built-in dataset (known: {', '.join(sorted(BUILTIN))})"
+        )
     options = dict(parse_qsl(query))
     unknown = set(options) - {"n", "seed"}
     if unknown:
