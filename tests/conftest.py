@@ -15,7 +15,11 @@ STORIES = SHARED / "models" / "stories260K"
 HH = SHARED / "data" / "hh-rlhf-harmless"
 
 TINY_SIZES = dict(
-    vocab_size=400, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+    vocab_size=400,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
     max_position_embeddings=256,
 )
 
