@@ -357,13 +357,14 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(batch.num_tokens for batch in micro_batches)
-        return {
+        # the engine's own figures win over same-named metrics a loss function reports
+        return totals | {
             "loss": loss_value,
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens": float(tokens),
             "loss_units": float(units),
-        } | totals
+        }
 
     def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
         if self.evaluate is None:
