@@ -30,6 +30,7 @@ from typing import Any
 
 from _harness import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
+    BenchmarkError,
     common_arguments,
     format_table,
     matmul_flops,
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         total_steps=total_steps,
                         compile=compiled,
                     )
-                except RuntimeError as error:  # a setting that fails is reported, not fatal
+                except BenchmarkError as error:  # a setting that fails is reported, not fatal
                     progress(f"{label} failed: {str(error)[-300:]}")
 
     n, peak_flops = workload["non_embedding_params"], peak["flops"]

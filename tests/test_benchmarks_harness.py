@@ -146,9 +146,18 @@ def test_common_arguments_parse_the_shared_flags():
         "warmup": 5,
         "skip_trl": False,
         "json_only": False,
+        "compile": True,
     }
-    args = parser.parse_args(["--steps", "3", "--warmup", "1", "--skip-trl", "--json-only"])
-    assert (args.steps, args.warmup, args.skip_trl, args.json_only) == (3, 1, True, True)
+    args = parser.parse_args(
+        ["--steps", "3", "--warmup", "1", "--skip-trl", "--json-only", "--no-compile"]
+    )
+    assert (args.steps, args.warmup, args.skip_trl, args.json_only, args.compile) == (
+        3,
+        1,
+        True,
+        True,
+        False,
+    )
 
 
 def test_format_table_aligns_columns_and_marks_missing_values():
