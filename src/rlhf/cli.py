@@ -54,6 +54,10 @@ def _setup_logging() -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # our own bar shows training progress; transformers' per-file load/save bars are noise here
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def _fail(error: BaseException) -> None:
