@@ -196,30 +196,39 @@ def training_texts(records: Iterable[Record]) -> list[str]:
     return texts
 
 
+def model_source(
+    model_config: ModelConfig, out: Path, texts: Callable[[], list[str]], seed: int
+) -> str:
+    """Where the configured model loads from: ``model.path``, or a tiny model built (tokenizer
+    trained on ``texts()``) and saved to ``<out>/init``."""
+    if model_config.tiny is None:
+        assert model_config.path is not None  # ModelConfig holds exactly one of the two
+        return model_config.path
+    from rlhf.models.tiny import make_tiny_model
+
+    spec = model_config.tiny
+    return str(
+        make_tiny_model(
+            out / "init",
+            texts(),
+            vocab_size=spec.vocab_size,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            num_heads=spec.num_heads,
+            intermediate_size=spec.intermediate_size,
+            max_position_embeddings=spec.max_position_embeddings,
+            seed=seed,
+        )
+    )
+
+
 def build_model_and_tokenizer(
     model_config: ModelConfig, out: Path, texts: Callable[[], list[str]], seed: int
 ) -> tuple[torch.nn.Module, Any]:
     """Load the configured model and tokenizer (or build a tiny one) ready for training."""
     from rlhf.models.load import LoraSpec, load_model, load_tokenizer
 
-    path = model_config.path
-    if model_config.tiny is not None:
-        from rlhf.models.tiny import make_tiny_model
-
-        spec = model_config.tiny
-        path = str(
-            make_tiny_model(
-                out / "init",
-                texts(),
-                vocab_size=spec.vocab_size,
-                hidden_size=spec.hidden_size,
-                num_layers=spec.num_layers,
-                num_heads=spec.num_heads,
-                intermediate_size=spec.intermediate_size,
-                max_position_embeddings=spec.max_position_embeddings,
-                seed=seed,
-            )
-        )
+    path = model_source(model_config, out, texts, seed)
     tokenizer = load_tokenizer(path, gguf_file=model_config.gguf_file)
     lora = None
     if model_config.lora is not None:

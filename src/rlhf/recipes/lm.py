@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -10,12 +10,21 @@ from typing import Any
 import torch
 
 from rlhf.data.collate import IGNORE_INDEX, LMBatch, collate_packed, collate_padded, pack_examples
+from rlhf.data.records import Record
 from rlhf.data.tokenize import TokenizedExample
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.trainer import Trainer, resolve_device
 from rlhf.losses.sft import nll_loss_sum
 from rlhf.models.forward import logits_at
-from rlhf.recipes.common import RunResult
+from rlhf.recipes.common import (
+    RunResult,
+    build_model_and_tokenizer,
+    load_records,
+    prepare_out_dir,
+    split_train_eval,
+    tokenize_records,
+    training_texts,
+)
 
 
 def lm_loss(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Mapping[str, float]]:
@@ -81,6 +90,31 @@ def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
 
 
 def train_language_model(
+    config: Any, to_examples: Callable[[Record], Iterable[Record]], resume: bool
+) -> RunResult:
+    """The whole next-token recipe; SFT and pretraining differ only in ``to_examples``.
+
+    Phases: output folder → records with a held-out split → model (a tiny one is built here,
+    its tokenizer trained on this data) → tokenise through ``to_examples`` → train → export
+    the final model to ``<out>/model``.
+    """
+    out, checkpoint = prepare_out_dir(config, resume)
+
+    records = load_records(config.data.train, config.data)
+    train_records, eval_records = split_train_eval(records, config.data, config.train.seed)
+
+    model, tokenizer = build_model_and_tokenizer(
+        config.model, out, lambda: training_texts(records), config.train.seed
+    )
+
+    train_examples = tokenize_records(tokenizer, train_records, config.data, to_examples)
+    eval_examples = tokenize_records(tokenizer, eval_records, config.data, to_examples)
+    return train_on_examples(
+        config, model, tokenizer, out, checkpoint, train_examples, eval_examples
+    )
+
+
+def train_on_examples(
     config: Any,
     model: torch.nn.Module,
     tokenizer: Any,
@@ -89,7 +123,11 @@ def train_language_model(
     train_examples: Sequence[TokenizedExample],
     eval_examples: Sequence[TokenizedExample],
 ) -> RunResult:
-    """Train on tokenised examples through the engine and export the final model to <out>/model."""
+    """Train on tokenised examples through the engine; export the final model to <out>/model.
+
+    ``config`` needs the ``data`` (packing, max_length), ``train`` and sink fields of an SFT
+    config; recipes that make their own examples (RAFT) call this directly.
+    """
     options = dict(
         pad_token_id=tokenizer.pad_token_id,
         packing=config.data.packing,

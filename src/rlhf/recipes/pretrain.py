@@ -12,18 +12,7 @@ from pydantic import Field
 
 from rlhf.data.records import ConversationRecord, Record, TextRecord
 from rlhf.engine.trainer import TrainConfig
-from rlhf.recipes.common import (
-    DataConfig,
-    ModelConfig,
-    RecipeConfig,
-    RunResult,
-    build_model_and_tokenizer,
-    load_records,
-    prepare_out_dir,
-    split_train_eval,
-    tokenize_records,
-    training_texts,
-)
+from rlhf.recipes.common import DataConfig, ModelConfig, RecipeConfig, RunResult
 from rlhf.recipes.lm import train_language_model
 
 
@@ -54,24 +43,5 @@ def as_text(record: Record) -> list[TextRecord]:
 
 
 def run_pretrain(config: PretrainConfig, resume: bool = False) -> RunResult:
-    out, checkpoint = prepare_out_dir(config, resume)
-
-    # data: raw text with a held-out split
-    records = load_records(config.data.train, config.data)
-    train_records, eval_records = split_train_eval(records, config.data, config.train.seed)
-
-    # model: usually a tiny one built here, its tokenizer trained on this text
-    model, tokenizer = build_model_and_tokenizer(
-        config.model, out, lambda: training_texts(records), config.train.seed
-    )
-
-    # tokenise (loss on every token) and train
-    return train_language_model(
-        config,
-        model,
-        tokenizer,
-        out,
-        checkpoint,
-        tokenize_records(tokenizer, train_records, config.data, as_text),
-        tokenize_records(tokenizer, eval_records, config.data, as_text),
-    )
+    """Train on raw text: loss on every token."""
+    return train_language_model(config, as_text, resume)

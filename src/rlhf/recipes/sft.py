@@ -13,19 +13,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from rlhf.data.convert import as_demonstrations
+from rlhf.data.records import Record
 from rlhf.engine.trainer import TrainConfig
-from rlhf.recipes.common import (
-    DataConfig,
-    ModelConfig,
-    RecipeConfig,
-    RunResult,
-    build_model_and_tokenizer,
-    load_records,
-    prepare_out_dir,
-    split_train_eval,
-    tokenize_records,
-    training_texts,
-)
+from rlhf.recipes.common import DataConfig, ModelConfig, RecipeConfig, RunResult
 from rlhf.recipes.lm import train_language_model
 
 
@@ -37,29 +27,10 @@ class SFTConfig(RecipeConfig):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
 
 
-def run_sft(config: SFTConfig, resume: bool = False) -> RunResult:
-    out, checkpoint = prepare_out_dir(config, resume)
-
-    # data: demonstrations, with a held-out split
-    records = load_records(config.data.train, config.data)
-    train_records, eval_records = split_train_eval(records, config.data, config.train.seed)
-
-    # model
-    model, tokenizer = build_model_and_tokenizer(
-        config.model, out, lambda: training_texts(records), config.train.seed
-    )
-
-    # tokenise: loss on completion / assistant tokens only
-    return train_language_model(
-        config,
-        model,
-        tokenizer,
-        out,
-        checkpoint,
-        tokenize_records(tokenizer, train_records, config.data, as_demonstration),
-        tokenize_records(tokenizer, eval_records, config.data, as_demonstration),
-    )
-
-
-def as_demonstration(record):
+def as_demonstration(record: Record) -> list[Record]:
     return as_demonstrations([record])
+
+
+def run_sft(config: SFTConfig, resume: bool = False) -> RunResult:
+    """Train on demonstrations: loss on completion / assistant tokens only."""
+    return train_language_model(config, as_demonstration, resume)
