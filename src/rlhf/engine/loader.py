@@ -28,13 +28,20 @@ class ResumableLoader(Generic[Item, Batch]):
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = True,
+        lengths: Sequence[int] | None = None,
+        group_batches: int = 50,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if len(items) < (batch_size if drop_last else 1):
             raise ValueError(f"{len(items)} training examples cannot fill a batch of {batch_size}")
+        if lengths is not None and len(lengths) != len(items):
+            raise ValueError(f"{len(lengths)} lengths for {len(items)} items")
         self.items, self.batch_size, self.collate = items, batch_size, collate
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        # group by length: each window of `group_batches` batches of the shuffled order is
+        # sorted by length, so a batch holds items of similar length and pads little
+        self.lengths, self.group_batches = lengths, max(group_batches, 1)
         self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
 
@@ -47,10 +54,29 @@ class ResumableLoader(Generic[Item, Batch]):
         if self._order is None:
             if self.shuffle:
                 generator = torch.Generator().manual_seed(self.seed + self.epoch)
-                self._order = torch.randperm(len(self.items), generator=generator).tolist()
+                order = torch.randperm(len(self.items), generator=generator).tolist()
+                if self.lengths is not None:
+                    order = self._grouped_by_length(order, generator)
+                self._order = order
             else:
                 self._order = list(range(len(self.items)))
         return self._order
+
+    def _grouped_by_length(self, order: list[int], generator: torch.Generator) -> list[int]:
+        """``order`` with each window of ``group_batches`` batches sorted longest first, then
+        its batches in a random order (drawn from the epoch's generator: still resumable)."""
+        assert self.lengths is not None
+        lengths, size = self.lengths, self.batch_size
+        window = size * self.group_batches
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+            batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
+        # a short batch (the data's remainder) stays last, where drop_last drops it
+        full = [batch for batch in batches if len(batch) == size]
+        rest = [batch for batch in batches if len(batch) != size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return [index for batch in (*shuffled, *rest) for index in batch]
 
     def next_batch(self) -> Batch:
         """The next batch, rolling over to a new epoch when this one is used up."""

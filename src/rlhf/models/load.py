@@ -228,6 +228,8 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase | None = None,
     disable_dropout: bool = True,
     trust_remote_code: bool = False,
+    auto_class: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM by hub name or local folder, ready for training or inference.
 
@@ -243,6 +245,9 @@ def load_model(
 
     The model comes back in eval mode, as transformers returns it; the training loop calls
     ``.train()``. Any failure is a :class:`ModelLoadError` naming the model and the cause.
+    ``auto_class`` loads another head than the causal LM's (e.g.
+    ``AutoModelForSequenceClassification`` for reward models) and ``model_kwargs`` go to its
+    ``from_pretrained`` (e.g. ``num_labels=1``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -256,8 +261,9 @@ def load_model(
         options["attn_implementation"] = attn_implementation
     if gguf_file is not None:
         options["gguf_file"] = gguf_file
+    options.update(model_kwargs or {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **options)
+        model = (auto_class or AutoModelForCausalLM).from_pretrained(source, **options)
     except Exception as exc:
         raise ModelLoadError(label, f"could not load the model ({_describe(exc)})") from exc
     try:

@@ -6,6 +6,13 @@ They are generated from a seed in code, so a fresh machine can train with nothin
   (``{"prompt": "What is 47 + 38?\\n", "completion": "47 + 38 = 85"}``), a small verifiable
   task that a tiny model learns in minutes on a CPU.
 * ``builtin:arithmetic-text`` — the same as plain text, for pretraining.
+* ``builtin:arithmetic-preferences`` — reward-model pairs: the correct answer is chosen, a
+  wrong one (a near miss, or any number) rejected.
+* ``builtin:arithmetic-rankings`` — four answers per problem ranked by their distance from the
+  right answer (equal distances tie).
+* ``builtin:arithmetic-ratings`` — three rated answers per problem, scored 1–5 by distance.
+
+For the last three, ``n`` counts problems (prompts).
 
 An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed.
 """
@@ -16,7 +23,14 @@ import random
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from rlhf.data.records import CompletionRecord, Record, TextRecord
+from rlhf.data.records import (
+    CompletionRecord,
+    PreferenceRecord,
+    RankingRecord,
+    RatingRecord,
+    Record,
+    TextRecord,
+)
 
 PREFIX = "builtin:"
 
@@ -39,9 +53,65 @@ def arithmetic_text(n: int, seed: int) -> list[Record]:
     return [TextRecord("".join(arithmetic_problem(rng))) for _ in range(n)]
 
 
+def arithmetic_answers(rng: random.Random, wrong: int) -> tuple[str, list[tuple[str, int]]]:
+    """A problem's prompt and its correct answer plus ``wrong`` distinct wrong ones, each
+    with its distance from the right result (0 for the correct one). Half the wrong answers
+    are near misses (off by 1 to 9), the others any number from 0 to 198."""
+    prompt, completion = arithmetic_problem(rng)
+    equation, _, value = completion.rpartition(" = ")
+    right = int(value)
+    results = {right}
+    while len(results) < wrong + 1:
+        if rng.random() < 0.5:
+            results.add(max(0, right + rng.choice((-1, 1)) * rng.randint(1, 9)))
+        else:
+            results.add(rng.randint(0, 198))
+    answers = [(f"{equation} = {right}", 0)]
+    answers += [(f"{equation} = {result}", abs(result - right)) for result in results - {right}]
+    return prompt, answers
+
+
+def arithmetic_preferences(n: int, seed: int) -> list[Record]:
+    rng = random.Random(seed)
+    records: list[Record] = []
+    for _ in range(n):
+        prompt, [(correct, _), (wrong, _)] = arithmetic_answers(rng, 1)
+        records.append(PreferenceRecord(prompt, correct, wrong))
+    return records
+
+
+def arithmetic_rankings(n: int, seed: int) -> list[Record]:
+    rng = random.Random(seed)
+    records: list[Record] = []
+    for _ in range(n):
+        prompt, answers = arithmetic_answers(rng, 3)
+        rng.shuffle(answers)
+        distances = sorted({distance for _, distance in answers})
+        ranks = tuple(distances.index(distance) for _, distance in answers)  # 0 = best, ties
+        records.append(RankingRecord(prompt, tuple(a for a, _ in answers), ranks))
+    return records
+
+
+_RATING_STEPS = ((0, 5.0), (2, 4.0), (9, 3.0), (30, 2.0))  # (largest distance, score); else 1
+
+
+def arithmetic_ratings(n: int, seed: int) -> list[Record]:
+    rng = random.Random(seed)
+    records: list[Record] = []
+    for _ in range(n):
+        prompt, answers = arithmetic_answers(rng, 2)
+        for answer, distance in answers:
+            score = next((score for most, score in _RATING_STEPS if distance <= most), 1.0)
+            records.append(RatingRecord(prompt, answer, score, (1.0, 5.0)))
+    return records
+
+
 BUILTIN: dict[str, Callable[[int, int], list[Record]]] = {
     "arithmetic": arithmetic,
     "arithmetic-text": arithmetic_text,
+    "arithmetic-preferences": arithmetic_preferences,
+    "arithmetic-rankings": arithmetic_rankings,
+    "arithmetic-ratings": arithmetic_ratings,
 }
 
 

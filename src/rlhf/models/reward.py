@@ -1,0 +1,336 @@
+"""Reward models: a backbone and a scalar head, saved as a Hugging Face sequence classifier.
+
+A reward model is ``AutoModelForSequenceClassification`` with one label, so that plain
+transformers, TRL and vLLM read it as they read any reward model::
+
+    model = AutoModelForSequenceClassification.from_pretrained("runs/rm/model")
+    raw = model(input_ids, attention_mask=attention_mask).logits[:, 0]   # [N]
+
+* **Decoders** (Llama, Qwen, GPT-2, ...): ``*ForSequenceClassification`` applies the head to
+  every position and reads the *rightmost token that is not the pad token* (transformers 5.23,
+  ``GenericForSequenceClassification.forward``). Sequences are right-padded with a pad token
+  distinct from EOS (``load_tokenizer`` adds one when needed) and ``config.pad_token_id`` is
+  that token, so the score is read at the last real token, the response's EOS. We score
+  through the same forward, so our rewards are transformers' to the last bit.
+* **Encoders** (BERT, MiniLM, DeBERTa, ...) pool in their own way (BERT: a dense layer on the
+  ``[CLS]`` token); padding is handled by the attention mask. "The last real token" is a
+  decoder's rule.
+* A new head starts as N(0, 1/√(d + 1)) with zero bias, d the hidden size (Stiennon et al.,
+  2020, and OpenAI's lm-human-preferences), so initial rewards have about unit variance.
+* **Normalisation**: after training, a gain and bias are stored so that the rewards of a
+  reference set of responses have mean 0 and standard deviation 1 (Ziegler et al., 2019;
+  Stiennon et al., 2020). They live in ``config.json`` under :data:`NORMALIZATION_KEY` (and in
+  ``reward_normalization.json`` beside it); the raw score is what transformers returns and
+  the reward every consumer uses is ``gain · raw + bias``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rlhf.data.pairs import pad_right, tokenize_for_reward
+from rlhf.data.records import Text
+from rlhf.models.forward import unwrap
+from rlhf.models.load import LoraSpec, ModelLoadError, load_model, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger("rlhf.models")
+
+NORMALIZATION_KEY = "rlhf_reward_normalization"  # in config.json: {"gain": g, "bias": b}
+NORMALIZATION_FILE = "reward_normalization.json"
+
+
+def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The layer that writes the reward: the last ``Linear`` with one output feature
+    (``score`` of decoders, ``classifier`` of BERT, ``classifier.out_proj`` of RoBERTa)."""
+    base = unwrap(model)
+    heads = [
+        module
+        for module in base.modules()
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1
+    ]
+    if not heads:
+        raise ValueError(f"{type(base).__name__} has no scalar head (a Linear with one output)")
+    return heads[-1]
+
+
+def init_reward_head(head: torch.nn.Linear, seed: int = 0) -> None:
+    """Weights N(0, 1/√(d + 1)) (d = the head's input size), bias 0, seeded; global RNG untouched."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    std = 1.0 / math.sqrt(head.in_features + 1)
+    weight = torch.randn(head.weight.shape, generator=generator, dtype=torch.float32) * std
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def _is_reward_model(config: Any) -> bool:
+    """Whether a checkpoint's config names a sequence classifier (its head is trained)."""
+    return any(name.endswith("ForSequenceClassification") for name in (config.architectures or []))
+
+
+def init_reward_model(
+    name_or_path: str | os.PathLike[str],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = "sdpa",
+    gguf_file: str | None = None,
+    lora: LoraSpec | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A reward model to train: ``AutoModelForSequenceClassification`` with one label.
+
+    ``name_or_path``: a causal LM (its LM head is dropped and a scalar head added), an encoder
+    such as BERT / MiniLM, or a reward model already (its head is kept, to train further).
+    A new head is initialised N(0, 1/√(d + 1)) from ``seed``. ``tokenizer`` (from
+    :func:`~rlhf.models.load.load_tokenizer`: pad ≠ EOS, right padding) sets
+    ``config.pad_token_id`` and grows the embeddings if it added a pad token. Dropout is off;
+    ``lora`` trains adapters plus the (fully trained) head, through peft's ``SEQ_CLS`` task.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = load_model(
+        name_or_path,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        gguf_file=gguf_file,
+        tokenizer=tokenizer,
+        auto_class=AutoModelForSequenceClassification,
+        model_kwargs={"num_labels": 1},
+    )
+    model.config.use_cache = False  # a scorer never generates: no KV cache in its forward
+    if not _is_reward_model(model.config):
+        init_reward_head(reward_head(model), seed)
+    if lora is not None:
+        from peft import get_peft_model
+
+        # SEQ_CLS: peft trains the head in full (modules_to_save) next to the adapters
+        spec = dataclasses.replace(lora.to_peft(), task_type="SEQ_CLS")
+        try:
+            model = get_peft_model(model, spec)
+        except Exception as exc:
+            raise ModelLoadError(str(name_or_path), f"could not add LoRA adapters ({exc})") from exc
+    return model
+
+
+def reward_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Raw rewards [N] (float32) of right-padded sequences ``input_ids`` [N, T].
+
+    The model's own forward, so the reward is read where transformers reads it (see the
+    module docstring); training and scoring both come through here.
+    """
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+
+
+def shares_prompt_prefix(model: torch.nn.Module) -> bool:
+    """Whether the model can score a group's responses in one row after their shared prompt
+    (:func:`rlhf.data.pairs.collate_groups_shared_prefix`): a causal decoder read at its last
+    token (transformers' ``GenericForSequenceClassification``: a ``score`` head on the decoder
+    named by ``base_model_prefix``) with an attention kernel that takes a custom 4-D mask."""
+    try:
+        from transformers.modeling_layers import GenericForSequenceClassification
+    except ImportError:  # transformers < 4.56
+        return False
+    base = unwrap(model)
+    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    return isinstance(base, GenericForSequenceClassification) and implementation in (
+        "sdpa",
+        "eager",
+    )
+
+
+def packed_reward_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    response_end: torch.Tensor,
+) -> torch.Tensor:
+    """Raw rewards [N] of the responses of shared-prefix rows (see
+    :func:`rlhf.data.pairs.collate_groups_shared_prefix`): the decoder's last hidden state at
+    each response's last token through the ``score`` head, as the model's own forward reads
+    it in the one-row-per-response layout."""
+    base = unwrap(model)
+    decoder = getattr(base, base.base_model_prefix)
+    hidden = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state  # [G, L, H]
+    last = hidden.flatten(0, 1).index_select(0, response_end)  # [N, H]
+    return base.score(last)[:, 0].float()
+
+
+def normalization_from_rewards(raw_rewards: torch.Tensor) -> tuple[float, float]:
+    """``(gain, bias)`` that map ``raw_rewards`` [N] to mean 0 and standard deviation 1.
+
+    ``gain = 1 / std``, ``bias = −mean / std``; a constant set (std ≈ 0) only gets centred.
+    """
+    raw = raw_rewards.double().flatten()
+    mean = float(raw.mean())
+    std = float(raw.std(unbiased=False)) if raw.numel() > 1 else 0.0
+    if not std > 1e-8:
+        return 1.0, -mean
+    return 1.0 / std, -mean / std
+
+
+class RewardModel:
+    """A reward model ready to score (prompt, response) pairs.
+
+    ``model`` is the sequence classifier, ``tokenizer`` its tokenizer (right padding, pad ≠
+    EOS), and ``gain`` / ``bias`` map raw scores to normalised rewards.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        gain: float = 1.0,
+        bias: float = 0.0,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.gain, self.bias = float(gain), float(bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence the backbone takes (its position table), if it says."""
+        config = unwrap(self.model).config
+        return getattr(config, "max_position_embeddings", None)
+
+    def normalize(self, raw_rewards: torch.Tensor) -> torch.Tensor:
+        """``gain · raw + bias``, elementwise."""
+        return raw_rewards * self.gain + self.bias
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[Text],
+        responses: Sequence[Text],
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        normalized: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Rewards [N] (float32, on the CPU) of ``responses[i]`` to ``prompts[i]``.
+
+        Sequences are tokenised as in training (:func:`rlhf.data.pairs.tokenize_for_reward`;
+        over ``max_length`` tokens — default: the backbone's position limit — the prompt's
+        start is cut), sorted by length so each batch pads little, scored ``batch_size`` at
+        a time and returned in the order given. ``normalized=False`` gives the raw scores.
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        limit = max_length or self.max_length
+        sequences = [
+            tokenize_for_reward(self.tokenizer, prompt, response, limit)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        rewards = torch.zeros(len(sequences), dtype=torch.float32)
+        was_training = self.model.training
+        self.model.eval()
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, unit="batch", desc="scoring", dynamic_ncols=True)
+        try:
+            for start in starts:
+                rows = order[start : start + batch_size]
+                input_ids, attention_mask = pad_right(
+                    [sequences[i] for i in rows], self.tokenizer.pad_token_id
+                )
+                raw = reward_logits(
+                    self.model, input_ids.to(self.device), attention_mask.to(self.device)
+                )
+                rewards[rows] = raw.cpu()
+        finally:
+            self.model.train(was_training)
+        return self.normalize(rewards) if normalized else rewards
+
+
+def read_normalization(config: Any, folder: Path | None = None) -> dict[str, float] | None:
+    """The stored ``{"gain", "bias"}``: from the config, else ``reward_normalization.json``."""
+    stored = getattr(config, NORMALIZATION_KEY, None)
+    if stored is None and folder is not None and (folder / NORMALIZATION_FILE).is_file():
+        stored = json.loads((folder / NORMALIZATION_FILE).read_text(encoding="utf-8"))
+    if stored is None:
+        return None
+    return {"gain": float(stored["gain"]), "bias": float(stored["bias"])}
+
+
+def set_normalization(model: torch.nn.Module, gain: float, bias: float) -> None:
+    """Put ``{"gain", "bias"}`` in the model's config; ``save_pretrained`` writes it to
+    config.json under :data:`NORMALIZATION_KEY`."""
+    setattr(unwrap(model).config, NORMALIZATION_KEY, {"gain": float(gain), "bias": float(bias)})
+
+
+def write_normalization(folder: Path, gain: float, bias: float, **info: Any) -> Path:
+    """Write ``reward_normalization.json`` (gain, bias and ``info``, e.g. the reference set)."""
+    path = Path(folder) / NORMALIZATION_FILE
+    record = {"gain": float(gain), "bias": float(bias), **info}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_reward_model(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """Load a reward model saved by ``rlhf rm`` (or any one-label sequence classifier).
+
+    The normalisation comes from ``config.json`` (:data:`NORMALIZATION_KEY`) or
+    ``reward_normalization.json``; without either, rewards are the raw scores (gain 1,
+    bias 0) and a warning says so.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(path)
+    model = load_model(
+        path,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        auto_class=AutoModelForSequenceClassification,
+    )
+    if not _is_reward_model(model.config) or model.config.num_labels != 1:
+        raise ModelLoadError(
+            str(path),
+            f"not a reward model (architectures {model.config.architectures}, "
+            f"{model.config.num_labels} labels); expected a sequence classifier with one label, "
+            "as `rlhf rm` saves",
+        )
+    model.config.use_cache = False
+    folder = Path(path) if Path(path).is_dir() else None
+    stored = read_normalization(model.config, folder)
+    if stored is None:
+        logger.warning("%s: no reward normalisation stored; rewards are the raw scores", path)
+        stored = {"gain": 1.0, "bias": 0.0}
+    return RewardModel(model, tokenizer, stored["gain"], stored["bias"])
