@@ -1,0 +1,313 @@
+"""Sampling with Hugging Face ``generate``: batched, left-padded, KV-cached, seeded.
+
+Correctness details (see the design notes):
+
+* Prompts are tokenised exactly as training tokenises the prompt part of an example (BOS by
+  the tokenizer's convention, the chat template with its generation prompt for message
+  lists) and **left-padded**, so every row's next token sits in the same column; ``generate``
+  derives position ids from the attention mask, so padding does not shift positions.
+* Decoding stops at EOS (the tokenizer's and any the model's generation config lists) and
+  each response is cut right after its **first** EOS. PAD is never an EOS id, so padding can
+  never be mistaken for a stop. A response that reaches ``max_new_tokens`` without EOS is
+  kept and flagged (``ended_with_eos`` False) so recipes can penalise it.
+* The model's own ``generation_config.json`` is set aside while sampling: HF fills every
+  option we leave unset from it (repetition penalties, minimum lengths, a default top-k of
+  50, ...), each of which would change the distribution the returned log-probs describe.
+* **Log-probs are recomputed** with one teacher-forced forward pass over prompt + response
+  (:func:`response_logprobs`), at the sampling temperature: ``log softmax(logits / T)`` at
+  the taken token. We do not read ``generate``'s ``output_scores``: those are the logits
+  *after* top-k / top-p filtering (not the temperature-scaled policy that PPO's ratio and KL
+  need), and holding them costs ``R × B × V`` floats (20 GB for R=512, B=64, V=150k). The
+  forward pass costs about one prefill, and it is the same computation the training step
+  repeats, so the first importance ratio of an update is 1 (KV-cached decoding rounds a little
+  differently from a full forward pass).
+* Sampling is seeded: ``torch.manual_seed(seed)`` inside a forked RNG, so the caller's
+  random state is left as it was and the same call returns the same samples. Chunking over
+  ``batch_size`` sequences is part of the random stream: change the batch size and the
+  samples change (their distribution does not).
+
+Shapes: B rows, P prompt tokens, R response tokens, T = P + R.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.data.chat import render_chat
+from rlhf.data.collate import IGNORE_INDEX, collate_prompts_left
+from rlhf.data.records import Text
+from rlhf.data.tokenize import adds_bos, messages_as_dicts
+from rlhf.models.forward import decoder_hidden_states, has_plain_head, unwrap
+from rlhf.models.logprobs import selective_log_softmax, token_logprobs_from_hidden
+from rlhf.rollout.types import RolloutBatch, SamplingParams
+
+logger = logging.getLogger("rlhf.rollout")
+
+
+def prompt_token_ids(tokenizer: Any, prompt: Text) -> list[int]:
+    """The token ids a response is generated after, matching training's tokenisation.
+
+    A string is encoded as it is; a message list is rendered with the chat template and its
+    assistant generation prompt. BOS is written once when the tokenizer's convention has it.
+    """
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids.insert(0, tokenizer.bos_token_id)
+    return ids
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """EOS ids that end a response: the tokenizer's and those of the model's generation config
+    (chat models often list their end-of-turn token there)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    config = getattr(unwrap(model), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    for token in [extra] if isinstance(extra, int) else list(extra or []):
+        if token not in ids:
+            ids.append(int(token))
+    return ids
+
+
+def _live_columns(mask: torch.Tensor) -> slice:
+    """Columns of a left-padded [b, P] mask that hold a real token in some row."""
+    used = mask.any(0).nonzero()
+    return slice(int(used[0]) if used.numel() else mask.shape[1], mask.shape[1])
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Per-token log-probs of the responses under ``model`` at ``temperature``.
+
+    prompt_ids / prompt_mask [B, P] (left-padded), response_ids / response_mask [B, R]
+    (right-padded) -> [B, R] float32 with ``log softmax(logits / T)[response token]`` on real
+    response tokens and 0 elsewhere. One teacher-forced forward pass per ``batch_size`` rows,
+    position ids counted over real tokens only (as ``generate`` counts them); the output layer
+    runs only at response positions when the architecture allows. Differentiable: call under
+    ``torch.no_grad()`` for rollouts, with gradients inside a policy update.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
+    device = next(model.parameters()).device
+    for start in range(0, response_ids.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        keep = _live_columns(prompt_mask[rows])  # drop columns of padding only
+        width = max(int(response_mask[rows].sum(-1).max()), 1)
+        prompt, p_mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
+        response = response_ids[rows, :width].to(device)
+        r_mask = response_mask[rows, :width].to(device)
+        input_ids = torch.cat([prompt, response], dim=1)  # [b, T]
+        attention_mask = torch.cat([p_mask, r_mask], dim=1)  # [b, T]
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, T]
+        first = prompt.shape[1] - 1  # the position that predicts the first response token
+        if has_plain_head(model):
+            labels = torch.full_like(input_ids, IGNORE_INDEX)  # [b, T], labels[t] = token t+1
+            labels[:, first : first + width] = response.masked_fill(r_mask == 0, IGNORE_INDEX)
+            hidden = decoder_hidden_states(
+                model,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+            )  # [b, T, H]
+            head = unwrap(model).get_output_embeddings()
+            token_logps = token_logprobs_from_hidden(hidden, head, labels, temperature=temperature)
+            token_logps = token_logps[:, first : first + width]  # [b, width]
+        else:
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).logits[:, first : first + width]  # [b, width, V]
+            token_logps = selective_log_softmax(logits / temperature, response)
+            token_logps = token_logps * r_mask
+        out[rows, :width] = token_logps.float().to(out.device)
+    return out
+
+
+@contextmanager
+def _sampling_mode(model: torch.nn.Module, seed: int, device: torch.device) -> Iterator[None]:
+    """Eval mode, no gradients, our generation config alone, a seeded private RNG stream."""
+    base = unwrap(model)
+    saved_config, was_training = base.generation_config, model.training
+    from transformers import GenerationConfig
+
+    base.generation_config = GenerationConfig()
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed)
+            yield
+    finally:
+        base.generation_config = saved_config
+        model.train(was_training)
+
+
+def generation_config(params: SamplingParams, stop_ids: Sequence[int], pad_id: int) -> Any:
+    """The complete ``transformers.GenerationConfig`` for ``params`` (every filter explicit)."""
+    from transformers import GenerationConfig
+
+    sampling = {}
+    if not params.greedy:
+        # top_k must be given even when off: transformers' default is 50
+        sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not params.greedy,
+        num_beams=1,
+        num_return_sequences=1,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+        **sampling,
+    )
+
+
+class HFGenerationEngine:
+    """A :class:`~rlhf.rollout.types.GenerationEngine` over a transformers causal LM.
+
+    ``batch_size`` is how many sequences (prompts × samples) one ``generate`` call decodes;
+    the K samples of a prompt are its K repeated rows (``repeat_interleave``), so chunking
+    never splits the work unevenly.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        if not self.stop_ids:
+            raise ValueError("the tokenizer has no EOS token: responses could never end")
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id in self.stop_ids:
+            raise ValueError(
+                "the tokenizer must pad with a token other than EOS (load it with "
+                "rlhf.models.load_tokenizer, which adds one)"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        attn_implementation: str | None = "sdpa",
+        batch_size: int = 64,
+    ) -> HFGenerationEngine:
+        """Load a model folder (or hub name) and its tokenizer for sampling."""
+        from rlhf.models.load import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+        model = load_model(
+            path,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            tokenizer=tokenizer,
+        )
+        return cls(model, tokenizer, batch_size=batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
+        """``params.num_samples`` responses to every prompt; see the module docstring."""
+        if not prompts:
+            raise ValueError("no prompts to sample from")
+        encoded = [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
+        empty = [index for index, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
+        # [B] rows, prompt-major: the K samples of prompt i are rows i*K .. i*K+K-1
+        prompt_index = torch.arange(len(prompts)).repeat_interleave(params.num_samples)
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = collate_prompts_left(
+            [encoded[i] for i in prompt_index.tolist()], pad_id
+        )  # [B, P]
+        config = generation_config(params, self.stop_ids, pad_id)
+        device = self.device
+        chunks = []
+        with _sampling_mode(self.model, params.seed, device):
+            for start in range(0, len(prompt_index), self.batch_size):
+                rows = slice(start, start + self.batch_size)
+                keep = _live_columns(prompt_mask[rows])
+                ids, mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
+                sequences = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=config
+                )  # [b, p + r]
+                chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
+            response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
+            logps = response_logprobs(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                response_ids,
+                response_mask,
+                temperature=params.logp_temperature,
+                batch_size=self.batch_size,
+            ).cpu()
+        texts = [
+            self.tokenizer.decode(ids[: int(length) - int(stop)], skip_special_tokens=True)
+            for ids, length, stop in zip(
+                response_ids.tolist(), response_mask.sum(-1), ended, strict=True
+            )
+        ]
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            logps=logps,
+            ended_with_eos=ended,
+            prompt_index=prompt_index,
+            response_texts=texts,
+        )
+
+    def _cut_at_first_eos(
+        self, chunks: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generated chunks [b_i, r_i] -> response ids and mask [B, R] and ended [B].
+
+        Everything after a row's first EOS becomes padding. A row without EOS ran to the
+        end of its chunk: ``generate`` only stops a row early at EOS.
+        """
+        pad_id = self.tokenizer.pad_token_id
+        stops = torch.tensor(self.stop_ids)
+        lengths, ended = [], []
+        for chunk in chunks:
+            is_stop = torch.isin(chunk, stops)  # [b, r]
+            has_stop = is_stop.any(-1)  # [b]
+            first = is_stop.int().argmax(-1)  # [b] first stop (0 when none)
+            lengths.append(torch.where(has_stop, first + 1, chunk.shape[1]))
+            ended.append(has_stop)
+        length = torch.cat(lengths)  # [B]
+        width = max(int(length.max()), 1)
+        response_ids = torch.full((len(length), width), pad_id, dtype=torch.long)
+        row = 0
+        for chunk in chunks:
+            columns = min(chunk.shape[1], width)
+            response_ids[row : row + len(chunk), :columns] = chunk[:, :columns]
+            row += len(chunk)
+        response_mask = (torch.arange(width) < length[:, None]).long()  # [B, R]
+        response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
+        return response_ids, response_mask, torch.cat(ended)

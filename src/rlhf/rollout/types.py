@@ -1,0 +1,136 @@
+"""The generation interface: sampling parameters, the rollout batch, the engine protocol.
+
+Every consumer of samples (``rlhf sample``, best-of-N, RAFT, and the online policy optimisers)
+asks a :class:`GenerationEngine` for a :class:`RolloutBatch`; the Hugging Face ``generate``
+engine is one implementation and vLLM can be another without touching the recipes.
+
+Shapes: B rows (= prompts × samples per prompt), P prompt tokens, R response tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+from pydantic import Field
+
+from rlhf.config import StrictModel
+from rlhf.data.records import Text
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample responses.
+
+    ``temperature`` 0 means greedy decoding (then ``logps`` are taken at temperature 1).
+    ``top_k`` 0 and ``top_p`` 1 switch those filters off. ``seed`` makes a call reproducible:
+    the same prompts, parameters, model and engine batch size give the same samples.
+    """
+
+    max_new_tokens: int = 64  # response tokens at most, EOS included
+    temperature: float = 1.0  # logits are divided by this before sampling
+    top_p: float = 1.0  # nucleus sampling: smallest set of tokens with this much probability
+    top_k: int = 0  # sample among the k most likely tokens only
+    num_samples: int = 1  # responses per prompt (K)
+    seed: int = 0  # seed of the sampling random stream
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples must be at least 1, got {self.num_samples}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def logp_temperature(self) -> float:
+        """The temperature the returned log-probs are taken at (1 for greedy decoding)."""
+        return 1.0 if self.greedy else self.temperature
+
+
+class SamplingConfig(StrictModel):
+    """Sampling settings in a recipe's config; :meth:`params` turns them into SamplingParams."""
+
+    max_new_tokens: int = Field(64, ge=1, description="Response tokens at most (EOS included).")
+    temperature: float = Field(
+        1.0, ge=0, description="Divide logits by this before sampling; 0 decodes greedily."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: off).")
+    batch_size: int = Field(
+        64, ge=1, description="Sequences generated together (prompts × samples, chunked)."
+    )
+
+    def params(self, num_samples: int, seed: int) -> SamplingParams:
+        values = self.model_dump(exclude={"batch_size"})
+        return SamplingParams(**values, num_samples=num_samples, seed=seed)
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled responses with everything later stages need, one row per sample.
+
+    Rows are prompt-major: with K samples per prompt, rows ``i*K .. i*K+K-1`` answer prompt
+    ``i`` (``prompt_index`` says so explicitly).
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] long: prompt tokens, left-padded with the pad id
+    prompt_mask: torch.Tensor  # [B, P] long: 1 on real prompt tokens, 0 on the left padding
+    response_ids: torch.Tensor  # [B, R] long: sampled tokens through the first EOS, then pad
+    response_mask: torch.Tensor  # [B, R] long: 1 on real response tokens (EOS included)
+    logps: torch.Tensor  # [B, R] float32: log π_T(token | prefix) at the temperature, 0 on pad
+    ended_with_eos: torch.Tensor  # [B] bool: stopped at EOS (False: cut at max_new_tokens)
+    prompt_index: torch.Tensor  # [B] long: which of the input prompts the row answers
+    response_texts: list[str]  # [B] decoded responses, special tokens (EOS) removed
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """[B] real response tokens per row (EOS included)."""
+        return self.response_mask.sum(-1)
+
+    @property
+    def sequence_logps(self) -> torch.Tensor:
+        """[B] log π(response | prompt): the sum of ``logps`` over the response."""
+        return self.logps.sum(-1)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """[B, P + R] prompt and response side by side (left and right padding kept)."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """[B, P + R] 1 on every real token of :attr:`input_ids`."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        moved = {
+            f.name: value.to(device) if isinstance(value, torch.Tensor) else value
+            for f in fields(self)
+            for value in (getattr(self, f.name),)
+        }
+        return RolloutBatch(**moved)
+
+
+class GenerationEngine(Protocol):
+    """Anything that samples responses to prompts: HF ``generate`` now, vLLM later."""
+
+    def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
+        """``params.num_samples`` responses to each prompt, as one prompt-major batch."""
+        ...
