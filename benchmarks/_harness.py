@@ -236,6 +236,38 @@ def model_flops_utilization(
     return flops_per_param_token * non_embedding_params * tokens_per_s / peak_flops
 
 
+def engine_step_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The training rows of our engine's ``metrics.jsonl`` (one per logged optimiser step, with
+    ``log_every=1`` every step), in step order; each has ``time``, seconds since the training
+    loop began when the step ended."""
+    path = Path(out_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return sorted(
+        (r for r in rows if r.get("split", "train") == "train" and "time" in r),
+        key=lambda r: r["step"],
+    )
+
+
+def trl_step_clock() -> Any:
+    """A ``transformers.TrainerCallback`` that records, at the end of every optimiser step, the
+    seconds since training began (``.ends``; ``.start`` is the ``perf_counter`` of
+    ``on_train_begin``). Imports transformers, so call it only in a TRL child."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ends.append(time.perf_counter() - self.start)
+
+    return StepClock()
+
+
 # ---------------------------------------------------------------- the result line and table
 
 
@@ -290,12 +322,17 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line([str(h) for h in header]), rule, *(line(row) for row in cells)])
 
 
-def print_result(result: Mapping[str, Any]) -> None:
-    """Print the result as one JSON line; benchmarks call this last."""
+def print_result(result: Mapping[str, Any], extra_keys: Sequence[str] = ()) -> None:
+    """Print the result as one JSON line; benchmarks call this last.
+
+    The line holds the contract's keys (:data:`RESULT_KEYS`) in order, then ``extra_keys``
+    (a benchmark's own additions, e.g. ``accuracy``) when the result has them.
+    """
     missing = [key for key in RESULT_KEYS if key not in result]
     if missing:
         raise ValueError(f"result line is missing {missing}")
-    print(json.dumps({key: result[key] for key in RESULT_KEYS}), flush=True)
+    keys = [*RESULT_KEYS, *(key for key in extra_keys if key in result and key not in RESULT_KEYS)]
+    print(json.dumps({key: result[key] for key in keys}), flush=True)
 
 
 def common_arguments(
