@@ -52,13 +52,13 @@ def bradley_terry_loss(
     with torch.no_grad():
         metrics = {
             "pairs": float(difference.numel()),
-            "correct_pairs": float(_wins(difference).sum()),
+            "correct_pairs": float(wins(difference).sum()),
             "margin_sum": float(difference.sum()),
         }
     return loss_sum, metrics
 
 
-def _wins(difference: torch.Tensor) -> torch.Tensor:
+def wins(difference: torch.Tensor) -> torch.Tensor:
     """1 where the chosen response scores higher, ½ on a tie, 0 otherwise: [P]."""
     return (difference > 0).float() + 0.5 * (difference == 0).float()
 
