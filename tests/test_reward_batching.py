@@ -13,11 +13,11 @@ from rlhf.data.pairs import (
 )
 from rlhf.data.records import PreferenceRecord, RankingRecord
 from rlhf.engine.loader import ResumableLoader
+from rlhf.models.forward import shares_prompt_prefix
 from rlhf.models.reward import (
     init_reward_model,
     packed_reward_logits,
     reward_logits,
-    shares_prompt_prefix,
 )
 
 RECORDS = [

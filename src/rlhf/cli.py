@@ -42,6 +42,14 @@ PresetOption = Annotated[
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue the run in `out` from its latest checkpoint.")
 ]
+LossOption = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help="The loss, e.g. dpo, ipo, hinge, simpo (= loss.name=NAME).",
+        show_default=False,
+    ),
+]
 OverridesArgument = Annotated[
     list[str] | None,
     typer.Argument(help="key=value overrides, e.g. train.lr=1e-4", show_default=False),
@@ -100,8 +108,11 @@ def _run_recipe(
             break
 
 
-def _recipe_command(recipe: str, cls_path: str, run_path: str, summary: str) -> None:
-    """Register ``rlhf <recipe>`` with its config keys listed in ``--help``."""
+def _recipe_command(
+    recipe: str, cls_path: str, run_path: str, summary: str, loss_option: bool = False
+) -> None:
+    """Register ``rlhf <recipe>`` with its config keys listed in ``--help``; ``loss_option``
+    adds ``--loss NAME``, a shortcut for the override ``loss.name=NAME``."""
     import importlib
 
     module = importlib.import_module(cls_path)
@@ -117,8 +128,20 @@ def _recipe_command(recipe: str, cls_path: str, run_path: str, summary: str) -> 
         run = getattr(module, run_path.split(":")[1])
         _run_recipe(recipe, cls, run, config, preset, overrides, resume)
 
-    command.__doc__ = summary
-    app.command(name=recipe, epilog=epilog)(command)
+    def command_with_loss(
+        overrides: OverridesArgument = None,
+        config: ConfigOption = None,
+        preset: PresetOption = None,
+        resume: ResumeOption = False,
+        loss: LossOption = None,
+    ) -> None:
+        # --loss comes first, so an explicit loss.name=... override still wins
+        overrides = [*([f"loss.name={loss}"] if loss else []), *(overrides or [])]
+        command(overrides, config, preset, resume)
+
+    chosen = command_with_loss if loss_option else command
+    chosen.__doc__ = summary
+    app.command(name=recipe, epilog=epilog)(chosen)
 
 
 _recipe_command(
@@ -144,6 +167,19 @@ _recipe_command(
     "rlhf.recipes.raft",
     "RAFTConfig:run_raft",
     "RAFT: rounds of sample N per prompt, keep the best by reward, fine-tune on them.",
+)
+_recipe_command(
+    "dpo",
+    "rlhf.recipes.dpo",
+    "DPOConfig:run_dpo",
+    "Offline preference optimisation on pairs: DPO, IPO, hinge, SimPO, ORPO, ... (--loss NAME).",
+    loss_option=True,
+)
+_recipe_command(
+    "kto",
+    "rlhf.recipes.kto",
+    "KTOConfig:run_kto",
+    "KTO on unpaired thumbs up/down (preference pairs are split into thumbs).",
 )
 
 

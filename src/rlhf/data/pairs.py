@@ -259,7 +259,7 @@ def collate_groups(groups: Sequence[TokenizedGroup], pad_token_id: int) -> Rewar
     )
 
 
-def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Tokens all ``sequences`` start with, leaving at least one token of each after it."""
     limit = min(len(sequence) for sequence in sequences) - 1
     length = 0
@@ -268,45 +268,66 @@ def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def collate_groups_shared_prefix(
-    groups: Sequence[TokenizedGroup], pad_token_id: int
-) -> RewardBatch:
-    """Prompt groups as one row each: the responses' common prefix once, then every response.
+@dataclass
+class SharedPrefixRows:
+    """Groups of sequences, one row per group: the common prefix once, then each suffix."""
 
-    For a causal decoder the prompt's hidden states do not depend on the response, so the
-    prompt is computed once per group instead of once per response: row ``g`` holds
-    ``prefix + suffix_1 + … + suffix_K`` and a 4-D mask ``[G, 1, L, L]`` (True = may attend)
-    lets each suffix token see the prefix and the earlier tokens of its own suffix only; each
-    suffix's positions continue from the prefix, so every response's last hidden state equals
-    that of the one-row-per-response layout (up to float rounding). ``response_end`` indexes
-    the flattened ``[G·L]`` positions of the responses' last tokens; ``input_ids`` is
-    ``[G, L]`` and ``attention_mask`` the 4-D mask. Pad positions attend to themselves only
-    (a row with nothing to attend to would give NaN).
+    input_ids: torch.Tensor  # [G, L] prefix + suffix_1 + … + suffix_K of each group, right-padded
+    attention_mask: torch.Tensor  # [G, 1, L, L] bool, True where a query may attend to a key
+    position_ids: torch.Tensor  # [G, L] positions of each token in its own sequence
+    prefix_lengths: list[int]  # [G] tokens of the shared prefix (columns 0 .. prefix − 1)
+    suffix_columns: list[list[int]]  # [G][K] column where each sequence's own suffix starts
+    num_tokens: int  # real (non-pad) tokens
+
+    def column(self, group: int, sequence: int, index: int) -> int:
+        """The column of token ``index`` of sequence ``sequence`` of group ``group``."""
+        prefix = self.prefix_lengths[group]
+        return index if index < prefix else self.suffix_columns[group][sequence] + index - prefix
+
+
+def shared_prefix_rows(
+    groups: Sequence[Sequence[Sequence[int]]],
+    pad_token_id: int,
+    *,
+    next_token_targets: bool = False,
+) -> SharedPrefixRows:
+    """Groups of token sequences as one row each: their common prefix once, then every suffix.
+
+    For a causal decoder the prefix's hidden states do not depend on what follows, so it is
+    computed once per group instead of once per sequence: row ``g`` holds ``prefix + suffix_1
+    + … + suffix_K`` and a 4-D mask ``[G, 1, L, L]`` (True = may attend) lets each suffix token
+    see the prefix and the earlier tokens of its own suffix only; each suffix's positions
+    continue from the prefix, so every token's hidden state equals that of the one-row-per-
+    sequence layout (up to float rounding). Pad positions attend to themselves only (a row with
+    nothing to attend to would give NaN).
+
+    ``next_token_targets``: the prefix stops one token before the sequences part ways, so the
+    prefix's last position predicts a token all of them share; then every next-token target
+    of every sequence has exactly one position (a language model's log-probs need this). By
+    default the prefix is the whole common prefix (a reward read at each sequence's end).
     """
     rows: list[list[int]] = []
-    segments: list[list[int]] = []  # 0: the prefix, k ≥ 1: response k
+    segments: list[list[int]] = []  # 0: the prefix, k ≥ 1: sequence k's suffix
     positions: list[list[int]] = []
-    ends: list[tuple[int, int]] = []
-    chosen: list[int] = []
-    rejected: list[int] = []
-    margins: list[float] = []
-    for group in groups:
-        offset = len(ends)
-        prefix = _common_prefix_length(group.sequences)
-        row, segment = list(group.sequences[0][:prefix]), [0] * prefix
-        position = list(range(prefix))
-        for k, sequence in enumerate(group.sequences, start=1):
+    prefixes: list[int] = []
+    starts: list[list[int]] = []
+    for sequences in groups:
+        prefix = common_prefix_length(sequences)
+        if next_token_targets:
+            prefix = max(prefix - 1, 0)
+        row, segment = list(sequences[0][:prefix]), [0] * prefix
+        position, columns = list(range(prefix)), []
+        for k, sequence in enumerate(sequences, start=1):
             suffix = sequence[prefix:]
+            columns.append(len(row))
             row.extend(suffix)
             segment.extend([k] * len(suffix))
             position.extend(range(prefix, prefix + len(suffix)))
-            ends.append((len(rows), len(row) - 1))
         rows.append(row)
         segments.append(segment)
         positions.append(position)
-        chosen.extend(offset + index for index in group.chosen)
-        rejected.extend(offset + index for index in group.rejected)
-        margins.extend(group.margins)
+        prefixes.append(prefix)
+        starts.append(columns)
     input_ids, real = pad_right(rows, pad_token_id)
     width = input_ids.shape[1]
     segment = torch.full((len(rows), width), -1, dtype=torch.long)
@@ -319,13 +340,39 @@ def collate_groups_shared_prefix(
     visible = (key == 0) | (key == query)
     mask = causal & visible & real.bool()[:, None, :] & real.bool()[:, :, None]
     mask |= torch.eye(width, dtype=torch.bool)  # pad queries see themselves (no NaN)
+    return SharedPrefixRows(
+        input_ids, mask[:, None], position_ids, prefixes, starts, int(real.sum())
+    )
+
+
+def collate_groups_shared_prefix(
+    groups: Sequence[TokenizedGroup], pad_token_id: int
+) -> RewardBatch:
+    """Prompt groups as one row each (:func:`shared_prefix_rows`): the responses' common
+    prefix once, then every response. ``response_end`` indexes the flattened ``[G·L]``
+    positions of the responses' last tokens; ``input_ids`` is ``[G, L]`` and
+    ``attention_mask`` the 4-D mask.
+    """
+    packed = shared_prefix_rows([group.sequences for group in groups], pad_token_id)
+    width = packed.input_ids.shape[1]
+    ends: list[int] = []
+    chosen: list[int] = []
+    rejected: list[int] = []
+    margins: list[float] = []
+    for g, group in enumerate(groups):
+        offset = len(ends)
+        for k, sequence in enumerate(group.sequences):
+            ends.append(g * width + packed.column(g, k, len(sequence) - 1))
+        chosen.extend(offset + index for index in group.chosen)
+        rejected.extend(offset + index for index in group.rejected)
+        margins.extend(group.margins)
     return RewardBatch(
-        input_ids,
-        mask[:, None],
+        packed.input_ids,
+        packed.attention_mask,
         torch.tensor(chosen, dtype=torch.long),
         torch.tensor(rejected, dtype=torch.long),
         torch.tensor(margins, dtype=torch.float32),
-        int(real.sum()),
-        position_ids,
-        torch.tensor([row * width + column for row, column in ends], dtype=torch.long),
+        packed.num_tokens,
+        packed.position_ids,
+        torch.tensor(ends, dtype=torch.long),
     )

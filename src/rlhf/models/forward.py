@@ -55,11 +55,63 @@ def has_plain_head(model: torch.nn.Module) -> bool:
     return scale in (None, 1.0) and getattr(config, "final_logit_softcapping", None) is None
 
 
+def shares_prompt_prefix(model: torch.nn.Module) -> bool:
+    """Whether the model can read several sequences in one row after their shared prompt
+    (:func:`rlhf.data.pairs.shared_prefix_rows`): a causal decoder whose attention kernel takes
+    a custom 4-D mask (sdpa, eager), read either as a reward model at each sequence's last
+    token (transformers' ``GenericForSequenceClassification``: a ``score`` head on the decoder
+    named by ``base_model_prefix``) or as a causal LM whose logits are ``lm_head(hidden)``
+    (:func:`has_plain_head`, so log-probs come from the decoder's hidden states)."""
+    base = unwrap(model)
+    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return False
+    try:
+        from transformers.modeling_layers import GenericForSequenceClassification
+    except ImportError:  # transformers < 4.56
+        return False
+    return isinstance(base, GenericForSequenceClassification) or (
+        has_plain_head(base) and base.get_output_embeddings() is not None
+    )
+
+
 def decoder_hidden_states(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
     """Last hidden states [B, T, H] of the model's decoder stack."""
     base = unwrap(model)
     decoder = getattr(base, base.base_model_prefix)
     return decoder(**inputs, use_cache=False).last_hidden_state
+
+
+def label_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Log-probs [B, T] (float32) of ``labels`` [B, T] (already shifted: the token predicted
+    at each position; -100 = none, giving 0 there).
+
+    Plain-head architectures never hold the full ``[B, T, V]`` logits: the output layer runs
+    on the labelled positions only (:func:`rlhf.models.logprobs.token_logprobs_from_hidden`);
+    others take the ordinary forward and :func:`~rlhf.models.logprobs.selective_log_softmax`.
+    ``attention_mask`` may be 2-D or a 4-D ``[B, 1, T, T]`` mask.
+    """
+    from rlhf.models.logprobs import selective_log_softmax, token_logprobs_from_hidden
+
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+    if has_plain_head(model):
+        hidden = decoder_hidden_states(model, **inputs)  # [B, T, H]
+        head = unwrap(model).get_output_embeddings()
+        return token_logprobs_from_hidden(hidden, head, labels).float()
+    logits = model(**inputs, use_cache=False).logits  # [B, T, V]
+    valid = labels != -100
+    token_logps = selective_log_softmax(logits, labels.masked_fill(~valid, 0))
+    return torch.where(valid, token_logps, torch.zeros_like(token_logps)).float()
 
 
 def logits_at(

@@ -139,23 +139,6 @@ def reward_logits(
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
-def shares_prompt_prefix(model: torch.nn.Module) -> bool:
-    """Whether the model can score a group's responses in one row after their shared prompt
-    (:func:`rlhf.data.pairs.collate_groups_shared_prefix`): a causal decoder read at its last
-    token (transformers' ``GenericForSequenceClassification``: a ``score`` head on the decoder
-    named by ``base_model_prefix``) with an attention kernel that takes a custom 4-D mask."""
-    try:
-        from transformers.modeling_layers import GenericForSequenceClassification
-    except ImportError:  # transformers < 4.56
-        return False
-    base = unwrap(model)
-    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
-    return isinstance(base, GenericForSequenceClassification) and implementation in (
-        "sdpa",
-        "eager",
-    )
-
-
 def packed_reward_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

@@ -49,6 +49,7 @@ from rlhf.data.records import CompletionRecord, Record, Text
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
 from rlhf.losses.reward import bradley_terry_loss, preference_metrics
+from rlhf.models.forward import shares_prompt_prefix
 from rlhf.models.load import LoraSpec, load_tokenizer
 from rlhf.models.reward import (
     RewardModel,
@@ -58,7 +59,6 @@ from rlhf.models.reward import (
     packed_reward_logits,
     reward_logits,
     set_normalization,
-    shares_prompt_prefix,
     write_normalization,
 )
 from rlhf.recipes.common import (

@@ -11,8 +11,10 @@ They are generated from a seed in code, so a fresh machine can train with nothin
 * ``builtin:arithmetic-rankings`` — four answers per problem ranked by their distance from the
   right answer (equal distances tie).
 * ``builtin:arithmetic-ratings`` — three rated answers per problem, scored 1–5 by distance.
+* ``builtin:arithmetic-binary`` — unpaired thumbs up/down (KTO): one answer per problem, the
+  correct one (thumbs up) or a wrong one (thumbs down), half each.
 
-For the last three, ``n`` counts problems (prompts).
+For the last four, ``n`` counts problems (prompts).
 
 An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed.
 """
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from rlhf.data.records import (
+    BinaryRecord,
     CompletionRecord,
     PreferenceRecord,
     RankingRecord,
@@ -106,12 +109,23 @@ def arithmetic_ratings(n: int, seed: int) -> list[Record]:
     return records
 
 
+def arithmetic_binary(n: int, seed: int) -> list[Record]:
+    rng = random.Random(seed)
+    records: list[Record] = []
+    for _ in range(n):
+        prompt, [(correct, _), (wrong, _)] = arithmetic_answers(rng, 1)
+        liked = rng.random() < 0.5
+        records.append(BinaryRecord(prompt, correct if liked else wrong, liked))
+    return records
+
+
 BUILTIN: dict[str, Callable[[int, int], list[Record]]] = {
     "arithmetic": arithmetic,
     "arithmetic-text": arithmetic_text,
     "arithmetic-preferences": arithmetic_preferences,
     "arithmetic-rankings": arithmetic_rankings,
     "arithmetic-ratings": arithmetic_ratings,
+    "arithmetic-binary": arithmetic_binary,
 }
 
 

@@ -1,0 +1,640 @@
+"""Offline preference optimisation: DPO and its family, trained directly on preference pairs.
+
+DPO (Rafailov et al., 2023) needs no reward model and no sampling during training. Its
+loss (eq. 7) is the Bradley–Terry likelihood of the data with the reward replaced by the
+policy's *implicit reward* ``β · log π(y|x) / π_ref(y|x)``::
+
+    L = −log σ(β · [log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x)])
+
+and its minimiser is the optimum of the KL-regularised reward objective. ``loss.name`` picks
+the variant from :data:`rlhf.losses.preference.PREFERENCE_LOSSES` (IPO, SLiC hinge, robust /
+conservative DPO, the general convex f, SimPO, ORPO, RPO, APO-zero); see docs/dpo.md.
+
+Phases: data (any comparing kind becomes pairs; the held-out split is by prompt) → model →
+tokenise (prompt and completion together) → batches (one row per pair with the prompt once
+for decoders that take a 4-D mask, else ``[2P, T]``) → reference log-probs (computed once with
+the policy's own initial weights, a LoRA policy's disabled adapter or ``reference.path``, and
+cached on disk; skipped for reference-free losses) → train → export.
+
+    rlhf dpo --preset tiny
+    rlhf dpo --preset tiny --loss ipo
+    rlhf dpo --config dpo.yaml model.path=runs/sft/model data.train=prefs.jsonl
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from rlhf.config import StrictModel
+from rlhf.data.preference import (
+    LogpTable,
+    PairBatch,
+    PairExample,
+    PairText,
+    collate_pairs,
+    collate_pairs_shared_prompt,
+    tokenize_pairs,
+)
+from rlhf.data.records import Record, Text
+from rlhf.engine.loader import ResumableLoader
+from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
+from rlhf.losses.preference import (
+    CONVEX_FUNCTIONS,
+    PREFERENCE_LOSSES,
+    LossOutput,
+    PairLogps,
+)
+from rlhf.models.forward import shares_prompt_prefix
+from rlhf.models.reference import (
+    ReferenceModel,
+    cache_path,
+    compute_reference_logps,
+    folder_digest,
+    is_lora,
+    pair_logps,
+    parameters_digest,
+    read_cache,
+    reference_fingerprint,
+    release_memory,
+    write_cache,
+)
+from rlhf.recipes.common import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    RunResult,
+    build_model_and_tokenizer,
+    load_records,
+    prepare_out_dir,
+    split_train_eval,
+    training_texts,
+)
+from rlhf.recipes.lm import exporter
+
+logger = logging.getLogger("rlhf")
+
+LossName = Literal[tuple(PREFERENCE_LOSSES)]  # type: ignore[valid-type]
+ConvexName = Literal[tuple(CONVEX_FUNCTIONS)]  # type: ignore[valid-type]
+HYPERPARAMETERS = ("beta", "label_smoothing", "gamma", "alpha")
+
+
+# ------------------------------------------------------------------------------ config
+
+
+class ReferenceConfig(StrictModel):
+    path: str | None = Field(
+        None,
+        description="The reference model π_ref (hub name or folder). Default: the policy's own "
+        "initial weights (with LoRA: the base model, adapter disabled), no second model.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where reference log-probs are cached (default $RLHF_CACHE/reference, "
+        "else ~/.cache/rlhf/reference).",
+    )
+    precompute: bool = Field(
+        True,
+        description="Compute reference log-probs once before training (cached on disk); "
+        "false runs the reference in every step instead (a second model in memory unless LoRA).",
+    )
+
+
+class PreferenceDataConfig(DataConfig):
+    group_by_length: bool = Field(
+        True,
+        description="Batch pairs of similar length together (each window of 50 shuffled "
+        "batches sorted by length, then the batches shuffled): far less padding.",
+    )
+    share_prompt: bool = Field(
+        True,
+        description="One row per pair with the prompt once (decoders whose attention takes a "
+        "4-D mask); false always uses one row per completion.",
+    )
+
+    @model_validator(mode="after")
+    def _no_packing(self) -> PreferenceDataConfig:
+        if self.packing:
+            raise ValueError("data.packing: preference pairs are batched as pairs; set false")
+        return self
+
+
+class PreferenceLossConfig(StrictModel):
+    """The loss and its hyperparameters; one left unset takes the loss's own default."""
+
+    name: LossName = Field(  # type: ignore[valid-type]
+        "dpo",
+        description="dpo (sigmoid; conservative with label_smoothing > 0), robust, ipo, hinge, "
+        "general, simpo, orpo, rpo, apo_zero.",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="β: the KL strength (all losses; IPO's τ, ORPO's λ, SimPO's reward scale). "
+        "Default: the loss's own (2.0 for simpo, else 0.1).",
+    )
+    label_smoothing: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="ε, the assumed label-flip rate: dpo (cDPO, default 0) and robust (default 0.1).",
+    )
+    gamma: float | None = Field(
+        None, description="simpo: the target reward margin γ, absolute (default 0.5)."
+    )
+    alpha: float | None = Field(
+        None, ge=0, description="rpo: weight of the chosen completion's NLL (default 1.0)."
+    )
+    convex_f: ConvexName | None = Field(  # type: ignore[valid-type]
+        None,
+        description="general: the convex f of f(βρ): logistic (= dpo), hinge (= SLiC), "
+        "squared (IPO-like), exponential, truncated_squared, savage (default logistic).",
+    )
+
+    @model_validator(mode="after")
+    def _only_what_the_loss_reads(self) -> PreferenceLossConfig:
+        reads = set(PREFERENCE_LOSSES[self.name].hyperparameters)
+        if self.name == "general":
+            reads.add("convex_f")
+        for key in (*HYPERPARAMETERS, "convex_f"):
+            if getattr(self, key) is not None and key not in reads:
+                readers = [
+                    name
+                    for name, spec in PREFERENCE_LOSSES.items()
+                    if key in spec.hyperparameters or (key == "convex_f" and name == "general")
+                ]
+                raise ValueError(
+                    f"loss.{key}: the {self.name!r} loss does not read it (read by "
+                    f"{', '.join(readers)}); leave it unset"
+                )
+        return self
+
+    @property
+    def needs_reference(self) -> bool:
+        return PREFERENCE_LOSSES[self.name].needs_reference
+
+    def function(self) -> Callable[[PairLogps], LossOutput]:
+        """The loss with the hyperparameters set here; unset ones keep the loss's defaults."""
+        spec = PREFERENCE_LOSSES[self.name]
+        kwargs = {key: getattr(self, key) for key in spec.hyperparameters}
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        if self.name == "general":
+            kwargs["f"] = CONVEX_FUNCTIONS[self.convex_f or "logistic"]
+        return partial(spec.fn, **kwargs)
+
+
+class PreferenceEvalConfig(StrictModel):
+    """Held-out evaluation beyond the loss: the policy's sampled KL to the reference."""
+
+    kl_prompts: int = Field(
+        16,
+        ge=0,
+        description="Held-out prompts to sample from for KL(π‖π_ref) at each evaluation; 0 "
+        "skips it (and keeps only one model in memory with the default reference).",
+    )
+    kl_samples_per_prompt: int = Field(2, ge=1, description="Samples per KL prompt.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled response.")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature; the KL is that of the tempered policies (1: π itself).",
+    )
+    batch_size: int = Field(64, ge=1, description="Sequences generated together.")
+
+
+class DPOConfig(RecipeConfig):
+    """Offline preference optimisation (DPO and its family)."""
+
+    model: ModelConfig = Field(description="The policy to train (usually the SFT model).")
+    reference: ReferenceConfig = Field(
+        default_factory=ReferenceConfig, description="The reference policy π_ref."
+    )
+    data: PreferenceDataConfig = Field(
+        description="Comparisons: preference pairs, rankings, ratings, thumbs, edits."
+    )
+    loss: PreferenceLossConfig = Field(
+        default_factory=PreferenceLossConfig, description="The loss."
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Optimisation; batch_size counts pairs."
+    )
+    eval: PreferenceEvalConfig = Field(
+        default_factory=PreferenceEvalConfig, description="Held-out evaluation."
+    )
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def preference_pairs(records: Sequence[Record], source: str) -> list[list[PairText]]:
+    """Records of any comparing kind as pairs, one list per prompt (first-seen order)."""
+    from rlhf.recipes.reward_model import preference_groups
+
+    return [
+        [
+            PairText(group.prompt, group.responses[chosen], group.responses[rejected])
+            for chosen, rejected in zip(group.chosen, group.rejected, strict=True)
+        ]
+        for group in preference_groups(records, source)
+    ]
+
+
+def split_by_prompt(
+    groups: Sequence[list[Any]], data: DataConfig, seed: int, read_eval: Callable[[], list[Any]]
+) -> tuple[list[Any], list[Any]]:
+    """Training and held-out items; the held-out split is by prompt (no prompt on both sides).
+
+    ``groups`` holds one list of items per prompt; ``read_eval()`` gives the held-out items
+    when ``data.eval`` is set.
+    """
+    if data.eval is not None:
+        train_groups, held_out = list(groups), read_eval()
+    else:
+        train_groups, eval_groups = split_train_eval(groups, data, seed)  # type: ignore[arg-type]
+        held_out = [item for group in eval_groups for item in group]  # type: ignore[union-attr]
+    train = [item for group in train_groups for item in group]  # type: ignore[union-attr]
+    return train, held_out[: data.eval_max_examples]
+
+
+def unique_prompts(items: Sequence[PairText], limit: int) -> list[Text]:
+    prompts: dict[Text, None] = {}
+    for item in items:
+        prompts.setdefault(item.prompt, None)
+        if len(prompts) >= limit:
+            break
+    return list(prompts)
+
+
+# ------------------------------------------------------------------------------ loss and eval
+
+# (batch, policy log-probs [P, 2], reference log-probs [P, 2] or None) -> (loss sum, metric sums)
+Objective = Callable[[PairBatch, torch.Tensor, torch.Tensor | None], LossOutput]
+
+
+def pairwise_objective(loss: Callable[[PairLogps], LossOutput]) -> Objective:
+    """A pairwise loss on the batch's (chosen, rejected) completions."""
+
+    def objective(batch: PairBatch, logps: torch.Tensor, ref: torch.Tensor | None) -> LossOutput:
+        tokens = batch.completion_tokens  # [P, 2]
+        return loss(
+            PairLogps(
+                chosen_logps=logps[:, 0],
+                rejected_logps=logps[:, 1],
+                chosen_tokens=tokens[:, 0],
+                rejected_tokens=tokens[:, 1],
+                ref_chosen_logps=None if ref is None else ref[:, 0],
+                ref_rejected_logps=None if ref is None else ref[:, 1],
+            )
+        )
+
+    return objective
+
+
+def offline_loss(
+    model: torch.nn.Module,
+    batch: PairBatch,
+    objective: Objective,
+    reference: ReferenceModel | None = None,
+) -> LossOutput:
+    """One forward pass over both completions of every pair; the reference's log-probs come
+    from the batch (precomputed) or, when it has none, from ``reference`` run now."""
+    logps = pair_logps(model, batch)  # [P, 2]
+    ref = batch.ref_logps
+    if ref is None and reference is not None:
+        with reference.active() as module:
+            ref = pair_logps(module, batch)
+    return objective(batch, logps, ref)
+
+
+def pair_summary(sums: Mapping[str, float]) -> dict[str, float]:
+    """Held-out means from the summed metrics of a pairwise loss."""
+    pairs = max(sums.get("pairs", 0.0), 1.0)
+    return {
+        "loss": sums["loss_sum"] / pairs,
+        "accuracy": sums["correct_pairs"] / pairs,
+        "margin": sums["margin_sum"] / pairs,
+        "chosen_reward": sums["chosen_reward_sum"] / pairs,
+        "rejected_reward": sums["rejected_reward_sum"] / pairs,
+        "chosen_logps": sums["chosen_logps_sum"] / pairs,
+        "rejected_logps": sums["rejected_logps_sum"] / pairs,
+        "pairs": sums.get("pairs", 0.0),
+    }
+
+
+def sampled_kl(
+    policy: torch.nn.Module,
+    reference: ReferenceModel,
+    tokenizer: Any,
+    prompts: Sequence[Text],
+    params: Any,
+    batch_size: int,
+) -> dict[str, float]:
+    """KL(π‖π_ref) estimated from samples: y ~ π, then the mean over samples of
+    Σ_t log π(y_t|·) − log π_ref(y_t|·) (the k1 estimator, unbiased for the sequence-level KL;
+    Schulman, 2020, "Approximating KL divergence"). Returns ``kl``, its standard error and the
+    mean response length."""
+    from rlhf.rollout.hf import HFGenerationEngine, response_logprobs
+
+    rollout = HFGenerationEngine(policy, tokenizer, batch_size=batch_size).generate(prompts, params)
+    with reference.active() as module:
+        ref = response_logprobs(
+            module,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            temperature=params.logp_temperature,
+            batch_size=batch_size,
+        ).cpu()  # [B, R]
+    per_sample = (rollout.logps - ref).sum(-1).double()  # [B]
+    count = per_sample.numel()
+    stderr = float(per_sample.std() / math.sqrt(count)) if count > 1 else 0.0
+    return {
+        "kl": float(per_sample.mean()),
+        "kl_stderr": stderr,
+        "response_tokens": float(rollout.response_lengths.float().mean()),
+    }
+
+
+def held_out_evaluation(
+    loader: ResumableLoader | None,
+    objective: Objective,
+    summarise: Callable[[Mapping[str, float]], dict[str, float]],
+    device: torch.device,
+    reference: ReferenceModel | None,
+    kl: Callable[[torch.nn.Module], dict[str, float]] | None,
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """An evaluation function: the loss's held-out metrics and the sampled KL."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if loader is not None:
+            sums: dict[str, float] = {}
+            for batch in loader:
+                loss_sum, batch_metrics = offline_loss(
+                    model, batch.to(device), objective, reference
+                )
+                sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss_sum)
+                for key, value in batch_metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            metrics = summarise(sums)
+        if kl is not None:
+            metrics |= kl(model)
+        return metrics
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------ the shared loop
+
+
+def _load_reference(config: Any, tokenizer: Any) -> torch.nn.Module:
+    from rlhf.models.load import load_model
+
+    logger.info("loading the reference model %s", config.reference.path)
+    return load_model(
+        config.reference.path,
+        dtype=config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        tokenizer=tokenizer,
+    )
+
+
+def _reference_weights_digest(config: Any, model: torch.nn.Module) -> str | None:
+    """The reference's weight digest without loading it (None: it must be loaded to tell)."""
+    path = config.reference.path
+    if path is None:
+        return parameters_digest(model)  # the policy at initialisation is the reference
+    if Path(path).expanduser().is_dir():
+        return folder_digest(Path(path).expanduser())
+    return None  # a hub name: hashed once loaded
+
+
+def precompute_reference(
+    config: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[PairExample],
+    loader: ResumableLoader,
+    trainer: Trainer,
+    kept: ReferenceModel | None = None,
+) -> torch.Tensor:
+    """Reference log-probs ``[N, 2]`` of every example: from the cache, else computed once.
+
+    Runs before the first update (so the policy's own weights are still the initial ones)
+    with the trainer's device and precision. A separate ``reference.path`` is loaded for the
+    pass and freed after it, unless ``kept`` (the reference held for the whole run) has it.
+    """
+    device, autocast = trainer.device, trainer.autocast_dtype
+    separate = config.reference.path is not None
+    loaded = kept.module if separate and kept is not None else None
+    weights = _reference_weights_digest(config, model)
+    if weights is None:  # a hub name: hashed once loaded
+        loaded = loaded if loaded is not None else _load_reference(config, tokenizer)
+        weights = parameters_digest(loaded)
+    fingerprint = reference_fingerprint(
+        weights,
+        tokenizer,
+        examples,
+        config.data.max_length,
+        f"{device.type}/{autocast or torch.float32}",
+    )
+    path = cache_path(config.reference.cache_dir, fingerprint)
+    values = read_cache(path, len(examples))
+    if values is not None:
+        logger.info("reference log-probs: cache hit, %s (%d examples)", path, len(examples))
+    else:
+        if separate:
+            loaded = loaded if loaded is not None else _load_reference(config, tokenizer)
+            reference = ReferenceModel.frozen(loaded).to(device)
+        else:
+            reference = ReferenceModel.policy(model)  # initial weights, or adapter disabled
+        start = time.perf_counter()
+        values = compute_reference_logps(
+            reference, loader, len(examples), device, autocast, progress=config.progress
+        )
+        write_cache(path, values, fingerprint)
+        logger.info(
+            "reference log-probs: computed for %d examples in %.1f s, cached in %s",
+            len(examples), time.perf_counter() - start, path,
+        )  # fmt: skip
+        reference = None
+    if loaded is not None and kept is None:  # free a reference loaded for this pass alone
+        loaded = None
+        release_memory()
+    return values
+
+
+def live_reference(config: Any, model: torch.nn.Module, tokenizer: Any) -> ReferenceModel:
+    """π_ref kept for the whole run (reference computed in every step, or the sampled KL):
+    ``reference.path`` loaded; else the LoRA policy with its adapter disabled; else a frozen
+    copy of the policy's initial weights (a second model in memory)."""
+    if config.reference.path is not None:
+        return ReferenceModel.frozen(_load_reference(config, tokenizer))
+    if is_lora(model):
+        return ReferenceModel.policy(model)
+    logger.info("keeping a frozen copy of the initial policy as the reference")
+    return ReferenceModel.frozen(copy.deepcopy(model))
+
+
+def train_offline(
+    config: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out: Path,
+    checkpoint: Path | None,
+    train_examples: Sequence[PairExample],
+    eval_examples: Sequence[PairExample],
+    *,
+    objective: Objective,
+    needs_reference: bool,
+    summarise: Callable[[Mapping[str, float]], dict[str, float]],
+    kl_prompts: Sequence[Text],
+) -> RunResult:
+    """Train on two-completion examples through the engine (DPO family and KTO alike).
+
+    ``eval_examples`` are indexed after ``train_examples`` (one reference table for both).
+    """
+    data, seed = config.data, config.train.seed
+    if not train_examples:
+        raise ValueError(f"{data.train}: no pair left to train on (see the log)")
+    examples = [*train_examples, *eval_examples]
+    if [example.index for example in examples] != list(range(len(examples))):
+        raise ValueError("train and eval examples must be indexed 0 .. N-1 in order")
+
+    # batches: one row per pair with the prompt once where the model allows it
+    shared = data.share_prompt and shares_prompt_prefix(model)
+    precompute = needs_reference and config.reference.precompute
+    table = LogpTable() if precompute else None
+    collate = partial(
+        collate_pairs_shared_prompt if shared else collate_pairs,
+        pad_token_id=tokenizer.pad_token_id,
+        reference=table,
+    )
+    lengths = [example.length for example in train_examples] if data.group_by_length else None
+    batch_size = config.train.batch_size
+    train_loader = ResumableLoader(
+        list(train_examples), batch_size, collate, seed=seed, lengths=lengths
+    )
+
+    def ordered(items: Sequence[PairExample]) -> ResumableLoader:
+        return ResumableLoader(list(items), batch_size, collate, shuffle=False, drop_last=False)
+
+    eval_loader = ordered(eval_examples) if eval_examples else None
+    logger.info(
+        "%d training examples, %d held-out; %s layout",
+        len(train_examples), len(eval_examples),
+        "shared-prompt (one row per pair)" if shared else "plain (one row per completion)",
+    )  # fmt: skip
+
+    # the reference kept in memory: for per-step log-probs, or for the sampled KL
+    sampled = bool(kl_prompts) and config.eval.kl_prompts > 0 and needs_reference
+    if needs_reference and (sampled or not precompute):
+        reference = live_reference(config, model, tokenizer)
+    else:
+        reference = None
+        if config.eval.kl_prompts > 0 and not needs_reference:
+            logger.info("no sampled KL: a reference-free loss has no reference to measure it to")
+
+    device = resolve_device(config.train.device)
+    kl = None
+    if sampled and reference is not None:
+        from rlhf.rollout.types import SamplingParams
+
+        params = SamplingParams(
+            max_new_tokens=config.eval.max_new_tokens,
+            temperature=config.eval.temperature,
+            num_samples=config.eval.kl_samples_per_prompt,
+            seed=seed,
+        )
+        kl = partial(
+            sampled_kl,
+            reference=reference,
+            tokenizer=tokenizer,
+            prompts=list(kl_prompts),
+            params=params,
+            batch_size=config.eval.batch_size,
+        )
+    evaluate = held_out_evaluation(
+        eval_loader, objective, summarise, device, None if precompute else reference, kl
+    )
+    export = exporter(model, tokenizer)
+    trainer = Trainer(
+        model,
+        config.train,
+        train_loader,
+        partial(offline_loss, objective=objective, reference=None if precompute else reference),
+        out,
+        evaluate=evaluate if (eval_loader is not None or kl is not None) else None,
+        export=export,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config.model_dump(mode="json"),
+        progress=config.progress,
+    )
+    if reference is not None and reference.module is not model:
+        reference.to(trainer.device)
+
+    # reference log-probs: once, before the first update, from the cache when it has them
+    if table is not None:
+        table.values = precompute_reference(
+            config, model, tokenizer, examples, ordered(examples), trainer, reference
+        )
+
+    result = trainer.train(resume_from=checkpoint)
+    model_dir = out / "model"
+    export(model_dir)
+    return RunResult(out, result.final_step, model_dir, result.history)
+
+
+# ------------------------------------------------------------------------------ the recipe
+
+
+def run_dpo(config: DPOConfig, resume: bool = False) -> RunResult:
+    """Train a policy on preference pairs with the configured loss; export it to <out>/model."""
+    out, checkpoint = prepare_out_dir(config, resume)
+    data, seed = config.data, config.train.seed
+
+    # data: pairs from any comparing kind; the held-out split is by prompt
+    records = load_records(data.train, data)
+    groups = preference_pairs(records, data.train)
+
+    def read_eval() -> list[PairText]:
+        assert data.eval is not None
+        held_out = preference_pairs(load_records(data.eval, data), data.eval)
+        return [pair for group in held_out for pair in group]
+
+    train_pairs, eval_pairs = split_by_prompt(groups, data, seed, read_eval)
+
+    # model (a tiny one is built here, its tokenizer trained on this data)
+    model, tokenizer = build_model_and_tokenizer(
+        config.model, out, lambda: training_texts(records), seed
+    )
+
+    # tokenise: prompt and completion together, both completions of a pair
+    train_examples = tokenize_pairs(tokenizer, train_pairs, data.max_length, data.truncation)
+    eval_examples = tokenize_pairs(
+        tokenizer, eval_pairs, data.max_length, data.truncation, first_index=len(train_examples)
+    )
+    return train_offline(
+        config,
+        model,
+        tokenizer,
+        out,
+        checkpoint,
+        train_examples,
+        eval_examples,
+        objective=pairwise_objective(config.loss.function()),
+        needs_reference=config.loss.needs_reference,
+        summarise=pair_summary,
+        kl_prompts=unique_prompts(eval_pairs, config.eval.kl_prompts),
+    )
