@@ -271,3 +271,17 @@ def test_response_logprobs_same_on_the_full_logits_path_and_differentiable(eos_e
     grad = eos_engine.model.lm_head.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     eos_engine.model.zero_grad(set_to_none=True)
+
+
+def test_response_text_keeps_the_space_a_sentencepiece_tokenizer_puts_on_its_first_word():
+    """Decoding "▁loved" alone gives "loved"; as the prompt's continuation it is " loved"."""
+    from rlhf.models.load import load_tokenizer
+    from rlhf.rollout.hf import decode_continuation
+
+    from .conftest import STORIES, require_shared
+
+    tokenizer = load_tokenizer(require_shared(STORIES))
+    prompt = tokenizer("Once upon a time, Lily")["input_ids"]
+    response = tokenizer("Once upon a time, Lily loved her dog.")["input_ids"][len(prompt) :]
+    assert tokenizer.decode(response, skip_special_tokens=True).startswith("loved")
+    assert decode_continuation(tokenizer, prompt, response) == " loved her dog."

@@ -182,6 +182,22 @@ def generation_config(params: SamplingParams, stop_ids: Sequence[int], pad_id: i
     )
 
 
+def decode_continuation(tokenizer: Any, prompt_ids: list[int], response_ids: list[int]) -> str:
+    """The response's text as it continues the prompt (special tokens skipped).
+
+    Decoding the response tokens alone loses what depends on their left context: a
+    SentencePiece tokenizer drops the leading space of the first word ("▁loved" decodes to
+    "loved", so prompt + response would read "Sheloved"). Decoding prompt and response together
+    and removing the decoded prompt keeps it; where that is not prefix-stable, the response is
+    decoded alone.
+    """
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=True)
+    if whole.startswith(head):
+        return whole[len(head) :]
+    return tokenizer.decode(response_ids, skip_special_tokens=True)
+
+
 class HFGenerationEngine:
     """A :class:`~rlhf.rollout.types.GenerationEngine` over a transformers causal LM.
 
@@ -267,9 +283,13 @@ class HFGenerationEngine:
                 batch_size=self.batch_size,
             ).cpu()
         texts = [
-            self.tokenizer.decode(ids[: int(length) - int(stop)], skip_special_tokens=True)
-            for ids, length, stop in zip(
-                response_ids.tolist(), response_mask.sum(-1), ended, strict=True
+            decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
+            for prompt, ids, length, stop in zip(
+                prompt_index.tolist(),
+                response_ids.tolist(),
+                response_mask.sum(-1),
+                ended,
+                strict=True,
             )
         ]
         return RolloutBatch(
