@@ -335,7 +335,10 @@ def sample(
     limit: LimitOption = None,
     reward: Annotated[
         str | None,
-        typer.Option(help="Score responses: rule=NAME or model=PATH (adds `rewards` to rows)."),
+        typer.Option(
+            help="Score responses: rule=NAME, model=PATH or a reward config file (.yaml/.json); "
+            "adds `rewards` to rows."
+        ),
     ] = None,
     keep_top: Annotated[
         int | None, typer.Option(min=1, help="With --reward: keep the best k per prompt.")
@@ -386,11 +389,17 @@ def best_of_n(
     model: PolicyOption,
     prompts: PromptsOption,
     reward: Annotated[
-        str, typer.Option(help="Reward to pick by: rule=NAME or model=PATH.", show_default=False)
+        str,
+        typer.Option(
+            help="Reward to pick by: rule=NAME, model=PATH or a reward config file (.yaml/.json).",
+            show_default=False,
+        ),
     ],
     gold: Annotated[
         str | None,
-        typer.Option(help="Gold reward to report for the picked samples (rule=NAME, model=PATH)."),
+        typer.Option(
+            help="Gold reward to report for the picked samples (rule=NAME, model=PATH, a file)."
+        ),
     ] = None,
     max_n: Annotated[
         int, typer.Option(min=1, max=1024, help="Largest N; the curve has N = 1, 2, 4, ... max.")

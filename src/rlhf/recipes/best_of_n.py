@@ -23,14 +23,15 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlhf.data.records import Text
-from rlhf.rewards.base import RewardFunction
+from rlhf.rewards.base import RewardFunction, call_reward, rollout_metadata
 from rlhf.rollout.candidates import CandidateRecord, candidates_from_rollout
 from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
 
@@ -163,11 +164,17 @@ def best_of_n_curve(
 
 
 def score_rollout(
-    prompts: Sequence[Text], batch: RolloutBatch, reward: RewardFunction
+    prompts: Sequence[Text],
+    batch: RolloutBatch,
+    reward: RewardFunction,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> torch.Tensor:
-    """Rewards [B] of a rollout's responses."""
+    """Rewards [B] of a rollout's responses. The reward sees each row's metadata: whether it
+    ended with EOS and its token count (for the penalties), plus ``prompt_metadata[i]`` of its
+    prompt (e.g. the ground-truth ``answer``)."""
     row_prompts = [prompts[i] for i in batch.prompt_index.tolist()]
-    return reward(row_prompts, batch.response_texts).float()
+    metadata = rollout_metadata(batch, prompt_metadata)
+    return call_reward(reward, row_prompts, batch.response_texts, metadata)
 
 
 def evaluate_best_of_n(

@@ -106,7 +106,9 @@ class RAFTConfig(RecipeConfig):
     prompt_columns: dict[str, str] = Field(
         default_factory=dict, description="Map our field names to the prompt file's columns."
     )
-    reward: RewardSpec = Field(description="{model: PATH} or {rule: NAME}.")
+    reward: RewardSpec = Field(
+        description="{model: PATH}, {rule: NAME}, a judge or a composite (docs/rewards.md)."
+    )
     raft: RAFTSettings = Field(default_factory=RAFTSettings, description="The RAFT loop.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
     data: RAFTDataConfig = Field(
@@ -130,6 +132,33 @@ def round_prompts(prompts: Sequence[Text], count: int, offset: int, seed: int) -
     return [prompts[order[(offset + i) % len(order)]] for i in range(count)]
 
 
+def initial_policy(
+    config: RecipeConfig, init_sft: InitSFTConfig | None, out: Path, resume: bool
+) -> str:
+    """The starting policy's path: ``config.model.path``, or, with ``init_sft``, the model an
+    SFT phase trains first in ``<out>/init-sft`` (reused as it is when resuming after it
+    finished). ``config`` holds ``model`` and the logging keys (any recipe with init_sft)."""
+    model = config.model  # type: ignore[attr-defined]
+    if init_sft is None:
+        return str(model.path)
+    folder = out / "init-sft"
+    if resume and (folder / "model" / "config.json").is_file():
+        return str(folder / "model")  # written once the init SFT has finished
+    sft = SFTConfig(
+        out=str(folder),
+        overwrite=True,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        progress=config.progress,
+        model=model,
+        data=init_sft.data,
+        train=init_sft.train,
+    )
+    logger.info("init SFT: training the starting policy in %s", folder)
+    resume_sft = resume and latest_checkpoint(folder) is not None
+    return str(run_sft(sft, resume=resume_sft).model_dir)
+
+
 class _Run:
     """The state of one RAFT run; the phases are its methods, in order."""
 
@@ -142,25 +171,7 @@ class _Run:
 
     def initial_policy(self, resume: bool) -> str:
         """The starting model's path, after the init SFT phase when there is one."""
-        config = self.config
-        if config.init_sft is None:
-            return str(config.model.path)
-        folder = self.out / "init-sft"
-        if resume and (folder / "model" / "config.json").is_file():
-            return str(folder / "model")  # written once the init SFT has finished
-        sft = SFTConfig(
-            out=str(folder),
-            overwrite=True,
-            tensorboard=config.tensorboard,
-            wandb_project=config.wandb_project,
-            progress=config.progress,
-            model=config.model,
-            data=config.init_sft.data,
-            train=config.init_sft.train,
-        )
-        logger.info("init SFT: training the starting policy in %s", folder)
-        resume_sft = resume and latest_checkpoint(folder) is not None
-        return str(run_sft(sft, resume=resume_sft).model_dir)
+        return initial_policy(self.config, self.config.init_sft, self.out, resume)
 
     def sample_and_score(
         self, engine: HFGenerationEngine, prompts: Sequence[Text], seed: int

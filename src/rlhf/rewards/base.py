@@ -1,36 +1,101 @@
-"""The reward protocol and the named reward specs recipes configure.
+"""The reward protocol, its result type and the per-row metadata rewards read.
 
 A reward is anything that scores responses to prompts::
 
-    reward(prompts: Sequence[Text], responses: Sequence[str]) -> Tensor [N]   # float32
+    reward(prompts: Sequence[Text], responses: Sequence[str], metadata=None) -> Tensor [B]  # float32
 
-so a learned reward model, a rule (a verifiable answer check), a judge, or the gold reward of
-a simulated world plug into best-of-N, RAFT and the online policy optimisers alike. Responses
-are the assistant's text; for message-list prompts :func:`response_as_text` wraps them as one
-assistant turn wherever a record needs both sides in one format.
+so a learned reward model, a rule (a verifiable answer check), a judge, a weighted composite
+or the gold reward of a simulated world plug into best-of-N, RAFT and the online policy
+optimisers alike. Responses are the assistant's text; for message-list prompts
+:func:`response_as_text` wraps them as one assistant turn wherever a record needs both sides
+in one format.
 
-Configs name a reward with a :class:`RewardSpec`: ``reward: {model: PATH}`` (a reward model
-trained by ``rlhf rm``, normalised scores) or ``reward: {rule: arithmetic}`` (see
-:data:`rlhf.rewards.rules.RULES`).
+``metadata`` is optional: ``None``, or one mapping per row holding what the text alone does not
+say. The keys rewards read (see :data:`ANSWER`, :data:`FINISHED`, :data:`RESPONSE_TOKENS`):
+
+* ``"answer"``: the ground truth of a verifiable task (a data row's ``answer`` field, e.g. a
+  GSM8K reference solution ending ``#### 72``, or just ``72``);
+* ``"finished"``: the response ended with EOS (``False``: cut at ``max_new_tokens``);
+* ``"response_tokens"``: the response's length in tokens, EOS included.
+
+:func:`rollout_metadata` builds the last two from a rollout batch (and spreads per-prompt
+metadata such as the answer over the prompt's samples). Plain functions of
+``(prompts, responses)`` remain rewards; :func:`call_reward` passes them metadata only when
+they take it.
+
+Rewards built here (subclasses of :class:`Reward`) also answer :meth:`Reward.score` with a
+:class:`RewardOutput`: the scores, each named component of a composite on its own, and
+optionally per-token rewards.
+
+Configs name a reward with a :class:`~rlhf.rewards.spec.RewardSpec` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from pydantic import Field, field_validator, model_validator
 
-from rlhf.config import StrictModel
 from rlhf.data.records import Message, Text
+
+if TYPE_CHECKING:
+    from rlhf.rollout.types import RolloutBatch
+
+Metadata = Sequence[Mapping[str, Any]] | None
+"""Per-row metadata: ``None`` or one mapping per response (see the module docstring)."""
+
+ANSWER = "answer"  # metadata key: the ground-truth answer of a verifiable task
+FINISHED = "finished"  # metadata key: bool, the response ended with EOS
+RESPONSE_TOKENS = "response_tokens"  # metadata key: int, response tokens (EOS included)
 
 
 @runtime_checkable
 class RewardFunction(Protocol):
-    """Scores ``responses[i]`` as an answer to ``prompts[i]``: [N] prompts, [N] responses -> [N]."""
+    """Scores ``responses[i]`` as an answer to ``prompts[i]``: [B] prompts, [B] responses,
+    optional [B] metadata mappings -> [B] float32."""
 
-    def __call__(self, prompts: Sequence[Text], responses: Sequence[str]) -> torch.Tensor: ...
+    def __call__(
+        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class RewardOutput:
+    """What a :class:`Reward` returns from :meth:`Reward.score`."""
+
+    scores: torch.Tensor  # [B] float32: each response's reward (a composite's weighted sum)
+    # name -> [B] float32: each named part of a composite (or penalty), before its weight;
+    # empty for a single reward
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    # [B, R] float32 or None: the reward spread over the response's tokens (R = the longest
+    # response's token count), summing to `scores` over each row's tokens, 0 past its end;
+    # None: the whole reward belongs to the last token (see dense_token_rewards)
+    token_rewards: torch.Tensor | None = None
+
+    def metrics(self, prefix: str = "reward") -> dict[str, float]:
+        """Means to log: ``{prefix: mean score, f"{prefix}/{name}": mean of each component}``."""
+        out = {prefix: float(self.scores.mean()) if self.scores.numel() else float("nan")}
+        for name, values in self.components.items():
+            out[f"{prefix}/{name}"] = float(values.mean()) if values.numel() else float("nan")
+        return out
+
+
+class Reward:
+    """Base of the rewards in this package: implement :meth:`score`; calling the reward returns
+    its scores alone, so every :class:`Reward` is a :class:`RewardFunction`."""
+
+    def score(
+        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+    ) -> RewardOutput:
+        raise NotImplementedError
+
+    def __call__(
+        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+    ) -> torch.Tensor:
+        return self.score(prompts, responses, metadata).scores
 
 
 def response_as_text(prompt: Text, response: str) -> Text:
@@ -38,60 +103,146 @@ def response_as_text(prompt: Text, response: str) -> Text:
     return response if isinstance(prompt, str) else (Message("assistant", response),)
 
 
-def check_lengths(prompts: Sequence[Text], responses: Sequence[str]) -> None:
+def check_lengths(
+    prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+) -> None:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if metadata is not None and len(metadata) != len(responses):
+        raise ValueError(f"{len(responses)} responses but {len(metadata)} metadata rows")
 
 
-class RewardSpec(StrictModel):
-    """Which reward to use: exactly one of `model` and `rule`."""
+def metadata_value(metadata: Metadata, row: int, key: str, needed_by: str) -> Any:
+    """``metadata[row][key]``, or a ValueError saying which row lacks which key and who needs it."""
+    if metadata is None:
+        raise ValueError(
+            f"{needed_by} needs per-row metadata with {key!r}, but no metadata was given"
+            f"{_METADATA_HINTS.get(key, '')}"
+        )
+    entry = metadata[row]
+    if key not in entry or entry[key] is None:
+        raise ValueError(
+            f"{needed_by}: row {row}: metadata has no {key!r}{_METADATA_HINTS.get(key, '')}"
+        )
+    return entry[key]
 
-    model: str | None = Field(
-        None, description="Reward model folder (from `rlhf rm`); its normalised score."
+
+_METADATA_HINTS = {
+    ANSWER: " (the ground truth: give prompts with their data rows' `answer` field)",
+    FINISHED: " (whether the response ended with EOS: see rlhf.rewards.rollout_metadata)",
+    RESPONSE_TOKENS: " (response length in tokens: see rlhf.rewards.rollout_metadata)",
+}
+
+
+def _takes_metadata(function: Any) -> bool:
+    """Whether a plain callable accepts a third argument (``metadata``)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # builtins and C callables: the two-argument form
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    return sum(p.kind in positional for p in parameters) >= 3 or any(
+        p.name == "metadata" for p in parameters
     )
-    rule: str | None = Field(None, description="A rule reward by name, e.g. 'arithmetic'.")
-    device: str = Field("auto", description="Where a reward model runs: auto, cpu, cuda:0, ...")
-    batch_size: int = Field(16, ge=1, description="Responses a reward model scores at once.")
-
-    @field_validator("rule")
-    @classmethod
-    def _known_rule(cls, rule: str | None) -> str | None:
-        from rlhf.rewards.rules import RULES
-
-        if rule is not None and rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r} (known: {', '.join(sorted(RULES))})")
-        return rule
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RewardSpec:
-        if (self.model is None) == (self.rule is None):
-            raise ValueError("set exactly one of reward.model and reward.rule")
-        return self
-
-    def describe(self) -> str:
-        return f"rule:{self.rule}" if self.rule is not None else f"model:{self.model}"
 
 
-def build_reward(spec: RewardSpec) -> RewardFunction:
-    """The reward function a spec names (a reward model is loaded now, so errors come early)."""
-    if spec.rule is not None:
-        from rlhf.rewards.rules import RULES
+def score_reward(
+    reward: RewardFunction,
+    prompts: Sequence[Text],
+    responses: Sequence[str],
+    metadata: Metadata = None,
+) -> RewardOutput:
+    """Any reward's :class:`RewardOutput`: a :class:`Reward`'s own; for a plain function of
+    ``(prompts, responses[, metadata])`` its scores as float32 (metadata passed only when it
+    takes a third argument)."""
+    check_lengths(prompts, responses, metadata)
+    if isinstance(reward, Reward):
+        output = reward.score(prompts, responses, metadata)
+    elif _takes_metadata(reward):
+        output = RewardOutput(torch.as_tensor(reward(prompts, responses, metadata)))
+    else:
+        output = RewardOutput(torch.as_tensor(reward(prompts, responses)))
+    scores = output.scores.detach().float().cpu()
+    if scores.shape != (len(responses),):
+        raise ValueError(
+            f"{reward!r} returned rewards of shape {tuple(scores.shape)} for {len(responses)} "
+            "responses; expected one scalar per response"
+        )
+    output.scores = scores
+    return output
 
-        return RULES[spec.rule]()
-    from rlhf.rewards.model import RewardModelReward
 
-    return RewardModelReward(spec.model, device=spec.device, batch_size=spec.batch_size)
+def call_reward(
+    reward: RewardFunction,
+    prompts: Sequence[Text],
+    responses: Sequence[str],
+    metadata: Metadata = None,
+) -> torch.Tensor:
+    """Rewards [B] float32 of any reward function (see :func:`score_reward`)."""
+    return score_reward(reward, prompts, responses, metadata).scores
 
 
-def parse_reward_spec(text: str) -> RewardSpec:
-    """``"rule=arithmetic"`` or ``"model=PATH"`` (comma-separated ``key=value``; the command
-    line's form of a :class:`RewardSpec`)."""
-    from rlhf.config import ConfigError, validate_config
+def rollout_metadata(
+    batch: RolloutBatch, prompt_metadata: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Per-row metadata of a rollout: ``finished`` and ``response_tokens`` from the batch, plus
+    ``prompt_metadata[i]`` (e.g. ``{"answer": "72"}``) on every sample of prompt ``i``."""
+    finished = batch.ended_with_eos.tolist()
+    lengths = batch.response_lengths.tolist()
+    rows = []
+    for row, index in enumerate(batch.prompt_index.tolist()):
+        entry = dict(prompt_metadata[index]) if prompt_metadata is not None else {}
+        entry[FINISHED], entry[RESPONSE_TOKENS] = bool(finished[row]), int(lengths[row])
+        rows.append(entry)
+    return rows
 
-    values = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"reward {text!r}: expected rule=NAME or model=PATH")
-        values[key.strip()] = value.strip()
-    return validate_config(RewardSpec, values, f"reward {text!r}")
+
+def response_token_counts(metadata: Metadata, size: int, needed_by: str) -> list[int]:
+    return [int(metadata_value(metadata, row, RESPONSE_TOKENS, needed_by)) for row in range(size)]
+
+
+def dense_token_rewards(
+    output: RewardOutput, lengths: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """Per-token rewards [B, R] of ``output`` for responses of ``lengths`` [B] tokens.
+
+    ``output.token_rewards`` where the reward gave them (widened to R = max length); otherwise
+    each score sits on its response's last token, the usual place of a sequence-level reward in
+    PPO (Ziegler et al. 2019; Ouyang et al. 2022). An empty response's reward is dropped.
+    """
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    width = int(lengths.max()) if lengths.numel() else 0
+    if output.token_rewards is not None:
+        width = max(width, output.token_rewards.shape[1])
+        dense = torch.zeros(len(lengths), width)
+        dense[:, : output.token_rewards.shape[1]] = output.token_rewards
+        return dense
+    dense = torch.zeros(len(lengths), max(width, 1))
+    rows = torch.nonzero(lengths > 0).flatten()
+    dense[rows, lengths[rows] - 1] = output.scores[rows]
+    return dense[:, :width]
+
+
+from rlhf.rewards.spec import RewardSpec, build_reward, parse_reward_spec  # noqa: E402
+
+__all__ = [
+    "ANSWER",
+    "FINISHED",
+    "RESPONSE_TOKENS",
+    "Metadata",
+    "Reward",
+    "RewardFunction",
+    "RewardOutput",
+    "RewardSpec",
+    "build_reward",
+    "call_reward",
+    "check_lengths",
+    "dense_token_rewards",
+    "metadata_value",
+    "parse_reward_spec",
+    "response_as_text",
+    "rollout_metadata",
+    "score_reward",
+]
