@@ -181,6 +181,36 @@ _recipe_command(
     "KTOConfig:run_kto",
     "KTO on unpaired thumbs up/down (preference pairs are split into thumbs).",
 )
+_recipe_command(
+    "grpo",
+    "rlhf.recipes.grpo",
+    "GRPOConfig:run_grpo",
+    "GRPO: online RL with group-normalised rewards of K samples per prompt, KL as a loss term.",
+)
+_recipe_command(
+    "rloo",
+    "rlhf.recipes.rloo",
+    "RLOOConfig:run_rloo",
+    "RLOO: online REINFORCE with a leave-one-out baseline over K samples per prompt.",
+)
+_recipe_command(
+    "reinforce",
+    "rlhf.recipes.reinforce",
+    "ReinforceConfig:run_reinforce",
+    "REINFORCE: online policy gradient with a moving-average reward baseline.",
+)
+_recipe_command(
+    "remax",
+    "rlhf.recipes.remax",
+    "ReMaxConfig:run_remax",
+    "ReMax: online REINFORCE with the greedy response's reward as the baseline.",
+)
+_recipe_command(
+    "ppo",
+    "rlhf.recipes.ppo",
+    "PPOConfig:run_ppo",
+    "PPO: online RL with a learned critic (GAE), the KL to the reference in the reward.",
+)
 
 
 @data_app.command("check")

@@ -774,6 +774,14 @@ def _located_rows(
             yield file, line, row, from_text
 
 
+def raw_rows(source: str | os.PathLike[str], split: str = "train") -> Iterator[Mapping[str, Any]]:
+    """The rows of ``source`` as they are read, before any checking (mappings only; malformed
+    rows are skipped): for fields no record kind keeps, e.g. a prompt's ground-truth answer."""
+    for _, _, row, _ in _located_rows(_sources(os.fspath(source), split)):
+        if isinstance(row, Mapping):
+            yield row
+
+
 def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> None:
     """Write records as JSON Lines, one canonical ``to_dict()`` row each (readable by
     :func:`read_records`, by TRL and by ``datasets.load_dataset("json", ...)``)."""

@@ -76,7 +76,7 @@ def init_reward_head(head: torch.nn.Linear, seed: int = 0) -> None:
             head.bias.zero_()
 
 
-def _is_reward_model(config: Any) -> bool:
+def is_reward_model(config: Any) -> bool:
     """Whether a checkpoint's config names a sequence classifier (its head is trained)."""
     return any(name.endswith("ForSequenceClassification") for name in (config.architectures or []))
 
@@ -114,7 +114,7 @@ def init_reward_model(
         model_kwargs={"num_labels": 1},
     )
     model.config.use_cache = False  # a scorer never generates: no KV cache in its forward
-    if not _is_reward_model(model.config):
+    if not is_reward_model(model.config):
         init_reward_head(reward_head(model), seed)
     if lora is not None:
         from peft import get_peft_model
@@ -303,7 +303,7 @@ def load_reward_model(
         tokenizer=tokenizer,
         auto_class=AutoModelForSequenceClassification,
     )
-    if not _is_reward_model(model.config) or model.config.num_labels != 1:
+    if not is_reward_model(model.config) or model.config.num_labels != 1:
         raise ModelLoadError(
             str(path),
             f"not a reward model (architectures {model.config.architectures}, "

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,53 @@ def _live_columns(mask: torch.Tensor) -> slice:
     return slice(int(used[0]) if used.numel() else mask.shape[1], mask.shape[1])
 
 
+@dataclass(frozen=True)
+class TeacherForced:
+    """One forward pass's inputs over prompt + response rows, trimmed of all-padding columns.
+
+    ``input_ids``, ``attention_mask``, ``position_ids`` [b, T] with T = (live prompt columns)
+    + ``width``; position ids count real tokens only, as ``generate`` counts them. The
+    position ``first + t`` reads the prefix before response token t: its logits predict that
+    token, and a value head there gives V(s_t). ``response_ids`` / ``response_mask`` [b, width].
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    first: int  # the position that predicts the first response token
+    width: int  # response columns kept (the longest response of these rows, at least 1)
+
+    @classmethod
+    def of(
+        cls,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        device: torch.device,
+    ) -> TeacherForced:
+        """From left-padded prompts [b, P] and right-padded responses [b, R], on ``device``."""
+        keep = _live_columns(prompt_mask)  # drop columns of padding only
+        width = max(int(response_mask.sum(-1).max()), 1)
+        # masks as 0/1 long whatever they came as (a float loss mask is a valid response mask)
+        prompt = prompt_ids[:, keep].to(device)
+        p_mask = prompt_mask[:, keep].to(device=device, dtype=torch.long)
+        response = response_ids[:, :width].to(device)
+        r_mask = response_mask[:, :width].to(device=device, dtype=torch.long)
+        attention_mask = torch.cat([p_mask, r_mask], dim=1)  # [b, T]
+        return cls(
+            input_ids=torch.cat([prompt, response], dim=1),
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+            response_ids=response,
+            response_mask=r_mask,
+            first=prompt.shape[1] - 1,
+            width=width,
+        )
+
+
 def response_logprobs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -109,36 +157,28 @@ def response_logprobs(
     device = next(model.parameters()).device
     for start in range(0, response_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        keep = _live_columns(prompt_mask[rows])  # drop columns of padding only
-        width = max(int(response_mask[rows].sum(-1).max()), 1)
-        prompt, p_mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
-        response = response_ids[rows, :width].to(device)
-        r_mask = response_mask[rows, :width].to(device)
-        input_ids = torch.cat([prompt, response], dim=1)  # [b, T]
-        attention_mask = torch.cat([p_mask, r_mask], dim=1)  # [b, T]
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, T]
-        first = prompt.shape[1] - 1  # the position that predicts the first response token
+        inputs = TeacherForced.of(
+            prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows], device
+        )
+        first, width, response = inputs.first, inputs.width, inputs.response_ids
+        forward = {
+            "input_ids": inputs.input_ids,
+            "attention_mask": inputs.attention_mask,
+            "position_ids": inputs.position_ids,
+        }
         if has_plain_head(model):
-            labels = torch.full_like(input_ids, IGNORE_INDEX)  # [b, T], labels[t] = token t+1
-            labels[:, first : first + width] = response.masked_fill(r_mask == 0, IGNORE_INDEX)
-            hidden = decoder_hidden_states(
-                model,
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-            )  # [b, T, H]
+            labels = torch.full_like(inputs.input_ids, IGNORE_INDEX)  # [b, T]: token t+1 at t
+            labels[:, first : first + width] = response.masked_fill(
+                inputs.response_mask == 0, IGNORE_INDEX
+            )
+            hidden = decoder_hidden_states(model, **forward)  # [b, T, H]
             head = unwrap(model).get_output_embeddings()
             token_logps = token_logprobs_from_hidden(hidden, head, labels, temperature=temperature)
             token_logps = token_logps[:, first : first + width]  # [b, width]
         else:
-            logits = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=False,
-            ).logits[:, first : first + width]  # [b, width, V]
-            token_logps = selective_log_softmax(logits / temperature, response)
-            token_logps = token_logps * r_mask
+            logits = model(**forward, use_cache=False).logits[:, first : first + width]
+            token_logps = selective_log_softmax(logits / temperature, response)  # [b, width]
+            token_logps = token_logps * inputs.response_mask
         out[rows, :width] = token_logps.float().to(out.device)
     return out
 

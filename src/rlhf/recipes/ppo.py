@@ -1,0 +1,409 @@
+"""PPO for RLHF: a policy and a learned critic, the KL to the reference in the reward.
+
+The InstructGPT recipe (Ziegler et al., 2019; Stiennon et al., 2020; Ouyang et al., 2022),
+with the details of Huang et al. (2024, "The N+ Implementation Details of RLHF with PPO"):
+
+* **Rewards per token** (:func:`rlhf.losses.advantages.ppo_token_rewards`): ``−β · k1`` on
+  every response token (``k1 = log π_old − log π_ref``) and the sequence reward on the last
+  one, β fixed or adapted to a target KL (Ziegler et al., §2.2; ``kl.target``). The score may
+  first be normalised (``ppo.reward_norm``: by the rollout's statistics, or running ones kept
+  across rollouts and checkpointed) and clipped (``ppo.reward_clip``).
+* **Advantages** by GAE(γ, λ) (Schulman et al., 2016) over the critic's values ``V(s_t)``
+  computed once per rollout, then whitened over the rollout's real tokens only.
+* **The update**: ``ppo_epochs`` passes over the rollout in shuffled minibatches; the loss is
+  the clipped surrogate + ``vf_coef`` × the clipped value loss + ``entropy_coef`` × (−entropy),
+  all with one aggregation (``policy.aggregation``) so the engine's single divisor is right.
+  The approximate KL(π_old‖π_θ) and the clip fraction are logged each step; with
+  ``ppo.target_kl`` the rest of a rollout's minibatches are skipped once a step's approximate
+  KL exceeds it (early stopping; the run then collects its next rollout).
+* **Actor and critic in one module** (:class:`ActorCritic`), so the one Trainer's optimiser,
+  gradient clipping, checkpoints and exact resume cover both; only the policy is exported
+  (``<out>/model``). The critic (:mod:`rlhf.models.value`) starts from ``value.path`` — a
+  reward model folder (its head kept, as InstructGPT did) — or from the initial policy with
+  a fresh N(0, 1/√(d + 1)) head.
+
+Everything else (rollouts, reference, rewards, evaluation, resume at iteration boundaries) is
+:mod:`rlhf.recipes.online`.
+
+    rlhf ppo --preset tiny
+    rlhf ppo --config ppo.yaml model.path=runs/sft/model data.prompts=prompts.jsonl \\
+        reward.model=runs/rm/model value.path=runs/rm/model
+
+Shapes: N episodes (rows) of a rollout, n of a micro-batch, R response tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from rlhf.config import StrictModel
+from rlhf.engine.trainer import StepCallback
+from rlhf.losses.advantages import gae, masked_mean, masked_whiten, ppo_token_rewards
+from rlhf.losses.policy import entropy_from_logits, entropy_loss, value_loss
+from rlhf.models.forward import logits_at, unwrap
+from rlhf.models.load import LoraSpec
+from rlhf.models.logprobs import selective_log_softmax
+from rlhf.models.value import load_value_model, response_values
+from rlhf.recipes.common import RunResult
+from rlhf.recipes.online import (
+    Advantages,
+    Experience,
+    ExperienceLoader,
+    KLSettings,
+    OnlineConfig,
+    PolicyLossSettings,
+    Rollout,
+    RolloutSettings,
+    policy_gradient_loss,
+    policy_logps,
+    run_online,
+)
+from rlhf.rollout.hf import TeacherForced
+
+logger = logging.getLogger("rlhf")
+
+Metrics = dict[str, float]
+
+# ------------------------------------------------------------------------------ config
+
+
+class ValueConfig(StrictModel):
+    path: str | None = Field(
+        None,
+        description="The critic's starting point: a reward model folder (`rlhf rm` output; its "
+        "head is kept) or a causal LM (a fresh scalar head). Default: the initial policy.",
+    )
+    seed: int = Field(0, description="Seed of a fresh value head's initialisation.")
+
+
+class PPOSettings(StrictModel):
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ (0: one-step TD, 1: Monte Carlo).")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    value_clip_eps: float | None = Field(
+        0.2, gt=0, description="Clip of the value loss around the rollout's values (null: off)."
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Weight of the entropy bonus (> 0 computes full logits)."
+    )
+    whiten_advantages: bool = Field(
+        True, description="Whiten advantages over the rollout's real tokens (mean 0, std 1)."
+    )
+    reward_norm: Literal["none", "batch", "running"] = Field(
+        "none",
+        description="Normalise scores before the KL penalty: by the rollout's mean and std, "
+        "or by running statistics over all rollouts so far (checkpointed).",
+    )
+    reward_clip: float | None = Field(
+        None, gt=0, description="Clip (normalised) scores to ±reward_clip (null: off)."
+    )
+    target_kl: float | None = Field(
+        None,
+        gt=0,
+        description="Early stop: skip the rest of a rollout's minibatches once a step's "
+        "approximate KL(π_old‖π_θ) exceeds this (null: never).",
+    )
+
+
+class PPORolloutSettings(RolloutSettings):
+    """PPO's defaults (they hold when a config sets only some rollout keys): a critic needs no
+    group of samples, and each rollout is reused for several epochs."""
+
+    samples_per_prompt: int = Field(1, ge=1, description="K: responses sampled per prompt.")
+    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout's experience.")
+
+
+class PPOConfig(OnlineConfig):
+    """PPO with a learned critic and the KL to the reference in the reward."""
+
+    rollout: PPORolloutSettings = Field(
+        default_factory=PPORolloutSettings,
+        description="Rollouts (PPO: 4 epochs over each, one sample per prompt by default).",
+    )
+    kl: KLSettings = Field(
+        default_factory=lambda: KLSettings(coef=0.05, estimator="k1", in_reward=True),
+        description="KL to the reference: β·k1 per token in the reward (fixed, or adaptive "
+        "with kl.target).",
+    )
+    value: ValueConfig = Field(default_factory=ValueConfig, description="The critic.")
+    ppo: PPOSettings = Field(default_factory=PPOSettings, description="PPO's settings.")
+
+
+# ------------------------------------------------------------------------------ actor-critic
+
+
+class ActorCritic(torch.nn.Module):
+    """The policy and the critic as one module, so that the Trainer optimises, clips,
+    checkpoints (``policy.*`` and ``value.*`` parameters) and resumes both. Never called
+    itself: the loss reads ``policy`` and ``value``."""
+
+    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy, self.value = policy, value
+
+
+# ------------------------------------------------------------------------------ advantages
+
+
+class RunningMoments:
+    """Mean and variance of every score seen so far (Chan et al.'s parallel update), a
+    rollout at a time; the state is three floats, for checkpoints."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.double().flatten()
+        n = float(values.numel())
+        if n == 0:
+            return
+        mean, m2 = float(values.mean()), float(((values - values.mean()) ** 2).sum())
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+class PPOEstimator:
+    """PPO's advantage hook: critic values, per-token rewards with the KL penalty, GAE, whitening.
+
+    ``critic`` is set once the value model exists (:func:`run_ppo` builds it with the policy).
+    """
+
+    needs_greedy = False
+
+    def __init__(self, settings: PPOSettings, kl: KLSettings, batch_size: int = 16) -> None:
+        self.settings, self.kl, self.batch_size = settings, kl, batch_size
+        self.critic: torch.nn.Module | None = None
+        self.moments = RunningMoments()
+
+    def normalized_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """[N] scores after ``reward_norm`` and ``reward_clip``."""
+        scores = scores.float()
+        if self.settings.reward_norm == "batch" and scores.numel() > 1:
+            scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+        elif self.settings.reward_norm == "running":
+            self.moments.update(scores)  # this rollout included, as OpenRLHF does
+            scores = (scores - self.moments.mean) / (self.moments.std + 1e-8)
+        if self.settings.reward_clip is not None:
+            scores = scores.clamp(-self.settings.reward_clip, self.settings.reward_clip)
+        return scores
+
+    def __call__(self, rollout: Rollout) -> Advantages:
+        if self.critic is None:
+            raise RuntimeError("PPOEstimator.critic is not set: build the value model first")
+        batch, mask = rollout.batch, rollout.mask  # mask [N, R]
+        with torch.no_grad():
+            values = response_values(
+                self.critic,
+                batch.prompt_ids,
+                batch.prompt_mask,
+                batch.response_ids,
+                batch.response_mask,
+                batch_size=self.batch_size,
+            )  # [N, R] V(s_t), 0 on padding
+        scores = self.normalized_scores(rollout.scores)
+        in_reward = rollout.kl_in_reward and rollout.ref_logps is not None
+        rewards, sums = ppo_token_rewards(
+            scores,
+            batch.logps,
+            rollout.ref_logps if in_reward else batch.logps,  # no reference: no penalty
+            mask,
+            kl_coef=rollout.kl_coef if in_reward else 0.0,
+            estimator=self.kl.estimator,
+            clamp=self.kl.clamp,
+            max_kl=self.kl.max_kl,
+        )  # [N, R]
+        advantages, returns = gae(
+            rewards, values, mask, gamma=self.settings.gamma, lam=self.settings.lam
+        )
+        if self.settings.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        sequences = max(sums["sequences"], 1.0)
+        residual = masked_mean((returns - values).square(), mask)
+        variance = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
+        metrics = {
+            "score": sums["score_sum"] / sequences,
+            "kl_reward": sums["kl_reward_sum"] / sequences,
+            "value": float(masked_mean(values, mask)),
+            "return": float(masked_mean(returns, mask)),
+            # 1 − Var(R − V) / Var(R): how much of the returns the critic already predicts
+            "explained_variance": float(1 - residual / variance) if variance > 0 else 0.0,
+        }
+        return Advantages(advantages, returns=returns, values=values, metrics=metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reward_moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.moments.load_state_dict(state["reward_moments"])
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+def logps_and_entropy(
+    model: torch.nn.Module, batch: Experience
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logps, entropies)``, both [n, R] float32 with gradients, 0 off the mask: log π_θ of
+    the sampled tokens and the entropy of π_θ at each, both of the tempered distribution
+    ``softmax(logits / T)``. One forward; the output layer runs at the response tokens only,
+    but holds their full [tokens, V] logits (the entropy needs them)."""
+    device = next(model.parameters()).device
+    inputs = TeacherForced.of(
+        batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask, device
+    )
+    first, width = inputs.first, inputs.width
+    real = inputs.response_mask.bool()  # [n, width]
+    select = torch.zeros_like(inputs.input_ids, dtype=torch.bool)
+    select[:, first : first + width] = real  # the positions that predict response tokens
+    logits = logits_at(
+        model, inputs.input_ids, inputs.attention_mask, inputs.position_ids, select
+    )  # [tokens, V]
+    logits = logits.float() / batch.temperature
+    taken = selective_log_softmax(logits, inputs.response_ids[real])  # [tokens]
+    entropies = entropy_from_logits(logits[None])[0]  # [tokens]
+    shape = batch.response_ids.shape
+    logps = torch.zeros(shape, dtype=torch.float32, device=device)
+    entropy = torch.zeros(shape, dtype=torch.float32, device=device)
+    logps[:, :width] = logps[:, :width].masked_scatter(real, taken)
+    entropy[:, :width] = entropy[:, :width].masked_scatter(real, entropies)
+    return logps, entropy
+
+
+def ppo_loss(
+    model: ActorCritic,
+    batch: Experience,
+    *,
+    settings: PPOSettings,
+    policy: PolicyLossSettings,
+    kl: KLSettings,
+    grad_accum: int = 1,
+) -> tuple[torch.Tensor, Metrics]:
+    """Clipped surrogate (+ a KL loss term if configured) + ``vf_coef`` · clipped value loss +
+    ``entropy_coef`` · (−entropy), each reduced by the batch's aggregation (one divisor).
+
+    The policy part is :func:`rlhf.recipes.online.policy_gradient_loss` on log-probs computed
+    here; metrics are means over the micro-batch divided by ``grad_accum`` (the Trainer sums
+    them over a step's micro-batches), the rollout's metrics on the first micro-batch.
+    """
+    if batch.values is None or batch.returns is None:
+        raise ValueError("PPO needs experience with values and returns (PPOEstimator)")
+    entropies = None
+    if settings.entropy_coef > 0:
+        logps, entropies = logps_and_entropy(model.policy, batch)
+    else:
+        logps = policy_logps(model.policy, batch)
+    loss, metrics = policy_gradient_loss(
+        model.policy, batch, policy=policy, kl=kl, grad_accum=grad_accum, logps=logps
+    )
+    options = dict(aggregation=batch.aggregation, max_length=batch.max_length)
+    values = response_values(
+        model.value,
+        batch.prompt_ids,
+        batch.prompt_mask,
+        batch.response_ids,
+        batch.mask,
+        batch_size=len(batch),
+    )  # [n, R] with gradients
+    v_loss, v_sums = value_loss(
+        values, batch.values, batch.returns, batch.mask, clip_eps=settings.value_clip_eps, **options
+    )
+    loss = loss + settings.vf_coef * v_loss
+    tokens = max(v_sums["tokens"], 1.0)
+    extra = {
+        "value_loss": v_sums["value_loss_sum"] / max(batch.loss_units, 1),
+        "value_clip_frac": v_sums["value_clipped_tokens"] / tokens,
+        "value": v_sums["value_sum"] / tokens,
+    }
+    if entropies is not None:
+        e_loss, e_sums = entropy_loss(batch.mask, entropies=entropies, **options)
+        loss = loss + settings.entropy_coef * e_loss
+        extra["entropy"] = e_sums["entropy_sum"] / tokens
+    return loss, metrics | {key: value / grad_accum for key, value in extra.items()}
+
+
+# ------------------------------------------------------------------------------ early stop
+
+
+class EarlyStop:
+    """A step callback: once a step's approximate KL(π_old‖π_θ) exceeds ``target``, the rest
+    of the rollout's minibatches are skipped and the next step starts a new rollout
+    (Schulman et al.'s baselines / OpenAI Spinning Up ``target_kl``)."""
+
+    def __init__(self, loader: ExperienceLoader, target: float) -> None:
+        self.loader, self.target, self.stopped = loader, target, 0
+
+    def on_step_end(self, step: int, metrics: Mapping[str, float]) -> None:
+        approx_kl = metrics.get("approx_kl", 0.0)
+        if approx_kl > self.target and self.loader.position < len(self.loader):
+            skipped = len(self.loader) - self.loader.position
+            self.loader.end_iteration()
+            self.stopped += 1
+            logger.info(
+                "step %d: approx KL %.4g > target %.4g, skipping %d micro-batches of iteration %d",
+                step, approx_kl, self.target, skipped, self.loader.iteration,
+            )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the recipe
+
+
+def run_ppo(config: PPOConfig, resume: bool = False) -> RunResult:
+    """Train a policy with PPO (see the module docstring); export it to ``<out>/model``."""
+    estimator = PPOEstimator(config.ppo, config.kl, batch_size=config.sampling.batch_size)
+
+    def wrap(policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        # the critic starts from value.path, else from the policy's starting weights (the
+        # folder they were loaded from: the init SFT's output or model.path)
+        path = config.value.path or unwrap(policy).name_or_path
+        lora = LoraSpec(**config.model.lora.model_dump()) if config.model.lora else None
+        critic = load_value_model(
+            path,
+            tokenizer,
+            dtype=config.model.dtype,
+            device=next(policy.parameters()).device,
+            attn_implementation=config.model.attn_implementation,
+            lora=lora,
+            seed=config.value.seed,
+        )
+        estimator.critic = critic
+        return ActorCritic(policy, critic)
+
+    def callbacks(loader: ExperienceLoader) -> Sequence[StepCallback]:
+        if config.ppo.target_kl is None:
+            return ()
+        return (EarlyStop(loader, config.ppo.target_kl),)
+
+    loss_fn = partial(
+        ppo_loss,
+        settings=config.ppo,
+        policy=config.policy,
+        kl=config.kl,
+        grad_accum=config.grad_accum,
+    )
+    return run_online(
+        config,
+        resume,
+        estimator=estimator,
+        loss_fn=loss_fn,
+        wrap_model=wrap,
+        callbacks=callbacks,
+    )

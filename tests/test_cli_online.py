@@ -1,0 +1,74 @@
+"""`rlhf grpo|rloo|reinforce|remax` through the real CLI: help, tiny presets (shrunk), errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhf.cli import app
+
+runner = CliRunner()
+
+RECIPES = ("grpo", "rloo", "reinforce", "remax")
+# the tiny presets, shrunk to a smoke test: a few SFT steps, one short iteration
+SHRINK = (
+    "init_sft.train.max_steps=5",
+    "data.prompts=builtin:arithmetic?n=48",
+    "rollout.iterations=2",
+    "rollout.prompts_per_iteration=8",
+    "rollout.samples_per_prompt=4",
+    "rollout.minibatch_size=16",
+    "train.batch_size=16",
+    "eval.prompts=8",
+    "sampling.max_new_tokens=8",
+    "eval.gold_reward.rule=arithmetic",
+    "progress=false",
+    "tensorboard=false",
+)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_help_lists_the_online_keys(recipe):
+    result = invoke(recipe, "--help")
+    assert result.exit_code == 0
+    for key in ("rollout.samples_per_prompt", "rollout.ppo_epochs", "kl.coef", "data.prompts"):
+        assert key in result.output
+    assert ("grpo.tied_groups" in result.output) == (recipe == "grpo")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_tiny_preset_runs_and_logs_rollouts(recipe, tmp_path):
+    out = tmp_path / recipe
+    result = invoke(recipe, "--preset", "tiny", f"out={out}", *SHRINK)
+    assert result.exit_code == 0, result.output
+    assert "held-out:" in result.output and "greedy_reward" in result.output
+    rows = read_jsonl(out / "metrics.jsonl")
+    train = [row for row in rows if row["split"] == "train"]
+    assert [row["step"] for row in train] == [1, 2, 3, 4]  # 2 iterations × 32 / 16
+    rollouts = [row for row in train if "rollout_reward" in row]
+    assert [row["rollout_iteration"] for row in rollouts] == [1, 2]
+    for key in ("rollout_response_tokens", "rollout_eos_rate", "rollout_kl", "clip_frac"):
+        assert key in rollouts[0]
+    evals = [row for row in rows if row["split"] == "eval"]
+    assert {"greedy_reward", "reward", "gold_reward", "kl"} <= set(evals[-1])
+    assert "eval_initial.json" in {p.name for p in out.iterdir()}
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_errors_name_the_key(tmp_path):
+    result = invoke("grpo", "--preset", "tiny", f"out={tmp_path}", "rollout.samples_per_prompt=1")
+    assert result.exit_code == 2 and "samples_per_prompt" in result.output
+    result = invoke("rloo", "--preset", "tiny", f"out={tmp_path}", "train.max_steps=10")
+    assert result.exit_code == 2 and "rollout.iterations" in result.output
+    result = invoke("grpo", "--preset", "tiny", f"out={tmp_path}", "rollout.minibatch_size=48")
+    assert result.exit_code == 2 and "minibatch" in result.output

@@ -1,0 +1,329 @@
+"""The online RL loop: ExperienceLoader, Experience, the estimators, exact resume, learning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlhf.recipes.grpo import GRPOConfig, GRPOEstimator, GRPOSettings, run_grpo
+from rlhf.recipes.online import (
+    AdaptiveKLController,
+    Experience,
+    ExperienceLoader,
+    KLSettings,
+    PolicyLossSettings,
+    RolloutSettings,
+    policy_gradient_loss,
+    policy_logps,
+)
+from rlhf.recipes.reinforce import ReinforceEstimator
+from rlhf.recipes.remax import ReMaxEstimator
+from rlhf.recipes.rloo import RLOOEstimator
+from rlhf.rollout.types import SamplingConfig
+
+PROMPTS = [f"What is {a} + {b}?\n" for a, b in zip(range(10, 30), range(40, 60), strict=True)]
+
+
+def length_reward(prompts, responses):
+    """A cheap reward that varies between samples: the response's length mod 3."""
+    return torch.tensor([float(len(response) % 3) for response in responses])
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    from rlhf.models.load import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    return load_model(str(tiny_model_dir), tokenizer=tokenizer), tokenizer
+
+
+def make_loader(policy, estimator, *, reference=None, kl=None, ppo_epochs=2, **rollout):
+    from rlhf.rollout.hf import HFGenerationEngine
+
+    model, tokenizer = policy
+    settings = dict(prompts_per_iteration=4, samples_per_prompt=4, ppo_epochs=ppo_epochs)
+    return ExperienceLoader(
+        engine=HFGenerationEngine(model, tokenizer, batch_size=64),
+        reward=length_reward,
+        estimator=estimator,
+        prompts=PROMPTS,
+        prompt_metadata=None,
+        reference=reference,
+        sampling=SamplingConfig(max_new_tokens=8, temperature=1.0),
+        rollout=RolloutSettings(**(settings | rollout)),
+        kl=kl or KLSettings(coef=0.0),
+        micro_batch_size=4,
+        seed=3,
+    )
+
+
+def test_loader_yields_each_episode_once_per_epoch_then_collects_anew(policy):
+    loader = make_loader(policy, GRPOEstimator(GRPOSettings()))
+    assert len(loader) == 2 * 16 // 4  # ppo_epochs × episodes / micro-batch
+    first = [loader.next_batch() for _ in range(len(loader))]
+    assert loader.iteration == 1 and loader.epoch == 0 and loader.position == len(loader)
+    experience = loader.experience
+    assert experience is not None and len(experience) == 16
+    # rollout metrics ride on the first micro-batch only
+    assert "rollout_reward" in first[0].metrics and not first[1].metrics
+    # each ppo epoch is a permutation of the 16 episodes
+    seen = [tuple(row.tolist()) for batch in first for row in batch.response_ids]
+    everything = sorted(tuple(row.tolist()) for row in experience.response_ids)
+    assert sorted(seen[:16]) == everything and sorted(seen[16:]) == everything
+    # group-normalised advantages on real tokens only; the old log-probs 0 on padding
+    assert torch.all(experience.advantages[experience.mask == 0] == 0)
+    assert torch.all(experience.old_logps[experience.mask == 0] == 0)
+    loader.next_batch()
+    assert loader.iteration == 2 and loader.position == 1
+
+
+def test_experience_select_and_loss_units(policy):
+    loader = make_loader(policy, GRPOEstimator(GRPOSettings()))
+    loader.next_batch()
+    experience = loader.experience
+    part = experience.select([0, 5, 7])
+    assert len(part) == 3 and torch.equal(part.response_ids[1], experience.response_ids[5])
+    assert part.loss_units == int(experience.mask[[0, 5, 7]].sum())
+    part.aggregation = "sequence"
+    assert part.loss_units == 3
+    moved = part.to("cpu")
+    assert isinstance(moved, Experience) and moved.num_tokens > 0
+
+
+def test_grpo_drops_tied_groups_from_the_loss(policy):
+    def tied_reward(prompts, responses):  # the first prompt's group ties, the others do not
+        return torch.tensor(
+            [
+                0.0 if p == prompts[0] else float(len(r) % 3)
+                for p, r in zip(prompts, responses, strict=True)
+            ]
+        )
+
+    loader = make_loader(policy, GRPOEstimator(GRPOSettings(tied_groups="drop")))
+    loader.reward = tied_reward
+    loader.next_batch()
+    experience = loader.experience
+    first = experience.group == 0
+    assert experience.mask[first].sum() == 0 and experience.mask[~first].sum() > 0
+    assert experience.metrics["rollout_tied_groups"] >= 1
+
+
+def test_reinforce_baseline_moves_and_is_checkpointed(policy):
+    loader = make_loader(policy, ReinforceEstimator(momentum=0.5), ppo_epochs=1)
+    for _ in range(len(loader)):
+        loader.next_batch()
+    state = loader.state_dict()
+    baseline = state["estimator"]["baseline"]
+    assert baseline == pytest.approx(float(loader.experience.scores.mean()))
+    fresh = make_loader(policy, ReinforceEstimator(momentum=0.5), ppo_epochs=1)
+    fresh.load_state_dict(state)
+    assert fresh.estimator.baseline == baseline and fresh.iteration == 1
+    fresh.next_batch()
+    assert fresh.iteration == 2  # a boundary checkpoint: the next call collects
+
+
+def test_resume_refuses_a_checkpoint_inside_an_iteration(policy):
+    loader = make_loader(policy, RLOOEstimator())
+    loader.next_batch()
+    with pytest.raises(ValueError, match="inside iteration 1"):
+        make_loader(policy, RLOOEstimator()).load_state_dict(loader.state_dict())
+
+
+def test_remax_scores_a_greedy_baseline_per_prompt(policy):
+    loader = make_loader(policy, ReMaxEstimator(), ppo_epochs=1)
+    loader.next_batch()
+    rollout = loader.last_rollout
+    greedy = rollout.greedy_scores
+    assert greedy is not None and greedy.shape == (16,)
+    assert torch.equal(greedy.view(4, 4), greedy.view(4, 4)[:, :1].expand(4, 4))
+    per_sequence = loader.experience.advantages.sum(-1) / loader.experience.mask.sum(-1)
+    assert torch.allclose(per_sequence, rollout.scores - greedy, atol=1e-5)
+
+
+def test_kl_in_the_reward_and_the_adaptive_coefficient(policy):
+    import copy
+
+    from rlhf.models.reference import ReferenceModel
+
+    model, _ = policy
+
+    reference = ReferenceModel.frozen(copy.deepcopy(model))
+    with torch.no_grad():  # move the reference away so the KL is not 0
+        for parameter in reference.module.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    kl = KLSettings(coef=0.1, estimator="k1", in_reward=True, target=0.01, horizon=100)
+    loader = make_loader(policy, RLOOEstimator(), reference=reference, kl=kl)
+    loader.next_batch()
+    rollout = loader.last_rollout
+    assert rollout.kl is not None and rollout.ref_logps is not None
+    sequence_kl = rollout.kl.sum(-1)
+    assert torch.allclose(rollout.sequence_rewards(), rollout.scores - 0.1 * sequence_kl)
+    # KL far above the target: β grows by the capped 20% × episodes / horizon
+    assert loader.controller.coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
+
+
+def test_adaptive_controller_follows_ziegler():
+    controller = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    controller.update(3.0, 256)  # KL half the target: error −0.5 clipped to −0.2
+    assert controller.coef == pytest.approx(0.2 * (1 - 0.2 * 256 / 10000))
+    fixed = AdaptiveKLController(0.2, target=None, horizon=10000)
+    fixed.update(100.0, 256)
+    assert fixed.coef == 0.2
+
+
+def test_a_policy_step_raises_the_log_prob_of_positive_advantages(policy, tiny_model_dir):
+    from rlhf.models.load import load_model
+
+    _, tokenizer = policy
+    model = load_model(str(tiny_model_dir), tokenizer=tokenizer)
+    loader = make_loader((model, tokenizer), RLOOEstimator(), ppo_epochs=1)
+    batch = loader.next_batch()
+    loader.experience.advantages.zero_()
+    batch = loader.experience.select(range(16))
+    direction = torch.where(torch.arange(16) % 2 == 0, 1.0, -1.0)
+    batch.advantages = direction[:, None] * batch.mask
+    settings = dict(policy=PolicyLossSettings(), kl=KLSettings(coef=0.0))
+    loss, metrics = policy_gradient_loss(model, batch, **settings)
+    assert metrics["ratio"] == pytest.approx(1.0, abs=1e-4)  # on-policy: old = current
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    (loss / batch.loss_units).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = policy_logps(model, batch)
+    gained = ((after - batch.old_logps) * batch.mask).sum(-1)
+    assert (gained * direction).mean() > 0
+    assert gained[direction > 0].mean() > gained[direction < 0].mean()
+
+
+def grpo_config(tmp_path, model_dir, name, **extra):
+    values = {
+        "out": str(tmp_path / name),
+        "overwrite": True,
+        "progress": False,
+        "tensorboard": False,
+        "model": {"path": str(model_dir)},
+        "data": {"prompts": "builtin:arithmetic?n=40"},
+        "reward": {"rule": "arithmetic"},
+        "sampling": {"max_new_tokens": 6, "temperature": 1.0},
+        "rollout": {
+            "iterations": 3,
+            "prompts_per_iteration": 4,
+            "samples_per_prompt": 4,
+            "ppo_epochs": 2,
+            "minibatch_size": 8,
+        },
+        "train": {"batch_size": 4, "lr": 1e-3, "save_every": 3},
+        "eval": {"prompts": 4},
+    }
+    return GRPOConfig.model_validate(values | extra)
+
+
+def test_grpo_run_resumes_exactly_from_an_iteration_boundary(tmp_path, tiny_model_dir, monkeypatch):
+    def length_rule(prompts, responses, metadata=None):  # not all tied on a random model
+        return length_reward(prompts, responses)
+
+    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_rule)
+    straight = run_grpo(grpo_config(tmp_path, tiny_model_dir, "a"))
+    assert straight.final_step == 3 * 4  # iterations × ppo_epochs × 16 / 8
+    # save_every 3 is rounded up to whole iterations (4 steps)
+    config = grpo_config(tmp_path, tiny_model_dir, "b")
+    calls = {"n": 0}
+    original = ExperienceLoader._next_rollout
+
+    def dies_in_the_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(ExperienceLoader, "_next_rollout", dies_in_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(config)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())[-1] == "step-0000008"
+    monkeypatch.setattr(ExperienceLoader, "_next_rollout", original)
+    resumed = run_grpo(config, resume=True)
+    assert resumed.final_step == straight.final_step
+    expected = [row["loss"] for row in straight.metrics if "loss" in row][8:]
+    got = [row["loss"] for row in resumed.metrics if "loss" in row]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+    rows = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows if row["split"] == "train"] == list(range(1, 13))
+
+
+def test_prompt_answers_reach_the_reward_as_metadata(tmp_path):
+    from rlhf.recipes.online import OnlineDataConfig, load_prompt_set, split_prompts
+
+    rows = [{"question": f"Q{i}: 2 + {i}?", "answer": f"... #### {2 + i}"} for i in range(10)]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = OnlineDataConfig(
+        prompts=str(path), columns={"prompt": "question"}, answer_field="answer"
+    )
+    prompts, metadata = load_prompt_set(str(path), data)
+    assert metadata == [{"answer": row["answer"]} for row in rows]
+    (train, train_meta), (held, held_meta) = split_prompts((prompts, metadata), 3, seed=0)
+    assert len(held) == 3 and len(train) == 7
+    for texts, meta in ((train, train_meta), (held, held_meta)):
+        for text, entry in zip(texts, meta, strict=True):
+            assert entry["answer"].endswith(str(2 + int(text[1 : text.index(":")])))
+    path.write_text(json.dumps({"question": "no answer here"}) + "\n")
+    with pytest.raises(ValueError, match=r"data\.answer_field 'answer': 1 of 1"):
+        load_prompt_set(str(path), data)
+
+
+def test_grpo_tiny_preset_raises_arithmetic_accuracy(tmp_path):
+    """The learning check (~15 s): from a briefly SFT'd tiny model, GRPO raises the greedy
+    exact-match accuracy and the sampled reward on the prompts it trains on. (On held-out
+    prompts such a model, which has memorised rather than learned arithmetic, gets worse:
+    benchmarks/grpo_arithmetic.py reports both.)"""
+    from rlhf.config import load_config, preset_path, read_yaml
+
+    settings = [f"out={tmp_path / 'grpo'}", "progress=false", "tensorboard=false"]
+    config = load_config(GRPOConfig, None, settings, base=read_yaml(preset_path("grpo", "tiny")))
+    result = run_grpo(config)
+    before = json.loads((tmp_path / "grpo" / "eval_initial.json").read_text())
+    after = {k.removeprefix("eval_"): v for k, v in result.metrics[-1].items() if "eval_" in k}
+    assert after["greedy_reward"] >= before["greedy_reward"] + 0.09  # ≥ 3 of 32 prompts
+    assert after["reward"] > before["reward"]
+    rewards = [row["rollout_reward"] for row in result.metrics if "rollout_reward" in row]
+    assert len(rewards) == 40
+    assert sum(rewards[-8:]) / 8 > sum(rewards[:8]) / 8 + 0.15
+    assert 0 < after["kl"] < 5
+
+
+def test_lora_policy_uses_its_base_as_the_reference(tmp_path, tiny_model_dir, monkeypatch):
+    """With LoRA the reference is the base model (adapter disabled), no copy: the adapter
+    starts at zero, so the first rollout's KL to the reference is exactly 0."""
+    from rlhf.models.reference import ReferenceModel
+
+    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_reward)
+    rollout = {"iterations": 2, "prompts_per_iteration": 4, "samples_per_prompt": 4}
+    config = grpo_config(
+        tmp_path,
+        tiny_model_dir,
+        "lora",
+        model={"path": str(tiny_model_dir), "lora": {"r": 4}},
+        rollout=rollout | {"minibatch_size": 8},
+    )
+    frozen, copies = ReferenceModel.frozen.__func__, []
+
+    def counting(cls, module):
+        copies.append(module)
+        return frozen(cls, module)
+
+    monkeypatch.setattr(ReferenceModel, "frozen", classmethod(counting))
+    result = run_grpo(config)
+    assert not copies  # no frozen copy of the policy was made
+    rollouts = [row for row in result.metrics if "rollout_kl" in row]
+    assert rollouts[0]["rollout_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert rollouts[1]["rollout_kl"] != pytest.approx(0.0, abs=1e-7)
+    assert (tmp_path / "lora" / "model").is_dir()
