@@ -35,11 +35,28 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+# TRL removed PPOTrainer after 1.12.0, which cannot share .venv with the TRL 1.16 above:
+# bench_ppo.py runs TRL's side in its own venv. torch goes in first, pinned as in .venv; the
+# libraries TRL drives (transformers, accelerate, datasets, ...) are constrained to .venv's
+# versions, so both sides run the same modelling and generation code.
+TRL_PPO_VENV ?= .venv-trl-ppo
+TRL_PPO_BIN := $(TRL_PPO_VENV)/bin
+TRL_PPO_STAMP := $(TRL_PPO_VENV)/.installed
+TRL_PPO_PINNED := transformers|accelerate|datasets|tokenizers|safetensors|huggingface[-_]hub|numpy
+$(TRL_PPO_STAMP): $(STAMP)
+	test -x $(TRL_PPO_BIN)/python || $(PYTHON) -m venv $(TRL_PPO_VENV)
+	$(TRL_PPO_BIN)/python -m pip install --quiet --upgrade pip
+	$(TRL_PPO_BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip freeze | grep -iE '^($(TRL_PPO_PINNED))==' > $(TRL_PPO_VENV)/constraints.txt
+	$(TRL_PPO_BIN)/python -m pip install --quiet -c $(TRL_PPO_VENV)/constraints.txt trl==1.12.0
+	$(TRL_PPO_BIN)/python -W ignore -c "from trl.experimental.ppo import PPOTrainer"
+	touch $(TRL_PPO_STAMP)
+
+bench: $(BENCH_STAMP) $(TRL_PPO_STAMP)
 	@for script in benchmarks/bench_*.py; do \
 		echo "== $$script"; \
 		$(BIN)/python $$script || exit 1; \
 	done
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRL_PPO_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

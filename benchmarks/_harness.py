@@ -26,6 +26,8 @@ result after :data:`RESULT_MARKER`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -88,13 +90,17 @@ def run_in_child(
     function: Callable[..., Mapping[str, Any]],
     /,
     timeout: float | None = None,
+    python: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run ``function(**kwargs)`` in a fresh Python process and return its JSON result.
 
     ``function`` must be a module-level function of a file in ``benchmarks/`` (or any importable
     module) that returns a JSON-serialisable mapping; ``kwargs`` must be JSON-serialisable. The
-    result gains ``peak_rss_mb``: the child's peak RSS over its whole life.
+    result gains ``peak_rss_mb``: the child's peak RSS over its whole life. ``python`` is the
+    interpreter to run it with (default: this one), e.g. another virtual environment's, for a
+    library version that cannot share ours; the function's module must then import only the
+    standard library at its top.
     """
     source = inspect.getsourcefile(function)
     if source is None or function.__qualname__ != function.__name__:
@@ -103,7 +109,7 @@ def run_in_child(
     env = os.environ | CHILD_ENV
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [module_dir, env.get("PYTHONPATH")]))
     command = [
-        sys.executable,
+        python or sys.executable,
         str(Path(__file__).resolve()),
         "child",
         module_name,
@@ -246,6 +252,36 @@ def engine_step_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
         (r for r in rows if r.get("split", "train") == "train" and "time" in r),
         key=lambda r: r["step"],
     )
+
+
+@contextlib.contextmanager
+def timed_calls(owner: Any, name: str) -> Iterator[list[float]]:
+    """Time every call of ``owner.name`` while the block runs.
+
+    ``owner`` is a module (for one of its functions) or a class (for a plain method); the
+    attribute is replaced by a wrapper that appends each call's wall seconds to the list this
+    yields, and put back afterwards. Patch the name where the caller looks it up: a function
+    imported with ``from module import f`` must be patched in the importing module. Used to
+    time a phase inside a library's run (a reference-log-prob precompute) without copying
+    the run.
+    """
+    original = inspect.getattr_static(owner, name)
+    function = getattr(owner, name)
+    durations: list[float] = []
+
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+
+    setattr(owner, name, timed)
+    try:
+        yield durations
+    finally:
+        setattr(owner, name, original)
 
 
 def trl_step_clock() -> Any:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,11 @@ def child_functions(tmp_path):
         "    return {'y': 2 * x}\n"
         "\n"
         "def fail():\n"
-        "    raise RuntimeError('boom in the child')\n",
+        "    raise RuntimeError('boom in the child')\n"
+        "\n"
+        "def interpreter():\n"
+        "    import sys\n"
+        "    return {'executable': sys.executable}\n",
         encoding="utf-8",
     )
     return _load("bench_child_functions", source)
@@ -127,6 +132,14 @@ def test_run_in_child_returns_the_result_and_the_child_peak_rss(child_functions)
     assert result["peak_rss_mb"] > 1
 
 
+def test_run_in_child_runs_the_given_interpreter(child_functions, tmp_path):
+    # another environment's Python (bench_ppo's TRL 1.12 side): a link to ours stands in
+    other = tmp_path / "other-python"
+    other.symlink_to(sys.executable)
+    result = harness.run_in_child(child_functions.interpreter, python=str(other))
+    assert result["executable"] == str(other)
+
+
 def test_run_in_child_reports_the_child_error(child_functions):
     with pytest.raises(harness.BenchmarkError, match="boom in the child"):
         harness.run_in_child(child_functions.fail)
@@ -134,6 +147,37 @@ def test_run_in_child_reports_the_child_error(child_functions):
 
 def test_peak_rss_is_positive_megabytes():
     assert 1 < harness.peak_rss_mb() < 1e6
+
+
+def test_timed_calls_times_a_module_function_and_restores_it():
+    module = types.ModuleType("timed_module")
+    module.work = lambda x, *, y=1: x + y
+    original = module.work
+    with harness.timed_calls(module, "work") as durations:
+        assert module.work(1, y=2) == 3 and module.work(5) == 6
+    assert len(durations) == 2 and all(d >= 0 for d in durations)
+    assert module.work is original
+
+
+def test_timed_calls_times_a_method_counts_failing_calls_and_restores_it():
+    class Owner:
+        def run(self, x):
+            if x < 0:
+                raise ValueError("negative")
+            return 2 * x
+
+    original = Owner.__dict__["run"]
+    with harness.timed_calls(Owner, "run") as durations:
+        assert Owner.__dict__["run"] is not original
+        assert Owner().run(4) == 8
+        with pytest.raises(ValueError, match="negative"):
+            Owner().run(-1)
+    assert len(durations) == 2
+    assert Owner.__dict__["run"] is original
+    assert Owner().run(3) == 6
+    with harness.timed_calls(Owner, "run") as durations:
+        pass
+    assert durations == []
 
 
 # ---------------------------------------------------------------- flags and table
