@@ -5,6 +5,11 @@ They are generated from a seed in code, so a fresh machine can train with nothin
 * ``builtin:arithmetic`` — demonstrations of two-digit addition and subtraction
   (``{"prompt": "What is 47 + 38?\\n", "completion": "47 + 38 = 85"}``), a small verifiable
   task that a tiny model learns in minutes on a CPU.
+* ``builtin:arithmetic-noisy`` — the same demonstrations, but a share of them (``wrong``,
+  default 0.5) carry a systematic mistake: a result 10 too high (``47 + 38 = 95``). A model
+  fine-tuned on enough of them learns to add *and* the error, about as often as the data
+  makes it, so sampling often finds the right answer where greedy decoding may not: the
+  starting point of the held-out RL demonstration (benchmarks/grpo_arithmetic.py).
 * ``builtin:arithmetic-text`` — the same as plain text, for pretraining.
 * ``builtin:arithmetic-preferences`` — reward-model pairs: the correct answer is chosen, a
   wrong one (a near miss, or any number) rejected.
@@ -16,7 +21,8 @@ They are generated from a seed in code, so a fresh machine can train with nothin
 
 For the last four, ``n`` counts problems (prompts).
 
-An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed.
+An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed
+(``arithmetic-noisy`` also takes ``wrong=0.4``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,23 @@ def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
 def arithmetic(n: int, seed: int) -> list[Record]:
     rng = random.Random(seed)
     return [CompletionRecord(*arithmetic_problem(rng)) for _ in range(n)]
+
+
+NOISY_OFFSET = 10  # arithmetic-noisy's systematic mistake: the result this much too high
+
+
+def arithmetic_noisy(n: int, seed: int, wrong: float = 0.5) -> list[Record]:
+    """``arithmetic`` demonstrations, a random ``wrong`` share of them with a result
+    ``NOISY_OFFSET`` too high (the same problems as ``arithmetic`` with this seed)."""
+    rng, noise = random.Random(seed), random.Random(f"noisy-{seed}")
+    records: list[Record] = []
+    for _ in range(n):
+        prompt, completion = arithmetic_problem(rng)
+        if noise.random() < wrong:
+            equation, _, value = completion.rpartition(" = ")
+            completion = f"{equation} = {int(value) + NOISY_OFFSET}"
+        records.append(CompletionRecord(prompt, completion))
+    return records
 
 
 def arithmetic_text(n: int, seed: int) -> list[Record]:
@@ -119,14 +142,17 @@ def arithmetic_binary(n: int, seed: int) -> list[Record]:
     return records
 
 
-BUILTIN: dict[str, Callable[[int, int], list[Record]]] = {
+BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "arithmetic": arithmetic,
+    "arithmetic-noisy": arithmetic_noisy,
     "arithmetic-text": arithmetic_text,
     "arithmetic-preferences": arithmetic_preferences,
     "arithmetic-rankings": arithmetic_rankings,
     "arithmetic-ratings": arithmetic_ratings,
     "arithmetic-binary": arithmetic_binary,
 }
+# options beyond n and seed, with their types: name -> {option: type}
+EXTRA_OPTIONS: dict[str, dict[str, type]] = {"arithmetic-noisy": {"wrong": float}}
 
 
 def is_builtin(source: str) -> bool:
@@ -134,18 +160,27 @@ def is_builtin(source: str) -> bool:
 
 
 def load_builtin(source: str) -> list[Record]:
-    """Generate the records named by ``builtin:NAME[?n=N&seed=S]``."""
+    """Generate the records named by ``builtin:NAME[?n=N&seed=S]`` (plus the name's extra
+    options, e.g. ``builtin:arithmetic-noisy?wrong=0.4``)."""
     name, _, query = str(source).removeprefix(PREFIX).partition("?")
     if name not in BUILTIN:
         raise ValueError(
             f"{source}: unknown built-in dataset (known: {', '.join(sorted(BUILTIN))})"
         )
     options = dict(parse_qsl(query))
-    unknown = set(options) - {"n", "seed"}
+    extra = EXTRA_OPTIONS.get(name, {})
+    unknown = set(options) - {"n", "seed", *extra}
     if unknown:
-        raise ValueError(f"{source}: unknown option(s) {sorted(unknown)}; use n and seed")
+        known = " and ".join(["n", "seed", *extra])
+        raise ValueError(f"{source}: unknown option(s) {sorted(unknown)}; use {known}")
     try:
-        n, seed = int(options.get("n", 2000)), int(options.get("seed", 0))
+        n, seed = int(options.pop("n", 2000)), int(options.pop("seed", 0))
     except ValueError:
         raise ValueError(f"{source}: n and seed must be whole numbers") from None
-    return BUILTIN[name](n, seed)
+    try:
+        kwargs = {key: extra[key](value) for key, value in options.items()}
+    except ValueError:
+        raise ValueError(f"{source}: bad value among {sorted(options)}") from None
+    if not 0 <= kwargs.get("wrong", 0.0) <= 1:
+        raise ValueError(f"{source}: wrong is a share, from 0 to 1")
+    return BUILTIN[name](n, seed, **kwargs)
