@@ -126,7 +126,9 @@ def compute_reference_logps(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, unit="batch", desc="reference log-probs", dynamic_ncols=True)
-    with reference.active() as module:
+    # a one-off pass over batches of many shapes: compiled blocks (train.compile) would
+    # recompile for each new shape and cost more than they save, so it runs eagerly
+    with reference.active() as module, torch.compiler.set_stance("force_eager"):
         for batch in batches:
             batch = batch.to(device)
             with torch.autocast(
