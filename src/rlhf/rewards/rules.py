@@ -11,6 +11,10 @@
 
 Each scores 1.0 or 0.0. Rules are registered by name in :data:`RULES`, which configs refer to
 as ``reward: {rule: NAME}``; :class:`RegexFormat` is ``reward: {regex: PATTERN}``.
+
+:data:`RULES` also names the embedded world's gold reward, ``world_gold``
+(:class:`rlhf.sim.gold.WorldGold`): not a 0/1 check but a continuous score, about 0 to 1,
+with its components reported on their own (docs/world.md).
 """
 
 from __future__ import annotations
@@ -209,12 +213,21 @@ class RegexFormat(Reward):
         return f"RegexFormat({self.pattern.pattern!r}{full})"
 
 
+def _world_gold() -> RewardFunction:
+    # imported here: rlhf.sim.gold imports rlhf.rewards, which imports this module
+    from rlhf.sim.gold import WorldGold
+
+    return WorldGold()
+
+
 RULES: dict[str, Callable[[], RewardFunction]] = {
     "arithmetic": ArithmeticCorrectness,
     "gsm8k": MathAnswer,
     "gsm8k_strict": lambda: MathAnswer(strict=True),
     "gsm8k_format": AnswerFormat,
+    "world_gold": _world_gold,
 }
 """Rule rewards by name: ``arithmetic`` (builtin arithmetic prompts), ``gsm8k`` (final
 number against ``metadata["answer"]``), ``gsm8k_strict`` (only an answer after ``####`` or in
-``\\boxed{}`` counts), ``gsm8k_format`` (a ``#### N`` answer line is present)."""
+``\\boxed{}`` counts), ``gsm8k_format`` (a ``#### N`` answer line is present), all 0/1; and
+``world_gold``, the embedded world's continuous gold reward (about 0 to 1)."""

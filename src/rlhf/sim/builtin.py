@@ -21,6 +21,26 @@ They are generated from a seed in code, so a fresh machine can train with nothin
 
 For the last four, ``n`` counts problems (prompts).
 
+The embedded world's language (:mod:`rlhf.sim.world`, gold reward :mod:`rlhf.sim.gold`,
+annotators :mod:`rlhf.sim.annotators`; docs/world.md):
+
+* ``builtin:world-text`` — pretraining texts, a prompt and a response of the broad mix
+  (``{"text": "Tell me about the cat.\\nThe cat is very soft. Thank you for asking."}``).
+* ``builtin:world-sft`` — demonstrations of the behaviour distribution, mixed in quality
+  (``{"prompt": "Describe the river.\\n", "completion": "Every day the fish swims."}``).
+* ``builtin:world-prompts`` — prompts alone (``{"prompt": "Describe the river.\\n"}``), for
+  online RL; thousands of distinct ones (some rows repeat). ``split=train`` or ``split=eval``
+  keeps one side of a fixed held-out split (one prompt in five is "eval"), so evaluation
+  prompts are never trained on.
+* ``builtin:world-preferences`` — one pair of behaviour responses per prompt, labelled by the
+  default simulated annotator pool (:func:`rlhf.sim.annotators.default_pool`).
+* ``builtin:world-rankings`` — four behaviour responses per prompt ranked by the pool
+  (duplicates dropped).
+* ``builtin:world-ratings`` — three behaviour responses per prompt rated 1–5 by the pool.
+* ``builtin:world-binary`` — one behaviour response per prompt with the pool's thumbs up/down.
+
+For the last four, too, ``n`` counts prompts.
+
 An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed
 (``arithmetic-noisy`` also takes ``wrong=0.4``).
 """
@@ -29,17 +49,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from rlhf.data.records import (
     BinaryRecord,
     CompletionRecord,
     PreferenceRecord,
+    PromptRecord,
     RankingRecord,
     RatingRecord,
     Record,
     TextRecord,
 )
+
+if TYPE_CHECKING:
+    from rlhf.sim.annotators import LabelKind
 
 PREFIX = "builtin:"
 
@@ -142,6 +167,57 @@ def arithmetic_binary(n: int, seed: int) -> list[Record]:
     return records
 
 
+def world_text(n: int, seed: int) -> list[Record]:
+    from rlhf.sim.world import corpus_text
+
+    return [TextRecord(text) for text in corpus_text(n, seed)]
+
+
+def world_sft(n: int, seed: int) -> list[Record]:
+    from rlhf.sim.world import demonstrations
+
+    return [CompletionRecord(prompt, response) for prompt, response in demonstrations(n, seed)]
+
+
+def world_prompts(n: int, seed: int, split: str = "all") -> list[Record]:
+    from rlhf.sim.world import prompts
+
+    return [PromptRecord(prompt) for prompt in prompts(n, seed, split)]
+
+
+def _world_labels(n: int, seed: int, k: int, kind: LabelKind) -> list[Record]:
+    """``k`` behaviour responses to each of ``n`` prompts, labelled by the default pool; for
+    pairs, each group is drawn again until its two responses differ."""
+    from rlhf.sim.annotators import label_groups
+    from rlhf.sim.world import prompts, sample_response
+
+    rng = random.Random(f"world-{kind}-{seed}")
+    prompt_list = prompts(n, seed)
+    groups = []
+    for prompt in prompt_list:
+        group = [sample_response(prompt, rng) for _ in range(k)]
+        while kind in ("pairs", "rankings") and len(set(group)) < 2:
+            group = [sample_response(prompt, rng) for _ in range(k)]
+        groups.append(group)
+    return label_groups(prompt_list, groups, kind, seed=seed)
+
+
+def world_preferences(n: int, seed: int) -> list[Record]:
+    return _world_labels(n, seed, 2, "pairs")
+
+
+def world_rankings(n: int, seed: int) -> list[Record]:
+    return _world_labels(n, seed, 4, "rankings")
+
+
+def world_ratings(n: int, seed: int) -> list[Record]:
+    return _world_labels(n, seed, 3, "ratings")
+
+
+def world_binary(n: int, seed: int) -> list[Record]:
+    return _world_labels(n, seed, 1, "binary")
+
+
 BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "arithmetic": arithmetic,
     "arithmetic-noisy": arithmetic_noisy,
@@ -150,9 +226,19 @@ BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "arithmetic-rankings": arithmetic_rankings,
     "arithmetic-ratings": arithmetic_ratings,
     "arithmetic-binary": arithmetic_binary,
+    "world-text": world_text,
+    "world-sft": world_sft,
+    "world-prompts": world_prompts,
+    "world-preferences": world_preferences,
+    "world-rankings": world_rankings,
+    "world-ratings": world_ratings,
+    "world-binary": world_binary,
 }
 # options beyond n and seed, with their types: name -> {option: type}
-EXTRA_OPTIONS: dict[str, dict[str, type]] = {"arithmetic-noisy": {"wrong": float}}
+EXTRA_OPTIONS: dict[str, dict[str, type]] = {
+    "arithmetic-noisy": {"wrong": float},
+    "world-prompts": {"split": str},
+}
 
 
 def is_builtin(source: str) -> bool:
@@ -183,4 +269,7 @@ def load_builtin(source: str) -> list[Record]:
         raise ValueError(f"{source}: bad value among {sorted(options)}") from None
     if not 0 <= kwargs.get("wrong", 0.0) <= 1:
         raise ValueError(f"{source}: wrong is a share, from 0 to 1")
-    return BUILTIN[name](n, seed, **kwargs)
+    try:
+        return BUILTIN[name](n, seed, **kwargs)
+    except ValueError as error:  # e.g. a bad split
+        raise ValueError(f"{source}: {error}") from None
