@@ -1,0 +1,70 @@
+"""Evaluation: the measured numbers of a run, their statistics and verdicts, and the report.
+
+``results`` holds the dataclasses the pipeline fills, ``stats`` the small statistics (win
+rate, best-of-N KL, gold peak, verdicts), ``findings`` what a report concludes, and ``report``
+writes the plots, ``report.md``, ``report.html`` and ``report.json``.
+"""
+
+from rlhf.eval.findings import Expectation, Findings, assess, summary
+from rlhf.eval.report import ReportPaths, load_report, summary_table, write_report
+from rlhf.eval.results import (
+    BestOfNPoint,
+    Criteria,
+    CurvePoint,
+    OptimisationCurve,
+    PolicyEval,
+    Report,
+    RewardModelEval,
+    Sample,
+    StageTiming,
+)
+from rlhf.eval.stats import (
+    CurveFindings,
+    GoldComparison,
+    RewardModelFindings,
+    WinRate,
+    best_of_n_curve,
+    best_of_n_kl,
+    compare_gold,
+    curve_findings,
+    gold_peak,
+    mean_std,
+    non_finite_fields,
+    reward_model_findings,
+    standard_error,
+    win_rate,
+)
+
+__all__ = [
+    "BestOfNPoint",
+    "Criteria",
+    "CurveFindings",
+    "CurvePoint",
+    "Expectation",
+    "Findings",
+    "GoldComparison",
+    "OptimisationCurve",
+    "PolicyEval",
+    "Report",
+    "ReportPaths",
+    "RewardModelEval",
+    "RewardModelFindings",
+    "Sample",
+    "StageTiming",
+    "WinRate",
+    "assess",
+    "best_of_n_curve",
+    "best_of_n_kl",
+    "compare_gold",
+    "curve_findings",
+    "gold_peak",
+    "load_report",
+    "mean_std",
+    "non_finite_fields",
+    "reward_model_findings",
+    "standard_error",
+    "summary",
+    "summary_table",
+    "win_rate",
+    "write_report",
+]
