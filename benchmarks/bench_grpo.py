@@ -12,8 +12,11 @@ the responses, fused AdamW at a constant 1e-5, clipping at 1.0, seed 0.
 
 Metric: episodes per second, an episode being one sampled response trained on, over the
 measured iterations (from the end of the last warm-up iteration to the end of the last): the
-whole iteration counts, i.e. sampling, scoring, reference and old log-probs, advantages and
-the update. Each side runs in its own process.
+whole iteration counts, i.e. sampling, scoring, reference log-probs, advantages and the update
+(neither side recomputes old log-probs: with one optimiser step per rollout they are the
+update's own, detached; TRL's ``num_iterations=1``, our ``needs_old_logps``). Each side runs
+in its own process. Our side reads each group's prompt once in every pass (docs/online_rl.md,
+"Each prompt read once"); the tokens sampled and trained on are the same work as TRL's.
 
     python benchmarks/bench_grpo.py                 # 5 warm-up + 30 measured iterations
     python benchmarks/bench_grpo.py --threads 1 --repeats 2   # on a shared machine
@@ -383,14 +386,17 @@ def add_run_arguments(parser: Any) -> Any:
 
 
 def episode_flops_tokens(mean_response_tokens: float) -> tuple[float, float]:
-    """Token counts behind one GRPO episode for MFU: ``(trained, forward_only)``.
+    """Token counts behind one GRPO episode of our side for MFU: ``(trained, forward_only)``.
 
-    Trained: its prompt + response once forward and backward. Forward-only: sampling
-    (prompt once, response tokens one by one), old and reference log-probs (two forwards of
-    prompt + response) and the reward model's scoring (one more).
+    Our side reads each prompt once per group of ``GROUP_SIZE`` (sampling's prefill, the
+    reference, the reward model and the update pack a group's responses after one copy of
+    its prompt) and skips the old log-prob pass (one optimiser step per rollout), so an
+    episode costs ``PROMPT_TOKENS / GROUP_SIZE`` prompt tokens per pass. Trained: that plus
+    its response, forward and backward. Forward-only: sampling, the reference log-probs and
+    the reward model's scoring, one such sequence each.
     """
-    sequence = PROMPT_TOKENS + mean_response_tokens
-    return sequence, PROMPT_TOKENS + mean_response_tokens + 3 * sequence
+    sequence = PROMPT_TOKENS / GROUP_SIZE + mean_response_tokens
+    return sequence, 3 * sequence
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,9 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlhf.data.pairs import pad_right, tokenize_for_reward
+from rlhf.data.pairs import (
+    TokenizedGroup,
+    collate_groups_shared_prefix,
+    pad_right,
+    tokenize_for_reward,
+)
 from rlhf.data.records import Text
-from rlhf.models.forward import unwrap
+from rlhf.models.forward import shares_prompt_prefix, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_model, load_tokenizer
 
 if TYPE_CHECKING:
@@ -223,6 +228,12 @@ class RewardModel:
         over ``max_length`` tokens — default: the backbone's position limit — the prompt's
         start is cut), sorted by length so each batch pads little, scored ``batch_size`` at
         a time and returned in the order given. ``normalized=False`` gives the raw scores.
+
+        Consecutive rows with the same prompt (a rollout's K samples of one prompt) are read
+        as one packed row when the model allows it (:func:`shares_prompt_prefix`): their
+        common prefix once, then each response
+        (:func:`rlhf.data.pairs.collate_groups_shared_prefix`, as reward-model training
+        reads a prompt group); the rewards are the same up to float rounding.
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -233,8 +244,11 @@ class RewardModel:
             tokenize_for_reward(self.tokenizer, prompt, response, limit)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         rewards = torch.zeros(len(sequences), dtype=torch.float32)
+        groups = _consecutive_groups(prompts, batch_size)
+        if groups is not None and shares_prompt_prefix(self.model):
+            return self._score_packed(sequences, groups, rewards, normalized)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         was_training = self.model.training
         self.model.eval()
         starts = range(0, len(order), batch_size)
@@ -255,6 +269,58 @@ class RewardModel:
         finally:
             self.model.train(was_training)
         return self.normalize(rewards) if normalized else rewards
+
+    def _score_packed(
+        self,
+        sequences: Sequence[Sequence[int]],
+        chunks: Sequence[Sequence[Sequence[int]]],
+        rewards: torch.Tensor,
+        normalized: bool,
+    ) -> torch.Tensor:
+        """:meth:`score` with each chunk's prompt groups packed one per row."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for chunk in chunks:
+                groups = [
+                    TokenizedGroup(tuple(tuple(sequences[i]) for i in rows), (), (), ())
+                    for rows in chunk
+                ]
+                batch = collate_groups_shared_prefix(groups, self.tokenizer.pad_token_id)
+                assert batch.position_ids is not None and batch.response_end is not None
+                raw = packed_reward_logits(
+                    self.model,
+                    batch.input_ids.to(self.device),
+                    batch.attention_mask.to(self.device),
+                    batch.position_ids.to(self.device),
+                    batch.response_end.to(self.device),
+                )  # [n] in the chunk's row order
+                rewards[[i for rows in chunk for i in rows]] = raw.cpu()
+        finally:
+            self.model.train(was_training)
+        return self.normalize(rewards) if normalized else rewards
+
+
+def _consecutive_groups(prompts: Sequence[Text], batch_size: int) -> list[list[list[int]]] | None:
+    """Runs of consecutive rows with the same prompt, in chunks of at most ``batch_size`` rows
+    (a longer run alone); None when no prompt repeats on consecutive rows."""
+    runs: list[list[int]] = []
+    for index, prompt in enumerate(prompts):
+        if runs and prompts[runs[-1][0]] == prompt:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    if len(runs) == len(prompts):
+        return None
+    chunks: list[list[list[int]]] = [[]]
+    size = 0
+    for run in runs:
+        if chunks[-1] and size + len(run) > batch_size:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(run)
+        size += len(run)
+    return chunks
 
 
 def read_normalization(config: Any, folder: Path | None = None) -> dict[str, float] | None:

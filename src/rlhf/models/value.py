@@ -39,7 +39,7 @@ import torch
 from rlhf.models.forward import decoder_hidden_states, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_tokenizer
 from rlhf.models.reward import init_reward_model, is_reward_model
-from rlhf.rollout.hf import TeacherForced
+from rlhf.rollout.hf import SharedPromptForced, TeacherForced, shared_prompt_chunks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -122,6 +122,7 @@ def response_values(
     response_mask: torch.Tensor,
     *,
     batch_size: int = 16,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Values ``V(s_t)`` [B, R] (float32) of the states before each response token.
 
@@ -130,11 +131,31 @@ def response_values(
     decoder stack per ``batch_size`` rows (the layout of
     :func:`~rlhf.rollout.hf.response_logprobs`), the head applied at the response positions
     only; 0 at padding. Differentiable: under ``torch.no_grad()`` at rollout time, with
-    gradients in the update.
+    gradients in the update. ``groups`` [B] (rows answering one prompt) reads each prompt
+    once (:class:`~rlhf.rollout.hf.SharedPromptForced`): the same values up to rounding.
     """
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     device = next(model.parameters()).device
     head = value_head(model)
+    chunks = shared_prompt_chunks(model, groups, batch_size)
+    if chunks is not None:
+        assert groups is not None
+        for rows in chunks:
+            rows = rows.to(response_ids.device)
+            packed = SharedPromptForced.of(
+                prompt_ids[rows],
+                prompt_mask[rows],
+                response_ids[rows],
+                response_mask[rows],
+                groups[rows.to(groups.device)],
+                device,
+            )
+            values = head(packed.hidden_states(model))[..., 0].float() * packed.response_mask
+            out = out.index_put(
+                (rows[:, None], torch.arange(packed.width, device=out.device)),
+                values.to(out.device),
+            )
+        return out
     for start in range(0, response_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         inputs = TeacherForced.of(

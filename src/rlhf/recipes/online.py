@@ -347,7 +347,9 @@ class Advantages:
 
 
 class AdvantageEstimator(Protocol):
-    """An algorithm's hook: a rollout's rewards → advantages."""
+    """An algorithm's hook: a rollout's rewards → advantages. An estimator that reads the
+    rollout's old log-probs (``rollout.batch.logps``) says so with a ``needs_logps = True``
+    attribute (PPO), so they are computed even for one optimiser step per rollout."""
 
     needs_greedy: bool  # ReMax: the loader adds each prompt's greedy-decoding reward
 
@@ -386,7 +388,9 @@ class Experience:
     response_ids: torch.Tensor  # [N, R] long: sampled tokens through the first EOS, then pad
     mask: torch.Tensor  # [N, R] float32: 1 on response tokens that enter the loss (0 on pad
     # and on rows an estimator dropped)
-    old_logps: torch.Tensor  # [N, R] float32: log π_old at sampling time (temperature T), frozen
+    old_logps: torch.Tensor | None  # [N, R] float32: log π_old at sampling time (temperature T),
+    # frozen; None when the rollout trains one optimiser step only: then π_old is the policy of
+    # that step and the loss takes its own log-probs, detached (see ExperienceLoader)
     ref_logps: torch.Tensor | None  # [N, R] float32: log π_ref (None: no reference)
     advantages: torch.Tensor  # [N, R] float32: per-token advantages (0 off the mask)
     returns: torch.Tensor | None  # [N, R] float32: value targets (PPO; None otherwise)
@@ -451,7 +455,38 @@ def reference_logps(
             batch.response_mask,
             temperature=temperature,
             batch_size=batch_size,
+            groups=batch.prompt_index,
         ).cpu()
+
+
+def one_step_per_rollout(rollout: RolloutSettings, episodes: int, minibatch_size: int) -> bool:
+    """Whether each rollout trains exactly one optimiser step (one epoch, one minibatch)."""
+    return rollout.ppo_epochs == 1 and minibatch_size == episodes
+
+
+def needs_old_logps(
+    rollout: RolloutSettings,
+    kl: KLSettings,
+    estimator: AdvantageEstimator,
+    *,
+    episodes: int,
+    minibatch_size: int,
+) -> bool:
+    """Whether a rollout must recompute the sampling policy's log-probs (``batch.logps``).
+
+    Not when each rollout trains one optimiser step and nothing else reads them: that step's
+    policy *is* the sampling policy, so its own log-probs, detached, are the old ones (the
+    ratio is exactly 1, as in TRL's GRPO with ``num_iterations=1``) and the forward pass is
+    saved. They are needed for several steps per rollout (the ratio moves away from 1), for
+    the KL in the reward and the adaptive KL coefficient (both read the rollout's KL before
+    the update), and by estimators that read them (``needs_logps``: PPO's per-token rewards).
+    """
+    return (
+        not one_step_per_rollout(rollout, episodes, minibatch_size)
+        or (kl.in_reward and kl.coef > 0)
+        or kl.target is not None
+        or getattr(estimator, "needs_logps", False)
+    )
 
 
 class ExperienceLoader:
@@ -459,7 +494,9 @@ class ExperienceLoader:
     then yields shuffled micro-batches for ``ppo_epochs`` passes (see the module docstring).
 
     ``len(loader)`` is micro-batches per iteration; ``epoch`` counts finished iterations and
-    ``position`` the micro-batches taken from the current one.
+    ``position`` the micro-batches taken from the current one. ``old_logps`` False samples
+    without the old log-probs (:func:`needs_old_logps` says when that is allowed): the
+    experience's ``old_logps`` is None and the loss uses its own, detached.
     """
 
     def __init__(
@@ -477,6 +514,7 @@ class ExperienceLoader:
         micro_batch_size: int,
         aggregation: str = "token",
         seed: int = 0,
+        old_logps: bool = True,
     ) -> None:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -490,6 +528,14 @@ class ExperienceLoader:
         self.prompts, self.prompt_metadata = list(prompts), prompt_metadata
         self.reference, self.sampling, self.settings, self.kl = reference, sampling, rollout, kl
         self.micro_batch_size, self.aggregation, self.seed = micro_batch_size, aggregation, seed
+        if not old_logps and needs_old_logps(
+            rollout, kl, estimator, episodes=episodes, minibatch_size=episodes
+        ):
+            raise ValueError(
+                "old_logps=False needs one optimiser step per rollout, no KL in the reward, a "
+                "fixed KL coefficient and an estimator that does not read them"
+            )
+        self.old_logps = old_logps
         self.controller = AdaptiveKLController(kl.coef, kl.target, kl.horizon)
         self.iteration = 0
         self.position = len(self)  # used up: the first next_batch collects
@@ -529,7 +575,9 @@ class ExperienceLoader:
         indices = self.iteration_prompts(iteration)
         prompts = [self.prompts[i] for i in indices]
         k = self.settings.samples_per_prompt
-        params = self.sampling.params(num_samples=k, seed=self.seed + iteration)
+        params = self.sampling.params(
+            num_samples=k, seed=self.seed + iteration, return_logps=self.old_logps
+        )
         batch = self.engine.generate(prompts, params)
         output = self.score(prompts, batch, indices)
         ref_logps = kl = None
@@ -537,6 +585,7 @@ class ExperienceLoader:
             ref_logps = reference_logps(
                 self.reference, batch, params.logp_temperature, self.sampling.batch_size
             )
+        if ref_logps is not None and batch.logps is not None:
             kl = per_token_kl(
                 batch.logps,
                 ref_logps,
@@ -587,7 +636,7 @@ class ExperienceLoader:
             prompt_mask=batch.prompt_mask,
             response_ids=batch.response_ids,
             mask=mask,
-            old_logps=batch.logps.float(),
+            old_logps=None if batch.logps is None else batch.logps.float(),
             ref_logps=rollout.ref_logps,
             advantages=advantages,
             returns=result.returns,
@@ -671,8 +720,9 @@ def rollout_metrics(rollout: Rollout) -> Metrics:
         "rollout_eos_rate": float(batch.ended_with_eos.float().mean()),
         "rollout_kl_coef": rollout.kl_coef,
     }
-    if rollout.ref_logps is not None:
+    if rollout.ref_logps is not None and batch.logps is not None:
         # the k1 sequence KL (unbiased) whatever the estimator, and the configured one
+        # (without old log-probs the loss reports both, from the update's forward pass)
         k1 = (batch.logps - rollout.ref_logps) * batch.response_mask
         metrics["rollout_kl"] = float(k1.sum(-1).mean())
     if rollout.kl is not None:
@@ -697,6 +747,7 @@ def policy_logps(model: torch.nn.Module, batch: Experience) -> torch.Tensor:
         batch.mask,
         temperature=batch.temperature,
         batch_size=len(batch),
+        groups=batch.group,
     )
 
 
@@ -716,13 +767,19 @@ def policy_gradient_loss(
     Returns the summed loss over ``batch.loss_units`` (the Trainer divides by the step's
     units) and metrics as means over the micro-batch divided by ``grad_accum``, so the
     Trainer's sum over a step's micro-batches is their mean.
+
+    Experience without old log-probs (one optimiser step per rollout) takes ``logps``
+    detached as π_old: the ratio is exactly 1 and the gradient that of the recomputed ones.
+    The rollout's KL to the reference (``rollout_kl``, ``rollout_kl_estimate``) then comes
+    from these log-probs, over the rows in the loss.
     """
     if logps is None:  # PPO passes its own (computed with the entropy in one forward)
         logps = policy_logps(model, batch)  # [n, R]
+    old_logps = logps.detach() if batch.old_logps is None else batch.old_logps
     options = dict(aggregation=batch.aggregation, max_length=batch.max_length)
     loss, sums = ppo_policy_loss(
         logps,
-        batch.old_logps,
+        old_logps,
         batch.advantages,
         batch.mask,
         clip_eps=policy.clip_eps,
@@ -748,8 +805,28 @@ def policy_gradient_loss(
         )
         loss = loss + batch.kl_coef * kl_loss
         metrics["kl_loss"] = kl_sums["kl_sum"] / tokens
+    if batch.old_logps is None and batch.ref_logps is not None:
+        metrics |= on_policy_kl_metrics(logps.detach(), batch, kl)
     metrics = {key: value / grad_accum for key, value in metrics.items()}
     return loss, metrics | batch.metrics
+
+
+def on_policy_kl_metrics(logps: torch.Tensor, batch: Experience, kl: KLSettings) -> Metrics:
+    """``rollout_kl`` (k1) and ``rollout_kl_estimate`` (``kl.estimator``): the mean sequence
+    KL to the reference of the rows in the loss, from log-probs [n, R] of the policy that
+    sampled them (what :func:`rollout_metrics` reads from ``batch.logps`` otherwise)."""
+    assert batch.ref_logps is not None
+    rows = max(int(batch.mask.bool().any(-1).sum()), 1)
+    k1 = ((logps - batch.ref_logps) * batch.mask).sum()
+    estimate = per_token_kl(
+        logps,
+        batch.ref_logps,
+        batch.mask,
+        estimator=kl.estimator,
+        clamp=kl.clamp,
+        max_kl=kl.max_kl,
+    ).sum()
+    return {"rollout_kl": float(k1) / rows, "rollout_kl_estimate": float(estimate) / rows}
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -917,6 +994,7 @@ def run_online(
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
 
     engine = HFGenerationEngine(policy, tokenizer, batch_size=config.sampling.batch_size)
+    episodes = config.episodes_per_iteration
     loader = ExperienceLoader(
         engine=engine,
         reward=reward,
@@ -930,6 +1008,13 @@ def run_online(
         micro_batch_size=train.batch_size,
         aggregation=config.policy.aggregation,
         seed=seed,
+        old_logps=needs_old_logps(
+            config.rollout,
+            config.kl,
+            estimator,
+            episodes=episodes,
+            minibatch_size=config.minibatch_size,
+        ),
     )
     evaluate = None
     if eval_prompts:

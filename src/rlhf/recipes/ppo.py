@@ -188,6 +188,7 @@ class PPOEstimator:
     """
 
     needs_greedy = False
+    needs_logps = True  # the per-token KL rewards read the rollout's old log-probs
 
     def __init__(self, settings: PPOSettings, kl: KLSettings, batch_size: int = 16) -> None:
         self.settings, self.kl, self.batch_size = settings, kl, batch_size
@@ -218,6 +219,7 @@ class PPOEstimator:
                 batch.response_ids,
                 batch.response_mask,
                 batch_size=self.batch_size,
+                groups=batch.prompt_index,
             )  # [N, R] V(s_t), 0 on padding
         scores = self.normalized_scores(rollout.scores)
         in_reward = rollout.kl_in_reward and rollout.ref_logps is not None
@@ -322,6 +324,7 @@ def ppo_loss(
         batch.response_ids,
         batch.mask,
         batch_size=len(batch),
+        groups=batch.group,
     )  # [n, R] with gradients
     v_loss, v_sums = value_loss(
         values, batch.values, batch.returns, batch.mask, clip_eps=settings.value_clip_eps, **options

@@ -20,7 +20,12 @@ Correctness details (see the design notes):
   need), and holding them costs ``R × B × V`` floats (20 GB for R=512, B=64, V=150k). The
   forward pass costs about one prefill, and it is the same computation the training step
   repeats, so the first importance ratio of an update is 1 (KV-cached decoding rounds a little
-  differently from a full forward pass).
+  differently from a full forward pass). ``SamplingParams.return_logps=False`` skips it for a
+  caller that never reads them (``logps`` is then None).
+* **Each prompt is read once**: rows repeating a prompt (K samples) share one prefill of its
+  KV cache (:func:`shared_prompt_cache`), and the teacher-forced passes given ``groups`` pack
+  a group's responses after one copy of its prompt (:class:`SharedPromptForced`). Both give
+  the numbers of the one-row-per-sample layout up to float rounding.
 * Sampling is seeded: ``torch.manual_seed(seed)`` inside a forked RNG, so the caller's
   random state is left as it was and the same call returns the same samples. Chunking over
   ``batch_size`` sequences is part of the random stream: change the batch size and the
@@ -31,6 +36,7 @@ Shapes: B rows, P prompt tokens, R response tokens, T = P + R.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,7 +50,12 @@ from rlhf.data.chat import render_chat
 from rlhf.data.collate import IGNORE_INDEX, collate_prompts_left
 from rlhf.data.records import Text
 from rlhf.data.tokenize import adds_bos, messages_as_dicts
-from rlhf.models.forward import decoder_hidden_states, has_plain_head, unwrap
+from rlhf.models.forward import (
+    decoder_hidden_states,
+    has_plain_head,
+    shares_prompt_prefix,
+    unwrap,
+)
 from rlhf.models.logprobs import selective_log_softmax, token_logprobs_from_hidden
 from rlhf.rollout.types import RolloutBatch, SamplingParams
 
@@ -132,6 +143,117 @@ class TeacherForced:
         )
 
 
+@dataclass(frozen=True)
+class SharedPromptForced:
+    """One forward pass's inputs with each prompt read once: the rows answering one prompt
+    packed into one sequence, the prompt then every response
+    (:func:`rlhf.data.pairs.shared_prefix_rows` with ``next_token_targets``, the layout the
+    DPO and reward-model recipes use for pairs), a 4-D mask letting each response see the
+    prompt and itself only and positions restarting after the prompt, so every position's
+    hidden state is that of :class:`TeacherForced` up to float rounding.
+
+    ``input_ids``, ``position_ids`` [G, L] and ``attention_mask`` [G, 1, L, L] (G packed rows);
+    ``index`` [b, width] the flat position in ``[G·L]`` whose hidden state reads the prefix
+    before response token t of row b (that of :class:`TeacherForced` at ``first + t``; 0 off
+    the mask); ``response_ids`` / ``response_mask`` [b, width].
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    index: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    width: int
+
+    @classmethod
+    def of(
+        cls,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        groups: torch.Tensor,
+        device: torch.device,
+    ) -> SharedPromptForced:
+        """From left-padded prompts [b, P], right-padded responses [b, R] and ``groups`` [b]
+        (rows of one group share their prompt; a group may be any subset of rows). Rows
+        without a response token are left out of the pass (their ``index`` is all 0)."""
+        from rlhf.data.pairs import shared_prefix_rows
+
+        width = max(int(response_mask.sum(-1).max()), 1)
+        prompt_lengths = prompt_mask.sum(-1).tolist()
+        lengths = response_mask[:, :width].sum(-1).tolist()
+        members: dict[int, list[int]] = {}
+        for row, group in enumerate(groups.tolist()):
+            if lengths[row] > 0:
+                members.setdefault(group, []).append(row)
+        sequences = [
+            [
+                prompt_ids[row, prompt_mask.shape[1] - int(prompt_lengths[row]) :].tolist()
+                + response_ids[row, : int(lengths[row])].tolist()
+                for row in rows
+            ]
+            for rows in members.values()
+        ]
+        packed = shared_prefix_rows(sequences, 0, next_token_targets=True)
+        row_length = packed.input_ids.shape[1]
+        index = torch.zeros((len(groups), width), dtype=torch.long)
+        t = torch.arange(width)
+        for g, rows in enumerate(members.values()):
+            prefix = packed.prefix_lengths[g]
+            for k, row in enumerate(rows):
+                # response token t is predicted at the column of sequence token P_row + t − 1
+                source = t + int(prompt_lengths[row]) - 1
+                suffix = packed.suffix_columns[g][k] + source - prefix
+                column = torch.where(source < prefix, source, suffix)
+                index[row] = (g * row_length + column) * (t < lengths[row])
+        return cls(
+            input_ids=packed.input_ids.to(device),
+            attention_mask=packed.attention_mask.to(device),
+            position_ids=packed.position_ids.to(device),
+            index=index.to(device),
+            response_ids=response_ids[:, :width].to(device),
+            response_mask=response_mask[:, :width].to(device=device, dtype=torch.long),
+            width=width,
+        )
+
+    def hidden_states(self, model: torch.nn.Module) -> torch.Tensor:
+        """[b, width, H] the decoder's last hidden states at :attr:`index`."""
+        hidden = decoder_hidden_states(
+            model,
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+        )  # [G, L, H]
+        return hidden.flatten(0, 1)[self.index]  # [b, width, H]
+
+
+def shared_prompt_chunks(
+    model: torch.nn.Module, groups: torch.Tensor | None, batch_size: int
+) -> list[torch.Tensor] | None:
+    """Row chunks for :class:`SharedPromptForced` passes of at most ``batch_size`` rows (a
+    group larger than that alone), whole groups each; None when sharing gains nothing (no
+    group of two rows) or ``model`` cannot read packed rows
+    (:func:`rlhf.models.forward.shares_prompt_prefix`)."""
+    if groups is None or len(groups) < 2:
+        return None
+    labels, counts = torch.unique(groups.cpu(), return_counts=True)
+    if int(counts.max()) < 2 or not shares_prompt_prefix(model):
+        return None
+    chunks: list[torch.Tensor] = []
+    current: list[torch.Tensor] = []
+    size = 0
+    for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+        if current and size + count > batch_size:
+            chunks.append(torch.cat(current))
+            current, size = [], 0
+        current.append((groups.cpu() == label).nonzero().squeeze(1))
+        size += count
+    chunks.append(torch.cat(current))
+    return chunks
+
+
 def response_logprobs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -141,6 +263,7 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     batch_size: int = 16,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token log-probs of the responses under ``model`` at ``temperature``.
 
@@ -150,11 +273,38 @@ def response_logprobs(
     position ids counted over real tokens only (as ``generate`` counts them); the output layer
     runs only at response positions when the architecture allows. Differentiable: call under
     ``torch.no_grad()`` for rollouts, with gradients inside a policy update.
+
+    ``groups`` [B] (optional) says which rows answer the same prompt (e.g. a rollout's
+    ``prompt_index``): each group's prompt is then read once (:class:`SharedPromptForced`),
+    with the same log-probs up to float rounding, when the model allows it.
     """
     if temperature <= 0:
         raise ValueError(f"temperature: must be > 0, got {temperature}")
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     device = next(model.parameters()).device
+    chunks = shared_prompt_chunks(model, groups, batch_size)
+    if chunks is not None:
+        assert groups is not None
+        head = unwrap(model).get_output_embeddings()
+        for rows in chunks:
+            rows = rows.to(response_ids.device)
+            packed = SharedPromptForced.of(
+                prompt_ids[rows],
+                prompt_mask[rows],
+                response_ids[rows],
+                response_mask[rows],
+                groups[rows.to(groups.device)],
+                device,
+            )
+            labels = packed.response_ids.masked_fill(packed.response_mask == 0, IGNORE_INDEX)
+            token_logps = token_logprobs_from_hidden(
+                packed.hidden_states(model), head, labels, temperature=temperature
+            )  # [b, width]
+            out = out.index_put(
+                (rows[:, None], torch.arange(packed.width, device=out.device)),
+                token_logps.float().to(out.device),
+            )
+        return out
     for start in range(0, response_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         inputs = TeacherForced.of(
@@ -181,6 +331,122 @@ def response_logprobs(
             token_logps = token_logps * inputs.response_mask
         out[rows, :width] = token_logps.float().to(out.device)
     return out
+
+
+def shared_prompt_cache(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """``generate``'s ``past_key_values`` for a chunk of rows: a KV cache that grows in place
+    (:func:`growing_kv_layer`) and, when rows repeat a prompt (a rollout's K samples), holds
+    each distinct prompt's keys and values computed once and repeated for its rows. ``{}``
+    (``generate`` builds its own cache) for models other than plain decoders.
+
+    ids / mask [b, p] left-padded rows, prompt_index [b] which prompt each row is (equal
+    prompts on consecutive rows, as :meth:`HFGenerationEngine.generate` lays them out). The
+    cache holds all prompt columns but the last, so ``generate`` still runs its own first step
+    on the last column, and its sampling, stopping and random stream are unchanged: the tokens
+    are those of a plain ``generate`` call up to the float rounding of a smaller prefill batch.
+    """
+    if not has_plain_head(model):
+        return {}
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    base = unwrap(model)
+    cache = DynamicCache(config=base.config)
+    if {type(layer) for layer in cache.layers} != {DynamicLayer}:
+        return {}  # sliding-window or other special layers: generate's own cache
+    layer = growing_kv_layer()
+    cache.layers = [layer(ids.shape[1] + max_new_tokens) for _ in cache.layers]
+    _, counts = torch.unique_consecutive(prompt_index, return_counts=True)
+    if ids.shape[1] < 2 or len(counts) == len(prompt_index):
+        return {"past_key_values": cache}
+    firsts = torch.cumsum(counts, 0) - counts  # [g] the first row of each prompt
+    distinct, distinct_mask = ids[firsts, :-1], mask[firsts, :-1]  # [g, p - 1]
+    getattr(base, base.base_model_prefix)(
+        input_ids=distinct,
+        attention_mask=distinct_mask,
+        position_ids=(distinct_mask.long().cumsum(-1) - 1).clamp(min=0),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    rows = torch.arange(len(counts)).repeat_interleave(counts).to(ids.device)  # [b]
+    cache.batch_select_indices(rows)
+    return {"past_key_values": cache}
+
+
+@functools.cache
+def growing_kv_layer() -> type:
+    """The class ``GrowingKVLayer`` (made on first use: it subclasses a transformers class,
+    and this module imports transformers lazily)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingKVLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values live in a buffer with room for the whole
+        generation: each step writes its new states in place and the layer exposes a view of
+        the filled part, where ``DynamicLayer`` concatenates (copies the whole cache) every
+        step. The buffer doubles if a call outgrows it."""
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+            self.key_buffer: torch.Tensor | None = None
+            self.value_buffer: torch.Tensor | None = None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            new, end = key_states.shape[-2], self.length + key_states.shape[-2]
+            if self.key_buffer is None or self.value_buffer is None:
+                self._grow(key_states, value_states, max(self.capacity, end))
+            elif end > self.key_buffer.shape[-2]:
+                self._grow(key_states, value_states, 2 * end)
+            assert self.key_buffer is not None and self.value_buffer is not None
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
+            self.length += new
+            self._expose()
+            return self.keys, self.values
+
+        def _grow(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+            shape = (*keys.shape[:2], capacity)
+            key_buffer = keys.new_empty((*shape, keys.shape[-1]))  # [b, heads, capacity, d]
+            value_buffer = values.new_empty((*shape, values.shape[-1]))
+            if self.length:
+                key_buffer[:, :, : self.length] = self.keys
+                value_buffer[:, :, : self.length] = self.values
+            self.key_buffer, self.value_buffer = key_buffer, value_buffer
+
+        def _expose(self) -> None:
+            assert self.key_buffer is not None and self.value_buffer is not None
+            self.keys = self.key_buffer[:, :, : self.length]  # [b, heads, length, d] views
+            self.values = self.value_buffer[:, :, : self.length]
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.key_buffer is not None and self.value_buffer is not None:
+                self.key_buffer = self.key_buffer[indices]
+                self.value_buffer = self.value_buffer[indices]
+                self._expose()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.key_buffer is not None and self.value_buffer is not None:
+                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+                self._expose()
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("GrowingKVLayer is for sampling only: it cannot crop")
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.batch_select_indices(beam_idx)
+
+    return GrowingKVLayer
 
 
 @contextmanager
@@ -303,25 +569,31 @@ class HFGenerationEngine:
         config = generation_config(params, self.stop_ids, pad_id)
         device = self.device
         chunks = []
+        logps = None
         with _sampling_mode(self.model, params.seed, device):
             for start in range(0, len(prompt_index), self.batch_size):
                 rows = slice(start, start + self.batch_size)
                 keep = _live_columns(prompt_mask[rows])
                 ids, mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
+                cache = shared_prompt_cache(
+                    self.model, ids, mask, prompt_index[rows], params.max_new_tokens
+                )
                 sequences = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config
+                    input_ids=ids, attention_mask=mask, generation_config=config, **cache
                 )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
             response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
-            logps = response_logprobs(
-                self.model,
-                prompt_ids,
-                prompt_mask,
-                response_ids,
-                response_mask,
-                temperature=params.logp_temperature,
-                batch_size=self.batch_size,
-            ).cpu()
+            if params.return_logps:
+                logps = response_logprobs(
+                    self.model,
+                    prompt_ids,
+                    prompt_mask,
+                    response_ids,
+                    response_mask,
+                    temperature=params.logp_temperature,
+                    batch_size=self.batch_size,
+                    groups=prompt_index,
+                ).cpu()
         texts = [
             decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
             for prompt, ids, length, stop in zip(

@@ -27,6 +27,9 @@ class SamplingParams:
     ``temperature`` 0 means greedy decoding (then ``logps`` are taken at temperature 1).
     ``top_k`` 0 and ``top_p`` 1 switch those filters off. ``seed`` makes a call reproducible:
     the same prompts, parameters, model and engine batch size give the same samples.
+    ``return_logps`` False skips the teacher-forced pass that computes ``RolloutBatch.logps``
+    (then None), for a caller that never reads them: an online recipe taking one optimiser
+    step per rollout, whose old log-probs are the update's own, detached.
     """
 
     max_new_tokens: int = 64  # response tokens at most, EOS included
@@ -35,6 +38,7 @@ class SamplingParams:
     top_k: int = 0  # sample among the k most likely tokens only
     num_samples: int = 1  # responses per prompt (K)
     seed: int = 0  # seed of the sampling random stream
+    return_logps: bool = True  # compute RolloutBatch.logps (False: None, one forward saved)
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,9 +78,11 @@ class SamplingConfig(StrictModel):
         64, ge=1, description="Sequences generated together (prompts × samples, chunked)."
     )
 
-    def params(self, num_samples: int, seed: int) -> SamplingParams:
+    def params(self, num_samples: int, seed: int, *, return_logps: bool = True) -> SamplingParams:
         values = self.model_dump(exclude={"batch_size"})
-        return SamplingParams(**values, num_samples=num_samples, seed=seed)
+        return SamplingParams(
+            **values, num_samples=num_samples, seed=seed, return_logps=return_logps
+        )
 
 
 @dataclass
@@ -91,7 +97,8 @@ class RolloutBatch:
     prompt_mask: torch.Tensor  # [B, P] long: 1 on real prompt tokens, 0 on the left padding
     response_ids: torch.Tensor  # [B, R] long: sampled tokens through the first EOS, then pad
     response_mask: torch.Tensor  # [B, R] long: 1 on real response tokens (EOS included)
-    logps: torch.Tensor  # [B, R] float32: log π_T(token | prefix) at the temperature, 0 on pad
+    logps: torch.Tensor | None  # [B, R] float32: log π_T(token | prefix) at the temperature, 0
+    # on pad (None when sampled with return_logps=False)
     ended_with_eos: torch.Tensor  # [B] bool: stopped at EOS (False: cut at max_new_tokens)
     prompt_index: torch.Tensor  # [B] long: which of the input prompts the row answers
     response_texts: list[str]  # [B] decoded responses, special tokens (EOS) removed
@@ -107,6 +114,8 @@ class RolloutBatch:
     @property
     def sequence_logps(self) -> torch.Tensor:
         """[B] log π(response | prompt): the sum of ``logps`` over the response."""
+        if self.logps is None:
+            raise ValueError("this batch was sampled without log-probs (return_logps=False)")
         return self.logps.sum(-1)
 
     @property
