@@ -27,30 +27,13 @@ from rich.text import Text
 
 from rlhf.eval.findings import Expectation, Findings, assess, fmt, percent, summary
 from rlhf.eval.results import (
-    BestOfNPoint,
-    Criteria,
-    CurvePoint,
-    OptimisationCurve,
-    PolicyEval,
     Report,
-    RewardModelEval,
-    Sample,
-    StageTiming,
     json_safe,
 )
 from rlhf.eval.stats import best_of_n_curve
 
-__all__ = [  # the data classes too, so callers can import everything from here
-    "BestOfNPoint",
-    "Criteria",
-    "CurvePoint",
-    "OptimisationCurve",
-    "PolicyEval",
-    "Report",
+__all__ = [
     "ReportPaths",
-    "RewardModelEval",
-    "Sample",
-    "StageTiming",
     "load_report",
     "plot_overoptimisation",
     "plot_policies",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -40,31 +40,39 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+_LOADERS: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "float | None": _load_number,
+}
+
+
+class _Flat:
+    """``to_dict`` / ``from_dict`` for a dataclass of plain fields (str, int, float, float |
+    None): floats written with :func:`_dump_number`, read back by their annotation; a missing
+    key takes the field's default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: json_safe(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        values = {}
+        for item in fields(cls):  # type: ignore[arg-type]
+            if item.name in data:
+                values[item.name] = _LOADERS[str(item.type)](data[item.name])
+        return cls(**values)
+
+
 @dataclass
-class Sample:
+class Sample(_Flat):
     """One evaluated response, shown in the report as an example."""
 
     prompt: str
     response: str  # model text: untrusted, escaped wherever it is rendered
     gold: float  # gold reward of this response
     proxy: float | None = None  # reward-model score, if a reward model was used
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "response": self.response,
-            "gold": _dump_number(self.gold),
-            "proxy": _dump_number(self.proxy),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
-        return cls(
-            prompt=data["prompt"],
-            response=data["response"],
-            gold=float(data["gold"]),
-            proxy=_load_number(data.get("proxy")),
-        )
 
 
 @dataclass
@@ -124,7 +132,7 @@ class PolicyEval:
 
 
 @dataclass
-class CurvePoint:
+class CurvePoint(_Flat):
     """One evaluation along a training run (or one N of best-of-N)."""
 
     step: int  # optimiser step (for best-of-N: N)
@@ -139,27 +147,6 @@ class CurvePoint:
         """sqrt(KL), the x-axis of Gao et al. (2022); a slightly negative KL estimate (k1 is
         unbiased, not non-negative) counts as 0."""
         return math.sqrt(max(self.kl, 0.0)) if not math.isnan(self.kl) else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "kl": _dump_number(self.kl),
-            "proxy": _dump_number(self.proxy),
-            "gold": _dump_number(self.gold),
-            "proxy_se": _dump_number(self.proxy_se),
-            "gold_se": _dump_number(self.gold_se),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CurvePoint:
-        return cls(
-            step=int(data["step"]),
-            kl=float(data["kl"]),
-            proxy=float(data["proxy"]),
-            gold=float(data["gold"]),
-            proxy_se=_load_number(data.get("proxy_se")),
-            gold_se=_load_number(data.get("gold_se")),
-        )
 
 
 @dataclass
@@ -187,7 +174,7 @@ class OptimisationCurve:
 
 
 @dataclass
-class BestOfNPoint:
+class BestOfNPoint(_Flat):
     """Best-of-N at one N: the expected proxy and gold reward of the proxy's favourite."""
 
     n: int
@@ -197,67 +184,24 @@ class BestOfNPoint:
     proxy_se: float | None = None
     gold_se: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "kl": _dump_number(self.kl),
-            "proxy": _dump_number(self.proxy),
-            "gold": _dump_number(self.gold),
-            "proxy_se": _dump_number(self.proxy_se),
-            "gold_se": _dump_number(self.gold_se),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BestOfNPoint:
-        return cls(
-            n=int(data["n"]),
-            kl=float(data["kl"]),
-            proxy=float(data["proxy"]),
-            gold=float(data["gold"]),
-            proxy_se=_load_number(data.get("proxy_se")),
-            gold_se=_load_number(data.get("gold_se")),
-        )
-
 
 @dataclass
-class RewardModelEval:
+class RewardModelEval(_Flat):
     """Reward-model accuracy on held-out simulated preference labels."""
 
     accuracy: float  # share of pairs in [0, 1] where the RM prefers the labelled-chosen response
     ceiling: float  # the same share for the gold reward: the labels are noisy, so < 1
     n_pairs: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy": _dump_number(self.accuracy),
-            "ceiling": _dump_number(self.ceiling),
-            "n_pairs": self.n_pairs,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RewardModelEval:
-        return cls(
-            accuracy=float(data["accuracy"]),
-            ceiling=float(data["ceiling"]),
-            n_pairs=int(data["n_pairs"]),
-        )
-
 
 @dataclass
-class StageTiming:
+class StageTiming(_Flat):
     stage: str  # "sft", "reward model", "ppo β=0.05", ...
     seconds: float  # wall-clock
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "seconds": _dump_number(self.seconds)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageTiming:
-        return cls(stage=data["stage"], seconds=float(data["seconds"]))
-
 
 @dataclass
-class Criteria:
+class Criteria(_Flat):
     """How strict the report's verdicts are. Kept in the report, so a re-render agrees.
 
     Along a curve, a difference in gold (or proxy) reward counts only when it is larger than
@@ -272,23 +216,6 @@ class Criteria:
     proxy_tolerance: float | None = None  # in reward-model units
     z: float = 2.0  # standard errors a difference must exceed
     rm_within_points: float = 5.0  # RM accuracy is "near the ceiling" within this many points
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "gold_tolerance": _dump_number(self.gold_tolerance),
-            "proxy_tolerance": _dump_number(self.proxy_tolerance),
-            "z": _dump_number(self.z),
-            "rm_within_points": _dump_number(self.rm_within_points),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Criteria:
-        return cls(
-            gold_tolerance=_load_number(data.get("gold_tolerance")),
-            proxy_tolerance=_load_number(data.get("proxy_tolerance")),
-            z=float(data.get("z", 2.0)),
-            rm_within_points=float(data.get("rm_within_points", 5.0)),
-        )
 
 
 @dataclass

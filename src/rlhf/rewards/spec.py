@@ -170,7 +170,7 @@ class RewardSpec(StrictModel):
         None,
         description="A rule reward by name: arithmetic, gsm8k (final number vs metadata "
         "`answer`), gsm8k_strict (only a `#### N` answer counts), gsm8k_format (a `#### N` "
-        "line is present).",
+        "line is present), world_gold (the embedded world's gold reward, docs/world.md).",
     )
     regex: str | None = Field(
         None, description="Format check: 1 when this Python regex matches the response, else 0."

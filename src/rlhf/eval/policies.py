@@ -1,0 +1,246 @@
+"""Evaluating trained policies against the gold reward: what the pipeline's report shows.
+
+For every policy (SFT, PPO at each β, DPO, ...) on the same held-out prompts, sampled with the
+same seed: the gold reward (mean and spread), the proxy (the reward model's score), the
+KL(π‖π_SFT) of its samples (k1 summed over each response, averaged: an unbiased estimate of the
+sequence KL) and its win rate against SFT (sample j of prompt i against SFT's sample j of the
+same prompt, judged by the gold reward, ties ½). Also the best-of-N curve of the SFT policy
+under the reward model, the PPO runs' proxy and gold reward against KL as they trained (their
+held-out evaluations), and the reward model's held-out accuracy beside the noise ceiling.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rlhf.data.records import Text, text_to_json
+from rlhf.eval.results import (
+    BestOfNPoint,
+    Criteria,
+    CurvePoint,
+    OptimisationCurve,
+    PolicyEval,
+    Report,
+    RewardModelEval,
+)
+from rlhf.eval.stats import win_rate
+
+if TYPE_CHECKING:
+    from rlhf.models.reference import ReferenceModel
+    from rlhf.recipes.pipeline import PipelineConfig, Stages
+    from rlhf.rewards.base import RewardFunction
+    from rlhf.rollout.types import RolloutBatch, SamplingParams
+
+
+@dataclass
+class PolicySamples:
+    """One policy's samples on the evaluation prompts, scored."""
+
+    batch: RolloutBatch
+    gold: torch.Tensor  # [B] gold reward of each sample
+    proxy: torch.Tensor  # [B] reward-model score of each sample
+    kl: torch.Tensor  # [B] summed log π/π_ref of each sample (0 for the reference itself)
+
+
+def sample_policy(
+    model_dir: str | Path,
+    prompts: Sequence[Text],
+    params: SamplingParams,
+    *,
+    gold: RewardFunction,
+    proxy: RewardFunction,
+    reference: ReferenceModel | None,
+    batch_size: int,
+) -> PolicySamples:
+    """Sample ``params.num_samples`` responses per prompt from the policy in ``model_dir``,
+    score them with both rewards and measure each sample's log-ratio to ``reference``."""
+    from rlhf.recipes.best_of_n import score_rollout
+    from rlhf.recipes.online import reference_logps
+    from rlhf.rollout.hf import HFGenerationEngine
+
+    engine = HFGenerationEngine.from_pretrained(model_dir, batch_size=batch_size)
+    batch = engine.generate(prompts, params)
+    kl = torch.zeros(len(batch))
+    if reference is not None:
+        ref = reference_logps(reference, batch, params.logp_temperature, batch_size)
+        kl = ((batch.logps - ref) * batch.response_mask).sum(-1)
+    del engine
+    gc.collect()
+    return PolicySamples(
+        batch,
+        score_rollout(prompts, batch, gold),
+        score_rollout(prompts, batch, proxy),
+        kl,
+    )
+
+
+def policy_eval(
+    name: str,
+    prompts: Sequence[Text],
+    samples: PolicySamples,
+    baseline: PolicySamples | None,
+    shown: int,
+) -> PolicyEval:
+    """The report's row for one policy (``baseline``: SFT's samples, for the win rate)."""
+    batch = samples.batch
+    rows = []
+    for row in range(min(shown, len(batch))):
+        prompt = prompts[int(batch.prompt_index[row])]
+        rows.append(
+            (
+                prompt if isinstance(prompt, str) else json.dumps(text_to_json(prompt)),
+                batch.response_texts[row],
+                float(samples.gold[row]),
+                float(samples.proxy[row]),
+            )
+        )
+    rate = None
+    if baseline is not None:
+        rate = win_rate(samples.gold.tolist(), baseline.gold.tolist())
+    return PolicyEval(
+        name=name,
+        gold_mean=float(samples.gold.mean()),
+        gold_std=float(samples.gold.std(unbiased=False)),
+        proxy_mean=float(samples.proxy.mean()),
+        kl_to_sft=float(samples.kl.double().mean()),
+        win_rate_vs_sft=None if rate is None else rate.rate,
+        win_rate_se=None if rate is None else rate.se,
+        proxy_std=float(samples.proxy.std(unbiased=False)),
+        n_prompts=len(prompts),
+        samples=rows,
+    )
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (``{"step": 10, "split": "eval", ...}``)."""
+    with Path(path).open(encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def training_curve(label: str, coef: float, run_dir: str | Path) -> OptimisationCurve:
+    """Proxy and gold reward against KL through one online run, from its held-out evaluations:
+    ``eval_initial.json`` (step 0, the starting policy) and the ``eval`` rows of its
+    ``metrics.jsonl`` (``reward``, ``gold_reward`` and ``kl`` at each ``train.eval_every``)."""
+    run_dir = Path(run_dir)
+    rows = [{"step": 0, **json.loads((run_dir / "eval_initial.json").read_text())}]
+    rows += [row for row in read_metrics(run_dir / "metrics.jsonl") if row.get("split") == "eval"]
+    points = [
+        CurvePoint(
+            step=int(row["step"]),
+            kl=max(float(row["kl"]), 0.0),
+            proxy=float(row["reward"]),
+            gold=float(row["gold_reward"]),
+        )
+        for row in rows
+        if {"kl", "reward", "gold_reward"} <= row.keys()
+    ]
+    return OptimisationCurve(label=label, kl_coef=coef, points=points)
+
+
+def last_value(metrics: Sequence[Mapping[str, float]], key: str) -> float | None:
+    for row in reversed(metrics):
+        if key in row:
+            return float(row[key])
+    return None
+
+
+def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
+    """Every policy the pipeline trained, evaluated on the held-out prompts (module docstring);
+    everything is read from the stages' folders, so a finished run can be evaluated again."""
+    from rlhf.data.readers import read_records
+    from rlhf.models.load import load_model
+    from rlhf.models.reference import ReferenceModel
+    from rlhf.recipes.best_of_n import evaluate_best_of_n
+    from rlhf.recipes.pipeline import gold_ceiling
+    from rlhf.rewards.spec import RewardSpec, build_reward
+    from rlhf.rollout.candidates import load_prompts
+    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.types import SamplingParams
+
+    settings = config.eval
+    prompts = load_prompts(settings.prompts, limit=settings.count)
+    gold = build_reward(settings.gold)
+    proxy = build_reward(RewardSpec(model=str(Path(stages.reward_model.out) / "model")))
+    params = SamplingParams(
+        settings.max_new_tokens,
+        temperature=settings.temperature,
+        num_samples=settings.samples_per_prompt,
+        seed=config.seed + 1,
+    )
+    sft_dir = stages.policy_dir
+    reference = ReferenceModel.frozen(load_model(sft_dir))
+    common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
+    sft = sample_policy(sft_dir, prompts, params, reference=None, **common)
+    policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
+    trained = [(f"PPO β={coef:g}", ppo.out) for coef, ppo in stages.ppo.items()]
+    trained += [("DPO", stages.dpo.out)] if stages.dpo is not None else []
+    trained += [("GRPO", stages.grpo.out)] if stages.grpo is not None else []
+    for name, out in trained:
+        samples = sample_policy(Path(out) / "model", prompts, params, reference=reference, **common)
+        policies.append(policy_eval(name, prompts, samples, sft, settings.samples_shown))
+
+    best_of_n: list[BestOfNPoint] = []
+    if settings.best_of_n > 1:
+        engine = HFGenerationEngine.from_pretrained(sft_dir, batch_size=settings.batch_size)
+        bon_params = SamplingParams(
+            settings.max_new_tokens,
+            temperature=settings.temperature,
+            num_samples=settings.best_of_n,
+            seed=config.seed + 2,
+        )
+        curve = evaluate_best_of_n(engine, prompts, bon_params, proxy, gold)
+        best_of_n = [
+            BestOfNPoint(n=p.n, kl=p.kl, proxy=p.reward, gold=float(p.gold or 0.0))
+            for p in curve.points
+        ]
+
+    curves = [training_curve(f"PPO β={coef:g}", coef, ppo.out) for coef, ppo in stages.ppo.items()]
+    rm_metrics = [
+        {f"eval_{k}": v for k, v in row.items()}
+        for row in read_metrics(Path(stages.reward_model.out) / "metrics.jsonl")
+        if row.get("split") == "eval"
+    ]
+    train_labels, heldout_labels = (
+        read_records(stages.feedback_dir / f"{split}.jsonl").records
+        for split in ("train", "heldout")
+    )
+    ceiling = gold_ceiling(heldout_labels, settings.gold)
+    reward_model = RewardModelEval(
+        accuracy=float(last_value(rm_metrics, "eval_accuracy") or float("nan")),
+        ceiling=float("nan") if ceiling is None else ceiling,
+        n_pairs=int(last_value(rm_metrics, "eval_pairs") or len(heldout_labels)),
+    )
+    # The training curves' points are means over the online runs' held-out evaluations (one
+    # sample per prompt, no spread logged): a difference between two of them counts only past
+    # z·√2·σ/√n, σ being the SFT samples' spread of each reward (Criteria's tolerances).
+    sft_eval = policies[0]
+    count = min((ppo.eval.prompts for ppo in stages.ppo.values()), default=len(prompts))
+    spread = 2.0 * math.sqrt(2.0 / max(count, 1))
+    criteria = Criteria(
+        gold_tolerance=spread * sft_eval.gold_std,
+        proxy_tolerance=spread * (sft_eval.proxy_std or 0.0),
+    )
+    return Report(
+        criteria=criteria,
+        title="RLHF on the embedded world" if settings.gold.rule == "world_gold" else "RLHF run",
+        seed=config.seed,
+        policies=policies,
+        curves=curves,
+        best_of_n=best_of_n,
+        reward_model=reward_model,
+        timings=[],
+        notes=[
+            f"{len(prompts)} held-out prompts, {settings.samples_per_prompt} samples each at "
+            f"temperature {settings.temperature:g}; feedback: {len(train_labels)} training "
+            f"and {len(heldout_labels)} held-out labels ({config.feedback.kind}).",
+        ],
+        config=json.loads(config.model_dump_json()),
+    )

@@ -1,0 +1,530 @@
+"""The whole RLHF loop in one run, every stage the project's own recipe::
+
+    pretrain (tiny models) → SFT → sample K responses per prompt → labels → reward model
+        → PPO against the reward model at each KL coefficient → DPO on the same labels
+        → (GRPO) → evaluation with the gold reward → report
+
+``rlhf quickstart`` runs it on the embedded world (:mod:`rlhf.sim`), whose gold reward says
+what people "really" want and whose simulated annotators label the samples; ``rlhf run
+pipeline.yaml`` runs the same stages on any model and data (``feedback.annotator_reward`` then
+labels with a judge or any other reward, and ``eval.gold`` is what the report calls gold).
+
+The config holds one section per stage. A stage's section is a partial config of that stage's
+recipe (``rlhf sft --help`` lists its keys); the pipeline fills in what chains the stages (each
+stage's ``out`` under the pipeline's ``out``, ``model.path`` from the stage before, the data the
+feedback stage wrote, the seed) wherever the section leaves it unset, and every stage's config
+is validated when the pipeline's is loaded, so a typo fails before anything trains.
+
+Output (``out``): one folder per stage (``pretrain/``, ``sft/``, ``feedback/``,
+``reward_model/``, ``ppo-kl0.01/``, ..., ``dpo/``), ``metrics.jsonl`` (every stage's rows, each
+with its ``stage``), ``report/`` (``report.md``, ``report.html``, plots, ``report.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlhf.config import ConfigError, StrictModel, _deep_merge, validate_config
+from rlhf.data.records import Record, Text
+from rlhf.recipes.common import ModelConfig, RecipeConfig, RunResult
+from rlhf.rewards.spec import RewardSpec
+
+logger = logging.getLogger("rlhf")
+
+
+class AnnotatorsConfig(StrictModel):
+    """The simulated annotators of the embedded world (rlhf.sim.annotators)."""
+
+    count: int = Field(5, ge=1, description="Annotators in the pool; each label is one's.")
+    temperature: float = Field(
+        0.05, gt=0, description="Bradley-Terry temperature on the gold reward (noise)."
+    )
+    careless: float = Field(0.1, ge=0, le=1, description="Share of labels that are coin flips.")
+    bias: float = Field(
+        0.0, ge=0, description="Spread of the annotators' personal length biases (0: none)."
+    )
+
+
+class FeedbackConfig(StrictModel):
+    """Sampling the SFT policy and labelling its responses."""
+
+    prompts: str = Field(
+        "builtin:world-prompts?n=512&seed=1&split=train",
+        description="Prompts to sample for (also PPO's training prompts unless set there).",
+    )
+    samples_per_prompt: int = Field(4, ge=2, le=8, description="K responses per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(48, ge=1, description="Response tokens at most.")
+    batch_size: int = Field(256, ge=1, description="Sequences sampled together.")
+    kind: Literal["pairs", "rankings", "ratings"] = Field(
+        "pairs", description="What annotators give: pairwise choices, rankings or 1-5 ratings."
+    )
+    heldout_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Share of prompts whose labels are held out (RM accuracy)."
+    )
+    annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)
+    annotator_reward: RewardSpec | None = Field(
+        None,
+        description="Label with this reward (Bradley-Terry at annotators.temperature) instead "
+        "of the embedded world's gold reward, e.g. a judge for real models.",
+    )
+
+
+class EvalConfig(StrictModel):
+    """The final evaluation of every policy on held-out prompts."""
+
+    prompts: str = Field(
+        "builtin:world-prompts?n=400&seed=99&split=eval", description="Held-out evaluation prompts."
+    )
+    count: int = Field(128, ge=1, description="Evaluation prompts used at most.")
+    samples_per_prompt: int = Field(2, ge=1, description="Sampled responses per prompt.")
+    best_of_n: int = Field(16, ge=1, description="Largest N of the SFT best-of-N curve (0: none).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(48, ge=1, description="Response tokens at most.")
+    batch_size: int = Field(256, ge=1, description="Sequences sampled together.")
+    gold: RewardSpec = Field(
+        default_factory=lambda: RewardSpec(rule="world_gold"),
+        description="What the report calls the gold reward (the world's by default).",
+    )
+    samples_shown: int = Field(3, ge=0, description="Sample responses shown per policy.")
+
+
+class PipelineConfig(StrictModel):
+    out: str = Field("runs/pipeline", description="Output folder (one sub-folder per stage).")
+    seed: int = Field(0, description="Seed of every stage (unless a stage sets its own).")
+    overwrite: bool = Field(False, description="Allow re-running into a folder that has runs.")
+    progress: bool = Field(True, description="Show progress bars.")
+    model: ModelConfig = Field(description="The base model: a tiny one from scratch or a path.")
+    pretrain: dict[str, Any] | None = Field(
+        None, description="Pretraining (a partial `rlhf pretrain` config; null: skip)."
+    )
+    sft: dict[str, Any] | None = Field(
+        None, description="Supervised fine-tuning (a partial `rlhf sft` config; null: skip)."
+    )
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    reward_model: dict[str, Any] = Field(
+        default_factory=dict, description="The reward model (a partial `rlhf rm` config)."
+    )
+    ppo: dict[str, Any] | None = Field(
+        None, description="PPO against the reward model (a partial `rlhf ppo` config)."
+    )
+    ppo_kl_coefs: list[float] = Field(
+        [0.002, 0.05],
+        min_length=1,
+        max_length=4,
+        description="One PPO run per KL coefficient β (one small, one larger: the curves).",
+    )
+    dpo: dict[str, Any] | None = Field(
+        None, description="DPO on the same labels (a partial `rlhf dpo` config; null: skip)."
+    )
+    grpo: dict[str, Any] | None = Field(
+        None, description="GRPO against the reward model (a partial `rlhf grpo` config)."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _stages_valid(self) -> PipelineConfig:
+        if self.model.tiny is not None and self.pretrain is None:
+            raise ValueError("model.tiny starts from random weights: set `pretrain`")
+        if any(coef <= 0 for coef in self.ppo_kl_coefs):
+            raise ValueError(
+                "ppo_kl_coefs: each β must be > 0 (the report's KL is measured against the "
+                "reference, which β = 0 drops); use a very small one, e.g. 0.001"
+            )
+        stage_configs(self)  # every stage's config must validate now
+        return self
+
+
+# ------------------------------------------------------------------------------ stage configs
+
+
+def _set_default(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b]... = value`` unless the key is already set."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data.setdefault(last, value)
+
+
+def _stage(
+    cls: type[RecipeConfig], name: str, section: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> Any:
+    """A stage's recipe config: its section, with ``defaults`` (dotted keys) where unset."""
+    data = _deep_merge({}, dict(section))
+    for dotted, value in defaults.items():
+        _set_default(data, dotted, value)
+    return validate_config(cls, data, f"pipeline stage `{name}`")
+
+
+@dataclass
+class Stages:
+    """Every stage's validated config and where its model lands."""
+
+    out: Path
+    pretrain: Any | None
+    sft: Any | None
+    reward_model: Any
+    ppo: dict[float, Any] = field(default_factory=dict)
+    dpo: Any | None = None
+    grpo: Any | None = None
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.out / "feedback"
+
+    @property
+    def policy_dir(self) -> str:
+        """The SFT policy (or the base model when there is no SFT stage)."""
+        return str(Path(self.sft.out) / "model") if self.sft else self.base_dir
+
+    base_dir: str = ""
+
+
+def stage_configs(config: PipelineConfig) -> Stages:
+    """Each stage's recipe config, chained: the pipeline's defaults where a section is silent."""
+    from rlhf.recipes.dpo import DPOConfig
+    from rlhf.recipes.grpo import GRPOConfig
+    from rlhf.recipes.ppo import PPOConfig
+    from rlhf.recipes.pretrain import PretrainConfig
+    from rlhf.recipes.reward_model import RewardModelConfig
+    from rlhf.recipes.sft import SFTConfig
+
+    out = Path(config.out)
+    common = {"train.seed": config.seed, "progress": config.progress, "tensorboard": False}
+    model = config.model.model_dump(exclude_none=True)
+    base = config.model.path or ""
+    pretrain = None
+    if config.pretrain is not None:
+        pretrain = _stage(
+            PretrainConfig,
+            "pretrain",
+            config.pretrain,
+            {"out": str(out / "pretrain"), "model": model, **common},
+        )
+        base = str(out / "pretrain" / "model")
+    sft = None
+    if config.sft is not None:
+        sft = _stage(
+            SFTConfig, "sft", config.sft, {"out": str(out / "sft"), "model.path": base, **common}
+        )
+    policy = str(out / "sft" / "model") if sft else base
+    feedback = out / "feedback"
+    rm = _stage(
+        RewardModelConfig,
+        "reward_model",
+        config.reward_model,
+        {
+            "out": str(out / "reward_model"),
+            "model.path": policy,
+            "data.train": str(feedback / "train.jsonl"),
+            "data.eval": str(feedback / "heldout.jsonl"),
+            **common,
+        },
+    )
+    rm_model = str(out / "reward_model" / "model")
+    gold = config.eval.gold.model_dump(exclude_none=True)
+    online = {
+        "model.path": policy,
+        "data.prompts": config.feedback.prompts,
+        "data.eval_prompts": config.eval.prompts,
+        "reward.model": rm_model,
+        "eval.gold_reward": gold,
+        "eval.greedy": False,
+        **common,
+    }
+    stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, base_dir=base)
+    for coef in config.ppo_kl_coefs if config.ppo is not None else []:
+        stages.ppo[coef] = _stage(
+            PPOConfig,
+            f"ppo (kl.coef={coef:g})",
+            _deep_merge(_deep_merge({}, config.ppo or {}), {"kl": {"coef": coef}}),
+            {"out": str(out / f"ppo-kl{coef:g}"), **online},
+        )
+    if config.dpo is not None:
+        stages.dpo = _stage(
+            DPOConfig,
+            "dpo",
+            config.dpo,
+            {
+                "out": str(out / "dpo"),
+                "model.path": policy,
+                "data.train": str(feedback / "train.jsonl"),
+                "data.eval": str(feedback / "heldout.jsonl"),
+                **common,
+            },
+        )
+    if config.grpo is not None:
+        stages.grpo = _stage(GRPOConfig, "grpo", config.grpo, {"out": str(out / "grpo"), **online})
+    return stages
+
+
+# ------------------------------------------------------------------------------ feedback
+
+
+@dataclass
+class FeedbackResult:
+    train: Path  # labelled records (JSONL) the reward model and DPO train on
+    heldout: Path  # labelled records of held-out prompts (RM accuracy, DPO eval)
+    samples: Path  # every sampled response (what `rlhf sample` writes)
+    train_labels: int
+    heldout_labels: int
+    ceiling: float | None  # the gold reward's own accuracy on the held-out labels (pairs)
+
+
+def _write_records(path: Path, records: Sequence[Record]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for record in records:
+            file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def reward_annotator_labels(
+    reward: Any,
+    prompts: Sequence[Text],
+    groups: Sequence[Sequence[str]],
+    settings: FeedbackConfig,
+    seed: int,
+) -> list[Record]:
+    """Pairs labelled by the Bradley-Terry model on any reward (a judge, a reward model):
+    P(a ≻ b) = σ((r(a) − r(b)) / temperature), each of a group's K(K−1)/2 pairs once, a
+    ``careless`` share of them coin flips."""
+    import math
+
+    from rlhf.data.records import PreferenceRecord
+    from rlhf.rewards.base import call_reward
+
+    if settings.kind != "pairs":
+        raise ConfigError(
+            "feedback.kind: labelling with feedback.annotator_reward gives pairs only"
+        )
+    rng = random.Random(seed)
+    rows = [(p, r) for p, group in zip(prompts, groups, strict=True) for r in group]
+    scores = call_reward(reward, [p for p, _ in rows], [r for _, r in rows]).tolist()
+    records: list[Record] = []
+    position = 0
+    temperature = settings.annotators.temperature
+    for prompt, group in zip(prompts, groups, strict=True):
+        values = scores[position : position + len(group)]
+        position += len(group)
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                if group[i] == group[j]:
+                    continue
+                if rng.random() < settings.annotators.careless:
+                    first = rng.random() < 0.5
+                else:
+                    margin = max(-50.0, min(50.0, (values[i] - values[j]) / temperature))
+                    first = rng.random() < 1 / (1 + math.exp(-margin))
+                chosen, rejected = (group[i], group[j]) if first else (group[j], group[i])
+                records.append(PreferenceRecord(prompt, chosen, rejected))
+    return records
+
+
+def collect_feedback(
+    config: PipelineConfig, policy_dir: str, out: Path, progress: bool = True
+) -> FeedbackResult:
+    """Sample K responses per prompt from the policy and have them labelled; held-out prompts'
+    labels go to their own file."""
+    from rlhf.recipes.best_of_n import sample_to_file
+    from rlhf.rewards.spec import build_reward
+    from rlhf.rollout.candidates import load_prompts, read_candidates
+    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.types import SamplingParams
+
+    settings = config.feedback
+    prompts = load_prompts(settings.prompts)
+    engine = HFGenerationEngine.from_pretrained(policy_dir, batch_size=settings.batch_size)
+    params = SamplingParams(
+        settings.max_new_tokens,
+        temperature=settings.temperature,
+        num_samples=settings.samples_per_prompt,
+        seed=config.seed,
+    )
+    samples = out / "samples.jsonl"
+    sample_to_file(engine, prompts, params, samples, progress=progress)
+    candidates = read_candidates(samples)
+    order = list(range(len(candidates)))
+    random.Random(config.seed).shuffle(order)
+    held = set(order[: max(1, round(settings.heldout_fraction * len(order)))])
+    labelled: dict[bool, list[Record]] = {}
+    for heldout in (False, True):
+        chosen = [c for i, c in enumerate(candidates) if (i in held) == heldout]
+        groups = [list(c.responses) for c in chosen]
+        group_prompts = [c.prompt for c in chosen]
+        seed = config.seed * 2 + int(heldout)
+        if settings.annotator_reward is not None:
+            reward = build_reward(settings.annotator_reward)
+            labelled[heldout] = reward_annotator_labels(
+                reward, group_prompts, groups, settings, seed
+            )
+        else:
+            labelled[heldout] = world_labels(group_prompts, groups, settings, seed)
+    ceiling = None
+    if settings.kind == "pairs":
+        ceiling = gold_ceiling(labelled[True], config.eval.gold)
+    return FeedbackResult(
+        train=_write_records(out / "train.jsonl", labelled[False]),
+        heldout=_write_records(out / "heldout.jsonl", labelled[True]),
+        samples=samples,
+        train_labels=len(labelled[False]),
+        heldout_labels=len(labelled[True]),
+        ceiling=ceiling,
+    )
+
+
+def world_labels(
+    prompts: Sequence[Text], groups: Sequence[Sequence[str]], settings: FeedbackConfig, seed: int
+) -> list[Record]:
+    """The embedded world's simulated annotators label each group of K responses."""
+    from rlhf.sim.annotators import AnnotatorPool
+
+    pool = AnnotatorPool.build(
+        count=settings.annotators.count,
+        temperature=settings.annotators.temperature,
+        careless=settings.annotators.careless,
+        bias=settings.annotators.bias,
+        seed=seed,
+    )
+    return pool.label_groups(prompts, groups, kind=settings.kind)
+
+
+def gold_ceiling(pairs: Sequence[Record], gold_spec: RewardSpec) -> float | None:
+    """The gold reward's own accuracy on labelled pairs (ties count ½): the most a reward
+    model can agree with these noisy labels on average."""
+    from rlhf.data.records import PreferenceRecord
+    from rlhf.rewards.base import call_reward
+    from rlhf.rewards.spec import build_reward
+
+    pairs = [p for p in pairs if isinstance(p, PreferenceRecord)]
+    if not pairs:
+        return None
+    gold = build_reward(gold_spec)
+    prompts = [p.prompt for p in pairs]
+    chosen = call_reward(gold, prompts, [p.chosen for p in pairs])
+    rejected = call_reward(gold, prompts, [p.rejected for p in pairs])
+    agree = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    return float(agree.mean())
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    report_dir: Path
+    report: Any  # rlhf.eval.report.Report
+    timings: dict[str, float]
+
+
+StageHook = Callable[[str, int, int], None]
+
+
+def run_pipeline(
+    config: PipelineConfig, on_stage: StageHook | None = None, start: str | None = None
+) -> PipelineResult:
+    """Run every stage in order; ``on_stage(name, index, total)`` is called as each starts.
+
+    ``start``: begin at this stage, keeping what the stages before it wrote in ``out`` (e.g.
+    ``reward_model`` after changing its settings); their rows stay in ``metrics.jsonl``."""
+    from rlhf.eval.policies import evaluate_pipeline
+    from rlhf.eval.report import write_report
+    from rlhf.recipes.dpo import run_dpo
+    from rlhf.recipes.grpo import run_grpo
+    from rlhf.recipes.ppo import run_ppo
+    from rlhf.recipes.pretrain import run_pretrain
+    from rlhf.recipes.reward_model import run_reward_model
+    from rlhf.recipes.sft import run_sft
+
+    stages = stage_configs(config)
+    out = stages.out
+    if start is None and out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise ValueError(
+            f"{out} is not empty; pass overwrite=true to run again there, or choose another out="
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    plan: list[tuple[str, Callable[[], Any]]] = []
+    results: dict[str, Any] = {}
+
+    def recipe(name: str, run: Callable[[Any, bool], RunResult], stage_config: Any) -> None:
+        def go() -> RunResult:
+            stage_config.overwrite = True
+            return run(stage_config, False)
+
+        plan.append((name, go))
+
+    if stages.pretrain is not None:
+        recipe("pretrain", run_pretrain, stages.pretrain)
+    if stages.sft is not None:
+        recipe("sft", run_sft, stages.sft)
+    plan.append(
+        (
+            "feedback",
+            lambda: collect_feedback(
+                config, stages.policy_dir, stages.feedback_dir, config.progress
+            ),
+        )
+    )
+    recipe("reward_model", run_reward_model, stages.reward_model)
+    for coef, ppo in stages.ppo.items():
+        recipe(f"ppo-kl{coef:g}", run_ppo, ppo)
+    if stages.dpo is not None:
+        recipe("dpo", run_dpo, stages.dpo)
+    if stages.grpo is not None:
+        recipe("grpo", run_grpo, stages.grpo)
+    plan.append(("evaluate", lambda: evaluate_pipeline(config, stages)))
+
+    names = [name for name, _ in plan]
+    if start is not None and start not in names:
+        raise ConfigError(f"--from {start}: no such stage here (stages: {', '.join(names)})")
+    skipped = set(names[: names.index(start)] if start else [])
+    metrics_path = out / "metrics.jsonl"
+    kept = []
+    if skipped and metrics_path.exists():
+        lines = metrics_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["stage"] in skipped]
+    metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    timings: dict[str, float] = {}
+    for index, (name, go) in enumerate(plan):
+        if name in skipped:
+            continue
+        if on_stage is not None:
+            on_stage(name, index, len(plan))
+        logger.info("stage %d/%d: %s", index + 1, len(plan), name)
+        start = time.perf_counter()
+        try:
+            results[name] = go()
+        except ConfigError:
+            raise
+        except Exception as error:  # say which stage failed; the cause is chained
+            detail = str(error) if isinstance(error, ValueError | OSError) else repr(error)
+            raise RuntimeError(f"pipeline stage `{name}` failed: {detail}") from error
+        timings[name] = time.perf_counter() - start
+        if isinstance(results[name], RunResult):  # its rows, each marked with the stage
+            stage_rows = (results[name].out_dir / "metrics.jsonl").read_text(encoding="utf-8")
+            with metrics_path.open("a", encoding="utf-8") as file:
+                for line in stage_rows.splitlines():
+                    if line.strip():
+                        file.write(json.dumps({"stage": name, **json.loads(line)}) + "\n")
+    report = results["evaluate"]
+    report.timings = [_timing(name, seconds) for name, seconds in timings.items()]
+    report_dir = out / "report"
+    write_report(report, report_dir)
+    return PipelineResult(out, report_dir, report, timings)
+
+
+def _timing(name: str, seconds: float) -> Any:
+    from rlhf.eval.results import StageTiming
+
+    return StageTiming(name, round(seconds, 2))

@@ -1,0 +1,135 @@
+"""The whole loop (`rlhf quickstart --preset tiny`) and the pipeline config's checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhf.cli import app
+from rlhf.config import ConfigError, load_config, preset_path, read_yaml
+from rlhf.recipes.pipeline import PipelineConfig, reward_annotator_labels, stage_configs
+
+
+def tiny(*overrides: str) -> PipelineConfig:
+    return load_config(
+        PipelineConfig, None, list(overrides), base=read_yaml(preset_path("pipeline", "tiny"))
+    )
+
+
+def test_tiny_quickstart_writes_a_complete_finite_report(tmp_path):
+    """Every stage runs through the CLI, and the report holds every policy, both PPO curves, the
+    best-of-N curve and the reward model's accuracy, all finite (the preset's numbers are too
+    small to say anything about RLHF; the structure is what is checked)."""
+    from rlhf.eval.report import load_report
+    from rlhf.eval.stats import non_finite_fields
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["quickstart", "--preset", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report_dir = out / "report"
+    for name in ("report.md", "report.html", "report.json", "overoptimisation.png", "policies.png"):
+        assert (report_dir / name).stat().st_size > 0, name
+    assert (report_dir / "overoptimisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = load_report(report_dir / "report.json")
+    assert non_finite_fields(report) == []
+    assert [p.name for p in report.policies] == ["SFT", "PPO β=0.002", "PPO β=0.05", "DPO"]
+    sft = report.policies[0]
+    assert sft.kl_to_sft == 0 and sft.win_rate_vs_sft is None and sft.samples
+    for policy in report.policies[1:]:
+        assert 0 <= policy.win_rate_vs_sft <= 1
+    assert [c.kl_coef for c in report.curves] == [0.002, 0.05]
+    for curve in report.curves:
+        assert [p.step for p in curve.points] == [0, 1, 2, 3]  # start + eval_every=1
+        assert curve.points[0].kl == 0
+    assert [p.n for p in report.best_of_n] == [1, 2, 4]
+    assert report.best_of_n[0].kl == 0
+    assert 0 <= report.reward_model.accuracy <= 1 and 0.5 <= report.reward_model.ceiling <= 1
+    assert {t.stage for t in report.timings} == {
+        "pretrain", "sft", "feedback", "reward_model", "ppo-kl0.002", "ppo-kl0.05", "dpo",
+        "evaluate",
+    }  # fmt: skip
+    # every stage's rows reach the pipeline's metrics.jsonl, marked with the stage
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {row["stage"] for row in rows} == {
+        "pretrain", "sft", "reward_model", "ppo-kl0.002", "ppo-kl0.05", "dpo",
+    }  # fmt: skip
+    # the feedback stage's files are what `rlhf rm` / `rlhf dpo` read
+    labels = (out / "feedback" / "train.jsonl").read_text().splitlines()
+    assert {"prompt", "chosen", "rejected"} <= json.loads(labels[0]).keys()
+    markdown = (report_dir / "report.md").read_text()
+    assert "Over-optimisation" in markdown and "PPO β=0.002" in markdown
+    assert "report.md" in result.output
+
+    # re-running from the evaluation reuses the trained stages and gives the same numbers
+    rerun = CliRunner().invoke(app, ["run", str(out / "pipeline.json"), "--from", "evaluate"])
+    assert rerun.exit_code == 0, rerun.output
+    again = load_report(report_dir / "report.json")
+    assert [p.gold_mean for p in again.policies] == [p.gold_mean for p in report.policies]
+    assert again.best_of_n == report.best_of_n
+
+    # and the whole run again with the same seed gives the same numbers everywhere
+    second = tmp_path / "second"
+    result = CliRunner().invoke(app, ["quickstart", "--preset", "tiny", "--out", str(second)])
+    assert result.exit_code == 0, result.output
+    twin = load_report(second / "report" / "report.json")
+    assert [p.to_dict() for p in twin.policies] == [p.to_dict() for p in report.policies]
+    assert twin.curves == report.curves and twin.reward_model == report.reward_model
+
+
+def test_stage_sections_are_checked_when_the_pipeline_loads(tmp_path):
+    with pytest.raises(ConfigError, match=r"stage `ppo \(kl.coef=0.002\)`(.|\n)*rollout.iteratons"):
+        tiny(f"out={tmp_path}", "ppo.rollout.iteratons=3")
+    with pytest.raises(ConfigError, match=r"stage `reward_model`(.|\n)*train.lr"):
+        tiny(f"out={tmp_path}", "reward_model.train.lr=-1")
+    with pytest.raises(ConfigError, match="set `pretrain`"):
+        tiny(f"out={tmp_path}", "pretrain=null")
+    with pytest.raises(ConfigError, match="each β must be > 0"):
+        tiny(f"out={tmp_path}", "ppo_kl_coefs=[0, 0.1]")
+
+
+def test_stages_chain_each_others_outputs(tmp_path):
+    stages = stage_configs(tiny(f"out={tmp_path}", "seed=7"))
+    assert stages.sft.model.path == str(tmp_path / "pretrain" / "model")
+    assert stages.reward_model.model.path == str(tmp_path / "sft" / "model")
+    assert stages.reward_model.data.train == str(tmp_path / "feedback" / "train.jsonl")
+    ppo = stages.ppo[0.05]
+    assert ppo.kl.coef == 0.05 and ppo.out == str(tmp_path / "ppo-kl0.05")
+    assert ppo.reward.model == str(tmp_path / "reward_model" / "model")
+    assert ppo.eval.gold_reward.rule == "world_gold"
+    assert stages.dpo.data.eval == str(tmp_path / "feedback" / "heldout.jsonl")
+    assert {stages.sft.train.seed, ppo.train.seed, stages.dpo.train.seed} == {7}
+    # a section's own value wins over the chaining default
+    assert stage_configs(tiny(f"out={tmp_path}", "dpo.train.seed=3")).dpo.train.seed == 3
+
+
+def test_the_cli_names_an_unknown_start_stage(tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text((preset_path("pipeline", "tiny")).read_text())
+    result = CliRunner().invoke(app, ["run", str(config), f"out={tmp_path}", "--from", "rlhf"])
+    assert result.exit_code == 2
+    assert "no such stage" in result.output and "reward_model" in result.output
+
+
+def test_reward_annotators_follow_bradley_terry():
+    """Labelling with any reward: all K(K-1)/2 pairs of a group; at a tiny temperature the
+    higher-reward response is always chosen, and with careless=1 about half the time."""
+    from rlhf.recipes.pipeline import FeedbackConfig
+
+    def length(prompts, responses):
+        import torch
+
+        return torch.tensor([float(len(r)) for r in responses])
+
+    groups = [["a", "bbb", "cc", "dddd"]] * 50
+    prompts = ["p"] * 50
+    sharp = FeedbackConfig(annotators={"temperature": 1e-3, "careless": 0.0})
+    pairs = reward_annotator_labels(length, prompts, groups, sharp, seed=0)
+    assert len(pairs) == 50 * 6
+    assert all(len(p.chosen) > len(p.rejected) for p in pairs)
+    careless = FeedbackConfig(annotators={"temperature": 1e-3, "careless": 1.0})
+    pairs = reward_annotator_labels(length, prompts, groups, careless, seed=0)
+    agree = sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs)
+    assert abs(agree - 0.5) < 4 * math.sqrt(0.25 / len(pairs))
