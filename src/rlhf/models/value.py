@@ -39,7 +39,7 @@ import torch
 from rlhf.models.forward import decoder_hidden_states, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_tokenizer
 from rlhf.models.reward import init_reward_model, is_reward_model
-from rlhf.rollout.hf import SharedPromptForced, TeacherForced, shared_prompt_chunks
+from rlhf.rollout.hf import SharedPromptForced, TeacherForced, per_group_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -134,28 +134,25 @@ def response_values(
     gradients in the update. ``groups`` [B] (rows answering one prompt) reads each prompt
     once (:class:`~rlhf.rollout.hf.SharedPromptForced`): the same values up to rounding.
     """
+    head = value_head(model)
+
+    def packed_values(packed: SharedPromptForced) -> torch.Tensor:
+        return head(packed.hidden_states(model))[..., 0].float() * packed.response_mask
+
+    shared = per_group_rows(
+        model,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        groups,
+        batch_size,
+        packed_values,
+    )
+    if shared is not None:
+        return shared
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     device = next(model.parameters()).device
-    head = value_head(model)
-    chunks = shared_prompt_chunks(model, groups, batch_size)
-    if chunks is not None:
-        assert groups is not None
-        for rows in chunks:
-            rows = rows.to(response_ids.device)
-            packed = SharedPromptForced.of(
-                prompt_ids[rows],
-                prompt_mask[rows],
-                response_ids[rows],
-                response_mask[rows],
-                groups[rows.to(groups.device)],
-                device,
-            )
-            values = head(packed.hidden_states(model))[..., 0].float() * packed.response_mask
-            out = out.index_put(
-                (rows[:, None], torch.arange(packed.width, device=out.device)),
-                values.to(out.device),
-            )
-        return out
     for start in range(0, response_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         inputs = TeacherForced.of(

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +254,44 @@ def shared_prompt_chunks(
     return chunks
 
 
+def per_group_rows(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    groups: torch.Tensor | None,
+    batch_size: int,
+    compute: Callable[[SharedPromptForced], torch.Tensor],
+) -> torch.Tensor | None:
+    """[B, R] float32: ``compute(packed)`` ([b, width] per response token) over chunks of
+    rows packed with each group's prompt read once (:class:`SharedPromptForced`), 0 past each
+    response; None when the model or the rows do not allow packing
+    (:func:`shared_prompt_chunks`), for the caller's one-row-per-sample path."""
+    chunks = shared_prompt_chunks(model, groups, batch_size)
+    if chunks is None:
+        return None
+    assert groups is not None
+    out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
+    device = next(model.parameters()).device
+    for rows in chunks:
+        rows = rows.to(response_ids.device)
+        packed = SharedPromptForced.of(
+            prompt_ids[rows],
+            prompt_mask[rows],
+            response_ids[rows],
+            response_mask[rows],
+            groups[rows.to(groups.device)],
+            device,
+        )
+        values = compute(packed)  # [b, width]
+        out = out.index_put(
+            (rows[:, None], torch.arange(packed.width, device=out.device)),
+            values.float().to(out.device),
+        )
+    return out
+
+
 def response_logprobs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -280,31 +318,27 @@ def response_logprobs(
     """
     if temperature <= 0:
         raise ValueError(f"temperature: must be > 0, got {temperature}")
+
+    def packed_logps(packed: SharedPromptForced) -> torch.Tensor:
+        labels = packed.response_ids.masked_fill(packed.response_mask == 0, IGNORE_INDEX)
+        head = unwrap(model).get_output_embeddings()
+        hidden = packed.hidden_states(model)
+        return token_logprobs_from_hidden(hidden, head, labels, temperature=temperature)
+
+    shared = per_group_rows(
+        model,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        groups,
+        batch_size,
+        packed_logps,
+    )
+    if shared is not None:
+        return shared
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     device = next(model.parameters()).device
-    chunks = shared_prompt_chunks(model, groups, batch_size)
-    if chunks is not None:
-        assert groups is not None
-        head = unwrap(model).get_output_embeddings()
-        for rows in chunks:
-            rows = rows.to(response_ids.device)
-            packed = SharedPromptForced.of(
-                prompt_ids[rows],
-                prompt_mask[rows],
-                response_ids[rows],
-                response_mask[rows],
-                groups[rows.to(groups.device)],
-                device,
-            )
-            labels = packed.response_ids.masked_fill(packed.response_mask == 0, IGNORE_INDEX)
-            token_logps = token_logprobs_from_hidden(
-                packed.hidden_states(model), head, labels, temperature=temperature
-            )  # [b, width]
-            out = out.index_put(
-                (rows[:, None], torch.arange(packed.width, device=out.device)),
-                token_logps.float().to(out.device),
-            )
-        return out
     for start in range(0, response_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         inputs = TeacherForced.of(
