@@ -528,7 +528,13 @@ def quickstart(
     _run_pipeline(config)
 
 
-@app.command("run")
+def _pipeline_keys() -> str:
+    from rlhf.recipes.pipeline import PipelineConfig
+
+    return "\b\nConfig keys:\n" + config_help(PipelineConfig)
+
+
+@app.command("run", epilog=_pipeline_keys())
 def run_pipeline_command(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML (see docs/quickstart.md).")],
     overrides: OverridesArgument = None,

@@ -369,9 +369,7 @@ def collect_feedback(
             )
         else:
             labelled[heldout] = world_labels(group_prompts, groups, settings, seed)
-    ceiling = None
-    if settings.kind == "pairs":
-        ceiling = gold_ceiling(labelled[True], config.eval.gold)
+    ceiling = gold_ceiling(labelled[True], config.eval.gold)
     return FeedbackResult(
         train=_write_records(out / "train.jsonl", labelled[False]),
         heldout=_write_records(out / "heldout.jsonl", labelled[True]),
@@ -398,14 +396,15 @@ def world_labels(
     return pool.label_groups(prompts, groups, kind=settings.kind)
 
 
-def gold_ceiling(pairs: Sequence[Record], gold_spec: RewardSpec) -> float | None:
-    """The gold reward's own accuracy on labelled pairs (ties count ½): the most a reward
-    model can agree with these noisy labels on average."""
-    from rlhf.data.records import PreferenceRecord
+def gold_ceiling(labels: Sequence[Record], gold_spec: RewardSpec) -> float | None:
+    """The gold reward's own accuracy on labels (rankings and ratings as the pairs they imply,
+    as the reward model reads them; ties in gold count ½): the most a reward model can agree
+    with these noisy labels on average. None when the labels order nothing."""
+    from rlhf.data.convert import as_preferences
     from rlhf.rewards.base import call_reward
     from rlhf.rewards.spec import build_reward
 
-    pairs = [p for p in pairs if isinstance(p, PreferenceRecord)]
+    pairs = as_preferences(labels)
     if not pairs:
         return None
     gold = build_reward(gold_spec)
