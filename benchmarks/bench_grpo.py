@@ -23,10 +23,19 @@ in its own process. Our side reads each group's prompt once in every pass (docs/
     python benchmarks/bench_grpo.py --steps 5 --warmup 1 --skip-trl --json-only
 
 ``--threads N`` sets torch's threads in every child; ``--repeats K`` runs each side K times,
-alternating, and keeps each side's best run. Both sides run eager (``--no-compile`` changes
-nothing): with ``train.compile`` our compiled blocks are also what sampling calls, and they
-recompile for every cache length until dynamo's limit (no faster than eager, measured); TRL's
-``torch_compile`` was not tried.
+alternating, and keeps each side's best run.
+
+Each side also runs a compiled variant and its figure is the best of its variants (as
+``bench_dpo``): ours with ``sampling.compile`` (decoding through a ``torch.compile``'d one-token
+step over a static KV cache, :func:`rlhf.rollout.hf.compiled_generate`; training stays eager),
+TRL with what its API offers for the same, ``cache_implementation="static"`` (its
+``generate`` call's cache) and ``torch_compile=True`` (the Trainer compiles the model; TRL's
+own ``GenerationConfig`` sets ``disable_compile=True``, so ``generate`` does not compile its
+decode step itself). The workload is unchanged. Compiling happens in the first (warm-up)
+iterations, never in the measured ones; the table's ``first s`` column (the first iteration's
+seconds, from the start of training) shows it. Every child gets a fresh TorchInductor cache
+folder, so no run reuses another's compiled code. ``--no-compile`` runs the eager variants
+only.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from _harness import (
     trl_step_clock,
     word_stream,
 )
+from bench_dpo import fresh_compile_cache
 from bench_sft import MAX_GRAD_NORM, SEED, TOKENIZER_SENTENCES, VOCAB_SIZE
 
 BENCHMARK = "grpo"
@@ -139,8 +149,11 @@ def train_ours(
     out_dir: str,
     iterations: int,
     threads: int | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Run ``rlhf.recipes.grpo.run_grpo``; each step's end time from metrics.jsonl."""
+    """Run ``rlhf.recipes.grpo.run_grpo``; each step's end time from metrics.jsonl.
+    ``compile``: sampling decodes with the compiled static-cache step (``sampling.compile``)."""
+    fresh_compile_cache(out_dir)
     import torch
 
     if threads:
@@ -159,6 +172,7 @@ def train_ours(
                 "top_p": 1.0,
                 "top_k": 0,
                 "batch_size": BATCH_RESPONSES,
+                "compile": compile,
             },
             "rollout": {
                 "iterations": iterations,
@@ -214,12 +228,16 @@ def train_trl(
     out_dir: str,
     iterations: int,
     threads: int | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run TRL's ``GRPOTrainer`` configured like our side, timing each step's end.
 
     One TRL step generates its own batch here (``generation_batch_size`` = the step's 8
     responses, ``num_iterations`` = 1), so a step is a whole iteration as on our side.
+    ``compile``: a static KV cache for ``generate`` and ``torch_compile`` (the model compiled
+    by the Trainer), the nearest TRL's API comes to our compiled decoding.
     """
+    fresh_compile_cache(out_dir)
     import torch
 
     if threads:
@@ -270,6 +288,8 @@ def train_trl(
         log_completions=False,
         disable_tqdm=True,
         model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
+        cache_implementation="static" if compile else None,
+        torch_compile=compile,
     )
     clock = trl_step_clock()
     trainer = GRPOTrainer(
@@ -360,15 +380,24 @@ def summarize(
                 mfu(eps),
                 1000 * statistics.median(steps),
                 1000 * max(steps),
+                side["step_end_times"][0],
             ]
         )
         name = label.split()[0]
         if name not in best or eps > best[name][0]:
-            best[name] = (eps, side)
+            best[name] = (eps, side | {"setting": label.split(" #")[0]})
     return rows, best
 
 
-TABLE_HEADER = ["side", "episodes/s", "peak MB", "MFU", "median ms/iteration", "max ms"]
+TABLE_HEADER = [
+    "side",
+    "episodes/s",
+    "peak MB",
+    "MFU",
+    "median ms/iteration",
+    "max ms",
+    "first s",  # the first iteration (compiling, for a compiled variant), not measured
+]
 
 
 def add_run_arguments(parser: Any) -> Any:
@@ -422,9 +451,25 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": total,
             "threads": args.threads,
         }
-        runs = [("ours", train_ours, common | {"out_dir": str(work / "ours")})]
-        if run_trl:
-            runs.append(("trl", train_trl, common | {"out_dir": str(work / "trl")}))
+        runs = []
+        for compiled in (False, True) if args.compile else (False,):
+            suffix = " compiled" if compiled else ""
+            tag = "-compiled" if compiled else ""
+            runs.append(
+                (
+                    f"ours{suffix}",
+                    train_ours,
+                    common | {"out_dir": str(work / f"ours{tag}"), "compile": compiled},
+                )
+            )
+            if run_trl:
+                runs.append(
+                    (
+                        f"trl{suffix}",
+                        train_trl,
+                        common | {"out_dir": str(work / f"trl{tag}"), "compile": compiled},
+                    )
+                )
         sides = run_sides(runs, args.repeats)
     if "ours" not in {label.split()[0] for label in sides}:
         sys.exit("our side failed")
@@ -452,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         None if trl is None else trl["peak_rss_mb"],
         mfu(ours_eps),
     )
+    result["ours_setting"] = ours["setting"]
+    result["trl_setting"] = None if trl is None else trl["setting"]
     if not args.json_only:
         print(
             f"GRPO, tiny Llama policy ({workload['params'] / 1e6:.2f}M params, N = "
@@ -464,7 +511,20 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(TABLE_HEADER, rows))
         if result["ratio"] is not None:
             print(f"ratio ours/trl: {result['ratio']:.3f}")
-    print_result(result)
+        for name in ("ours", "trl"):
+            first = {
+                label: run["step_end_times"][0]
+                for label, run in sides.items()
+                if label.split()[0] == name
+            }
+            eager = [seconds for label, seconds in first.items() if "compiled" not in label]
+            compiled = [seconds for label, seconds in first.items() if "compiled" in label]
+            if eager and compiled:
+                print(
+                    f"{name}: compiling adds about {min(compiled) - min(eager):.1f} s to the "
+                    "first (warm-up) iteration"
+                )
+    print_result(result, extra_keys=("ours_setting", "trl_setting"))
     return 0
 
 

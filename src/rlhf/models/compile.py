@@ -5,11 +5,16 @@ rest (compile time does not grow with depth), while everything around them — e
 selecting the positions that carry a loss, the output layer — stays eager and free to have
 data-dependent shapes. On CPU this fuses the element-wise work of RMSNorm, rotary embeddings
 and SwiGLU, which otherwise costs as much time as the matrix products in a small model.
+
+Decoding is compiled differently (:func:`compiled_decode_step`): the whole one-token forward,
+over a static KV cache, so that its shapes do not change from one generated token to the next.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -43,3 +48,40 @@ def compile_blocks(model: torch.nn.Module) -> bool:
     if isinstance(final_norm, torch.nn.Module):
         final_norm.compile(dynamic=None)
     return True
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: object,
+) -> torch.Tensor:
+    """One token per row through ``model`` with a static KV cache -> [b, V] next-token logits.
+
+    input_ids / position_ids [b, 1], attention_mask [b, C] over the cache's C columns.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+@functools.cache
+def compiled_decode_step() -> Callable[..., torch.Tensor]:
+    """:func:`_decode_step` under ``torch.compile`` (made once per process).
+
+    Every input has a fixed shape for a given batch and cache size (the static cache's
+    tensors, the mask over all its columns; the step's position lives in the cache as a
+    tensor), so the graph compiles once per (batch, cache size) and never per generated token:
+    ``dynamic=False`` makes each such shape a specialised graph, up to dynamo's recompile limit
+    (8 by default; beyond it dynamo runs the step eagerly). Whole-graph inductor code fuses the
+    many small element-wise ops of a one-token forward (RMSNorm, rotary embedding, SwiGLU, the
+    cache write and mask), which dominate a small model's decode step when run eagerly.
+    """
+    return torch.compile(_decode_step, dynamic=False)

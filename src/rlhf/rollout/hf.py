@@ -26,6 +26,10 @@ Correctness details (see the design notes):
   KV cache (:func:`shared_prompt_cache`), and the teacher-forced passes given ``groups`` pack
   a group's responses after one copy of its prompt (:class:`SharedPromptForced`). Both give
   the numbers of the one-row-per-sample layout up to float rounding.
+* ``SamplingParams.compile`` (opt-in) replaces ``generate``'s loop with
+  :func:`compiled_generate`: the same prefill (shared per prompt), sampling, stopping and
+  random stream around a ``torch.compile``'d one-token step over a static KV cache, so every
+  note here holds for it too; its tokens are ``generate``'s up to float rounding.
 * Sampling is seeded: ``torch.manual_seed(seed)`` inside a forked RNG, so the caller's
   random state is left as it was and the same call returns the same samples. Chunking over
   ``batch_size`` sequences is part of the random stream: change the batch size and the
@@ -483,6 +487,109 @@ def growing_kv_layer() -> type:
     return GrowingKVLayer
 
 
+STATIC_CACHE_STEP = 64  # static caches hold a multiple of this many columns
+
+
+def compiled_generate(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    params: SamplingParams,
+    stop_ids: Sequence[int],
+    pad_id: int,
+) -> torch.Tensor | None:
+    """``generate``'s sampling loop with a compiled one-token step over a static KV cache:
+    [b, p + r] prompt and sampled tokens (r ≤ ``max_new_tokens``), or None when ``model`` is
+    not a plain decoder whose cache can be static (the caller then uses ``generate``).
+
+    ids / mask [b, p] left-padded rows, prompt_index [b] as for :func:`shared_prompt_cache`,
+    called inside :func:`_sampling_mode`. The prompt's columns but the last are prefilled
+    eagerly, each distinct prompt once (:func:`shared_prompt_cache`), then copied into a
+    ``StaticCache`` of ``p + max_new_tokens`` columns rounded up to :data:`STATIC_CACHE_STEP`
+    (prompts of nearby lengths share a compiled graph). Every following token, the last prompt
+    column's included, goes through :func:`rlhf.models.compile.compiled_decode_step`, whose
+    inputs keep their shapes from step to step: the mask covers all cache columns from the start
+    (generated columns set, later ones hidden by the causal mask) and each row's position is
+    its real-token count, as ``generate`` derives it.
+
+    Sampling repeats ``generate``'s (transformers 5 ``_sample``) exactly, outside the compiled
+    step: float32 logits, the same warpers in the same order (temperature, top-k, top-p),
+    softmax, one ``torch.multinomial`` draw for every row per step (argmax when greedy),
+    finished rows padded, stopping at EOS or ``max_new_tokens``. So the random stream is
+    consumed as ``generate`` consumes it, and the tokens are ``generate``'s up to the float
+    rounding of the compiled kernels (a near-tie can flip; see tests/test_rollout_compiled.py).
+    """
+    if not has_plain_head(model):
+        return None
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from rlhf.models.compile import _decode_step, compiled_decode_step
+
+    base = unwrap(model)
+    b, p = ids.shape
+    steps = params.max_new_tokens
+    columns = -(-(p + steps) // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
+    cache = StaticCache(config=base.config, max_cache_len=columns)
+    if {type(layer) for layer in cache.layers} != {StaticLayer}:
+        return None  # sliding-window or other special layers: generate's own cache
+    if p >= 2:
+        prefix = shared_prompt_cache(model, ids, mask, prompt_index, steps).get("past_key_values")
+        if prefix is None:
+            return None
+        if prefix.get_seq_length() == 0:  # no prompt repeats: prefill every row
+            getattr(base, base.base_model_prefix)(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=(mask[:, :-1].long().cumsum(-1) - 1).clamp(min=0),
+                past_key_values=prefix,
+                use_cache=True,
+            )
+        for static, filled in zip(cache.layers, prefix.layers, strict=True):
+            static.lazy_initialization(filled.keys, filled.values)  # [b, heads, columns, d]
+            static.keys[:, :, : p - 1].copy_(filled.keys)
+            static.values[:, :, : p - 1].copy_(filled.values)
+            static.cumulative_length.fill_(p - 1)
+    full_mask = torch.ones((b, columns), dtype=mask.dtype, device=mask.device)  # [b, C]
+    full_mask[:, :p] = mask
+    position = mask.long().sum(-1, keepdim=True) - 1  # [b, 1] the last prompt token's
+    warpers = LogitsProcessorList()
+    if not params.greedy:
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k != 0:
+            warpers.append(TopKLogitsWarper(top_k=params.top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=params.top_p))
+    stops = torch.tensor(list(stop_ids), device=ids.device)
+    sequences, token = ids, ids[:, -1:].contiguous()  # [b, p], [b, 1] (strides are guarded)
+    unfinished = torch.ones(b, dtype=torch.bool, device=ids.device)
+    for t in range(steps):
+        # a one-token prompt leaves the cache unallocated: its first step runs eagerly (the
+        # compiled graph is for an allocated cache; tracing the allocation is another graph)
+        step = compiled_decode_step() if t > 0 or p >= 2 else _decode_step
+        logits = step(model, token, position + t, full_mask, cache).to(torch.float32)  # [b, V]
+        scores = warpers(sequences, logits)
+        if params.greedy:
+            chosen = torch.argmax(scores, dim=-1)
+        else:
+            chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        chosen = torch.where(unfinished, chosen, pad_id)  # [b]
+        sequences = torch.cat([sequences, chosen[:, None]], dim=-1)
+        unfinished &= ~torch.isin(chosen, stops)
+        if not unfinished.any():
+            break
+        token = chosen[:, None]
+    return sequences
+
+
 @contextmanager
 def _sampling_mode(model: torch.nn.Module, seed: int, device: torch.device) -> Iterator[None]:
     """Eval mode, no gradients, our generation config alone, a seeded private RNG stream."""
@@ -609,12 +716,18 @@ class HFGenerationEngine:
                 rows = slice(start, start + self.batch_size)
                 keep = _live_columns(prompt_mask[rows])
                 ids, mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
-                cache = shared_prompt_cache(
-                    self.model, ids, mask, prompt_index[rows], params.max_new_tokens
-                )
-                sequences = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config, **cache
-                )  # [b, p + r]
+                sequences = None
+                if params.compile:
+                    sequences = compiled_generate(
+                        self.model, ids, mask, prompt_index[rows], params, self.stop_ids, pad_id
+                    )  # [b, p + r], or None for a model it cannot decode
+                if sequences is None:
+                    cache = shared_prompt_cache(
+                        self.model, ids, mask, prompt_index[rows], params.max_new_tokens
+                    )
+                    sequences = self.model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=config, **cache
+                    )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
             response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
             if params.return_logps:
