@@ -303,47 +303,6 @@ def test_grpo_tiny_preset_raises_arithmetic_accuracy(tmp_path):
     assert 0 < after["kl"] < 5
 
 
-def test_grpo_raises_heldout_accuracy_after_noisy_sft(tmp_path):
-    """Held-out learning (~55 s): a tiny model SFT'd on 20,000 noisy sums and differences
-    (half of them 10 too high) learns to add and the mistake; GRPO on 2,000 of those problems
-    then raises greedy and sampled exact-match accuracy on 200 *fresh* problems (in neither
-    the SFT data nor the RL prompts): it learns to drop the mistake, which transfers.
-    benchmarks/grpo_arithmetic.py is the full-size version."""
-    from rlhf.config import load_config, preset_path, read_yaml
-    from rlhf.sim.builtin import load_builtin
-
-    sft_data = "builtin:arithmetic-noisy?n=20000&wrong=0.5"
-    seen = {record.prompt for record in load_builtin(sft_data)}
-    fresh = [r.prompt for r in load_builtin("builtin:arithmetic?n=4000&seed=777")]
-    heldout = list(dict.fromkeys(p for p in fresh if p not in seen))[:200]
-    assert len(heldout) == 200
-    path = tmp_path / "heldout.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in heldout))
-    settings = [
-        f"out={tmp_path / 'grpo'}", "progress=false", "tensorboard=false",
-        "model.tiny.vocab_size=300", f"init_sft.data.train={sft_data}",
-        "init_sft.train.max_steps=800", "init_sft.train.batch_size=64",
-        "init_sft.train.warmup_steps=30", "data.prompts=builtin:arithmetic?n=2000",
-        f"data.eval_prompts={path}", "eval.prompts=200", "train.lr=3e-4",
-        "rollout.iterations=80",
-    ]  # fmt: skip
-    config = load_config(GRPOConfig, None, settings, base=read_yaml(preset_path("grpo", "tiny")))
-    result = run_grpo(config)
-    before = json.loads((tmp_path / "grpo" / "eval_initial.json").read_text())
-    after = {k.removeprefix("eval_"): v for k, v in result.metrics[-1].items() if "eval_" in k}
-    # The premise is that 800 SFT steps learn to add (then greedy is roughly a coin flip
-    # between the right result and the +10 mistake, ~0.5). Whether they do depends on the
-    # machine's float rounding: seeds and machines were seen where the SFT had not yet learnt
-    # to add (greedy 0.05-0.25), and then no RL signal exists to raise it. That is not a GRPO
-    # failure, so the test stops there rather than pass or fail on it.
-    if not 0.3 < before["greedy_reward"] < 0.65:
-        greedy = before["greedy_reward"]
-        pytest.skip(f"the noisy SFT did not reach the premise here (greedy accuracy {greedy:.3f})")
-    # SE of each accuracy ~0.035 on 200 prompts; rises seen: 0.14 to 0.49 greedy
-    assert after["greedy_reward"] >= before["greedy_reward"] + 0.1
-    assert after["reward"] > before["reward"]
-
-
 def test_lora_policy_uses_its_base_as_the_reference(tmp_path, tiny_model_dir, monkeypatch):
     """With LoRA the reference is the base model (adapter disabled), no copy: the adapter
     starts at zero, so the first rollout's KL to the reference is exactly 0."""
