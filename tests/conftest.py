@@ -39,6 +39,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", sample_texts(), **TINY_SIZES)
 
 
+@pytest.fixture(scope="module")
+def eos_engine(tiny_model_dir):
+    """An engine on the tiny model with its output layer tilted towards EOS, so responses end at
+    varied lengths (test_rollout.py has its own, stronger one)."""
+    import torch
+
+    from rlhf.models.load import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, tokenizer=tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std()
+        bias = torch.zeros(model.lm_head.out_features)
+        bias[tokenizer.eos_token_id] = 3.0
+        model.lm_head.bias = torch.nn.Parameter(bias)
+    from rlhf.rollout import HFGenerationEngine
+
+    return HFGenerationEngine(model, tokenizer, batch_size=64)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from rlhf.models.load import load_tokenizer

@@ -15,7 +15,7 @@ import torch
 
 import rlhf.rollout.hf as hf
 from rlhf.models.compile import compiled_decode_step
-from rlhf.rollout import HFGenerationEngine, SamplingParams
+from rlhf.rollout import SamplingParams
 from rlhf.rollout.types import SamplingConfig
 
 PROMPTS = [
@@ -23,21 +23,6 @@ PROMPTS = [
     "Once upon a time there was a little cat who liked to play. What is 99 - 1?\n",
     "Hi",
 ]
-
-
-@pytest.fixture(scope="module")
-def eos_engine(tiny_model_dir):
-    """A tiny model whose output layer favours EOS, so responses end at varied lengths."""
-    from rlhf.models.load import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(tiny_model_dir)
-    model = load_model(tiny_model_dir, tokenizer=tokenizer)
-    with torch.no_grad():
-        model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std()
-        bias = torch.zeros(model.lm_head.out_features)
-        bias[tokenizer.eos_token_id] = 3.0
-        model.lm_head.bias = torch.nn.Parameter(bias)
-    return HFGenerationEngine(model, tokenizer, batch_size=64)
 
 
 def both(engine, prompts=PROMPTS, num_samples=4, **settings):

@@ -30,21 +30,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def eos_engine(tiny_model_dir):
-    """A tiny model whose output layer favours EOS, so responses end at varied lengths."""
-    from rlhf.models.load import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(tiny_model_dir)
-    model = load_model(tiny_model_dir, tokenizer=tokenizer)
-    with torch.no_grad():
-        model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std()
-        bias = torch.zeros(model.lm_head.out_features)
-        bias[tokenizer.eos_token_id] = 3.0
-        model.lm_head.bias = torch.nn.Parameter(bias)
-    return HFGenerationEngine(model, tokenizer, batch_size=64)
-
-
 def sampled(engine, temperature=0.8, num_samples=4, seed=5):
     params = SamplingParams(
         max_new_tokens=10, temperature=temperature, num_samples=num_samples, seed=seed
