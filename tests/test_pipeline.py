@@ -35,7 +35,7 @@ def test_tiny_quickstart_writes_a_complete_finite_report(tmp_path):
     assert (report_dir / "overoptimisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = load_report(report_dir / "report.json")
     assert non_finite_fields(report) == []
-    assert [p.name for p in report.policies] == ["SFT", "PPO β=0.002", "PPO β=0.05", "DPO"]
+    assert [p.name for p in report.policies] == ["SFT", "PPO β=0.002", "PPO β=0.05", "DPO", "GRPO"]
     sft = report.policies[0]
     assert sft.kl_to_sft == 0 and sft.win_rate_vs_sft is None and sft.samples
     for policy in report.policies[1:]:
@@ -49,12 +49,12 @@ def test_tiny_quickstart_writes_a_complete_finite_report(tmp_path):
     assert 0 <= report.reward_model.accuracy <= 1 and 0.5 <= report.reward_model.ceiling <= 1
     assert {t.stage for t in report.timings} == {
         "pretrain", "sft", "feedback", "reward_model", "ppo-kl0.002", "ppo-kl0.05", "dpo",
-        "evaluate",
+        "grpo", "evaluate",
     }  # fmt: skip
     # every stage's rows reach the pipeline's metrics.jsonl, marked with the stage
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {row["stage"] for row in rows} == {
-        "pretrain", "sft", "reward_model", "ppo-kl0.002", "ppo-kl0.05", "dpo",
+        "pretrain", "sft", "reward_model", "ppo-kl0.002", "ppo-kl0.05", "dpo", "grpo",
     }  # fmt: skip
     # the feedback stage's files are what `rlhf rm` / `rlhf dpo` read
     labels = (out / "feedback" / "train.jsonl").read_text().splitlines()
