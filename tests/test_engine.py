@@ -129,3 +129,27 @@ def test_lr_schedule_shapes():
     assert lr_multiplier(60, schedule="linear", **kwargs) == pytest.approx(0.55)
     assert lr_multiplier(100, schedule="constant", **kwargs) == 1.0
     assert math.isclose(lr_multiplier(35, schedule="linear", **kwargs), 0.1 + 0.9 * 0.75)
+
+
+def test_metrics_of_unlogged_steps_reach_the_next_logged_row(
+    tiny_model_dir, tiny_tokenizer, examples, tmp_path
+):
+    """With log_every=2 a metric that only odd steps report (as online recipes report their
+    rollout metrics on a rollout's first step) is not lost: the next logged row carries it."""
+    calls = {"n": 0}
+
+    def sometimes(model, batch):
+        calls["n"] += 1
+        loss, metrics = lm_loss(model, batch)
+        extra = {"rare": float(calls["n"])} if calls["n"] % 2 else {}
+        return loss, {**metrics, **extra}
+
+    trainer = make_trainer(
+        fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path, max_steps=4, log_every=2
+    )
+    trainer.loss_fn = sometimes
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in rows if row["split"] == "train"]
+    assert [row["step"] for row in train_rows] == [2, 4]
+    assert [row["rare"] for row in train_rows] == [1.0, 3.0]

@@ -395,6 +395,7 @@ class Trainer:
         bar = _progress_bar(self.total_steps, self.step, enabled=self._progress)
         start = time.perf_counter()
         window_tokens, window_start = 0.0, start
+        unlogged: dict[str, float] = {}
         try:
             while self.step < self.total_steps:
                 metrics = self._train_step()
@@ -408,14 +409,20 @@ class Trainer:
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0.0, now
+                    # a metric only some steps report (e.g. an online recipe's rollout_* on
+                    # the first step of each rollout) reaches the next logged row, latest value
+                    row = unlogged | metrics
+                    unlogged = {}
                     for sink in sinks:
-                        sink.log(self.step, metrics)
+                        sink.log(self.step, row)
                     bar.set_postfix(
                         loss=f"{metrics['loss']:.4f}",
                         lr=f"{metrics['lr']:.2e}",
                         tok_s=f"{metrics['tokens_per_s']:.0f}",
                         refresh=False,
                     )
+                else:
+                    unlogged |= metrics
                 history.append(metrics)
                 for callback in self.callbacks:
                     callback.on_step_end(self.step, metrics)
