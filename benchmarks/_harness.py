@@ -242,6 +242,30 @@ def model_flops_utilization(
     return flops_per_param_token * non_embedding_params * tokens_per_s / peak_flops
 
 
+def engine_train_settings(
+    *, batch_size: int, lr: float, seed: int, max_grad_norm: float, **overrides: Any
+) -> dict[str, Any]:
+    """Our Trainer's ``train`` section as every benchmark runs it: fp32 on the CPU, a constant
+    ``lr`` with no warm-up or weight decay, clipping at ``max_grad_norm``, a metrics row every
+    step (``engine_step_metrics`` reads its clock) and no evaluation or checkpoints, the same
+    as TRL's side is configured. ``overrides`` adds or replaces keys (``max_steps``,
+    ``compile``, ...)."""
+    return {
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "warmup_steps": 0,
+        "seed": seed,
+        "max_grad_norm": max_grad_norm,
+        "log_every": 1,
+        "eval_every": 0,
+        "save_every": 0,
+        "device": "cpu",
+        "mixed_precision": "no",
+    } | overrides
+
+
 def engine_step_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The training rows of our engine's ``metrics.jsonl`` (one per logged optimiser step, with
     ``log_every=1`` every step), in step order; each has ``time``, seconds since the training
