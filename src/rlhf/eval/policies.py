@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlhf.data.records import Text, text_to_json
+from rlhf.data.records import Record, Text, text_to_json
 from rlhf.eval.results import (
     BestOfNPoint,
     Criteria,
@@ -152,6 +152,23 @@ def last_value(metrics: Sequence[Mapping[str, float]], key: str) -> float | None
     return None
 
 
+def gold_ceiling(labels: Sequence[Record], gold: RewardFunction) -> float | None:
+    """The gold reward's own accuracy on labels (rankings and ratings as the pairs they imply,
+    as the reward model reads them; ties in gold count ½): the most a reward model can agree
+    with these noisy labels on average. None when the labels order nothing."""
+    from rlhf.data.convert import as_preferences
+    from rlhf.losses.reward import wins
+    from rlhf.rewards.base import call_reward
+
+    pairs = as_preferences(labels)
+    if not pairs:
+        return None
+    prompts = [p.prompt for p in pairs]
+    chosen = call_reward(gold, prompts, [p.chosen for p in pairs])
+    rejected = call_reward(gold, prompts, [p.rejected for p in pairs])
+    return float(wins(chosen - rejected).mean())
+
+
 def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
     """Every policy the pipeline trained, evaluated on the held-out prompts (module docstring);
     everything is read from the stages' folders, so a finished run can be evaluated again."""
@@ -159,7 +176,6 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
     from rlhf.models.load import load_model
     from rlhf.models.reference import ReferenceModel
     from rlhf.recipes.best_of_n import evaluate_best_of_n
-    from rlhf.recipes.pipeline import gold_ceiling
     from rlhf.rewards.spec import RewardSpec, build_reward
     from rlhf.rollout.candidates import load_prompts
     from rlhf.rollout.hf import HFGenerationEngine
@@ -212,7 +228,7 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
         read_records(stages.feedback_dir / f"{split}.jsonl").records
         for split in ("train", "heldout")
     )
-    ceiling = gold_ceiling(heldout_labels, settings.gold)
+    ceiling = gold_ceiling(heldout_labels, gold)
     reward_model = RewardModelEval(
         accuracy=float(last_value(rm_metrics, "eval_accuracy") or float("nan")),
         ceiling=float("nan") if ceiling is None else ceiling,

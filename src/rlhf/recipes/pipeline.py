@@ -173,6 +173,7 @@ class Stages:
     pretrain: Any | None
     sft: Any | None
     reward_model: Any
+    policy_dir: str  # the SFT policy (the base model when there is no SFT stage)
     ppo: dict[float, Any] = field(default_factory=dict)
     dpo: Any | None = None
     grpo: Any | None = None
@@ -180,13 +181,6 @@ class Stages:
     @property
     def feedback_dir(self) -> Path:
         return self.out / "feedback"
-
-    @property
-    def policy_dir(self) -> str:
-        """The SFT policy (or the base model when there is no SFT stage)."""
-        return str(Path(self.sft.out) / "model") if self.sft else self.base_dir
-
-    base_dir: str = ""
 
 
 def stage_configs(config: PipelineConfig) -> Stages:
@@ -218,17 +212,18 @@ def stage_configs(config: PipelineConfig) -> Stages:
         )
     policy = str(out / "sft" / "model") if sft else base
     feedback = out / "feedback"
+    # the reward model and DPO train from the policy on the feedback stage's labels
+    on_labels = {
+        "model.path": policy,
+        "data.train": str(feedback / "train.jsonl"),
+        "data.eval": str(feedback / "heldout.jsonl"),
+        **common,
+    }
     rm = _stage(
         RewardModelConfig,
         "reward_model",
         config.reward_model,
-        {
-            "out": str(out / "reward_model"),
-            "model.path": policy,
-            "data.train": str(feedback / "train.jsonl"),
-            "data.eval": str(feedback / "heldout.jsonl"),
-            **common,
-        },
+        {"out": str(out / "reward_model"), **on_labels},
     )
     rm_model = str(out / "reward_model" / "model")
     gold = config.eval.gold.model_dump(exclude_none=True)
@@ -241,7 +236,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
         "eval.greedy": False,
         **common,
     }
-    stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, base_dir=base)
+    stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, policy_dir=policy)
     for coef in config.ppo_kl_coefs if config.ppo is not None else []:
         stages.ppo[coef] = _stage(
             PPOConfig,
@@ -250,18 +245,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
             {"out": str(out / f"ppo-kl{coef:g}"), **online},
         )
     if config.dpo is not None:
-        stages.dpo = _stage(
-            DPOConfig,
-            "dpo",
-            config.dpo,
-            {
-                "out": str(out / "dpo"),
-                "model.path": policy,
-                "data.train": str(feedback / "train.jsonl"),
-                "data.eval": str(feedback / "heldout.jsonl"),
-                **common,
-            },
-        )
+        stages.dpo = _stage(DPOConfig, "dpo", config.dpo, {"out": str(out / "dpo"), **on_labels})
     if config.grpo is not None:
         stages.grpo = _stage(GRPOConfig, "grpo", config.grpo, {"out": str(out / "grpo"), **online})
     return stages
@@ -277,7 +261,6 @@ class FeedbackResult:
     samples: Path  # every sampled response (what `rlhf sample` writes)
     train_labels: int
     heldout_labels: int
-    ceiling: float | None  # the gold reward's own accuracy on the held-out labels (pairs)
 
 
 def _write_records(path: Path, records: Sequence[Record]) -> Path:
@@ -369,14 +352,12 @@ def collect_feedback(
             )
         else:
             labelled[heldout] = world_labels(group_prompts, groups, settings, seed)
-    ceiling = gold_ceiling(labelled[True], config.eval.gold)
     return FeedbackResult(
         train=_write_records(out / "train.jsonl", labelled[False]),
         heldout=_write_records(out / "heldout.jsonl", labelled[True]),
         samples=samples,
         train_labels=len(labelled[False]),
         heldout_labels=len(labelled[True]),
-        ceiling=ceiling,
     )
 
 
@@ -394,25 +375,6 @@ def world_labels(
         seed=seed,
     )
     return pool.label_groups(prompts, groups, kind=settings.kind)
-
-
-def gold_ceiling(labels: Sequence[Record], gold_spec: RewardSpec) -> float | None:
-    """The gold reward's own accuracy on labels (rankings and ratings as the pairs they imply,
-    as the reward model reads them; ties in gold count ½): the most a reward model can agree
-    with these noisy labels on average. None when the labels order nothing."""
-    from rlhf.data.convert import as_preferences
-    from rlhf.rewards.base import call_reward
-    from rlhf.rewards.spec import build_reward
-
-    pairs = as_preferences(labels)
-    if not pairs:
-        return None
-    gold = build_reward(gold_spec)
-    prompts = [p.prompt for p in pairs]
-    chosen = call_reward(gold, prompts, [p.chosen for p in pairs])
-    rejected = call_reward(gold, prompts, [p.rejected for p in pairs])
-    agree = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
-    return float(agree.mean())
 
 
 # ------------------------------------------------------------------------------ the run
