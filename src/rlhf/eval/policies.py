@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from rlhf.models.reference import ReferenceModel
     from rlhf.recipes.pipeline import PipelineConfig, Stages
     from rlhf.rewards.base import RewardFunction
+    from rlhf.rollout.hf import HFGenerationEngine
     from rlhf.rollout.types import RolloutBatch, SamplingParams
 
 
@@ -51,7 +52,7 @@ class PolicySamples:
 
 
 def sample_policy(
-    model_dir: str | Path,
+    engine: HFGenerationEngine,
     prompts: Sequence[Text],
     params: SamplingParams,
     *,
@@ -60,20 +61,16 @@ def sample_policy(
     reference: ReferenceModel | None,
     batch_size: int,
 ) -> PolicySamples:
-    """Sample ``params.num_samples`` responses per prompt from the policy in ``model_dir``,
-    score them with both rewards and measure each sample's log-ratio to ``reference``."""
+    """Sample ``params.num_samples`` responses per prompt from the engine's policy, score them
+    with both rewards and measure each sample's log-ratio to ``reference``."""
     from rlhf.recipes.best_of_n import score_rollout
     from rlhf.recipes.online import reference_logps
-    from rlhf.rollout.hf import HFGenerationEngine
 
-    engine = HFGenerationEngine.from_pretrained(model_dir, batch_size=batch_size)
     batch = engine.generate(prompts, params)
     kl = torch.zeros(len(batch))
     if reference is not None:
         ref = reference_logps(reference, batch, params.logp_temperature, batch_size)
         kl = ((batch.logps - ref) * batch.response_mask).sum(-1)
-    del engine
-    gc.collect()
     return PolicySamples(
         batch,
         score_rollout(prompts, batch, gold),
@@ -173,7 +170,6 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
     """Every policy the pipeline trained, evaluated on the held-out prompts (module docstring);
     everything is read from the stages' folders, so a finished run can be evaluated again."""
     from rlhf.data.readers import read_records
-    from rlhf.models.load import load_model
     from rlhf.models.reference import ReferenceModel
     from rlhf.recipes.best_of_n import evaluate_best_of_n
     from rlhf.rewards.spec import RewardSpec, build_reward
@@ -191,28 +187,35 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
         num_samples=settings.samples_per_prompt,
         seed=config.seed + 1,
     )
-    sft_dir = stages.policy_dir
-    reference = ReferenceModel.frozen(load_model(sft_dir))
+    # one SFT model: its samples, the reference of every KL, and its best-of-N
+    sft_engine = HFGenerationEngine.from_pretrained(
+        stages.policy_dir, batch_size=settings.batch_size
+    )
+    reference = ReferenceModel.frozen(sft_engine.model)
     common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
-    sft = sample_policy(sft_dir, prompts, params, reference=None, **common)
+    sft = sample_policy(sft_engine, prompts, params, reference=None, **common)
     policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
     trained = [(f"PPO β={coef:g}", ppo.out) for coef, ppo in stages.ppo.items()]
     trained += [("DPO", stages.dpo.out)] if stages.dpo is not None else []
     trained += [("GRPO", stages.grpo.out)] if stages.grpo is not None else []
     for name, out in trained:
-        samples = sample_policy(Path(out) / "model", prompts, params, reference=reference, **common)
+        engine = HFGenerationEngine.from_pretrained(
+            Path(out) / "model", batch_size=settings.batch_size
+        )
+        samples = sample_policy(engine, prompts, params, reference=reference, **common)
         policies.append(policy_eval(name, prompts, samples, sft, settings.samples_shown))
+        del engine
+        gc.collect()  # one trained policy in memory at a time
 
     best_of_n: list[BestOfNPoint] = []
     if settings.best_of_n > 1:
-        engine = HFGenerationEngine.from_pretrained(sft_dir, batch_size=settings.batch_size)
         bon_params = SamplingParams(
             settings.max_new_tokens,
             temperature=settings.temperature,
             num_samples=settings.best_of_n,
             seed=config.seed + 2,
         )
-        curve = evaluate_best_of_n(engine, prompts, bon_params, proxy, gold)
+        curve = evaluate_best_of_n(sft_engine, prompts, bon_params, proxy, gold)
         best_of_n = [
             BestOfNPoint(n=p.n, kl=p.kl, proxy=p.reward, gold=float(p.gold or 0.0))
             for p in curve.points
