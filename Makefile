@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test lint format bench clean
+.PHONY: venv quickstart services test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/rlhf quickstart
 
-test: $(STAMP)
+# PostgreSQL and Debian's Chromium for the web app's tests (installed only when missing).
+services:
+	@bash scripts/test_services.sh
+
+test: $(STAMP) services
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest

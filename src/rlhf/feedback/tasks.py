@@ -1,0 +1,280 @@
+"""Task types: what an annotator submits for each, how it is checked, stored and exported.
+
+A label arrives in *display* order (the order the annotator saw, randomised per assignment)
+and is stored in the item's *original* response order, so that labels of different
+annotators compare directly and the export needs no display bookkeeping.
+
+=========  ==============================  ===========================  ==================
+task       submitted                        stored value                 exported as
+=========  ==============================  ===========================  ==================
+pairwise   ``choice`` 1..8 (1 = A much      ``better`` (0/1), ``level``  preference with
+           better, 8 = B much better)       0..3, ``score`` 1..8         ``margin`` = level
+rank       ``ranks`` per shown response,    ``ranks`` 0 = best, dense    ranking (or pairs)
+           1 = best, ties allowed
+rate       ``rating`` 1..5                  ``rating``                   rating, scale 1-5
+thumbs     ``up`` true/false                ``up``                       binary
+edit       ``text``, the rewrite            ``text``, ``changed``        demonstration,
+                                                                         edit, or pair
+chat       ``choice`` 0/1 per turn          ``chosen`` candidate index   pairs in context
+=========  ==============================  ===========================  ==================
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rlhf.data.records import (
+    BinaryRecord,
+    CompletionRecord,
+    ConversationRecord,
+    EditRecord,
+    Message,
+    PreferenceRecord,
+    RankingRecord,
+    RatingRecord,
+    Record,
+    Text,
+)
+
+TaskType = Literal["pairwise", "rank", "rate", "thumbs", "edit", "chat"]
+TASK_TYPES: tuple[str, ...] = ("pairwise", "rank", "rate", "thumbs", "edit", "chat")
+MAX_RANKED = 9  # one digit key per response on the annotator page
+RATING_SCALE = (1, 5)
+
+# The 8-point scale of Anthropic's HH interface (Bai et al., 2022, fig. 6): 1 = A much better
+# ... 4 = A negligibly better | 5 = B negligibly better ... 8 = B much better. There is no
+# tie: the annotator must lean. The strength level 0..3 becomes the pair's margin, as in
+# Llama 2's margin loss (Touvron et al., 2023, eq. 2), where a clearer preference asks the
+# reward model for a wider gap.
+PAIRWISE_POINTS = 8
+STRENGTH_LEVELS = ("negligibly", "slightly", "clearly", "much")
+
+
+class LabelError(ValueError):
+    """A submitted label does not fit its task; the message names the field."""
+
+
+def responses_per_item(task: str) -> tuple[int, int]:
+    """How many responses an item of this task shows: (fewest, most)."""
+    return {
+        "pairwise": (2, 2),
+        "rank": (2, MAX_RANKED),
+        "rate": (1, 1),
+        "thumbs": (1, 1),
+        "edit": (1, 1),
+        "chat": (0, 0),
+    }[task]
+
+
+# ---------------------------------------------------------------------------- submissions
+
+
+def _int_field(payload: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = payload.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LabelError(f"{name}: expected a whole number from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise LabelError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def dense_ranks(ranks: Sequence[int]) -> list[int]:
+    """Ranks renumbered 0, 1, 2, ... in order, ties kept: [1, 3, 3, 2] -> [0, 2, 2, 1]."""
+    levels = {rank: level for level, rank in enumerate(sorted(set(ranks)))}
+    return [levels[rank] for rank in ranks]
+
+
+def normalise_label(task: str, payload: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
+    """The stored value of a submission (in display order) for a shown permutation ``order``.
+
+    ``order[d]`` is the index in the item's responses of the response shown at position d.
+    Raises :class:`LabelError` naming the field for anything out of place.
+    """
+    if task == "pairwise":
+        choice = _int_field(payload, "choice", 1, PAIRWISE_POINTS)
+        shown_better = 0 if choice <= PAIRWISE_POINTS // 2 else 1
+        # score on the original order: 1 = response 0 much better ... 8 = response 1 much better
+        score = choice if order[0] == 0 else PAIRWISE_POINTS + 1 - choice
+        level = int(abs(choice - (PAIRWISE_POINTS + 1) / 2) - 0.5)
+        return {"better": order[shown_better], "level": level, "score": score}
+    if task == "rank":
+        ranks = payload.get("ranks")
+        if not isinstance(ranks, list) or len(ranks) != len(order):
+            raise LabelError(f"ranks: expected a list of {len(order)} ranks, got {ranks!r}")
+        for position, rank in enumerate(ranks):
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= len(order):
+                raise LabelError(f"ranks[{position}]: expected 1..{len(order)}, got {rank!r}")
+        if len(set(ranks)) == 1:
+            raise LabelError("ranks: all responses tied says nothing; rank at least two apart")
+        original = [0] * len(order)
+        for position, rank in enumerate(dense_ranks(ranks)):
+            original[order[position]] = rank
+        return {"ranks": original}
+    if task == "rate":
+        return {"rating": _int_field(payload, "rating", *RATING_SCALE)}
+    if task == "thumbs":
+        up = payload.get("up")
+        if not isinstance(up, bool):
+            raise LabelError(f"up: expected true or false, got {up!r}")
+        return {"up": up}
+    if task == "edit":
+        text = payload.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise LabelError("text: the edited response is empty")
+        return {"text": text}
+    raise LabelError(f"{task} tasks are labelled turn by turn (chat endpoints), not here")
+
+
+def check_gold(task: str, gold: Any, n_responses: int, where: str) -> Any:
+    """A campaign row's hidden answer, checked; see docs/feedback.md for its form per task."""
+    if gold is None:
+        return None
+    if task in ("pairwise", "rank"):
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < n_responses:
+            raise LabelError(f"{where}: the index of the best response (0..{n_responses - 1})")
+        return gold
+    if task == "rate":
+        low, high = RATING_SCALE
+        if isinstance(gold, bool) or not isinstance(gold, int) or not low <= gold <= high:
+            raise LabelError(f"{where}: a rating {low}..{high}")
+        return gold
+    if task == "thumbs":
+        if not isinstance(gold, bool):
+            raise LabelError(f"{where}: true (thumbs up) or false")
+        return gold
+    raise LabelError(f"{where}: {task} tasks take no gold answer")
+
+
+def matches_gold(task: str, value: dict[str, Any], gold: Any) -> bool:
+    """Whether a stored label agrees with the item's gold answer."""
+    if task == "pairwise":
+        return value["better"] == gold
+    if task == "rank":
+        return value["ranks"][gold] == 0
+    if task == "rate":
+        return value["rating"] == gold
+    if task == "thumbs":
+        return value["up"] == gold
+    raise LabelError(f"{task} tasks take no gold answer")
+
+
+# ------------------------------------------------------------------------------- agreement
+
+
+@dataclass(frozen=True)
+class AgreementUnits:
+    """The labels of a campaign as Krippendorff units: one list of values per unit."""
+
+    level: str
+    units: list[list[Any]]
+
+
+def agreement_units(task: str, labels_by_item: dict[int, list[dict[str, Any]]]) -> AgreementUnits:
+    """Each item's labels as units for Krippendorff's alpha, with the metric that fits them.
+
+    Pairwise: the 1..8 score on the original order, interval metric (the scale's points are
+    evenly spaced). Rank: one unit per pair of responses, the ordinal value -1/0/1 of which
+    was ranked higher. Rate: the rating, ordinal. Thumbs: nominal. Edit and chat have no
+    shared categories (every rewrite and every conversation differs): no units.
+    """
+    units: list[list[Any]] = []
+    if task == "pairwise":
+        units = [[v["score"] for v in values] for values in labels_by_item.values()]
+        return AgreementUnits("interval", units)
+    if task == "rank":
+        for values in labels_by_item.values():
+            size = len(values[0]["ranks"])
+            for i, j in itertools.combinations(range(size), 2):
+                units.append([_sign(v["ranks"][i] - v["ranks"][j]) for v in values])
+        return AgreementUnits("ordinal", units)
+    if task == "rate":
+        units = [[v["rating"] for v in values] for values in labels_by_item.values()]
+        return AgreementUnits("ordinal", units)
+    if task == "thumbs":
+        units = [[v["up"] for v in values] for values in labels_by_item.values()]
+        return AgreementUnits("nominal", units)
+    return AgreementUnits("nominal", [])
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+# ---------------------------------------------------------------------------------- export
+
+EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
+    # first = default; each format is a record kind the training commands read
+    "pairwise": ("preference",),
+    "rank": ("ranking", "preference"),
+    "rate": ("rating",),
+    "thumbs": ("binary",),
+    "edit": ("completion", "preference", "edit"),
+    "chat": ("preference", "conversation"),
+}
+
+
+def as_text(value: Any) -> Text:
+    """A stored text (str or list of message dicts) as a record text."""
+    if isinstance(value, str):
+        return value
+    return tuple(Message(m["role"], m["content"]) for m in value)
+
+
+def _reply(text: str) -> tuple[Message, ...]:
+    return (Message("assistant", text),)
+
+
+def export_records(
+    task: str,
+    fmt: str,
+    prompt: Any,
+    responses: Sequence[str],
+    value: dict[str, Any],
+    chat_turn: dict[str, Any] | None = None,
+) -> Iterator[Record]:
+    """The data records one stored label gives in export format ``fmt``.
+
+    ``chat_turn`` (chat only) holds the turn's ``messages`` and ``candidates``.
+    """
+    if fmt not in EXPORT_FORMATS[task]:
+        choices = ", ".join(EXPORT_FORMATS[task])
+        raise LabelError(f"format: {task} campaigns export as {choices}, not {fmt!r}")
+    text = as_text(prompt)
+    if task == "pairwise":
+        better = value["better"]
+        yield PreferenceRecord(
+            text, responses[better], responses[1 - better], margin=float(value["level"])
+        )
+    elif task == "rank":
+        ranking = RankingRecord(text, tuple(responses), tuple(value["ranks"]))
+        if fmt == "ranking":
+            yield ranking
+        else:
+            from rlhf.data.convert import ranking_to_pairs
+
+            yield from ranking_to_pairs(ranking)
+    elif task == "rate":
+        yield RatingRecord(text, responses[0], float(value["rating"]), RATING_SCALE)
+    elif task == "thumbs":
+        yield BinaryRecord(text, responses[0], value["up"])
+    elif task == "edit":
+        edited, original = value["text"], responses[0]
+        if fmt == "completion":
+            yield CompletionRecord(text, edited)
+        elif edited.strip() != original.strip():  # an unchanged response is no preference
+            if fmt == "edit":
+                yield EditRecord(text, original, edited)
+            else:
+                yield PreferenceRecord(text, edited, original)
+    elif task == "chat":
+        assert chat_turn is not None
+        context = as_text(chat_turn["messages"])
+        chosen = chat_turn["candidates"][value["chosen"]]
+        if fmt == "preference":
+            rejected = chat_turn["candidates"][1 - value["chosen"]]
+            yield PreferenceRecord(context, _reply(chosen), _reply(rejected))
+        else:
+            yield ConversationRecord((*context, Message("assistant", chosen)))
