@@ -558,6 +558,197 @@ def run_pipeline_command(
     _run_pipeline(loaded, start)
 
 
+feedback_app = typer.Typer(
+    help="The human-feedback web app: serve it, add accounts and campaigns, export labels "
+    "(docs/feedback.md).",
+    no_args_is_help=True,
+)
+app.add_typer(feedback_app, name="feedback")
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db", help="SQLite file path (created if missing) or a database URL, e.g. "
+        "postgresql+psycopg://user@host/db."
+    ),
+]  # fmt: skip
+
+
+def feedback_sampler(
+    model: str, dtype: str, device: str, max_new_tokens: int, temperature: float, top_p: float,
+    seed: int,
+) -> Callable[[list[Any], int], list[list[str]]]:  # fmt: skip
+    """The web app's model: ``sample(prompts, n)`` gives n replies per prompt, a fresh seed
+    per call so that a repeated prompt gets new candidates."""
+    import itertools
+
+    from rlhf.feedback.tasks import as_text
+    from rlhf.recipes.best_of_n import sample_candidates
+    from rlhf.rollout import SamplingParams
+
+    engine = _engine(model, dtype, device, batch_size=16)
+    calls = itertools.count(seed)
+
+    def sample(prompts: list[Any], n: int) -> list[list[str]]:
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            num_samples=n, seed=next(calls),
+        )  # fmt: skip
+        candidates = sample_candidates(engine, [as_text(p) for p in prompts], params)
+        return [list(candidate.responses) for candidate in candidates]
+
+    return sample
+
+
+@feedback_app.command("serve")
+def feedback_serve(
+    db: DbOption = "feedback.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Checkpoint or hub name to sample candidates and chat replies from."),
+    ] = None,
+    max_new_tokens: MaxNewTokensOption = 128,
+    temperature: TemperatureOption = 1.0,
+    top_p: TopPOption = 1.0,
+    seed: SeedOption = 0,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "auto",
+    secure_cookies: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-cookies/--no-secure-cookies",
+            help="Force the Secure cookie flag (default: set when reached over HTTPS).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the web app: annotators at /annotate, admins at /admin, the API under /api.
+
+    The schema is created or migrated at start. On a database with no admin, an admin
+    account is created and its token printed once.
+    """
+    try:
+        import uvicorn
+
+        from rlhf.feedback.app import create_app
+
+        _setup_logging()
+        sampler = None
+        if model is not None:
+            sampler = feedback_sampler(
+                model, dtype, device, max_new_tokens, temperature, top_p, seed
+            )
+        web = create_app(db, sampler=sampler, secure_cookies=secure_cookies)
+        console.print(f"serving [bold]http://{host}:{port}/[/] (database {db})")
+        uvicorn.run(
+            web, host=host, port=port, log_level="warning", proxy_headers=True,
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
+    except Exception as error:
+        _fail(error)
+
+
+def _feedback_db(db: str) -> Any:
+    from rlhf.feedback.db import database_url, make_engine, migrate, session_factory
+
+    engine = make_engine(database_url(db))
+    migrate(engine)
+    return session_factory(engine)
+
+
+@feedback_app.command("add-user")
+def feedback_add_user(
+    name: Annotated[str, typer.Argument(help="Account name (shown to admins only).")],
+    db: DbOption = "feedback.db",
+    role: Annotated[str, typer.Option(help="annotator or admin.")] = "annotator",
+) -> None:
+    """Create an account and print its login token (shown once; only its hash is kept)."""
+    from rlhf.feedback import service
+
+    try:
+        with _feedback_db(db)() as session:
+            _, token = service.create_user(session, name, role)
+            session.commit()
+    except Exception as error:
+        _fail(getattr(error, "message", error))
+        return
+    print(token)
+    console.print(f"[green]created[/] {role} {name!r}; the token above is shown only now")
+
+
+@feedback_app.command("create-campaign")
+def feedback_create_campaign(
+    source: Annotated[
+        Path, typer.Argument(help="JSON Lines of prompts and responses, as `rlhf sample` writes.")
+    ],
+    name: Annotated[str, typer.Option(help="Campaign name.")],
+    task: Annotated[str, typer.Option(help="pairwise, rank, rate, thumbs, edit or chat.")],
+    db: DbOption = "feedback.db",
+    k: Annotated[int, typer.Option(help="Distinct annotators per item.")] = 1,
+    guidelines: Annotated[
+        Path | None, typer.Option(help="A text or markdown file of guidelines.")
+    ] = None,
+    render: Annotated[str, typer.Option(help="Show model text as text or markdown.")] = "text",
+) -> None:
+    """Create a campaign from a file (the admin page does the same by upload)."""
+    from rlhf.feedback import service
+    from rlhf.feedback.campaigns import parse_source
+
+    try:
+        items = parse_source(task, source.read_text(encoding="utf-8"))
+        notes = guidelines.read_text(encoding="utf-8") if guidelines else ""
+        spec = service.CampaignSpec(name, task, notes, k, render)
+        with _feedback_db(db)() as session:
+            service.create_campaign(session, spec, items)
+            session.commit()
+    except Exception as error:
+        message = getattr(error, "message", error)
+        _fail(ValueError(f"{source}: {message}") if isinstance(error, ValueError) else error)
+        return
+    console.print(f"[green]created[/] {task} campaign {name!r}: {len(items)} items")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    campaign: Annotated[str, typer.Argument(help="Campaign name or id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON Lines file to write.")],
+    db: DbOption = "feedback.db",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            help="Record kind; default by task: preference, ranking, rating, binary, "
+            "completion (edit), preference (chat)."
+        ),
+    ] = None,
+) -> None:
+    """Export a campaign's labels as data records that rm, dpo, kto and sft read."""
+    import json
+
+    from sqlalchemy import or_, select
+
+    from rlhf.feedback import service
+    from rlhf.feedback.db import Campaign
+
+    try:
+        with _feedback_db(db)() as session:
+            key = int(campaign) if campaign.isdigit() else -1
+            found = session.scalar(
+                select(Campaign).where(or_(Campaign.name == campaign, Campaign.id == key))
+            )
+            if found is None:
+                raise ValueError(f"no campaign {campaign!r} in {db}")
+            rows = list(service.export_rows(session, found, format))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except Exception as error:
+        _fail(getattr(error, "message", error))
+        return
+    console.print(f"[green]done[/]: {len(rows)} records → [bold]{output}[/]")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app(prog_name="rlhf")
 

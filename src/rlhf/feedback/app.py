@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -142,7 +142,9 @@ class App:
                 except IntegrityError as error:
                     session.rollback()
                     if attempt:
-                        raise FeedbackError(409, "a concurrent request conflicted; retry") from error
+                        raise FeedbackError(
+                            409, "a concurrent request conflicted; retry"
+                        ) from error
         raise AssertionError("unreachable")
 
     def sample(self, prompts: list[Any], n: int) -> list[list[str]]:
@@ -523,9 +525,7 @@ def create_app(
             raise FeedbackError(422, f"source: {error}") from None
         except KeyError:
             raise FeedbackError(422, f"task_type: unknown {body.task_type!r}") from None
-        spec = service.CampaignSpec(
-            body.name, body.task_type, body.guidelines, body.k, body.render
-        )
+        spec = service.CampaignSpec(body.name, body.task_type, body.guidelines, body.k, body.render)
 
         def run(session: Session, _: User) -> dict[str, Any]:
             campaign = service.create_campaign(session, spec, items)
@@ -538,8 +538,7 @@ def create_app(
         prompts = parse_source("chat", sample.prompts_jsonl)  # rows need only a prompt
         if any(not item.prompt for item in prompts):
             raise SourceError("every prompt must be non-empty to sample responses for it")
-        n = sample.n if task not in ("rate", "thumbs", "edit") else sample.n
-        replies = state.sample([item.prompt for item in prompts], n)
+        replies = state.sample([item.prompt for item in prompts], sample.n)
         items: list[NewItem] = []
         for item, responses in zip(prompts, replies, strict=True):
             row = {"prompt": item.prompt, "responses": responses}
@@ -588,6 +587,4 @@ def create_app(
         headers = {"Content-Disposition": f'attachment; filename="{safe}.jsonl"'}
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
-    app.dependency_overrides = {}
-    _ = Depends  # FastAPI's DI is not needed: every endpoint opens its own transaction
     return app

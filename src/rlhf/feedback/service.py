@@ -153,9 +153,13 @@ def create_campaign(session: Session, spec: CampaignSpec, items: Sequence[NewIte
     session.flush()
     session.add_all(
         Item(
-            campaign_id=campaign.id, position=position, prompt=item.prompt,
-            responses=item.responses, gold=item.gold, source=item.source,
-        )  # fmt: skip
+            campaign_id=campaign.id,
+            position=position,
+            prompt=item.prompt,
+            responses=item.responses,
+            gold=item.gold,
+            source=item.source,
+        )
         for position, item in enumerate(items)
     )
     return campaign
@@ -234,9 +238,7 @@ def next_assignment(session: Session, user: User, campaign: Campaign) -> Assignm
         return None
     order = list(range(len(item.responses)))
     random.SystemRandom().shuffle(order)  # display order, randomised and recorded
-    assignment = Assignment(
-        campaign_id=campaign.id, item_id=item.id, user_id=user.id, order=order
-    )
+    assignment = Assignment(campaign_id=campaign.id, item_id=item.id, user_id=user.id, order=order)
     session.add(assignment)
     session.flush()
     return assignment
@@ -275,9 +277,7 @@ class Ack:
     duplicate: bool
 
 
-def submit_label(
-    session: Session, user: User, assignment_id: int, payload: dict[str, Any]
-) -> Ack:
+def submit_label(session: Session, user: User, assignment_id: int, payload: dict[str, Any]) -> Ack:
     """Store a label; a retry with the same ``client_id`` returns the first one's id."""
     client_id = _check_client_id(payload.get("client_id"))
     assignment = own_assignment(session, user, assignment_id)
@@ -554,7 +554,9 @@ def campaign_stats(session: Session, campaign: Campaign) -> dict[str, Any]:
         rows = by_user.get(name, [])
         seconds = [label.seconds for label, _ in rows]
         gold_rows = [(label, gold) for label, gold in rows if gold is not None]
-        agree = sum(matches_gold(campaign.task_type, label.value, gold) for label, gold in gold_rows)
+        agree = sum(
+            matches_gold(campaign.task_type, label.value, gold) for label, gold in gold_rows
+        )
         span = (rows[-1][0].created_at - rows[0][0].created_at).total_seconds() if rows else 0
         annotators.append({
             "name": name, "labels": len(rows), "skipped": skipped.get(name, 0),
