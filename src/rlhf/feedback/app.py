@@ -152,10 +152,13 @@ class App:
             raise FeedbackError(503, "this server has no model (serve with --model)")
         with self._model_lock:
             try:
-                return self.sampler(prompts, n)
+                replies = self.sampler(prompts, n)
             except Exception as error:
                 log.exception("sampling failed")
                 raise FeedbackError(503, f"the model could not answer: {error}") from error
+        if len(replies) != len(prompts) or any(len(group) != n for group in replies):
+            raise FeedbackError(503, f"the model gave the wrong number of replies (asked {n} each)")
+        return replies
 
 
 def _message(error: RequestValidationError) -> str:
@@ -514,6 +517,8 @@ def create_app(
     @app.post("/api/admin/campaigns", status_code=201)
     def add_campaign(body: CampaignBody, request: Request) -> dict[str, Any]:
         read(request, lambda session, user: None, admin=True)
+        spec = service.CampaignSpec(body.name, body.task_type, body.guidelines, body.k, body.render)
+        service.check_spec(spec)  # before the model samples anything
         if (body.source_jsonl is None) == (body.sample is None):
             raise FeedbackError(422, "give exactly one of source_jsonl or sample")
         try:
@@ -523,9 +528,6 @@ def create_app(
                 items = sampled_items(body.task_type, body.sample)
         except SourceError as error:
             raise FeedbackError(422, f"source: {error}") from None
-        except KeyError:
-            raise FeedbackError(422, f"task_type: unknown {body.task_type!r}") from None
-        spec = service.CampaignSpec(body.name, body.task_type, body.guidelines, body.k, body.render)
 
         def run(session: Session, _: User) -> dict[str, Any]:
             campaign = service.create_campaign(session, spec, items)

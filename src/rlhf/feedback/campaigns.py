@@ -74,7 +74,7 @@ def _responses(row: dict[str, Any], where: str) -> list[str]:
 
 def _gold(task: str, value: Any, n: int, where: str) -> Any:
     try:
-        return check_gold(task, value, n, f"{where}: gold")
+        return check_gold(task, value, n, where)
     except LabelError as error:
         raise SourceError(str(error)) from None
 
@@ -100,20 +100,22 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
             raise SourceError(f"{where}: responses: a pairwise task needs at least 2")
         if gold is not None and len(responses) != 2:
             raise SourceError(f"{where}: gold: give gold only for rows of exactly 2 responses")
-        gold = _gold(task, gold, 2, where)
+        gold = _gold(task, gold, 2, f"{where}: gold")
         for i, j in itertools.combinations(range(len(responses)), 2):
             pair = [responses[i], responses[j]]
             yield NewItem(prompt, pair, gold, {**source, "responses": [i, j]})
     elif task == "rank":
         if not 2 <= len(responses) <= MAX_RANKED:
             raise SourceError(f"{where}: responses: a rank task takes 2 to {MAX_RANKED}")
-        yield NewItem(prompt, responses, _gold(task, gold, len(responses), where), source)
+        yield NewItem(
+            prompt, responses, _gold(task, gold, len(responses), f"{where}: gold"), source
+        )
     else:  # rate, thumbs, edit: one response per item
         golds = gold if isinstance(gold, list) else [gold] * len(responses)
         if len(golds) != len(responses):
             raise SourceError(f"{where}: gold: one answer per response ({len(responses)})")
         for index, response in enumerate(responses):
-            item_gold = _gold(task, golds[index], 1, f"{where}: gold[{index}]".rstrip())
+            item_gold = _gold(task, golds[index], 1, f"{where}: gold[{index}]")
             yield NewItem(prompt, [response], item_gold, {**source, "responses": [index]})
 
 

@@ -134,7 +134,8 @@ class CampaignSpec:
     settings: dict[str, Any] | None = None
 
 
-def create_campaign(session: Session, spec: CampaignSpec, items: Sequence[NewItem]) -> Campaign:
+def check_spec(spec: CampaignSpec) -> None:
+    """Refuse a bad campaign setting before any work (sampling candidates) is done."""
     if not spec.name.strip():
         raise FeedbackError(422, "name: empty")
     if spec.task_type not in TASK_TYPES:
@@ -143,10 +144,15 @@ def create_campaign(session: Session, spec: CampaignSpec, items: Sequence[NewIte
         raise FeedbackError(422, "k: 1 to 50 annotators per item")
     if spec.render not in ("text", "markdown"):
         raise FeedbackError(422, "render: text or markdown")
-    if session.scalar(select(Campaign.id).where(Campaign.name == spec.name)) is not None:
-        raise FeedbackError(409, f"name: a campaign named {spec.name!r} exists")
+
+
+def create_campaign(session: Session, spec: CampaignSpec, items: Sequence[NewItem]) -> Campaign:
+    check_spec(spec)
+    name = spec.name.strip()
+    if session.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
+        raise FeedbackError(409, f"name: a campaign named {name!r} exists")
     campaign = Campaign(
-        name=spec.name.strip(), task_type=spec.task_type, guidelines=spec.guidelines, k=spec.k,
+        name=name, task_type=spec.task_type, guidelines=spec.guidelines, k=spec.k,
         render=spec.render, settings=spec.settings or {},
     )  # fmt: skip
     session.add(campaign)
@@ -252,7 +258,11 @@ def own_assignment(session: Session, user: User, assignment_id: int) -> Assignme
     return assignment
 
 
-def _open(assignment: Assignment) -> None:
+def _open(session: Session, assignment: Assignment) -> None:
+    """Refuse work on an assignment that can take no more (a paused campaign still takes
+    the items already handed out, so no one's work is lost)."""
+    if session.get(Campaign, assignment.campaign_id).status == "closed":
+        raise FeedbackError(409, "this campaign is closed")
     if assignment.status == "expired":
         raise FeedbackError(409, "this assignment expired; ask for the next item")
     if assignment.status == "skipped":
@@ -286,7 +296,7 @@ def submit_label(session: Session, user: User, assignment_id: int, payload: dict
         if existing.assignment_id != assignment.id:
             raise FeedbackError(409, "client_id: already used for another assignment")
         return Ack(existing.id, duplicate=True)
-    _open(assignment)
+    _open(session, assignment)
     if assignment.status == "done":
         raise FeedbackError(409, "this item is already labelled")
     campaign = session.get(Campaign, assignment.campaign_id)
@@ -350,7 +360,7 @@ def chat_prepare(
     for turn in turns:
         if turn.client_id == client_id:
             return ChatRequest(turn=turn)  # a retried message
-    _open(assignment)
+    _open(session, assignment)
     campaign = session.get(Campaign, assignment.campaign_id)
     if campaign.task_type != "chat":
         raise FeedbackError(409, "this is not a chat task")
@@ -421,8 +431,12 @@ def chat_choose(
     assignment = own_assignment(session, user, assignment_id)
     existing = _existing_label(session, user, client_id)
     if existing is not None:
+        if existing.assignment_id != assignment.id or existing.turn != turn_index:
+            raise FeedbackError(409, "client_id: already used for another choice")
         return Ack(existing.id, duplicate=True)
-    _open(assignment)
+    _open(session, assignment)
+    if assignment.status == "done":
+        raise FeedbackError(409, "this conversation is finished")
     if shown not in (0, 1):
         raise FeedbackError(422, "choice: 0 (the first reply shown) or 1")
     turn = session.scalar(
@@ -450,7 +464,7 @@ def chat_finish(session: Session, user: User, assignment_id: int) -> None:
     assignment = own_assignment(session, user, assignment_id)
     if assignment.status == "done":
         return  # a retried finish
-    _open(assignment)
+    _open(session, assignment)
     turns = _turns(session, assignment)
     if not any(turn.chosen is not None for turn in turns):
         raise FeedbackError(409, "pick a reply at least once before finishing")
@@ -611,17 +625,19 @@ def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) ->
     )
     last_turns: dict[int, int] = {}
     if campaign.task_type == "chat" and fmt == "conversation":
-        # a conversation is exported once, up to its last decided turn
+        # a finished conversation is exported once, up to its last decided turn
         last_turns = dict(
             session.execute(
                 select(Label.assignment_id, func.max(Label.turn))
-                .where(Label.campaign_id == campaign.id).group_by(Label.assignment_id)
+                .join(Assignment, Assignment.id == Label.assignment_id)
+                .where(Label.campaign_id == campaign.id, Assignment.status == "done")
+                .group_by(Label.assignment_id)
             ).all()
         )  # fmt: skip
     for label, item in session.execute(query):
         chat_turn = None
         if campaign.task_type == "chat":
-            if last_turns and last_turns.get(label.assignment_id) != label.turn:
+            if fmt == "conversation" and last_turns.get(label.assignment_id) != label.turn:
                 continue
             turn = session.scalar(
                 select(ChatTurn).where(

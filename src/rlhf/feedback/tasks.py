@@ -243,13 +243,21 @@ def export_records(
         choices = ", ".join(EXPORT_FORMATS[task])
         raise LabelError(f"format: {task} campaigns export as {choices}, not {fmt!r}")
     text = as_text(prompt)
+
+    # one format per row (rlhf.data.readers): replies to a conversation are assistant messages
+    def reply(response: str) -> Text:
+        return response if isinstance(text, str) else _reply(response)
+
     if task == "pairwise":
         better = value["better"]
         yield PreferenceRecord(
-            text, responses[better], responses[1 - better], margin=float(value["level"])
+            text,
+            reply(responses[better]),
+            reply(responses[1 - better]),
+            margin=float(value["level"]),
         )
     elif task == "rank":
-        ranking = RankingRecord(text, tuple(responses), tuple(value["ranks"]))
+        ranking = RankingRecord(text, tuple(map(reply, responses)), tuple(value["ranks"]))
         if fmt == "ranking":
             yield ranking
         else:
@@ -257,18 +265,18 @@ def export_records(
 
             yield from ranking_to_pairs(ranking)
     elif task == "rate":
-        yield RatingRecord(text, responses[0], float(value["rating"]), RATING_SCALE)
+        yield RatingRecord(text, reply(responses[0]), float(value["rating"]), RATING_SCALE)
     elif task == "thumbs":
-        yield BinaryRecord(text, responses[0], value["up"])
+        yield BinaryRecord(text, reply(responses[0]), value["up"])
     elif task == "edit":
         edited, original = value["text"], responses[0]
         if fmt == "completion":
-            yield CompletionRecord(text, edited)
+            yield CompletionRecord(text, reply(edited))
         elif edited.strip() != original.strip():  # an unchanged response is no preference
             if fmt == "edit":
-                yield EditRecord(text, original, edited)
+                yield EditRecord(text, reply(original), reply(edited))
             else:
-                yield PreferenceRecord(text, edited, original)
+                yield PreferenceRecord(text, reply(edited), reply(original))
     elif task == "chat":
         assert chat_turn is not None
         context = as_text(chat_turn["messages"])
