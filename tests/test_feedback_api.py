@@ -927,6 +927,8 @@ def test_chat(api: Api, tmp_path: Path) -> None:
     assert second["index"] == 1 and second["message"]["text"] == "And then?"
     shown_second = [c["text"] for c in second["candidates"]]
     api.choose(annotator, aid, 1, 0)
+    history = api.call("GET", "/api/me/labels", annotator, 200).json()
+    assert [row["value"] for row in history] == [{"choice": 0}, {"choice": 1}]  # as shown
     reloaded = api.next(annotator, campaign["id"])
     assert [t["chosen"] for t in reloaded["turns"]] == [1, 0]
     assert api.call("POST", finish, annotator, 200).json() == {"finished": True}

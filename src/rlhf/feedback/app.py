@@ -375,7 +375,10 @@ def create_app(
             campaign = service.get_campaign(session, campaign_id)
             assignment = service.next_assignment(session, user, campaign)
             if assignment is None:
-                return {"assignment": None, "message": "nothing left to label here, thank you"}
+                return {
+                    "assignment": None, "message": "nothing left to label here, thank you",
+                    "progress": service.annotator_progress(session, user, campaign),
+                }  # fmt: skip
             return {"assignment": assignment_view(session, user, assignment), "message": None}
 
         return read(request, run)

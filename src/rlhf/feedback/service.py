@@ -506,20 +506,26 @@ def my_labels(session: Session, user: User, campaign_id: int | None = None) -> l
         rows.append({
             "label_id": label.id, "campaign_id": campaign.id, "campaign": campaign.name,
             "task_type": campaign.task_type, "assignment_id": assignment.id, "turn": label.turn,
-            "prompt": item.prompt, "value": shown_value(campaign.task_type, label.value,
-                                                         assignment.order),
+            "prompt": item.prompt,
+            "value": shown_value(session, campaign.task_type, label, assignment.order),
             "created_at": label.created_at.isoformat() + "Z",
         })  # fmt: skip
     return rows
 
 
-def shown_value(task: str, value: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
+def shown_value(session: Session, task: str, label: Label, order: Sequence[int]) -> dict[str, Any]:
     """A stored value back in the order the annotator saw (for their own history)."""
+    value = label.value
     if task == "pairwise":
-        choice = value["score"] if order[0] == 0 else 9 - value["score"]
-        return {"choice": choice}
+        return {"choice": value["score"] if order[0] == 0 else 9 - value["score"]}
     if task == "rank":
         return {"ranks": [value["ranks"][index] + 1 for index in order]}
+    if task == "chat":
+        turn = session.scalar(
+            select(ChatTurn).where(ChatTurn.assignment_id == label.assignment_id)
+            .where(ChatTurn.index == label.turn)
+        )  # fmt: skip
+        return {"choice": turn.order.index(value["chosen"])}
     return dict(value)
 
 

@@ -13,7 +13,7 @@ rank       ``ranks`` per shown response,    ``ranks`` 0 = best, dense    ranking
            1 = best, ties allowed
 rate       ``rating`` 1..5                  ``rating``                   rating, scale 1-5
 thumbs     ``up`` true/false                ``up``                       binary
-edit       ``text``, the rewrite            ``text``, ``changed``        demonstration,
+edit       ``text``, the rewrite            ``text``                     demonstration,
                                                                          edit, or pair
 chat       ``choice`` 0/1 per turn          ``chosen`` candidate index   pairs in context
 =========  ==============================  ===========================  ==================
