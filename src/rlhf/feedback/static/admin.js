@@ -83,8 +83,12 @@ async function createCampaign(event) {
   try {
     const body = {
       name: data.get('name').trim(), task_type: data.get('task_type'), k: Number(data.get('k')),
-      render: data.get('render'), guidelines: data.get('guidelines'), source_jsonl: await data.get('source').text(),
+      render: data.get('render'), guidelines: data.get('guidelines'),
     };
+    const lines = await data.get('source').text();
+    const sampled = Number(data.get('sample_n'));
+    if (sampled > 0) body.sample = { prompts_jsonl: lines, n: sampled };
+    else body.source_jsonl = lines;
     const campaign = await api('POST', '/api/admin/campaigns', body);
     toast(`created ${campaign.name}: ${campaign.items} items`);
     form.reset();
