@@ -56,12 +56,14 @@ OverridesArgument = Annotated[
 ]
 
 
-def _setup_logging() -> None:
+def _setup_logging(models: bool = True) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not models:  # importing transformers costs a second: not for a server with no model
+        return
     # our own bar shows training progress; transformers' per-file load/save bars are noise here
     from transformers.utils import logging as transformers_logging
 
@@ -633,7 +635,7 @@ def feedback_serve(
 
         from rlhf.feedback.app import create_app
 
-        _setup_logging()
+        _setup_logging(models=model is not None)
         sampler = None
         if model is not None:
             sampler = feedback_sampler(

@@ -16,6 +16,7 @@ annotator's name), and Secure whenever the app is reached over HTTPS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -122,6 +123,11 @@ class App:
         self.admin_token: str | None = None
         # one generation at a time: the model and its KV cache are not thread-safe
         self._model_lock = threading.Lock()
+        # SQLite runs one transaction at a time anyway (each takes the write lock when it
+        # begins); queueing them here, in arrival order, replaces SQLite's busy handler, which
+        # polls with growing sleeps and left some requests waiting seconds under load.
+        sqlite = self.url.startswith("sqlite")
+        self._one_at_a_time = threading.Lock() if sqlite else contextlib.nullcontext()
 
     def start(self) -> None:
         migrate(self.engine)
@@ -134,7 +140,7 @@ class App:
         is a stored label). A unique-constraint race is retried once: the retry sees the
         winner's row (e.g. the first copy of a retried submission) and answers from it."""
         for attempt in range(2):
-            with self.sessions() as session:
+            with self._one_at_a_time, self.sessions() as session:
                 try:
                     result = work(session)
                     session.commit()

@@ -352,13 +352,13 @@ function excerpt(prompt) {
   return flat.length > 80 ? `${flat.slice(0, 79)}…` : flat;
 }
 
-function describe({ value, turn }) {
-  if ('choice' in value) return `choice ${value.choice}`;
+function describe({ value, turn, task_type: task }) {
+  if (task === 'chat') return `turn ${turn + 1}: reply ${value.choice + 1} picked`;
+  if ('choice' in value) return `${value.choice}: ${PAIRWISE[value.choice - 1]}`;
   if ('ranks' in value) return `ranks ${value.ranks.join(',')}`;
   if ('rating' in value) return `rating ${value.rating}`;
   if ('up' in value) return value.up ? '👍' : '👎';
   if ('text' in value) return 'edited';
-  if ('chosen' in value) return `turn ${turn + 1}: reply picked`;
   return JSON.stringify(value);
 }
 
