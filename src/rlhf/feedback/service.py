@@ -12,6 +12,7 @@ import hashlib
 import random
 import secrets
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -235,13 +236,31 @@ def next_assignment(session: Session, user: User, campaign: Campaign) -> Assignm
     )
     if current is not None:
         return current
-    # Serialise assignment within a campaign: PostgreSQL locks the campaign row; SQLite's
-    # transactions already hold the database write lock from their start (rlhf.feedback.db).
-    session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
     _expire_stale(session, campaign.id)
-    item = session.scalar(_open_items(campaign, user).order_by(Item.position).limit(1))
-    if item is None:
-        return None
+    for _ in range(500):
+        # Lock the one item being handed out, not the whole campaign: concurrent annotators
+        # take different items (SKIP LOCKED), and while we hold an item its count of live
+        # assignments cannot change. SQLite ignores both clauses: there every transaction
+        # holds the database's write lock from its start (rlhf.feedback.db).
+        query = _open_items(campaign, user).order_by(Item.position).limit(1)
+        item = session.scalar(query.with_for_update(of=Item, skip_locked=True))
+        if item is None:
+            if session.scalar(_open_items(campaign, user).limit(1)) is None:
+                return None  # nothing open, locked or not
+            time.sleep(0.01)  # every open item is being handed to someone else right now
+            continue
+        # a fresh count: the query above may predate a commit by the lock's last holder
+        live = session.scalar(
+            select(func.count()).select_from(Assignment)
+            .where(Assignment.item_id == item.id)
+            .where(Assignment.status.in_(("pending", "done")))
+        )  # fmt: skip
+        if live < campaign.k:
+            return _assign(session, campaign, item, user)
+    raise FeedbackError(503, "too many annotators asking at once; try again")
+
+
+def _assign(session: Session, campaign: Campaign, item: Item, user: User) -> Assignment:
     order = list(range(len(item.responses)))
     random.SystemRandom().shuffle(order)  # display order, randomised and recorded
     assignment = Assignment(campaign_id=campaign.id, item_id=item.id, user_id=user.id, order=order)
