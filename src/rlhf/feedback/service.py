@@ -526,26 +526,35 @@ def my_labels(session: Session, user: User, campaign_id: int | None = None) -> l
             "label_id": label.id, "campaign_id": campaign.id, "campaign": campaign.name,
             "task_type": campaign.task_type, "assignment_id": assignment.id, "turn": label.turn,
             "prompt": item.prompt,
-            "value": shown_value(session, campaign.task_type, label, assignment.order),
+            "value": shown_value(
+                campaign.task_type, label.value,
+                _shown_order(session, campaign.task_type, label, assignment),
+            ),
             "created_at": label.created_at.isoformat() + "Z",
         })  # fmt: skip
     return rows
 
 
-def shown_value(session: Session, task: str, label: Label, order: Sequence[int]) -> dict[str, Any]:
-    """A stored value back in the order the annotator saw (for their own history)."""
-    value = label.value
+def shown_value(task: str, value: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
+    """A stored value back in the order the annotator saw (for their own history); for a
+    chat pick, ``order`` is the turn's order of the two replies."""
     if task == "pairwise":
         return {"choice": value["score"] if order[0] == 0 else 9 - value["score"]}
     if task == "rank":
         return {"ranks": [value["ranks"][index] + 1 for index in order]}
     if task == "chat":
-        turn = session.scalar(
-            select(ChatTurn).where(ChatTurn.assignment_id == label.assignment_id)
-            .where(ChatTurn.index == label.turn)
-        )  # fmt: skip
-        return {"choice": turn.order.index(value["chosen"])}
+        return {"choice": list(order).index(value["chosen"])}
     return dict(value)
+
+
+def _shown_order(session: Session, task: str, label: Label, assignment: Assignment) -> list[int]:
+    if task != "chat":
+        return assignment.order
+    turn = session.scalar(
+        select(ChatTurn).where(ChatTurn.assignment_id == label.assignment_id)
+        .where(ChatTurn.index == label.turn)
+    )  # fmt: skip
+    return turn.order
 
 
 # ------------------------------------------------------------------------------ statistics
