@@ -39,15 +39,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import math
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +60,7 @@ from typing import Any
 import httpx
 
 from _harness import format_table, progress, synthetic_sentences
+from _postgres import TemporaryPostgres, free_port, postgres_bindir
 
 BENCHMARK = "feedback"
 HOST = "127.0.0.1"
@@ -79,109 +77,12 @@ class BenchError(RuntimeError):
     """The benchmark could not do what it set out to (not a finding about the server)."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (``q`` in 0..100); None for no values."""
     if not values:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-# ---------------------------------------------------------------- a throwaway PostgreSQL
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster in a temp dir with its default, durable settings (fsync and
-    synchronous_commit on, as SQLite's synchronous=FULL is), on a free loopback port.
-
-    As root it runs as the ``postgres`` system user (the server refuses root). Needs the
-    server binaries under /usr/lib/postgresql (``scripts/test_services.sh`` installs them).
-    """
-
-    USER, DATABASE = "rlhf", "bench"
-
-    def __init__(self) -> None:
-        self.bindir = self._bindir()
-        self.base = Path(tempfile.mkdtemp(prefix="bench-feedback-pg-", dir="/tmp"))
-        self.data, self.sock, self.log = self.base / "data", self.base / "sock", self.base / "log"
-        self.sock.mkdir()
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-            for path in (self.base, self.sock):
-                shutil.chown(path, "postgres", "postgres")
-        self.port: int | None = None
-
-    @staticmethod
-    def _bindir() -> Path:
-        def version(path: str) -> tuple[int, ...]:
-            return tuple(int(n) for n in re.findall(r"\d+", Path(path).parent.parent.name))
-
-        for initdb in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)[::-1]:
-            if os.access(Path(initdb).parent / "pg_ctl", os.X_OK):
-                return Path(initdb).parent
-        raise BenchError(
-            "--db postgres needs PostgreSQL's server binaries under /usr/lib/postgresql "
-            "(bash scripts/test_services.sh installs them)"
-        )
-
-    def _run(self, *args: str) -> None:
-        done = subprocess.run(
-            [*self.prefix, *args], cwd=self.base, capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise BenchError(f"{Path(args[0]).name} failed:\n{done.stdout}{done.stderr}{log}")
-
-    def start(self) -> str:
-        """Start it; the SQLAlchemy URL of an empty database on it."""
-        self._run(
-            str(self.bindir / "initdb"),
-            "-D",
-            str(self.data),
-            "-A",
-            "trust",
-            "-U",
-            self.USER,
-            "-E",
-            "UTF8",
-            "--no-locale",
-        )
-        self.port = free_port()
-        options = f"-p {self.port} -k {self.sock} -c listen_addresses={HOST} -c max_connections=200"
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-o",
-            options,
-        )
-        import psycopg
-
-        with psycopg.connect(
-            host=HOST, port=self.port, user=self.USER, dbname="postgres", autocommit=True
-        ) as connection:
-            connection.execute(f"CREATE DATABASE {self.DATABASE}")
-        return f"postgresql+psycopg://{self.USER}@{HOST}:{self.port}/{self.DATABASE}"
-
-    def stop(self) -> None:
-        try:
-            if self.port is not None:
-                self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast")
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the server process
@@ -588,10 +489,18 @@ def database(choice: str | None, work: Path) -> Iterator[tuple[str, str]]:
     if choice is None:
         yield str(work / "feedback.db"), "sqlite"
     elif choice == "postgres":
-        pg = ThrowawayPostgres()
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise BenchError(
+                "--db postgres needs PostgreSQL's server binaries under /usr/lib/postgresql "
+                "(bash scripts/test_services.sh installs them)"
+            )
+        pg = TemporaryPostgres(bindir, durable=True)  # as durable as SQLite's synchronous=FULL
         try:
             progress("starting a throwaway PostgreSQL server")
-            yield pg.start(), "postgresql"
+            pg.start()
+            pg.execute("CREATE DATABASE bench")
+            yield pg.url("bench"), "postgresql"
         finally:
             pg.stop()
     else:
