@@ -75,3 +75,24 @@ def test_the_served_model_samples_replies_to_text_and_conversations(tiny_model_d
     assert all(isinstance(text, str) for group in replies for text in group)
     # a fresh seed per call: asking again gives new candidates, not the same ones
     assert sample(["2+3="], 4) != sample(["2+3="], 4)
+
+
+def test_serve_says_what_stops_it_before_serving(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        db = tmp_path / "fb.db"
+        result = rlhf("feedback", "serve", "--db", str(db), "--port", port)
+        assert result.exit_code == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in result.output
+        assert not db.exists()  # no admin made whose token nobody saw
+
+    unreachable = "postgresql+psycopg://rlhf@127.0.0.1:1/feedback"
+    result = rlhf("feedback", "serve", "--db", unreachable, "--port", "0")
+    assert result.exit_code == 1
+    assert "cannot open the database" in result.output and "Traceback" not in result.output
+    result = rlhf("feedback", "serve", "--db", "postgresql+asyncpg://x@h/db", "--port", "0")
+    assert result.exit_code == 1 and "pip install 'rlhf[postgres]'" in result.output

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import rich.markup
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -74,7 +75,8 @@ def _fail(error: BaseException) -> None:
     """Print an error for people and exit; RLHF_DEBUG=1 shows the traceback too."""
     if os.environ.get("RLHF_DEBUG"):
         console.print_exception()
-    console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+    message = rich.markup.escape(str(error))  # "pip install 'rlhf[postgres]'" is no markup
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2 if isinstance(error, ConfigError) else 1)
 
 
@@ -631,10 +633,18 @@ def feedback_serve(
     account is created and its token printed once.
     """
     try:
+        import socket
+
         import uvicorn
 
         from rlhf.feedback.app import create_app
 
+        with socket.socket() as probe:  # a taken port, said before a model loads
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         _setup_logging(models=model is not None)
         sampler = None
         if model is not None:
@@ -642,6 +652,11 @@ def feedback_serve(
                 model, dtype, device, max_new_tokens, temperature, top_p, seed
             )
         web = create_app(db, sampler=sampler, secure_cookies=secure_cookies)
+        token = web.state.feedback.start()  # the database's problems, said before serving
+        if token:
+            console.print(
+                f"created the admin account; its token (shown once): {token}", soft_wrap=True
+            )
         console.print(f"serving [bold]http://{host}:{port}/[/] (database {db})")
         uvicorn.run(
             web, host=host, port=port, log_level="warning", proxy_headers=True,

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,6 +44,7 @@ from rlhf.feedback.db import (
     ChatTurn,
     Item,
     Label,
+    SchemaError,
     User,
     database_url,
     make_engine,
@@ -121,6 +122,7 @@ class App:
         self.sampler = sampler
         self.secure_cookies = secure_cookies
         self.admin_token: str | None = None
+        self.started = False
         # one generation at a time: the model and its KV cache are not thread-safe
         self._model_lock = threading.Lock()
         # SQLite runs one transaction at a time anyway (each takes the write lock when it
@@ -129,11 +131,21 @@ class App:
         sqlite = self.url.startswith("sqlite")
         self._one_at_a_time = threading.Lock() if sqlite else contextlib.nullcontext()
 
-    def start(self) -> None:
-        migrate(self.engine)
-        with self.sessions() as session:
-            self.admin_token = service.ensure_admin(session)
-            session.commit()
+    def start(self) -> str | None:
+        """Create or migrate the schema; the first call on a database without an admin
+        creates one and returns its token (later calls return None)."""
+        if self.started:
+            return None
+        try:
+            migrate(self.engine)
+            with self.sessions() as session:
+                self.admin_token = service.ensure_admin(session)
+                session.commit()
+        except OperationalError as error:
+            reason = str(error.orig or error).strip().splitlines()[0]
+            raise SchemaError(f"cannot open the database {self.engine.url!r}: {reason}") from None
+        self.started = True
+        return self.admin_token
 
     def transaction(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a transaction and commit before answering (an acknowledged label
@@ -191,9 +203,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
-        state.start()
-        if state.admin_token:
-            log.warning("created the admin account; its token (shown once): %s", state.admin_token)
+        token = state.start()  # rlhf feedback serve has started it already, and said the token
+        if token:
+            log.warning("created the admin account; its token (shown once): %s", token)
         yield
         state.engine.dispose()
 

@@ -198,7 +198,7 @@ def make_engine(url: str) -> Engine:
     except ModuleNotFoundError as error:
         raise SchemaError(
             f"the database driver for {url.split('://')[0]} is not installed ({error.name}); "
-            "for PostgreSQL: pip install 'rlhf[postgres]'"
+            "for PostgreSQL use postgresql+psycopg://... after pip install 'rlhf[postgres]'"
         ) from error
 
 
