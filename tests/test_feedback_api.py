@@ -1399,3 +1399,22 @@ def test_a_model_giving_the_wrong_number_of_replies_is_a_503(db_url: str) -> Non
         response = client.post("/api/admin/campaigns", json=body, headers=admin)
         assert response.status_code == 503
         assert "wrong number of replies" in response.json()["detail"]
+
+
+def test_position_bias_is_measured_per_annotator(api: Api) -> None:
+    campaign = api.campaign("pairwise", rows_of(6), k=2)
+    always_a, by_text = api.annotator("always_a"), api.annotator("by_text")
+    api.label_all(always_a, campaign["id"], lambda _: {"choice": 2})  # whatever is shown first
+
+    def prefer_r0(assignment: dict[str, Any]) -> dict[str, Any]:  # by content, not position
+        return {"choice": 2 if shown_texts(assignment)[0].endswith("r 0") else 7}
+
+    done = api.label_all(by_text, campaign["id"], prefer_r0)
+    annotators = {row["name"]: row for row in api.stats(campaign["id"])["stats"]["annotators"]}
+    assert annotators["always_a"]["picked_first"] == 1.0
+    shown_first_was_r0 = sum(shown_texts(a)[0].endswith("r 0") for a in done)
+    assert annotators["by_text"]["picked_first"] == round(shown_first_was_r0 / 6, 3)
+    thumbs = api.campaign("thumbs", rows_of(1, 1))
+    api.label_all(always_a, thumbs["id"], lambda _: THUMB)
+    (row,) = api.stats(thumbs["id"])["stats"]["annotators"]
+    assert row["picked_first"] is None  # only pairwise tasks have a first and a second

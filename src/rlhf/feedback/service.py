@@ -578,17 +578,21 @@ def campaign_stats(session: Session, campaign: Campaign) -> dict[str, Any]:
     )
     complete = session.scalar(select(func.count()).select_from(per_item))
     labels = session.execute(
-        select(Label, Item.gold, User.name)
+        select(Label, Item.gold, User.name, Assignment.order)
         .join(Item, Item.id == Label.item_id)
         .join(User, User.id == Label.user_id)
+        .join(Assignment, Assignment.id == Label.assignment_id)
         .where(Label.campaign_id == campaign.id)
         .order_by(Label.id)
     ).all()
     by_user: dict[str, list[tuple[Label, Any]]] = defaultdict(list)
     by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for label, gold, name in labels:
+    picked_first: dict[str, int] = defaultdict(int)
+    for label, gold, name, order in labels:
         by_user[name].append((label, gold))
         by_item[label.item_id].append(label.value)
+        if campaign.task_type == "pairwise":
+            picked_first[name] += label.value["better"] == order[0]
     skipped = dict(
         session.execute(
             select(User.name, func.count()).select_from(Assignment)
@@ -612,6 +616,11 @@ def campaign_stats(session: Session, campaign: Campaign) -> dict[str, Any]:
             "labels_per_hour": round(3600 * (len(rows) - 1) / span, 1) if span > 0 else None,
             "gold_items": len(gold_rows),
             "gold_agreement": round(agree / len(gold_rows), 3) if gold_rows else None,
+            # position bias: the responses' order is random, so ~0.5 unless A is favoured
+            "picked_first": (
+                round(picked_first[name] / len(rows), 3)
+                if campaign.task_type == "pairwise" and rows else None
+            ),
         })  # fmt: skip
     if campaign.task_type == "chat":
         by_item = {}

@@ -47,8 +47,8 @@ async function showCampaign(id, scroll = false) {
     button.setAttribute('aria-pressed', String(button.dataset.status === c.status));
   }
   $('annotators').tBodies[0].replaceChildren(...s.annotators.map((a) => row({ 'data-testid': 'annotator-row' }, [
-    a.name, String(a.labels), String(a.skipped), orNa(a.median_seconds), orNa(a.labels_per_hour), String(a.gold_items), percent(a.gold_agreement)])));
-  if (!s.annotators.length) $('annotators').tBodies[0].append(el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'no labels yet')));
+    a.name, String(a.labels), String(a.skipped), orNa(a.median_seconds), orNa(a.labels_per_hour), String(a.gold_items), percent(a.gold_agreement), percent(a.picked_first)])));
+  if (!s.annotators.length) $('annotators').tBodies[0].append(el('tr', {}, el('td', { colspan: 8, class: 'muted' }, 'no labels yet')));
   const { value, level, units } = s.alpha;
   $('alpha').textContent = `Krippendorff's alpha: ${value === null ? 'n/a' : value.toFixed(3)} (${level} metric, ${units} unit${units === 1 ? '' : 's'} with 2+ labels)`;
   $('skips').replaceChildren(...(c.skips.length ? c.skips.map((skip) => el('li', {}, el('strong', {}, skip.annotator), ` on item ${skip.item_id}: `, skip.reason))
