@@ -421,28 +421,29 @@ def create_app(
 
     @app.post("/api/assignments/{assignment_id}/chat")
     def chat(assignment_id: int, body: ChatBody, request: Request) -> dict[str, Any]:
-        def prepare(session: Session, user: User) -> service.ChatRequest:
-            return service.chat_prepare(session, user, assignment_id, body.client_id, body.message)
+        def answer(session: Session, turn: ChatTurn) -> dict[str, Any]:
+            campaign_id = session.get(Assignment, turn.assignment_id).campaign_id
+            return {"turn": turn_view(turn, session.get(Campaign, campaign_id).render)}
 
-        def view(turn: ChatTurn) -> dict[str, Any]:
-            return {"turn": turn_view(turn, campaign_render(turn))}
-
-        def campaign_render(turn: ChatTurn) -> str:
-            with state.sessions() as session:
-                assignment = session.get(Assignment, turn.assignment_id)
-                return session.get(Campaign, assignment.campaign_id).render
+        def prepare(session: Session, user: User) -> dict[str, Any] | list[dict[str, str]]:
+            prepared = service.chat_prepare(
+                session, user, assignment_id, body.client_id, body.message
+            )
+            return answer(session, prepared.turn) if prepared.turn else prepared.messages
 
         prepared = read(request, prepare)
-        if prepared.turn is not None:
-            return view(prepared.turn)
-        replies = state.sample([prepared.messages], 2)[0]
+        if isinstance(prepared, dict):  # a retried message: the turn made the first time
+            return prepared
+        # the model answers outside any transaction: a slow reply holds no database lock
+        replies = state.sample([prepared], 2)[0]
 
-        def record(session: Session, user: User) -> ChatTurn:
-            return service.chat_record(
-                session, user, assignment_id, body.client_id, prepared.messages, replies
+        def record(session: Session, user: User) -> dict[str, Any]:
+            turn = service.chat_record(
+                session, user, assignment_id, body.client_id, prepared, replies
             )
+            return answer(session, turn)
 
-        return view(read(request, record))
+        return read(request, record)
 
     @app.post("/api/assignments/{assignment_id}/choose")
     def choose(assignment_id: int, body: ChooseBody, request: Request) -> dict[str, Any]:

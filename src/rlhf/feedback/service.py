@@ -368,11 +368,9 @@ class ChatRequest:
 def chat_prepare(
     session: Session, user: User, assignment_id: int, client_id: str, message: str
 ) -> ChatRequest:
-    """Check the annotator's next message and build the conversation the model answers.
-
-    The model runs between this and :func:`chat_record`, outside any transaction, so that a
-    slow reply holds no database lock.
-    """
+    """Check the annotator's next message and build the conversation the model answers
+    (or find the turn a retry of this message made). The model runs between this and
+    :func:`chat_record`."""
     client_id = _check_client_id(client_id)
     assignment = own_assignment(session, user, assignment_id)
     turns = _turns(session, assignment)
