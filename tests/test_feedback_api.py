@@ -1268,6 +1268,35 @@ def test_labels_survive_a_restart(db_url: str, monkeypatch: pytest.MonkeyPatch) 
         assert api.browser(annotator.token).get("/api/me").status_code == 200
 
 
+def test_an_older_schema_is_migrated_at_start(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlhf.feedback.db as db_module
+
+    with serve(db_url) as api:  # a database at the current version, with a label in it
+        admin = api.admin
+        campaign = api.campaign("thumbs", rows_of(1, 1))
+        api.label_all(api.annotator(), campaign["id"], lambda _: THUMB)
+        before = api.export(campaign["id"])
+
+    def add_a_column(connection: Any) -> None:  # what a later schema change would append
+        connection.execute(text("ALTER TABLE campaigns ADD COLUMN notes TEXT"))
+
+    monkeypatch.setattr(db_module, "MIGRATIONS", [add_a_column])
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    engine = make_engine(database_url(db_url))
+    try:
+        assert db_module.migrate(engine) == SCHEMA_VERSION  # it was at the old version
+        with engine.connect() as connection:
+            version = connection.execute(text("SELECT version FROM schema_version")).scalar()
+            notes = connection.execute(text("SELECT notes FROM campaigns")).scalars().all()
+        assert (version, notes) == (SCHEMA_VERSION + 1, [None])
+        assert db_module.migrate(engine) == SCHEMA_VERSION + 1  # once only
+    finally:
+        engine.dispose()
+    with serve(db_url) as api:
+        api.admin = admin
+        assert api.export(campaign["id"]) == before  # the labels came through
+
+
 def test_a_newer_schema_is_refused(db_url: str) -> None:
     with TestClient(create_app(db_url)):
         pass
