@@ -773,10 +773,10 @@ def test_malformed_labels_are_refused_naming_the_field(api: Api) -> None:
         assert expected in detail, (task, payload, detail)
     url = f"/api/assignments/{assignments['thumbs']['id']}/label"
     client_cases = [
-        ({"up": True}, "client_id: a string of 8 to 64 characters"),
-        ({"up": True, "client_id": "short"}, "client_id: a string of 8 to 64"),
-        ({"up": True, "client_id": "x" * 65}, "client_id: a string of 8 to 64"),
-        ({"up": True, "client_id": 12345678}, "client_id: a string of 8 to 64"),
+        ({"up": True}, "client_id: 8 to 64 letters"),
+        ({"up": True, "client_id": "short"}, "client_id: 8 to 64 letters"),
+        ({"up": True, "client_id": "x" * 65}, "client_id: 8 to 64 letters"),
+        ({"up": True, "client_id": 12345678}, "client_id: 8 to 64 letters"),
     ]
     for body, expected in client_cases:
         assert expected in api.detail_of("POST", url, annotator, 422, json=body)
@@ -1447,3 +1447,186 @@ def test_position_bias_is_measured_per_annotator(api: Api) -> None:
     api.label_all(always_a, thumbs["id"], lambda _: THUMB)
     (row,) = api.stats(thumbs["id"])["stats"]["annotators"]
     assert row["picked_first"] is None  # only pairwise tasks have a first and a second
+
+
+# ------------------------------------------------------- found in review: hostile input
+
+
+def raw_post(api: Api, url: str, who: Who, body: str) -> httpx.Response:
+    """A JSON body as written (escapes such as \\ud800 that httpx could not encode)."""
+    headers = {
+        **(who.headers if isinstance(who, Person) else who),
+        "Content-Type": "application/json",
+    }
+    return api.client.post(url, content=body.encode(), headers=headers)
+
+
+def test_text_no_database_can_store_is_refused(api: Api) -> None:
+    edit = api.campaign("edit", rows_of(1, 1))
+    annotator = api.annotator()
+    url = f"/api/assignments/{api.next(annotator, edit['id'])['id']}/label"
+    lone = '{"client_id": "abcdefgh12", "text": "fixed \\ud800"}'
+    response = raw_post(api, url, annotator, lone)
+    assert response.status_code == 422 and "text: not valid Unicode" in response.json()["detail"]
+    response = raw_post(api, url, annotator, '{"client_id": "abcdefgh\\ud800", "text": "x"}')
+    assert response.status_code == 422 and "client_id" in response.json()["detail"]
+    response = raw_post(api, "/api/admin/users", api.admin, '{"name": "a\\u0000b"}')
+    assert response.status_code == 422 and "NUL" in response.json()["detail"]
+    source = '{"prompt": "p\\ud800", "responses": ["a", "b"]}'
+    body = json.dumps({"name": "bad", "task_type": "pairwise", "source_jsonl": source})
+    response = raw_post(api, "/api/admin/campaigns", api.admin, body)
+    assert response.status_code == 422
+    assert (
+        response.json()["detail"]
+        == "source: line 1: prompt: not valid Unicode (a lone surrogate escape)"
+    )
+    # a raw U+2028 inside a JSON string is one row, not two
+    separator = api.campaign("thumbs", [{"prompt": "a\u2028b", "responses": ["r"]}])
+    assert separator["items"] == 1
+    assert api.export(edit["id"]) == []  # nothing was stored by the refused requests
+
+
+def test_ids_beyond_64_bits_are_refused(api: Api) -> None:
+    annotator = api.annotator()
+    huge = 10**20
+    for method, url in [
+        ("GET", f"/api/campaigns/{huge}/next"),
+        ("POST", f"/api/assignments/{huge}/finish"),
+        ("GET", f"/api/me/labels?campaign_id={huge}"),
+    ]:
+        assert api.call(method, url, annotator).status_code == 422, url
+    assert api.call("GET", f"/api/admin/campaigns/{huge}", api.admin).status_code == 422
+    body = {"client_id": new_client_id(), "turn": huge, "choice": 0}
+    assert api.call("POST", "/api/assignments/1/choose", annotator, 422, json=body)
+
+
+def test_export_of_a_campaign_named_in_any_script(api: Api) -> None:
+    campaign = api.campaign("thumbs", rows_of(1, 1), name="评测 naïve")
+    annotator = api.annotator()
+    api.label_all(annotator, campaign["id"], lambda _: THUMB)
+    response = api.call("GET", f"/api/admin/campaigns/{campaign['id']}/export", api.admin, 200)
+    disposition = response.headers["content-disposition"]
+    quoted = "%E8%AF%84%E6%B5%8B%20na%C3%AFve.jsonl"  # the name itself, for browsers
+    assert disposition == f"attachment; filename=\"___na_ve.jsonl\"; filename*=UTF-8''{quoted}"
+    assert len(response.text.splitlines()) == 1
+
+
+def test_cookie_writes_from_another_origin_are_refused(api: Api) -> None:
+    annotator = api.annotator()
+    browser = api.browser(annotator.token)
+    campaign = api.campaign("thumbs", rows_of(1, 1))
+    aid = api.next(annotator, campaign["id"])["id"]
+    body = {"client_id": new_client_id(), "up": True}
+    url = f"/api/assignments/{aid}/label"
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://testserver:8080"},
+    ):
+        response = browser.post(url, json=body, headers=headers)
+        assert response.status_code == 403 and "refused" in response.json()["detail"], headers
+    assert browser.get("/api/me", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+    same = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert browser.post(url, json=body, headers=same).status_code == 200
+    # a script with a token has no ambient credential to abuse: its Origin does not matter
+    other = api.campaign("thumbs", rows_of(1, 1))
+    aid = api.next(annotator, other["id"])["id"]
+    headers = {**annotator.headers, "Origin": "http://elsewhere.example"}
+    assert (
+        api.client.post(
+            f"/api/assignments/{aid}/label",
+            json=body | {"client_id": new_client_id()},
+            headers=headers,
+        ).status_code
+        == 200
+    )
+    for path in ("/static/annotate.html", "/api/health"):
+        assert "frame-ancestors 'none'" in api.client.get(path).headers["content-security-policy"]
+
+
+def test_a_paused_campaign_still_serves_the_item_in_hand(api: Api) -> None:
+    campaign = api.campaign("thumbs", rows_of(2, 1))
+    annotator, latecomer = api.annotator(), api.annotator()
+    first = api.next(annotator, campaign["id"])
+    api.call(
+        "PATCH", f"/api/admin/campaigns/{campaign['id']}", api.admin, 200, json={"status": "paused"}
+    )
+    assert api.next(annotator, campaign["id"])["id"] == first["id"]  # after a reload too
+    detail = api.detail_of("GET", f"/api/campaigns/{campaign['id']}/next", latecomer, 409)
+    assert "paused" in detail
+
+
+def test_one_annotator_asking_twice_at_once_gets_one_item(api: Api) -> None:
+    campaign = api.campaign("thumbs", rows_of(6, 1))
+    annotator = api.annotator()
+    start = threading.Barrier(4)
+    got: list[int] = []
+
+    def ask() -> None:
+        client = TestClient(api.app)
+        start.wait()
+        response = client.get(f"/api/campaigns/{campaign['id']}/next", headers=annotator.headers)
+        got.append(response.json()["assignment"]["id"])
+        client.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(got) == 4 and len(set(got)) == 1
+
+
+def test_a_conversation_under_way_does_not_expire(api: Api) -> None:
+    campaign = api.campaign("chat", [{"prompt": "Hi"}], k=1)
+    alice, bob = api.annotator(), api.annotator()
+    aid = api.next(alice, campaign["id"])["id"]
+    api.say(alice, aid)
+    api.choose(alice, aid, 0, 0)
+    engine = make_engine(database_url(api.db_url))
+    try:
+        with engine.begin() as connection:  # three hours pass
+            connection.execute(
+                text("UPDATE assignments SET created_at = :t WHERE id = :id"),
+                {"t": service.utcnow() - service.ASSIGNMENT_TIMEOUT * 1.5, "id": aid},
+            )
+    finally:
+        engine.dispose()
+    assert api.next(bob, campaign["id"]) is None  # not taken from alice
+    api.say(alice, aid, "and then?")  # alice carries on
+
+
+def test_finishing_while_the_model_writes_keeps_the_conversation_closed(db_url: str) -> None:
+    finish_first: list[Callable[[], None]] = []
+
+    def slow_model(prompts: list[Any], n: int) -> list[list[str]]:
+        for act in finish_first:  # the annotator finishes from another tab meanwhile
+            act()
+        return [[f"reply {i}" for i in range(n)] for _ in prompts]
+
+    app = create_app(db_url, sampler=slow_model)
+    with TestClient(app) as client:
+        admin = bearer(app.state.feedback.admin_token)
+        token = client.post("/api/admin/users", json={"name": "ann"}, headers=admin).json()["token"]
+        source = jsonl([{"prompt": "Hi"}])
+        body = {"name": "c", "task_type": "chat", "source_jsonl": source}
+        campaign = client.post("/api/admin/campaigns", json=body, headers=admin).json()
+        me = bearer(token)
+        aid = client.get(f"/api/campaigns/{campaign['id']}/next", headers=me).json()["assignment"][
+            "id"
+        ]
+        say = {"client_id": new_client_id(), "message": ""}
+        assert client.post(f"/api/assignments/{aid}/chat", json=say, headers=me).status_code == 200
+        pick = {"client_id": new_client_id(), "turn": 0, "choice": 0}
+        assert (
+            client.post(f"/api/assignments/{aid}/choose", json=pick, headers=me).status_code == 200
+        )
+        other_tab = TestClient(app)
+        finish_first.append(
+            lambda: other_tab.post(f"/api/assignments/{aid}/finish", headers=me).raise_for_status()
+        )
+        say = {"client_id": new_client_id(), "message": "more"}
+        response = client.post(f"/api/assignments/{aid}/chat", json=say, headers=me)
+        assert response.status_code == 409 and "finished" in response.json()["detail"]
+        other_tab.close()

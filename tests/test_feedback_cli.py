@@ -29,6 +29,8 @@ def test_accounts_campaign_and_export_from_the_command_line(tmp_path):
     token = result.stdout.strip().splitlines()[0]
     assert token.startswith("rlhf_")
     assert rlhf("feedback", "add-user", "alice", "--db", db).exit_code == 1  # taken
+    result = rlhf("feedback", "add-user", "[/bold]", "--db", db)  # a name is not markup
+    assert result.exit_code == 0 and "'[/bold]'" in result.output
 
     result = rlhf(
         "feedback", "create-campaign", str(source), "--db", db, "--name", "c1",

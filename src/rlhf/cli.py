@@ -691,7 +691,8 @@ def feedback_add_user(
         _fail(getattr(error, "message", error))
         return
     print(token)
-    console.print(f"[green]created[/] {role} {name!r}; the token above is shown only now")
+    who = rich.markup.escape(f"{role} {name!r}")
+    console.print(f"[green]created[/] {who}; the token above is shown only now")
 
 
 @feedback_app.command("create-campaign")
@@ -723,7 +724,8 @@ def feedback_create_campaign(
         message = getattr(error, "message", error)
         _fail(ValueError(f"{source}: {message}") if isinstance(error, ValueError) else error)
         return
-    console.print(f"[green]created[/] {task} campaign {name!r}: {len(items)} items")
+    what = rich.markup.escape(f"{task} campaign {name!r}")
+    console.print(f"[green]created[/] {what}: {len(items)} items")
 
 
 @feedback_app.command("export")
@@ -763,7 +765,9 @@ def feedback_export(
     except Exception as error:
         _fail(getattr(error, "message", error))
         return
-    console.print(f"[green]done[/]: {len(rows)} records → [bold]{output}[/]")
+    console.print(
+        f"[green]done[/]: {len(rows)} records → [bold]{rich.markup.escape(str(output))}[/]"
+    )
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -20,16 +20,17 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -53,7 +54,7 @@ from rlhf.feedback.db import (
 )
 from rlhf.feedback.render import prompt_view, to_html
 from rlhf.feedback.service import FeedbackError, Sampler
-from rlhf.feedback.tasks import EXPORT_FORMATS
+from rlhf.feedback.tasks import EXPORT_FORMATS, LabelError, check_text
 
 log = logging.getLogger("rlhf.feedback")
 COOKIE = "rlhf_session"
@@ -61,8 +62,51 @@ STATIC = files("rlhf.feedback") / "static"
 T = TypeVar("T")
 
 
+MAX_ID = 2**63 - 1  # ids are 64-bit in every database
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# No inline script anywhere, on every page: a script that slipped into model text could not
+# run even if it reached the page unescaped.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def cross_site(request: Request) -> str | None:
+    """Why a cookie-authenticated write must be refused as cross-site, or None.
+
+    SameSite=Strict keeps the cookie off other *sites*, but another port or subdomain of the
+    same site still sends it; the browser's Sec-Fetch-Site and Origin headers tell those
+    apart. Scripts using a Bearer token are not affected (no ambient credential).
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"refused: a {site} request may not act with your session"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    if urllib.parse.urlsplit(origin).netloc not in hosts - {None}:
+        return f"refused: a request from {origin} may not act with your session"
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def storable(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            try:
+                check_text(value, info.field_name)
+            except LabelError as error:
+                raise ValueError(str(error).split(": ", 1)[1]) from None
+        return value
 
 
 class LoginBody(Strict):
@@ -74,18 +118,18 @@ class SkipBody(Strict):
 
 
 class ChatBody(Strict):
-    client_id: str
+    client_id: str = Field(min_length=8, max_length=64)
     message: str = Field(default="", max_length=8000)
 
 
 class ChooseBody(Strict):
-    client_id: str
-    turn: int = Field(ge=0)
+    client_id: str = Field(min_length=8, max_length=64)
+    turn: int = Field(ge=0, lt=service.MAX_CHAT_TURNS)
     choice: int = Field(ge=0, le=1)
 
 
 class UserBody(Strict):
-    name: str
+    name: str = Field(min_length=1, max_length=80)
     role: str = "annotator"
 
 
@@ -263,14 +307,19 @@ def create_app(
     # ------------------------------------------------------------------------- pages
 
     def page(name: str) -> FileResponse:
-        response = FileResponse(str(STATIC / name), media_type="text/html")
-        # no inline script anywhere: a script that slipped into model text could not run
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-        )
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        return FileResponse(str(STATIC / name), media_type="text/html")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable) -> Any:
+        if request.method not in SAFE_METHODS and "authorization" not in request.headers:
+            refusal = cross_site(request)
+            if refusal:
+                return JSONResponse({"detail": refusal}, status_code=403)
+        response = await call_next(request)
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        if not request.url.path.startswith(("/docs", "/redoc")):  # FastAPI's own API pages
+            response.headers.setdefault("Content-Security-Policy", CSP)
         return response
 
     @app.get("/", include_in_schema=False)
@@ -388,7 +437,7 @@ def create_app(
         }
 
     @app.get("/api/campaigns/{campaign_id}/next")
-    def next_item(campaign_id: int, request: Request) -> dict[str, Any]:
+    def next_item(campaign_id: Id, request: Request) -> dict[str, Any]:
         def run(session: Session, user: User) -> dict[str, Any]:
             campaign = service.get_campaign(session, campaign_id)
             assignment = service.next_assignment(session, user, campaign)
@@ -403,7 +452,7 @@ def create_app(
 
     @app.post("/api/assignments/{assignment_id}/label")
     def label(
-        assignment_id: int, request: Request, payload: Annotated[dict[str, Any], Body()]
+        assignment_id: Id, request: Request, payload: Annotated[dict[str, Any], Body()]
     ) -> dict[str, Any]:
         def run(session: Session, user: User) -> dict[str, Any]:
             ack = service.submit_label(session, user, assignment_id, payload)
@@ -412,7 +461,7 @@ def create_app(
         return read(request, run)
 
     @app.post("/api/assignments/{assignment_id}/skip")
-    def skip(assignment_id: int, body: SkipBody, request: Request) -> dict[str, Any]:
+    def skip(assignment_id: Id, body: SkipBody, request: Request) -> dict[str, Any]:
         def run(session: Session, user: User) -> dict[str, Any]:
             service.skip(session, user, assignment_id, body.reason)
             return {"skipped": True}
@@ -420,7 +469,7 @@ def create_app(
         return read(request, run)
 
     @app.post("/api/assignments/{assignment_id}/chat")
-    def chat(assignment_id: int, body: ChatBody, request: Request) -> dict[str, Any]:
+    def chat(assignment_id: Id, body: ChatBody, request: Request) -> dict[str, Any]:
         def answer(session: Session, turn: ChatTurn) -> dict[str, Any]:
             campaign_id = session.get(Assignment, turn.assignment_id).campaign_id
             return {"turn": turn_view(turn, session.get(Campaign, campaign_id).render)}
@@ -446,7 +495,7 @@ def create_app(
         return read(request, record)
 
     @app.post("/api/assignments/{assignment_id}/choose")
-    def choose(assignment_id: int, body: ChooseBody, request: Request) -> dict[str, Any]:
+    def choose(assignment_id: Id, body: ChooseBody, request: Request) -> dict[str, Any]:
         def run(session: Session, user: User) -> dict[str, Any]:
             ack = service.chat_choose(
                 session, user, assignment_id, body.client_id, body.turn, body.choice
@@ -456,7 +505,7 @@ def create_app(
         return read(request, run)
 
     @app.post("/api/assignments/{assignment_id}/finish")
-    def finish(assignment_id: int, request: Request) -> dict[str, Any]:
+    def finish(assignment_id: Id, request: Request) -> dict[str, Any]:
         def run(session: Session, user: User) -> dict[str, Any]:
             service.chat_finish(session, user, assignment_id)
             return {"finished": True}
@@ -465,7 +514,7 @@ def create_app(
 
     @app.get("/api/me/labels")
     def own_labels(
-        request: Request, campaign_id: Annotated[int | None, Query()] = None
+        request: Request, campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
     ) -> list[dict[str, Any]]:
         return read(request, lambda session, user: service.my_labels(session, user, campaign_id))
 
@@ -499,7 +548,7 @@ def create_app(
         return user
 
     @app.post("/api/admin/users/{user_id}/token")
-    def new_token(user_id: int, request: Request) -> dict[str, Any]:
+    def new_token(user_id: Id, request: Request) -> dict[str, Any]:
         def run(session: Session, _: User) -> dict[str, Any]:
             user = user_by_id(session, user_id)
             return {**user_row(user), "token": service.rotate_token(session, user)}
@@ -507,7 +556,7 @@ def create_app(
         return read(request, run, admin=True)
 
     @app.patch("/api/admin/users/{user_id}")
-    def patch_user(user_id: int, body: UserPatch, request: Request) -> dict[str, Any]:
+    def patch_user(user_id: Id, body: UserPatch, request: Request) -> dict[str, Any]:
         def run(session: Session, admin: User) -> dict[str, Any]:
             user = user_by_id(session, user_id)
             if user.id == admin.id and not body.active:
@@ -573,7 +622,7 @@ def create_app(
         return service.get_campaign(session, campaign_id)
 
     @app.get("/api/admin/campaigns/{campaign_id}")
-    def campaign_detail(campaign_id: int, request: Request) -> dict[str, Any]:
+    def campaign_detail(campaign_id: Id, request: Request) -> dict[str, Any]:
         def run(session: Session, _: User) -> dict[str, Any]:
             campaign = campaign_of(session, campaign_id)
             return {
@@ -585,7 +634,7 @@ def create_app(
         return read(request, run, admin=True)
 
     @app.patch("/api/admin/campaigns/{campaign_id}")
-    def patch_campaign(campaign_id: int, body: CampaignPatch, request: Request) -> dict:
+    def patch_campaign(campaign_id: Id, body: CampaignPatch, request: Request) -> dict:
         def run(session: Session, _: User) -> dict[str, Any]:
             campaign = campaign_of(session, campaign_id)
             service.set_status(session, campaign, body.status)
@@ -595,20 +644,25 @@ def create_app(
 
     @app.get("/api/admin/campaigns/{campaign_id}/export")
     def export(
-        campaign_id: int, request: Request, format: Annotated[str | None, Query()] = None
-    ) -> StreamingResponse:
-        def run(session: Session, _: User) -> tuple[str, list[dict[str, Any]]]:
+        campaign_id: Id, request: Request, format: Annotated[str | None, Query()] = None
+    ) -> Response:
+        def run(session: Session, _: User) -> tuple[str, bytes]:
             campaign = campaign_of(session, campaign_id)
-            return campaign.name, list(service.export_rows(session, campaign, format))
+            rows = service.export_rows(session, campaign, format)
+            # the whole file is made before the answer starts: a failure is an error status,
+            # never a truncated file that looks complete
+            body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            return campaign.name, body.encode()
 
-        name, rows = read(request, run, admin=True)
-
-        def lines() -> Iterator[bytes]:
-            for row in rows:
-                yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
-
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-        headers = {"Content-Disposition": f'attachment; filename="{safe}.jsonl"'}
-        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+        name, body = read(request, run, admin=True)
+        ascii_name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+        disposition = (
+            f'attachment; filename="{ascii_name}.jsonl"; '
+            f"filename*=UTF-8''{urllib.parse.quote(name + '.jsonl', safe='')}"
+        )
+        return Response(
+            body, media_type="application/x-ndjson",
+            headers={"Content-Disposition": disposition},
+        )  # fmt: skip
 
     return app

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.data.records import ROLES
-from rlhf.feedback.tasks import MAX_RANKED, LabelError, check_gold
+from rlhf.feedback.tasks import MAX_RANKED, LabelError, check_gold, check_text
 
 
 class SourceError(ValueError):
@@ -119,16 +119,35 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
             yield NewItem(prompt, [response], item_gold, {**source, "responses": [index]})
 
 
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value (keys too), with where it is."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield where, key
+            yield from _strings(inner, f"{where}: {key}")
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _strings(inner, f"{where}[{index}]")
+
+
 def parse_source(task: str, text: str, max_items: int = 100_000) -> list[NewItem]:
     """Every item of a JSON Lines source; the first bad line raises :class:`SourceError`."""
     items: list[NewItem] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # split at newlines only: U+2028 and friends may stand unescaped inside a JSON string
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise SourceError(f"line {line_number}: not JSON ({error.msg})") from None
+        for where, value in _strings(row, f"line {line_number}"):
+            try:
+                check_text(value, where)
+            except LabelError as error:
+                raise SourceError(str(error)) from None
         items.extend(items_from_row(task, row, line_number))
         if len(items) > max_items:
             raise SourceError(f"line {line_number}: more than {max_items} items in one campaign")

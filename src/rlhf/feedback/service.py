@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+import re
 import secrets
 import statistics
 import time
@@ -40,6 +41,7 @@ SESSION_DAYS = 14
 # A pending assignment older than this goes back to the pool (its annotator left the page).
 ASSIGNMENT_TIMEOUT = dt.timedelta(hours=2)
 MAX_CHAT_TURNS = 20
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 # (prompts: str or message dicts, replies per prompt) -> that many replies per prompt
 Sampler = Callable[[list[Any], int], list[list[str]]]
@@ -189,11 +191,14 @@ def set_status(session: Session, campaign: Campaign, status: str) -> None:
 
 
 def _expire_stale(session: Session, campaign_id: int) -> None:
+    """Pending assignments older than the timeout go back to the pool; a conversation under
+    way stays with its annotator (its turns are theirs)."""
     cutoff = utcnow() - ASSIGNMENT_TIMEOUT
+    chatting = select(ChatTurn.id).where(ChatTurn.assignment_id == Assignment.id).exists()
     session.execute(
         update(Assignment)
         .where(Assignment.campaign_id == campaign_id, Assignment.status == "pending")
-        .where(Assignment.created_at < cutoff)
+        .where(Assignment.created_at < cutoff, ~chatting)
         .values(status="expired")
     )
 
@@ -225,8 +230,11 @@ def next_assignment(session: Session, user: User, campaign: Campaign) -> Assignm
     the earliest item with fewer than k live assignments that this annotator has never had;
     the unique (item, user) constraint makes "never twice" hold even under races.
     """
-    if campaign.status != "active":
-        raise FeedbackError(409, f"campaign {campaign.name!r} is {campaign.status}")
+    if campaign.status == "closed":
+        raise FeedbackError(409, f"campaign {campaign.name!r} is closed")
+    # One request of this annotator at a time (two tabs asking at once must not take two
+    # items); SQLite ignores the lock, its transactions are serialised anyway.
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
     current = session.scalar(
         select(Assignment)
         .where(Assignment.user_id == user.id, Assignment.campaign_id == campaign.id)
@@ -235,7 +243,9 @@ def next_assignment(session: Session, user: User, campaign: Campaign) -> Assignm
         .limit(1)
     )
     if current is not None:
-        return current
+        return current  # also in a paused campaign: work handed out is not lost
+    if campaign.status != "active":
+        raise FeedbackError(409, f"campaign {campaign.name!r} is {campaign.status}")
     _expire_stale(session, campaign.id)
     for _ in range(500):
         # Lock the one item being handed out, not the whole campaign: concurrent annotators
@@ -295,8 +305,10 @@ def _existing_label(session: Session, user: User, client_id: str) -> Label | Non
 
 
 def _check_client_id(client_id: Any) -> str:
-    if not isinstance(client_id, str) or not 8 <= len(client_id) <= 64:
-        raise FeedbackError(422, "client_id: a string of 8 to 64 characters, new per submission")
+    if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
+        raise FeedbackError(
+            422, "client_id: 8 to 64 letters, digits, - or _ (a UUID), new per submission"
+        )
     return client_id
 
 
@@ -329,7 +341,7 @@ def submit_label(session: Session, user: User, assignment_id: int, payload: dict
         assignment_id=assignment.id, user_id=user.id, client_id=client_id, value=value,
         seconds=(now - assignment.created_at).total_seconds(), created_at=now,
     )  # fmt: skip
-    assignment.status, assignment.completed_at = "done", now
+    _leave_pending(session, assignment, "done", completed_at=now)
     session.add(label)
     session.flush()
     return Ack(label.id, duplicate=False)
@@ -339,13 +351,13 @@ def skip(session: Session, user: User, assignment_id: int, reason: str) -> None:
     assignment = own_assignment(session, user, assignment_id)
     if assignment.status == "skipped":
         return  # a retried skip
+    _open(session, assignment)
     if assignment.status != "pending":
         raise FeedbackError(409, f"this assignment is {assignment.status}; it cannot be skipped")
     reason = reason.strip()
     if not reason:
         raise FeedbackError(422, "reason: say why you skip (it helps fix the campaign)")
-    assignment.status, assignment.skip_reason = "skipped", reason[:500]
-    assignment.completed_at = utcnow()
+    _leave_pending(session, assignment, "skipped", skip_reason=reason[:500])
 
 
 # ------------------------------------------------------------------------------------ chat
@@ -405,14 +417,21 @@ def chat_record(
     messages: list[dict[str, str]],
     candidates: Sequence[str],
 ) -> ChatTurn:
-    """Store a turn the model answered; a turn made meanwhile by a retry wins."""
+    """Store a turn the model answered; a turn made meanwhile by a retry wins. The checks of
+    :func:`chat_prepare` are made again: the conversation may have moved while the model
+    wrote (finished, or another turn taken in a second tab)."""
     assignment = own_assignment(session, user, assignment_id)
     turns = _turns(session, assignment)
     for turn in turns:
         if turn.client_id == client_id:
             return turn
+    _open(session, assignment)
+    if assignment.status == "done":
+        raise FeedbackError(409, "this conversation is finished")
     if turns and turns[-1].chosen is None:
         raise FeedbackError(409, "pick the better reply of the last turn first")
+    if conversation(session, assignment, turns) != messages[:-1]:
+        raise FeedbackError(409, "the conversation changed while the model wrote; reload")
     if len(candidates) != 2 or not all(isinstance(c, str) for c in candidates):
         raise FeedbackError(503, "the model did not give two replies")
     order = [0, 1]
@@ -485,7 +504,21 @@ def chat_finish(session: Session, user: User, assignment_id: int) -> None:
     turns = _turns(session, assignment)
     if not any(turn.chosen is not None for turn in turns):
         raise FeedbackError(409, "pick a reply at least once before finishing")
-    assignment.status, assignment.completed_at = "done", utcnow()
+    _leave_pending(session, assignment, "done")
+
+
+def _leave_pending(session: Session, assignment: Assignment, status: str, **values: Any) -> None:
+    """Move an assignment out of ``pending``, only if it still is: a concurrent expiry (which
+    may already have handed the item to someone else) wins, and this request gets a 409."""
+    values.setdefault("completed_at", utcnow())
+    changed = session.execute(
+        update(Assignment)
+        .where(Assignment.id == assignment.id, Assignment.status == "pending")
+        .values(status=status, **values)
+    ).rowcount
+    session.expire(assignment)
+    if changed != 1:
+        raise FeedbackError(409, "this assignment expired or changed meanwhile; ask for the next")
 
 
 # ------------------------------------------------------------------------------- progress

@@ -57,6 +57,18 @@ class LabelError(ValueError):
     """A submitted label does not fit its task; the message names the field."""
 
 
+def check_text(text: str, field: str) -> str:
+    """Text every database can store and every export can write: no NUL character
+    (PostgreSQL refuses it) and no lone surrogate (not Unicode, so not writable as UTF-8)."""
+    if "\x00" in text:
+        raise LabelError(f"{field}: contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LabelError(f"{field}: not valid Unicode (a lone surrogate escape)") from None
+    return text
+
+
 def responses_per_item(task: str) -> tuple[int, int]:
     """How many responses an item of this task shows: (fewest, most)."""
     return {
@@ -124,7 +136,7 @@ def normalise_label(task: str, payload: dict[str, Any], order: Sequence[int]) ->
         text = payload.get("text")
         if not isinstance(text, str) or not text.strip():
             raise LabelError("text: the edited response is empty")
-        return {"text": text}
+        return {"text": check_text(text, "text")}
     raise LabelError(f"{task} tasks are labelled turn by turn (chat endpoints), not here")
 
 
