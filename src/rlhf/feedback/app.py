@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf.feedback import service
@@ -76,23 +77,52 @@ CSP = (
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-def cross_site(request: Request) -> str | None:
+def cross_site(headers: Headers) -> str | None:
     """Why a cookie-authenticated write must be refused as cross-site, or None.
 
     SameSite=Strict keeps the cookie off other *sites*, but another port or subdomain of the
     same site still sends it; the browser's Sec-Fetch-Site and Origin headers tell those
     apart. Scripts using a Bearer token are not affected (no ambient credential).
     """
-    site = request.headers.get("sec-fetch-site")
+    site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return f"refused: a {site} request may not act with your session"
-    origin = request.headers.get("origin")
+    origin = headers.get("origin")
     if origin is None:
         return None
-    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    hosts = {headers.get("host"), headers.get("x-forwarded-host")}
     if urllib.parse.urlsplit(origin).netloc not in hosts - {None}:
         return f"refused: a request from {origin} may not act with your session"
     return None
+
+
+class Guard:
+    """ASGI middleware: refuses cross-origin writes made with the session cookie
+    (:func:`cross_site`) and puts the security headers on every answer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        if scope["method"] not in SAFE_METHODS and "authorization" not in headers:
+            refusal = cross_site(headers)
+            if refusal:
+                return await JSONResponse({"detail": refusal}, 403)(scope, receive, send)
+        api_pages = scope["path"].startswith(("/docs", "/redoc"))  # FastAPI's own, not ours
+
+        async def send_secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                for header, value in SECURITY_HEADERS.items():
+                    response_headers.setdefault(header, value)
+                if not api_pages:
+                    response_headers.setdefault("Content-Security-Policy", CSP)
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
 
 
 class Strict(BaseModel):
@@ -254,6 +284,7 @@ def create_app(
         state.engine.dispose()
 
     app = FastAPI(title="rlhf feedback", lifespan=lifespan)
+    app.add_middleware(Guard)
     app.state.feedback = state
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
@@ -308,19 +339,6 @@ def create_app(
 
     def page(name: str) -> FileResponse:
         return FileResponse(str(STATIC / name), media_type="text/html")
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable) -> Any:
-        if request.method not in SAFE_METHODS and "authorization" not in request.headers:
-            refusal = cross_site(request)
-            if refusal:
-                return JSONResponse({"detail": refusal}, status_code=403)
-        response = await call_next(request)
-        for header, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(header, value)
-        if not request.url.path.startswith(("/docs", "/redoc")):  # FastAPI's own API pages
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
 
     @app.get("/", include_in_schema=False)
     def root(request: Request) -> RedirectResponse:
