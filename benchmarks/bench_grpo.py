@@ -27,13 +27,15 @@ alternating, and keeps each side's best run.
 
 Each side also runs a compiled variant and its figure is the best of its variants (as
 ``bench_dpo``): ours with ``sampling.compile`` (decoding through a ``torch.compile``'d one-token
-step over a static KV cache, :func:`rlhf.rollout.hf.compiled_generate`; training stays eager),
+step over a static KV cache, :func:`rlhf.rollout.hf.compiled_generate`) and ``train.compile``
+(the blocks of the policy, the reference and the reward model compiled, regionally),
 TRL with what its API offers for the same, ``cache_implementation="static"`` (its
 ``generate`` call's cache) and ``torch_compile=True`` (the Trainer compiles the model; TRL's
 own ``GenerationConfig`` sets ``disable_compile=True``, so ``generate`` does not compile its
-decode step itself). The workload is unchanged. Compiling happens in the first (warm-up)
-iterations, never in the measured ones; the table's ``first s`` column (the first iteration's
-seconds, from the start of training) shows it. Every child gets a fresh TorchInductor cache
+decode step itself). The workload is unchanged. Compiling happens mostly in the first
+(warm-up) iterations; the table's ``first s`` column (the first iteration's seconds, from the
+start of training) shows it. A recompile for a shape first seen later (a new response length)
+falls in the measured iterations and counts against that side. Every child gets a fresh TorchInductor cache
 folder, so no run reuses another's compiled code. ``--no-compile`` runs the eager variants
 only.
 """
@@ -191,6 +193,7 @@ def train_ours(
                 lr=LEARNING_RATE,
                 seed=SEED,
                 max_grad_norm=MAX_GRAD_NORM,
+                compile=compile,
             ),
             "eval": {"prompts": 0},
             "out": out_dir,

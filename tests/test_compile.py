@@ -31,3 +31,27 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_dir, tiny_
     )
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_online_runs_compile_the_reference_and_reward_models_too(tiny_model_dir):
+    """With train.compile the frozen reference's and every reward model's blocks are marked
+    for compilation (nothing compiles until the first call, so this is instant)."""
+    from rlhf.models.load import load_model
+    from rlhf.models.reference import ReferenceModel
+    from rlhf.recipes.online import compile_scoring_models
+    from rlhf.rewards.composite import CompositeReward, LengthPenalty
+    from rlhf.rewards.model import RewardModelReward
+
+    def compiled(model: torch.nn.Module) -> bool:
+        return all(block._compiled_call_impl is not None for block in decoder_blocks(model))
+
+    policy, frozen = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    scorer = RewardModelReward.__new__(RewardModelReward)  # a loaded reward model, in short
+    scorer.model = type("Loaded", (), {"model": load_model(str(tiny_model_dir))})()
+    reward = CompositeReward({"rm": (1.0, scorer), "length": (0.1, LengthPenalty(8))})
+    compile_scoring_models(ReferenceModel.frozen(frozen), reward, policy)
+    assert compiled(frozen) and compiled(scorer.model.model)
+    assert not compiled(policy)  # the Trainer compiles the policy itself
+    lora_style = load_model(str(tiny_model_dir))
+    compile_scoring_models(ReferenceModel(lora_style, disable_adapter=True), reward, lora_style)
+    assert not compiled(lora_style)  # the policy's own reference: left to the Trainer

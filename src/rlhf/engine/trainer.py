@@ -69,7 +69,8 @@ class TrainConfig(StrictModel):
     compile: bool = Field(
         False,
         description="torch.compile each transformer block: much faster steps after a one-off "
-        "compile (~30 s on a laptop CPU), worth it for runs longer than a few minutes.",
+        "compile (~30 s on a laptop CPU), worth it for runs longer than a few minutes (online "
+        "recipes compile the reference and reward models' blocks too).",
     )
     log_every: int = Field(1, ge=1, description="Log training metrics every N steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")

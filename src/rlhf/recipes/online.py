@@ -947,6 +947,27 @@ def live_reference(
     return kept_reference(config, model, tokenizer)
 
 
+def compile_scoring_models(
+    reference: ReferenceModel | None, reward: RewardFunction, policy: torch.nn.Module
+) -> None:
+    """With ``train.compile``, compile the blocks of the frozen reference and of any reward
+    model too: with a small policy, their forward passes take as long per step as the
+    policy's own (the reference of a LoRA policy is the policy, compiled already)."""
+    from rlhf.models.compile import compile_blocks
+    from rlhf.rewards.composite import CompositeReward
+    from rlhf.rewards.model import RewardModelReward
+
+    if reference is not None and reference.module is not policy:
+        compile_blocks(reference.module)
+    pending = [reward]
+    while pending:
+        function = pending.pop()
+        if isinstance(function, CompositeReward):
+            pending.extend(part for _, part in function.parts.values())
+        elif isinstance(function, RewardModelReward):
+            compile_blocks(function.model.model)
+
+
 def run_online(
     config: OnlineConfig,
     resume: bool,
@@ -992,6 +1013,8 @@ def run_online(
         reference.to(device)
     reward = build_reward(config.reward)
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
+    if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
+        compile_scoring_models(reference, reward, policy)
 
     engine = HFGenerationEngine(policy, tokenizer, batch_size=config.sampling.batch_size)
     episodes = config.episodes_per_iteration
