@@ -162,3 +162,48 @@ def test_raft_resume_redoes_an_interrupted_round(raft_run, tmp_path):
     # seeded sampling: the redone round drew the same samples as the original
     redone = (out / "rounds" / "round-3" / "selected.jsonl").read_text()
     assert redone == (source / "rounds" / "round-3" / "selected.jsonl").read_text()
+
+
+def test_sample_and_best_of_n_pass_each_prompts_answer_to_the_reward(raft_run, tmp_path):
+    """rule=gsm8k checks the response against the row's `answer`: right answers earn reward,
+    deliberately wrong ones never do, and without --answer-field the command says so."""
+    from rlhf.rewards.rules import arithmetic_answer
+    from rlhf.sim.builtin import arithmetic
+
+    out, _ = raft_run
+    prompts = [record.prompt for record in arithmetic(12, seed=3)]
+    mean_reward = {}
+    for name, shift in (("right", 0), ("wrong", 1000)):
+        source = tmp_path / f"{name}.jsonl"
+        rows = [{"prompt": p, "answer": f"#### {arithmetic_answer(p) + shift}"} for p in prompts]
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        output = tmp_path / f"{name}-candidates.jsonl"
+        result = invoke(
+            "sample", "-m", out / "model", "--prompts", source, "-k", 4, "--max-new-tokens", 12,
+            "--reward", "rule=gsm8k", "--answer-field", "answer", "-o", output, "--no-progress",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rewards = [r for c in read_candidates(output) for r in c.extra["rewards"]]
+        mean_reward[name] = sum(rewards) / len(rewards)
+    assert mean_reward["wrong"] == 0 < mean_reward["right"]
+
+    report = tmp_path / "bon"
+    result = invoke(
+        "best-of-n", "-m", out / "model", "--prompts", tmp_path / "right.jsonl",
+        "--reward", "rule=arithmetic", "--gold", "rule=gsm8k", "--answer-field", "answer",
+        "--max-n", 4, "--max-new-tokens", 12, "--out", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (report / "best_of_n.jsonl").read_text().splitlines()]
+    assert rows[-1]["gold"] > 0
+
+    without = invoke(
+        "sample", "-m", out / "model", "--prompts", tmp_path / "right.jsonl",
+        "--reward", "rule=gsm8k", "-o", tmp_path / "x.jsonl", "--no-progress",
+    )  # fmt: skip
+    assert without.exit_code == 1 and "answer" in without.output
+    missing = invoke(
+        "sample", "-m", out / "model", "--prompts", "builtin:arithmetic?n=2", "--reward",
+        "rule=gsm8k", "--answer-field", "answer", "-o", tmp_path / "y.jsonl", "--no-progress",
+    )  # fmt: skip
+    assert missing.exit_code == 1 and "--answer-field 'answer'" in missing.output

@@ -343,11 +343,24 @@ def _engine(model: str, dtype: str, device: str, batch_size: int) -> Any:
     )
 
 
-def _prompts(source: str, column: list[str] | None, limit: int | None) -> list[Any]:
-    from rlhf.rollout import load_prompts
+def _prompts(
+    source: str, column: list[str] | None, limit: int | None, answer_field: str | None = None
+) -> tuple[list[Any], list[dict[str, Any]] | None]:
+    """The prompts and, with ``answer_field``, each one's ground truth for the reward."""
+    from rlhf.rollout.candidates import load_prompts_and_answers
 
     columns = dict(item.split("=", 1) for item in column or [])
-    return load_prompts(source, columns=columns or None, limit=limit)
+    return load_prompts_and_answers(source, answer_field, columns=columns or None, limit=limit)
+
+
+AnswerFieldOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Column holding each prompt's ground truth (e.g. answer), passed to the reward: "
+        "verifiable rewards such as rule=gsm8k need it.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -377,6 +390,7 @@ def sample(
     keep_top: Annotated[
         int | None, typer.Option(min=1, help="With --reward: keep the best k per prompt.")
     ] = None,
+    answer_field: AnswerFieldOption = None,
     column: ColumnOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "auto",
@@ -399,12 +413,12 @@ def sample(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             num_samples=num_samples, seed=seed,
         )  # fmt: skip
-        prompt_list = _prompts(prompts, column, limit)
+        prompt_list, metadata = _prompts(prompts, column, limit, answer_field)
         scorer = build_reward(parse_reward_spec(reward)) if reward else None
         engine = _engine(model, dtype, device, batch_size)
         summary = sample_to_file(
             engine, prompt_list, params, output, reward=scorer, keep_top=keep_top,
-            progress=progress,
+            prompt_metadata=metadata, progress=progress,
         )  # fmt: skip
     except Exception as error:
         _fail(error)
@@ -446,6 +460,7 @@ def best_of_n(
     seed: SeedOption = 0,
     batch_size: GenBatchOption = 64,
     limit: LimitOption = None,
+    answer_field: AnswerFieldOption = None,
     column: ColumnOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "auto",
@@ -466,11 +481,13 @@ def best_of_n(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             num_samples=max_n, seed=seed,
         )  # fmt: skip
-        prompt_list = _prompts(prompts, column, limit)
+        prompt_list, metadata = _prompts(prompts, column, limit, answer_field)
         scorer = build_reward(parse_reward_spec(reward))
         gold_scorer = build_reward(parse_reward_spec(gold)) if gold else None
         engine = _engine(model, dtype, device, batch_size)
-        report = evaluate_best_of_n(engine, prompt_list, params, scorer, gold_scorer)
+        report = evaluate_best_of_n(
+            engine, prompt_list, params, scorer, gold_scorer, prompt_metadata=metadata
+        )
         paths = write_report(report, out)
     except Exception as error:
         _fail(error)

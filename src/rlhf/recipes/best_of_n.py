@@ -183,11 +183,15 @@ def evaluate_best_of_n(
     params: SamplingParams,
     reward: RewardFunction,
     gold: RewardFunction | None = None,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> BestOfNReport:
-    """Sample ``params.num_samples`` (N_max) per prompt once and build the best-of-N curve."""
+    """Sample ``params.num_samples`` (N_max) per prompt once and build the best-of-N curve;
+    both rewards see ``prompt_metadata`` (e.g. a verifiable gold needs each ``answer``)."""
     batch = engine.generate(prompts, params)
-    flat_rewards = score_rollout(prompts, batch, reward)  # [B]
-    flat_gold = None if gold is None else score_rollout(prompts, batch, gold)  # [B]
+    flat_rewards = score_rollout(prompts, batch, reward, prompt_metadata)  # [B]
+    flat_gold = None
+    if gold is not None:
+        flat_gold = score_rollout(prompts, batch, gold, prompt_metadata)  # [B]
     rewards = rewards_per_prompt(batch, flat_rewards)  # [P, N_max]
     gold_rewards = None if flat_gold is None else rewards_per_prompt(batch, flat_gold)
     samples = []
@@ -212,12 +216,14 @@ def sample_candidates(
     reward: RewardFunction | None = None,
     keep_top: int | None = None,
     min_reward: float | None = None,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[CandidateRecord]:
     """``params.num_samples`` candidates per prompt; scored when a reward is given.
 
     With a reward every row carries ``extra["rewards"]``; with ``keep_top`` too, only the k
     highest-reward responses of each prompt are kept, best first (best-of-N as a policy), and
-    with ``min_reward`` only those scoring at least that.
+    with ``min_reward`` only those scoring at least that. ``prompt_metadata[i]`` goes to the
+    reward with prompt i's responses (e.g. its ground-truth ``answer``).
     """
     if reward is None and (keep_top is not None or min_reward is not None):
         raise ValueError("keeping the best responses needs a reward")
@@ -225,7 +231,8 @@ def sample_candidates(
     candidates = candidates_from_rollout(prompts, batch)
     if reward is None:
         return candidates
-    rewards = rewards_per_prompt(batch, score_rollout(prompts, batch, reward))  # [P, N]
+    scores = score_rollout(prompts, batch, reward, prompt_metadata)
+    rewards = rewards_per_prompt(batch, scores)  # [P, N]
     if keep_top is None and min_reward is None:
         kept = [list(range(params.num_samples))] * len(candidates)
     else:
@@ -250,6 +257,7 @@ def sample_to_file(
     *,
     reward: RewardFunction | None = None,
     keep_top: int | None = None,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
     prompts_per_call: int = 256,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -271,7 +279,12 @@ def sample_to_file(
         for group, start in enumerate(range(0, len(prompts), prompts_per_call)):
             chunk = prompts[start : start + prompts_per_call]
             chunk_params = replace(params, seed=params.seed + group * 1_000_003)
-            for candidate in sample_candidates(engine, chunk, chunk_params, reward, keep_top):
+            chunk_metadata = None
+            if prompt_metadata is not None:
+                chunk_metadata = prompt_metadata[start : start + prompts_per_call]
+            for candidate in sample_candidates(
+                engine, chunk, chunk_params, reward, keep_top, prompt_metadata=chunk_metadata
+            ):
                 file.write(json.dumps(candidate.to_dict(), ensure_ascii=False) + "\n")
                 totals["prompts"] += 1
                 totals["responses"] += len(candidate.responses)

@@ -891,27 +891,11 @@ PromptSet = tuple[list[Text], list[dict[str, Any]] | None]  # prompts, per-promp
 def load_prompt_set(source: str, data: OnlineDataConfig) -> PromptSet:
     """Distinct prompts of ``source`` and, with ``data.answer_field``, each one's ground truth
     as metadata ``{"answer": ...}`` for the reward."""
-    from rlhf.rewards.base import ANSWER
-    from rlhf.rollout.candidates import load_prompts
+    from rlhf.rollout.candidates import load_prompts_and_answers
 
-    prompts = load_prompts(source, columns=data.columns or None)
-    field = data.answer_field
-    if field is None:
-        return prompts, None
-    from rlhf.data.readers import raw_rows
-
-    column = data.columns.get("prompt", "prompt")
-    answers: dict[str, Any] = {}
-    for row in raw_rows(source):
-        if isinstance(row.get(column), str) and row.get(field) is not None:
-            answers.setdefault(row[column], row[field])
-    missing = [p for p in prompts if not isinstance(p, str) or p not in answers]
-    if missing:
-        raise ValueError(
-            f"data.answer_field {field!r}: {len(missing)} of {len(prompts)} prompts of {source} "
-            f"have no {field!r} (first: {missing[0]!r}); plain-text prompt rows are needed"
-        )
-    return prompts, [{ANSWER: answers[p]} for p in prompts if isinstance(p, str)]
+    return load_prompts_and_answers(
+        source, data.answer_field, columns=data.columns or None, option="data.answer_field"
+    )
 
 
 def split_prompts(prompts: PromptSet, count: int, seed: int) -> tuple[PromptSet, PromptSet]:

@@ -106,6 +106,45 @@ def load_prompts(
     return list(prompts)
 
 
+def load_prompts_and_answers(
+    source: str | os.PathLike[str],
+    answer_field: str | None,
+    *,
+    columns: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    option: str = "--answer-field",
+) -> tuple[list[Text], list[dict[str, Any]] | None]:
+    """:func:`load_prompts` and, with ``answer_field``, each prompt's ground truth as
+    metadata ``{"answer": ...}`` for a verifiable reward (e.g. ``rule=gsm8k``); None without.
+
+    Every prompt must have the field, and prompts must be plain text (the answer is matched
+    to its prompt by the prompt's text): a :class:`ValueError`, naming ``option`` (where the
+    field was given), says which does not.
+    """
+    from rlhf.data.readers import raw_rows
+    from rlhf.rewards.base import ANSWER
+    from rlhf.sim.builtin import is_builtin, load_builtin
+
+    prompts = load_prompts(source, columns=columns, limit=limit)
+    if answer_field is None:
+        return prompts, None
+    column = (columns or {}).get("prompt", "prompt")
+    answers: dict[str, Any] = {}
+    name = os.fspath(source)
+    rows = (r.to_dict() for r in load_builtin(name)) if is_builtin(name) else raw_rows(source)
+    for row in rows:
+        if isinstance(row.get(column), str) and row.get(answer_field) is not None:
+            answers.setdefault(row[column], row[answer_field])
+    missing = [p for p in prompts if not isinstance(p, str) or p not in answers]
+    if missing:
+        raise ValueError(
+            f"{option} {answer_field!r}: {len(missing)} of {len(prompts)} prompts of "
+            f"{os.fspath(source)} have no {answer_field!r} (first: {missing[0]!r}); "
+            "plain-text prompt rows are needed"
+        )
+    return prompts, [{ANSWER: answers[p]} for p in prompts]
+
+
 def candidates_from_rollout(prompts: Sequence[Text], batch: RolloutBatch) -> list[CandidateRecord]:
     """Group a prompt-major rollout into one :class:`CandidateRecord` per prompt."""
     grouped: dict[int, list[int]] = {}
