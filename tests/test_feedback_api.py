@@ -1553,6 +1553,12 @@ def test_a_paused_campaign_still_serves_the_item_in_hand(api: Api) -> None:
         "PATCH", f"/api/admin/campaigns/{campaign['id']}", api.admin, 200, json={"status": "paused"}
     )
     assert api.next(annotator, campaign["id"])["id"] == first["id"]  # after a reload too
+    listed = {
+        c["id"]: c["status"] for c in api.call("GET", "/api/campaigns", annotator, 200).json()
+    }
+    assert listed.get(campaign["id"]) == "paused"  # reachable from the list, marked paused
+    others = api.call("GET", "/api/campaigns", latecomer, 200).json()
+    assert campaign["id"] not in [c["id"] for c in others]  # nothing waits for them there
     detail = api.detail_of("GET", f"/api/campaigns/{campaign['id']}/next", latecomer, 409)
     assert "paused" in detail
 

@@ -413,7 +413,14 @@ def create_app(
     @app.get("/api/campaigns")
     def campaigns(request: Request) -> list[dict[str, Any]]:
         def run(session: Session, user: User) -> list[dict[str, Any]]:
-            query = select(Campaign).where(Campaign.status == "active").order_by(Campaign.id)
+            # active ones, and paused ones where an item handed out is waiting for this user
+            in_hand = select(Assignment.campaign_id).where(
+                Assignment.user_id == user.id, Assignment.status == "pending"
+            )
+            shown = (Campaign.status == "active") | (
+                (Campaign.status == "paused") & Campaign.id.in_(in_hand)
+            )
+            query = select(Campaign).where(shown).order_by(Campaign.id)
             return [campaign_row(session, user, c) for c in session.scalars(query)]
 
         return read(request, run)
