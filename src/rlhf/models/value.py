@@ -39,7 +39,7 @@ import torch
 from rlhf.models.forward import decoder_hidden_states, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_tokenizer
 from rlhf.models.reward import init_reward_model, is_reward_model
-from rlhf.rollout.hf import SharedPromptForced, TeacherForced, per_group_rows
+from rlhf.rollout.hf import SharedPromptForced, TeacherForced, per_response_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -139,25 +139,7 @@ def response_values(
     def packed_values(packed: SharedPromptForced) -> torch.Tensor:
         return head(packed.hidden_states(model))[..., 0].float() * packed.response_mask
 
-    shared = per_group_rows(
-        model,
-        prompt_ids,
-        prompt_mask,
-        response_ids,
-        response_mask,
-        groups,
-        batch_size,
-        packed_values,
-    )
-    if shared is not None:
-        return shared
-    out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
-    device = next(model.parameters()).device
-    for start in range(0, response_ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        inputs = TeacherForced.of(
-            prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows], device
-        )
+    def rowwise_values(inputs: TeacherForced) -> torch.Tensor:
         hidden = decoder_hidden_states(
             model,
             input_ids=inputs.input_ids,
@@ -165,6 +147,9 @@ def response_values(
             position_ids=inputs.position_ids,
         )  # [b, T, H]
         states = hidden[:, inputs.first : inputs.first + inputs.width]  # [b, width, H]
-        values = head(states)[..., 0].float() * inputs.response_mask  # [b, width]
-        out[rows, : inputs.width] = values.to(out.device)
-    return out
+        return head(states)[..., 0].float() * inputs.response_mask  # [b, width]
+
+    return per_response_token(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, groups, batch_size,
+        packed_values, rowwise_values,
+    )  # fmt: skip

@@ -258,7 +258,7 @@ def shared_prompt_chunks(
     return chunks
 
 
-def per_group_rows(
+def per_response_token(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
@@ -266,21 +266,32 @@ def per_group_rows(
     response_mask: torch.Tensor,
     groups: torch.Tensor | None,
     batch_size: int,
-    compute: Callable[[SharedPromptForced], torch.Tensor],
-) -> torch.Tensor | None:
-    """[B, R] float32: ``compute(packed)`` ([b, width] per response token) over chunks of
-    rows packed with each group's prompt read once (:class:`SharedPromptForced`), 0 past each
-    response; None when the model or the rows do not allow packing
-    (:func:`shared_prompt_chunks`), for the caller's one-row-per-sample path."""
-    chunks = shared_prompt_chunks(model, groups, batch_size)
-    if chunks is None:
-        return None
-    assert groups is not None
+    packed: Callable[[SharedPromptForced], torch.Tensor],
+    rowwise: Callable[[TeacherForced], torch.Tensor],
+) -> torch.Tensor:
+    """[B, R] float32 of a quantity per response token, 0 past each response.
+
+    When the model and the rows allow it (:func:`shared_prompt_chunks`), ``packed(inputs)``
+    [b, width] over chunks of rows with each group's prompt read once
+    (:class:`SharedPromptForced`); otherwise ``rowwise(inputs)`` [b, width] over
+    ``batch_size`` rows at a time, one row per sample (:class:`TeacherForced`).
+    """
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     device = next(model.parameters()).device
+    chunks = shared_prompt_chunks(model, groups, batch_size)
+    if chunks is None:
+        for start in range(0, response_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            inputs = TeacherForced.of(
+                prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows],
+                device,
+            )  # fmt: skip
+            out[rows, : inputs.width] = rowwise(inputs).float().to(out.device)
+        return out
+    assert groups is not None
     for rows in chunks:
         rows = rows.to(response_ids.device)
-        packed = SharedPromptForced.of(
+        inputs = SharedPromptForced.of(
             prompt_ids[rows],
             prompt_mask[rows],
             response_ids[rows],
@@ -288,9 +299,9 @@ def per_group_rows(
             groups[rows.to(groups.device)],
             device,
         )
-        values = compute(packed)  # [b, width]
+        values = packed(inputs)  # [b, width]
         out = out.index_put(
-            (rows[:, None], torch.arange(packed.width, device=out.device)),
+            (rows[:, None], torch.arange(inputs.width, device=out.device)),
             values.float().to(out.device),
         )
     return out
@@ -329,25 +340,7 @@ def response_logprobs(
         hidden = packed.hidden_states(model)
         return token_logprobs_from_hidden(hidden, head, labels, temperature=temperature)
 
-    shared = per_group_rows(
-        model,
-        prompt_ids,
-        prompt_mask,
-        response_ids,
-        response_mask,
-        groups,
-        batch_size,
-        packed_logps,
-    )
-    if shared is not None:
-        return shared
-    out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
-    device = next(model.parameters()).device
-    for start in range(0, response_ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        inputs = TeacherForced.of(
-            prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows], device
-        )
+    def rowwise_logps(inputs: TeacherForced) -> torch.Tensor:
         first, width, response = inputs.first, inputs.width, inputs.response_ids
         forward = {
             "input_ids": inputs.input_ids,
@@ -362,13 +355,15 @@ def response_logprobs(
             hidden = decoder_hidden_states(model, **forward)  # [b, T, H]
             head = unwrap(model).get_output_embeddings()
             token_logps = token_logprobs_from_hidden(hidden, head, labels, temperature=temperature)
-            token_logps = token_logps[:, first : first + width]  # [b, width]
-        else:
-            logits = model(**forward, use_cache=False).logits[:, first : first + width]
-            token_logps = selective_log_softmax(logits / temperature, response)  # [b, width]
-            token_logps = token_logps * inputs.response_mask
-        out[rows, :width] = token_logps.float().to(out.device)
-    return out
+            return token_logps[:, first : first + width]  # [b, width]
+        logits = model(**forward, use_cache=False).logits[:, first : first + width]
+        token_logps = selective_log_softmax(logits / temperature, response)  # [b, width]
+        return token_logps * inputs.response_mask
+
+    return per_response_token(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, groups, batch_size,
+        packed_logps, rowwise_logps,
+    )  # fmt: skip
 
 
 def shared_prompt_cache(
