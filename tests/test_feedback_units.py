@@ -16,7 +16,6 @@ from rlhf.data.records import BinaryRecord, PreferenceRecord, RankingRecord, Rat
 from rlhf.feedback import render
 from rlhf.feedback.campaigns import SourceError, items_from_row, parse_source
 from rlhf.feedback.render import ALLOWED_TAGS, prompt_view, to_html
-from rlhf.feedback.service import shown_value
 from rlhf.feedback.tasks import (
     EXPORT_FORMATS,
     TASK_TYPES,
@@ -27,6 +26,7 @@ from rlhf.feedback.tasks import (
     export_records,
     matches_gold,
     normalise_label,
+    shown_value,
 )
 
 # ------------------------------------------------------------------------ label normalising

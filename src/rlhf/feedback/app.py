@@ -55,7 +55,7 @@ from rlhf.feedback.db import (
 )
 from rlhf.feedback.render import prompt_view, to_html
 from rlhf.feedback.service import FeedbackError, Sampler
-from rlhf.feedback.tasks import EXPORT_FORMATS, LabelError, check_text
+from rlhf.feedback.tasks import EXPORT_FORMATS, LabelError, check_text, shown_value
 
 log = logging.getLogger("rlhf.feedback")
 COOKIE = "rlhf_session"
@@ -458,7 +458,9 @@ def create_app(
                 {"text": turn.candidates[i], "html": to_html(turn.candidates[i], render)}
                 for i in turn.order
             ],
-            "chosen": None if turn.chosen is None else turn.order.index(turn.chosen),
+            "chosen": None
+            if turn.chosen is None
+            else shown_value("chat", {"chosen": turn.chosen}, turn.order)["choice"],
         }
 
     @app.get("/api/campaigns/{campaign_id}/next")
@@ -643,13 +645,10 @@ def create_app(
             items.extend(items_from_row(task, row, item.source["line"]))
         return items
 
-    def campaign_of(session: Session, campaign_id: int) -> Campaign:
-        return service.get_campaign(session, campaign_id)
-
     @app.get("/api/admin/campaigns/{campaign_id}")
     def campaign_detail(campaign_id: Id, request: Request) -> dict[str, Any]:
         def run(session: Session, _: User) -> dict[str, Any]:
-            campaign = campaign_of(session, campaign_id)
+            campaign = service.get_campaign(session, campaign_id)
             return {
                 **admin_campaign_row(session, campaign),
                 "stats": service.campaign_stats(session, campaign),
@@ -661,7 +660,7 @@ def create_app(
     @app.patch("/api/admin/campaigns/{campaign_id}")
     def patch_campaign(campaign_id: Id, body: CampaignPatch, request: Request) -> dict:
         def run(session: Session, _: User) -> dict[str, Any]:
-            campaign = campaign_of(session, campaign_id)
+            campaign = service.get_campaign(session, campaign_id)
             service.set_status(session, campaign, body.status)
             return admin_campaign_row(session, campaign)
 
@@ -672,7 +671,7 @@ def create_app(
         campaign_id: Id, request: Request, format: Annotated[str | None, Query()] = None
     ) -> Response:
         def run(session: Session, _: User) -> tuple[str, bytes]:
-            campaign = campaign_of(session, campaign_id)
+            campaign = service.get_campaign(session, campaign_id)
             rows = service.export_rows(session, campaign, format)
             # the whole file is made before the answer starts: a failure is an error status,
             # never a truncated file that looks complete

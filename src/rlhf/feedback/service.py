@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhf.feedback.agreement import krippendorff_alpha
@@ -34,6 +33,7 @@ from rlhf.feedback.tasks import (
     export_records,
     matches_gold,
     normalise_label,
+    shown_value,
 )
 
 ROLES = ("admin", "annotator")
@@ -566,18 +566,6 @@ def my_labels(session: Session, user: User, campaign_id: int | None = None) -> l
     return rows
 
 
-def shown_value(task: str, value: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
-    """A stored value back in the order the annotator saw (for their own history); for a
-    chat pick, ``order`` is the turn's order of the two replies."""
-    if task == "pairwise":
-        return {"choice": value["score"] if order[0] == 0 else 9 - value["score"]}
-    if task == "rank":
-        return {"ranks": [value["ranks"][index] + 1 for index in order]}
-    if task == "chat":
-        return {"choice": list(order).index(value["chosen"])}
-    return dict(value)
-
-
 def _shown_order(session: Session, task: str, label: Label, assignment: Assignment) -> list[int]:
     if task != "chat":
         return assignment.order
@@ -728,12 +716,3 @@ def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) ->
                 **record.to_dict(), "campaign": campaign.name, "item": item.id,
                 "annotator": f"a{label.user_id}",
             }  # fmt: skip
-
-
-def commit_or_conflict(session: Session) -> None:
-    """Commit; a unique-constraint race becomes a 409 the client may retry."""
-    try:
-        session.commit()
-    except IntegrityError as error:
-        session.rollback()
-        raise FeedbackError(409, "a concurrent request got there first; retry") from error

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from rlhf.data.records import (
     BinaryRecord,
@@ -39,7 +39,6 @@ from rlhf.data.records import (
     Text,
 )
 
-TaskType = Literal["pairwise", "rank", "rate", "thumbs", "edit", "chat"]
 TASK_TYPES: tuple[str, ...] = ("pairwise", "rank", "rate", "thumbs", "edit", "chat")
 MAX_RANKED = 9  # one digit key per response on the annotator page
 RATING_SCALE = (1, 5)
@@ -50,7 +49,6 @@ RATING_SCALE = (1, 5)
 # Llama 2's margin loss (Touvron et al., 2023, eq. 2), where a clearer preference asks the
 # reward model for a wider gap.
 PAIRWISE_POINTS = 8
-STRENGTH_LEVELS = ("negligibly", "slightly", "clearly", "much")
 
 
 class LabelError(ValueError):
@@ -67,18 +65,6 @@ def check_text(text: str, field: str) -> str:
     except UnicodeEncodeError:
         raise LabelError(f"{field}: not valid Unicode (a lone surrogate escape)") from None
     return text
-
-
-def responses_per_item(task: str) -> tuple[int, int]:
-    """How many responses an item of this task shows: (fewest, most)."""
-    return {
-        "pairwise": (2, 2),
-        "rank": (2, MAX_RANKED),
-        "rate": (1, 1),
-        "thumbs": (1, 1),
-        "edit": (1, 1),
-        "chat": (0, 0),
-    }[task]
 
 
 # ---------------------------------------------------------------------------- submissions
@@ -138,6 +124,19 @@ def normalise_label(task: str, payload: dict[str, Any], order: Sequence[int]) ->
             raise LabelError("text: the edited response is empty")
         return {"text": check_text(text, "text")}
     raise LabelError(f"{task} tasks are labelled turn by turn (chat endpoints), not here")
+
+
+def shown_value(task: str, value: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
+    """A stored value back in the order the annotator saw (for their own history); for a
+    chat pick, ``order`` is the turn's order of the two replies."""
+    if task == "pairwise":
+        score = value["score"]  # on the original order: 1 = response 0 much better
+        return {"choice": score if order[0] == 0 else PAIRWISE_POINTS + 1 - score}
+    if task == "rank":
+        return {"ranks": [value["ranks"][index] + 1 for index in order]}
+    if task == "chat":
+        return {"choice": list(order).index(value["chosen"])}
+    return dict(value)
 
 
 def check_gold(task: str, gold: Any, n_responses: int, where: str) -> Any:
