@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf.data.convert import as_preferences
@@ -27,10 +28,13 @@ RECORDS = [
 ]
 
 
+# eager: transformers' eager kernel adds a custom 4-D mask to the scores, so a bool mask passed
+# as it is would let every packed response attend to the others
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_shared_prefix_rows_give_the_rewards_and_gradients_of_one_row_per_response(
-    tiny_model_dir, tiny_tokenizer
+    tiny_model_dir, tiny_tokenizer, attention
 ):
-    model = init_reward_model(tiny_model_dir, tiny_tokenizer)
+    model = init_reward_model(tiny_model_dir, tiny_tokenizer, attn_implementation=attention)
     assert shares_prompt_prefix(model)
     groups = tokenize_groups(tiny_tokenizer, group_pairs(as_preferences(RECORDS)), 64)
     plain = collate_groups(groups, tiny_tokenizer.pad_token_id)

@@ -74,8 +74,18 @@ def tensors(batch):
     return batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
 
 
-def test_shared_prompt_logprobs_and_gradients_equal_the_unshared_ones(eos_engine):
+@pytest.fixture(params=["sdpa", "eager"])
+def attention(request, eos_engine):
+    """The engine's model with each attention kernel (eager adds a custom 4-D mask to the
+    scores: the packed pass must hand it an additive mask, not a bool one)."""
+    eos_engine.model.set_attn_implementation(request.param)
+    yield request.param
+    eos_engine.model.set_attn_implementation("sdpa")
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_the_unshared_ones(eos_engine, attention):
     model = eos_engine.model
+    assert model.config._attn_implementation == attention
     batch = sampled(eos_engine)
     # a shuffled subset: groups of 1 to 4 rows, in any order; one row with no response token
     rows = torch.tensor([5, 0, 9, 2, 11, 6, 3])

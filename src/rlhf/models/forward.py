@@ -75,10 +75,36 @@ def shares_prompt_prefix(model: torch.nn.Module) -> bool:
     )
 
 
+def additive_attention_mask(
+    model: torch.nn.Module, attention_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """A custom 4-D bool mask [B, 1, T, T] (True = may attend, as
+    :func:`rlhf.data.pairs.shared_prefix_rows` builds it) as an additive float mask of the
+    model's dtype: 0 where a query may attend, the dtype's lowest value where not. Any other
+    mask (2-D, None, already float) is returned as it is.
+
+    transformers hands a 4-D mask to the attention kernel untouched, and its ``eager`` kernel
+    *adds* the mask to the scores: a bool mask there adds 1 where it should block, and the
+    packed layout silently attends across sequences. The float form means the same to every
+    kernel (sdpa's CPU kernel is also faster with it than with a bool mask).
+    """
+    if attention_mask is None or attention_mask.ndim != 4 or attention_mask.dtype != torch.bool:
+        return attention_mask
+    embeddings = unwrap(model).get_input_embeddings()
+    dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=attention_mask.device)
+    return torch.zeros((), dtype=dtype, device=attention_mask.device).where(
+        attention_mask, blocked
+    )
+
+
 def decoder_hidden_states(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
-    """Last hidden states [B, T, H] of the model's decoder stack."""
+    """Last hidden states [B, T, H] of the model's decoder stack (a 4-D bool
+    ``attention_mask`` is made additive: :func:`additive_attention_mask`)."""
     base = unwrap(model)
     decoder = getattr(base, base.base_model_prefix)
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = additive_attention_mask(model, inputs["attention_mask"])
     return decoder(**inputs, use_cache=False).last_hidden_state
 
 
@@ -108,6 +134,7 @@ def label_logprobs(
         hidden = decoder_hidden_states(model, **inputs)  # [B, T, H]
         head = unwrap(model).get_output_embeddings()
         return token_logprobs_from_hidden(hidden, head, labels).float()
+    inputs["attention_mask"] = additive_attention_mask(model, attention_mask)
     logits = model(**inputs, use_cache=False).logits  # [B, T, V]
     valid = labels != -100
     token_logps = selective_log_softmax(logits, labels.masked_fill(~valid, 0))

@@ -44,7 +44,7 @@ from rlhf.data.pairs import (
     tokenize_for_reward,
 )
 from rlhf.data.records import Text
-from rlhf.models.forward import shares_prompt_prefix, unwrap
+from rlhf.models.forward import decoder_hidden_states, shares_prompt_prefix, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_model, load_tokenizer
 
 if TYPE_CHECKING:
@@ -155,16 +155,11 @@ def packed_reward_logits(
     :func:`rlhf.data.pairs.collate_groups_shared_prefix`): the decoder's last hidden state at
     each response's last token through the ``score`` head, as the model's own forward reads
     it in the one-row-per-response layout."""
-    base = unwrap(model)
-    decoder = getattr(base, base.base_model_prefix)
-    hidden = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state  # [G, L, H]
+    hidden = decoder_hidden_states(
+        model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    )  # [G, L, H]
     last = hidden.flatten(0, 1).index_select(0, response_end)  # [N, H]
-    return base.score(last)[:, 0].float()
+    return unwrap(model).score(last)[:, 0].float()
 
 
 def normalization_from_rewards(raw_rewards: torch.Tensor) -> tuple[float, float]:
