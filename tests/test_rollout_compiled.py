@@ -1,7 +1,9 @@
 """Opt-in compiled decoding (``SamplingParams.compile``): a ``torch.compile``'d one-token step
-over a static KV cache must sample what ``generate`` samples (same seed, same tokens, up to a
-float-rounding flip of a near-tie), cut and pad responses the same way, and compile once per
-batch shape, never per generated token.
+over a static KV cache must decode what ``generate`` decodes greedily (same tokens, up to a
+float-rounding flip of a near-tie), sample from the same distribution (with its own, faster
+draw: :func:`rlhf.rollout.hf.exponential_race`, so a seed gives other tokens than
+``generate``'s), cut and pad responses the same way, and compile once per batch shape, never
+per generated token.
 
 Every call here decodes 12 rows into a 64-column cache, so the file compiles one graph (about
 10-15 s on a small CPU); a new batch size or cache size would compile another."""
@@ -33,15 +35,16 @@ def both(engine, prompts=PROMPTS, num_samples=4, **settings):
     return eager, compiled
 
 
-def assert_same_batch(eager, compiled):
+def assert_same_batch(eager, compiled, logps_atol=0.0):
     assert torch.equal(compiled.prompt_ids, eager.prompt_ids)
     assert torch.equal(compiled.prompt_mask, eager.prompt_mask)
     assert torch.equal(compiled.response_ids, eager.response_ids)
     assert torch.equal(compiled.response_mask, eager.response_mask)
     assert torch.equal(compiled.ended_with_eos, eager.ended_with_eos)
     assert compiled.response_texts == eager.response_texts
-    # log-probs come from the same teacher-forced pass over the same tokens: identical
-    torch.testing.assert_close(compiled.logps, eager.logps, atol=0, rtol=0)
+    # log-probs come from the same teacher-forced pass over the same tokens: identical (or,
+    # from passes over other groupings of the rows, equal up to rounding)
+    torch.testing.assert_close(compiled.logps, eager.logps, atol=logps_atol, rtol=0)
 
 
 def test_compiled_greedy_decoding_equals_generate(eos_engine):
@@ -55,14 +58,51 @@ def test_compiled_greedy_decoding_equals_generate(eos_engine):
     [dict(temperature=1.0), dict(temperature=0.7, top_k=20, top_p=0.9)],
     ids=["plain", "filtered"],
 )
-def test_compiled_sampling_draws_the_tokens_of_generate_for_a_seed(eos_engine, settings):
-    # the random stream is consumed as generate consumes it (one multinomial over every row per
-    # step), so the same seed gives the same tokens; exact here, in general up to a rounding
-    # difference of the compiled kernels flipping a near-tie
-    eager, compiled = both(eos_engine, **settings)
-    assert eager.response_lengths.min() < eager.response_lengths.max(), "EOS at varied lengths"
-    assert eager.ended_with_eos.any()
-    assert_same_batch(eager, compiled)
+def test_compiled_sampling_is_seeded_and_cut_at_the_first_eos(eos_engine, settings):
+    params = SamplingParams(max_new_tokens=10, seed=7, num_samples=4, compile=True, **settings)
+    first = eos_engine.generate(PROMPTS, params)
+    again = eos_engine.generate(PROMPTS, params)
+    other = eos_engine.generate(PROMPTS, dataclasses.replace(params, seed=6))
+    assert_same_batch(first, again)
+    assert not torch.equal(other.response_ids, first.response_ids)
+    lengths = first.response_lengths
+    assert lengths.min() < lengths.max(), "EOS at varied lengths"
+    assert first.ended_with_eos.any()
+    pad, stops = eos_engine.tokenizer.pad_token_id, torch.tensor(eos_engine.stop_ids)
+    for row, length in enumerate(lengths.tolist()):
+        ids = first.response_ids[row]
+        assert (ids[length:] == pad).all()
+        assert not torch.isin(ids[: length - 1], stops).any()  # cut at the first EOS
+        assert bool(torch.isin(ids[length - 1], stops)) == bool(first.ended_with_eos[row])
+    # log-probs are the teacher-forced pass's over the sampled tokens
+    forced = hf.response_logprobs(
+        eos_engine.model,
+        first.prompt_ids,
+        first.prompt_mask,
+        first.response_ids,
+        first.response_mask,
+        temperature=params.logp_temperature,
+    )
+    torch.testing.assert_close(first.logps, forced, atol=1e-5, rtol=0)
+
+
+def test_exponential_race_draws_each_token_with_its_probability():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.049, 0.001, 0.0])
+    draws = 200_000
+    torch.manual_seed(0)
+    counts = torch.bincount(hf.exponential_race(probs.expand(draws, -1)), minlength=6)
+    assert counts[5] == 0, "a token of probability 0 was drawn"
+    expected = probs[:5] * draws
+    chi_square = float(((counts[:5] - expected) ** 2 / expected).sum())
+    assert chi_square < 23.0  # chi-square, 4 degrees of freedom: P(> 23) < 1e-4
+
+
+def test_exponential_race_never_draws_a_token_of_probability_zero(monkeypatch):
+    # U = 0 for every token (E = −log U infinite unclamped, so p / E = 0 for all and argmax
+    # would return column 0, a filtered-out token): the clamp keeps E finite
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.zeros(*args, **kwargs))
+    probs = torch.tensor([[0.0, 0.2, 0.8], [0.0, 1.0, 0.0]])
+    assert hf.exponential_race(probs).tolist() == [2, 1]
 
 
 def test_compiled_logits_match_eager_step_by_step(eos_engine):
@@ -88,9 +128,14 @@ def test_compiled_logits_match_eager_step_by_step(eos_engine):
 
 
 def test_compiled_sampling_without_shared_prompts(eos_engine):
-    # one sample per prompt: every row is prefilled on its own, not copied from its group's
-    eager, compiled = both(eos_engine, prompts=PROMPTS * 4, num_samples=1, temperature=1.0)
-    assert_same_batch(eager, compiled)
+    # each prompt given 4 times with one sample each: every row is prefilled on its own, not
+    # copied from its group's, and the rows (so their random draws) are those of 4 samples
+    params = SamplingParams(max_new_tokens=10, seed=5, temperature=1.0, compile=True)
+    repeated = [prompt for prompt in PROMPTS for _ in range(4)]
+    unshared = eos_engine.generate(repeated, params)
+    shared = eos_engine.generate(PROMPTS, dataclasses.replace(params, num_samples=4))
+    assert torch.equal(unshared.prompt_index, torch.arange(12))
+    assert_same_batch(shared, unshared, logps_atol=1e-5)
 
 
 def test_compiled_step_compiles_once_per_shape_not_per_token(eos_engine):

@@ -31,8 +31,10 @@ class SamplingParams:
     (then None), for a caller that never reads them: an online recipe taking one optimiser
     step per rollout, whose old log-probs are the update's own, detached. ``compile`` decodes
     with a ``torch.compile``'d single-token step over a fixed-size KV cache
-    (:func:`rlhf.rollout.hf.compiled_generate`): the same tokens up to float rounding, faster
-    per step once compiled (seconds to compile, once per batch shape).
+    (:func:`rlhf.rollout.hf.compiled_generate`): greedy decoding gives the same tokens up to
+    float rounding, sampling the same distribution with a faster draw (so a seed gives other
+    tokens than uncompiled); faster per step once compiled (seconds to compile, once per batch
+    shape).
     """
 
     max_new_tokens: int = 64  # response tokens at most, EOS included
@@ -85,8 +87,9 @@ class SamplingConfig(StrictModel):
         False,
         description=(
             "Decode with a torch.compile'd one-token step over a fixed-size (static) KV cache: "
-            "the same samples up to float rounding, less per-step overhead on small models, "
-            "seconds of compiling on the first call of each batch shape."
+            "the same distribution (greedy: the same tokens) with a faster draw, less per-step "
+            "overhead on small models, seconds of compiling on the first call of each batch "
+            "shape. A seed gives other samples than with compile off."
         ),
     )
 
