@@ -55,3 +55,18 @@ def test_online_runs_compile_the_reference_and_reward_models_too(tiny_model_dir)
     lora_style = load_model(str(tiny_model_dir))
     compile_scoring_models(ReferenceModel(lora_style, disable_adapter=True), reward, lora_style)
     assert not compiled(lora_style)  # the policy's own reference: left to the Trainer
+
+
+def test_train_compile_reaches_every_model_a_wrapper_holds(tiny_model_dir):
+    """PPO trains the actor and the critic as one module: both get their blocks compiled (the
+    wrapper itself has no config, so a lookup on it alone found no blocks and trained eager)."""
+    from rlhf.models.load import load_model, load_tokenizer
+    from rlhf.models.reward import init_reward_model
+    from rlhf.recipes.ppo import ActorCritic
+
+    policy = load_model(str(tiny_model_dir))
+    critic = init_reward_model(tiny_model_dir, load_tokenizer(tiny_model_dir))
+    assert compile_blocks(ActorCritic(policy, critic))
+    for model in (policy, critic):
+        assert all(block._compiled_call_impl is not None for block in decoder_blocks(model))
+    assert not compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))

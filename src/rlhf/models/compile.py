@@ -36,18 +36,26 @@ def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
 
 
 def compile_blocks(model: torch.nn.Module) -> bool:
-    """Compile each block in place (parameter names unchanged); False if none were found."""
-    blocks = decoder_blocks(model)
-    if blocks is None:
+    """Compile each block in place (parameter names unchanged) of every transformers model in
+    ``model``: the model itself, or each one a wrapper holds (PPO's actor and critic); False
+    if none were found."""
+    compiled: set[int] = set()
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "num_hidden_layers", None) is None:
+            continue
+        blocks = decoder_blocks(module)
+        if blocks is None or id(blocks) in compiled:
+            continue  # a causal LM's inner decoder holds the blocks already compiled
+        compiled.add(id(blocks))
+        for block in blocks:
+            block.compile(dynamic=None)
+        base = unwrap(module)
+        final_norm = getattr(getattr(base, base.base_model_prefix, None), "norm", None)
+        if isinstance(final_norm, torch.nn.Module):
+            final_norm.compile(dynamic=None)
+    if not compiled:
         logger.warning("compile: no transformer blocks found; training uncompiled")
-        return False
-    for block in blocks:
-        block.compile(dynamic=None)
-    base = unwrap(model)
-    final_norm = getattr(getattr(base, base.base_model_prefix, None), "norm", None)
-    if isinstance(final_norm, torch.nn.Module):
-        final_norm.compile(dynamic=None)
-    return True
+    return bool(compiled)
 
 
 def _decode_step(
