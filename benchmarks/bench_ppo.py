@@ -26,7 +26,12 @@ process.
     python benchmarks/bench_ppo.py --threads 1 --repeats 2    # on a shared machine
     python benchmarks/bench_ppo.py --steps 3 --warmup 1 --skip-trl --json-only
 
-Both sides run eager (``--no-compile`` changes nothing), as in ``bench_grpo``.
+Each side also runs a compiled variant and its figure is the best of its variants, as in
+``bench_grpo``: ours with ``sampling.compile`` and ``train.compile`` (the blocks of the policy,
+the critic, the reference and the reward model compiled regionally), TRL 1.12 with
+``torch_compile=True`` (accelerate compiles the policy-and-value module it trains; its PPO
+loop has no option for a static generation cache). Every child gets a fresh TorchInductor
+cache folder. ``--no-compile`` runs the eager variants only.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from bench_grpo import (
     run_sides,
     summarize,
 )
+from bench_dpo import fresh_compile_cache
 from bench_sft import MAX_GRAD_NORM, SEED
 
 BENCHMARK = "ppo"
@@ -89,8 +95,11 @@ def train_ours(
     out_dir: str,
     iterations: int,
     threads: int | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Run ``rlhf.recipes.ppo.run_ppo``; each optimiser step's end time from metrics.jsonl."""
+    """Run ``rlhf.recipes.ppo.run_ppo``; each optimiser step's end time from metrics.jsonl.
+    ``compile``: ``sampling.compile`` and ``train.compile``."""
+    fresh_compile_cache(out_dir)
     import torch
 
     if threads:
@@ -110,6 +119,7 @@ def train_ours(
                 "top_p": 1.0,
                 "top_k": 0,
                 "batch_size": BATCH_RESPONSES,
+                "compile": compile,
             },
             "rollout": {
                 "iterations": iterations,
@@ -135,6 +145,7 @@ def train_ours(
                 lr=LEARNING_RATE,
                 seed=SEED,
                 max_grad_norm=MAX_GRAD_NORM,
+                compile=compile,
             ),
             "eval": {"prompts": 0},
             "out": out_dir,
@@ -161,12 +172,15 @@ def train_trl(
     out_dir: str,
     iterations: int,
     threads: int | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run TRL 1.12's ``PPOTrainer`` configured like our side (in ``.venv-trl-ppo``).
 
     TRL's loop calls ``on_step_end`` once per iteration (after its PPO epochs), so the step
     clock gives iteration ends directly. The prompts are our tokenisation's ids.
+    ``compile``: ``torch_compile=True``.
     """
+    fresh_compile_cache(out_dir)
     import warnings
 
     import torch
@@ -231,6 +245,7 @@ def train_trl(
         save_strategy="no",
         eval_strategy="no",
         disable_tqdm=True,
+        torch_compile=compile,
     )
     clock = trl_step_clock()
     trainer = PPOTrainer(
@@ -307,17 +322,19 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": total,
             "threads": args.threads,
         }
-        runs = [
-            (
-                "ours",
-                train_ours,
-                common | {"prompts_path": workload["prompts_path"], "out_dir": str(work / "ours")},
-            )
-        ]
         if python is not None:
             progress(f"TRL 1.12 side runs with {python}")
-            trl_kwargs = {"tokens_path": workload["tokens_path"], "out_dir": str(work / "trl")}
-            runs.append(("trl", train_trl, common | trl_kwargs | {"python": python}))
+        runs = []
+        for compiled in (False, True) if args.compile else (False,):
+            suffix, tag = (" compiled", "-compiled") if compiled else ("", "")
+            ours_kwargs = {"prompts_path": workload["prompts_path"], "compile": compiled}
+            runs.append(
+                (f"ours{suffix}", train_ours, common | ours_kwargs | {"out_dir": f"{work}/ours{tag}"})
+            )
+            if python is not None:
+                trl_kwargs = {"tokens_path": workload["tokens_path"], "compile": compiled}
+                trl_kwargs |= {"out_dir": f"{work}/trl{tag}", "python": python}
+                runs.append((f"trl{suffix}", train_trl, common | trl_kwargs))
         sides = run_sides(runs, args.repeats)
     if "ours" not in {label.split()[0] for label in sides}:
         sys.exit("our side failed")
@@ -344,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         None if trl is None else trl["peak_rss_mb"],
         mfu(ours_eps),
     )
+    result["ours_setting"] = ours["setting"]
+    result["trl_setting"] = None if trl is None else trl["setting"]
     if not args.json_only:
         print(
             f"PPO, tiny Llama policy ({workload['params'] / 1e6:.2f}M params, N = "
@@ -356,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(TABLE_HEADER, rows))
         if result["ratio"] is not None:
             print(f"ratio ours/trl: {result['ratio']:.3f}")
-    print_result(result)
+    print_result(result, extra_keys=("ours_setting", "trl_setting"))
     return 0
 
 
