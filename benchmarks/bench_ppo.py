@@ -57,6 +57,7 @@ from _harness import (
     run_in_child,
     trl_step_clock,
 )
+from bench_dpo import fresh_compile_cache
 from bench_grpo import (
     PROMPT_TOKENS,
     RESPONSE_TOKENS,
@@ -68,7 +69,6 @@ from bench_grpo import (
     run_sides,
     summarize,
 )
-from bench_dpo import fresh_compile_cache
 from bench_sft import MAX_GRAD_NORM, SEED
 
 BENCHMARK = "ppo"
@@ -329,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             suffix, tag = (" compiled", "-compiled") if compiled else ("", "")
             ours_kwargs = {"prompts_path": workload["prompts_path"], "compile": compiled}
             runs.append(
-                (f"ours{suffix}", train_ours, common | ours_kwargs | {"out_dir": f"{work}/ours{tag}"})
+                (
+                    f"ours{suffix}",
+                    train_ours,
+                    common | ours_kwargs | {"out_dir": f"{work}/ours{tag}"},
+                )
             )
             if python is not None:
                 trl_kwargs = {"tokens_path": workload["tokens_path"], "compile": compiled}

@@ -133,3 +133,9 @@ def test_reward_annotators_follow_bradley_terry():
     pairs = reward_annotator_labels(length, prompts, groups, careless, seed=0)
     agree = sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs)
     assert abs(agree - 0.5) < 4 * math.sqrt(0.25 / len(pairs))
+    ranked = FeedbackConfig(kind="rankings", annotators={"temperature": 1e-3, "careless": 0.0})
+    rankings = reward_annotator_labels(length, prompts, groups, ranked, seed=0)
+    assert len(rankings) == 50
+    assert all(r.responses[list(r.ranks).index(0)] == "dddd" for r in rankings)
+    with pytest.raises(ConfigError, match="pairs or rankings"):
+        reward_annotator_labels(length, prompts, groups, FeedbackConfig(kind="ratings"), seed=0)

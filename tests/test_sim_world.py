@@ -20,12 +20,12 @@ from rlhf.data.records import (
     RatingRecord,
     TextRecord,
 )
+from rlhf.eval.policies import gold_ceiling
 from rlhf.sim import world
 from rlhf.sim.annotators import (
     AnnotatorPool,
     SimulatedAnnotator,
     default_pool,
-    gold_label_accuracy,
     label_groups,
 )
 from rlhf.sim.builtin import load_builtin
@@ -310,13 +310,13 @@ def test_ratings_and_thumbs():
     assert scores <= {1.0, 2.0, 3.0, 4.0, 5.0} and len(scores) == 5
 
 
-def test_gold_label_accuracy_by_hand():
+def test_gold_ceiling_by_hand():
     right = PreferenceRecord(CAT, cat(3), cat(1))
     wrong = PreferenceRecord(CAT, cat(1), cat(3))
     tie = PreferenceRecord(CAT, "The cat is very soft.", "The cat is very lazy.")
     assert gold_score(CAT, tie.chosen) == gold_score(CAT, tie.rejected)
-    assert gold_label_accuracy([right, wrong, tie]) == pytest.approx(0.5)
-    assert gold_label_accuracy([right, right, tie, wrong]) == pytest.approx(2.5 / 4)
+    assert gold_ceiling([right, wrong, tie], WorldGold()) == pytest.approx(0.5)
+    assert gold_ceiling([right, right, tie, wrong], WorldGold()) == pytest.approx(2.5 / 4)
 
 
 def test_label_groups_kinds_and_determinism():
@@ -342,11 +342,13 @@ def test_label_groups_kinds_and_determinism():
 def test_pool_labels_are_noisy_but_informative():
     prompts = world.prompts(400, 7)
     pairs = label_groups(prompts, world.behaviour_groups(prompts, 4, 7), seed=7)
-    accuracy = gold_label_accuracy(pairs)
+    accuracy = gold_ceiling(pairs, WorldGold())
     assert 0.65 < accuracy < 0.9
     one = AnnotatorPool([SimulatedAnnotator(temperature=0)], seed=1)
     assert (
-        gold_label_accuracy(label_groups(prompts[:50], [[cat(1), cat(3)]] * 50, annotators=one))
+        gold_ceiling(
+            label_groups(prompts[:50], [[cat(1), cat(3)]] * 50, annotators=one), WorldGold()
+        )
         == 1
     )
     assert default_pool(1).pick() is not None

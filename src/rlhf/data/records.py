@@ -46,6 +46,13 @@ def is_blank(text: Text) -> bool:
     return not any(message.content.strip() for message in text)
 
 
+def response_text(response: Text) -> str:
+    """A response as plain text: the string, or a message list's assistant turns joined."""
+    if isinstance(response, str):
+        return response
+    return " ".join(message.content for message in response if message.role == "assistant")
+
+
 def text_to_json(text: Text) -> str | list[dict[str, str]]:
     """A text field as JSON: the string itself, or messages as ``{"role", "content"}`` dicts."""
     if isinstance(text, str):

@@ -154,6 +154,7 @@ def gold_ceiling(labels: Sequence[Record], gold: RewardFunction) -> float | None
     as the reward model reads them; ties in gold count ½): the most a reward model can agree
     with these noisy labels on average. None when the labels order nothing."""
     from rlhf.data.convert import as_preferences
+    from rlhf.data.records import response_text
     from rlhf.losses.reward import wins
     from rlhf.rewards.base import call_reward
 
@@ -161,8 +162,8 @@ def gold_ceiling(labels: Sequence[Record], gold: RewardFunction) -> float | None
     if not pairs:
         return None
     prompts = [p.prompt for p in pairs]
-    chosen = call_reward(gold, prompts, [p.chosen for p in pairs])
-    rejected = call_reward(gold, prompts, [p.rejected for p in pairs])
+    chosen = call_reward(gold, prompts, [response_text(p.chosen) for p in pairs])
+    rejected = call_reward(gold, prompts, [response_text(p.rejected) for p in pairs])
     return float(wins(chosen - rejected).mean())
 
 

@@ -93,9 +93,7 @@ def additive_attention_mask(
     embeddings = unwrap(model).get_input_embeddings()
     dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
     blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=attention_mask.device)
-    return torch.zeros((), dtype=dtype, device=attention_mask.device).where(
-        attention_mask, blocked
-    )
+    return torch.zeros((), dtype=dtype, device=attention_mask.device).where(attention_mask, blocked)
 
 
 def decoder_hidden_states(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:

@@ -278,39 +278,28 @@ def reward_annotator_labels(
     settings: FeedbackConfig,
     seed: int,
 ) -> list[Record]:
-    """Pairs labelled by the Bradley-Terry model on any reward (a judge, a reward model):
-    P(a ≻ b) = σ((r(a) − r(b)) / temperature), each of a group's K(K−1)/2 pairs once, a
-    ``careless`` share of them coin flips."""
-    import math
-
-    from rlhf.data.records import PreferenceRecord
+    """Labels by a simulated annotator who values ``reward`` (a judge, a reward model) instead
+    of the world's gold: Bradley-Terry pairs, P(a ≻ b) = σ((r(a) − r(b)) / temperature), each
+    of a group's distinct pairs once, or Plackett-Luce rankings; a ``careless`` share at random
+    (:class:`rlhf.sim.annotators.SimulatedAnnotator`, :func:`~rlhf.sim.annotators.label_groups`)."""
     from rlhf.rewards.base import call_reward
+    from rlhf.sim.annotators import SimulatedAnnotator, label_groups
 
-    if settings.kind != "pairs":
+    if settings.kind == "ratings":
         raise ConfigError(
-            "feedback.kind: labelling with feedback.annotator_reward gives pairs only"
+            "feedback.kind: labelling with feedback.annotator_reward gives pairs or rankings "
+            "(1-5 ratings are calibrated to the world's gold)"
         )
-    rng = random.Random(seed)
     rows = [(p, r) for p, group in zip(prompts, groups, strict=True) for r in group]
     scores = call_reward(reward, [p for p, _ in rows], [r for _, r in rows]).tolist()
-    records: list[Record] = []
-    position = 0
-    temperature = settings.annotators.temperature
-    for prompt, group in zip(prompts, groups, strict=True):
-        values = scores[position : position + len(group)]
-        position += len(group)
-        for i in range(len(group)):
-            for j in range(i + 1, len(group)):
-                if group[i] == group[j]:
-                    continue
-                if rng.random() < settings.annotators.careless:
-                    first = rng.random() < 0.5
-                else:
-                    margin = max(-50.0, min(50.0, (values[i] - values[j]) / temperature))
-                    first = rng.random() < 1 / (1 + math.exp(-margin))
-                chosen, rejected = (group[i], group[j]) if first else (group[j], group[i])
-                records.append(PreferenceRecord(prompt, chosen, rejected))
-    return records
+    table = dict(zip(rows, scores, strict=True))
+    annotator = SimulatedAnnotator(
+        settings.annotators.temperature,
+        careless=settings.annotators.careless,
+        seed=seed,
+        reward=lambda prompt, response: table[prompt, response],
+    )
+    return label_groups(prompts, groups, settings.kind, annotators=annotator, seed=seed)
 
 
 def collect_feedback(

@@ -18,9 +18,9 @@ scale τ (the difference of two Gumbels) on the utility, then quantise it.
 
 :class:`AnnotatorPool` labels each item by one of several annotators drawn at random, and
 :func:`label_groups` labels K responses per prompt as pairs, rankings, ratings or thumbs.
-:func:`gold_label_accuracy` measures how often labelled pairs agree with gold: what a reward
-model that had learnt gold exactly would score on them, the noise ceiling of reward-model
-accuracy on such labels.
+How often labelled pairs agree with gold (what a reward model that had learnt gold exactly
+would score on them, the noise ceiling of reward-model accuracy on such labels) is
+:func:`rlhf.eval.policies.gold_ceiling` with :class:`rlhf.sim.gold.WorldGold`.
 
 Everything is deterministic given the seeds (and the order of the calls).
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Literal
 
@@ -63,7 +63,9 @@ class SimulatedAnnotator:
     ``temperature`` τ ≥ 0 is the label noise in gold units (0: always by utility);
     ``length_bias`` is added to the utility per content sentence (people who like long
     answers: > 0); ``careless`` is the share of labels given at random. ``seed`` fixes the
-    annotator's own random stream.
+    annotator's own random stream. ``reward(prompt, response)`` replaces the world's gold as
+    what the annotator values (a judge's or a reward model's scores, for data outside the
+    world; τ is then in its units, and ratings and thumbs keep gold's calibration).
     """
 
     def __init__(
@@ -74,13 +76,14 @@ class SimulatedAnnotator:
         seed: int | str = 0,
         *,
         thumbs_threshold: float = THUMBS_THRESHOLD,
+        reward: Callable[[Text, str], float] = gold_score,
     ) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {temperature}")
         if not 0 <= careless <= 1:
             raise ValueError(f"careless is a share, from 0 to 1; got {careless}")
         self.temperature, self.length_bias, self.careless = temperature, length_bias, careless
-        self.thumbs_threshold = thumbs_threshold
+        self.thumbs_threshold, self.reward = thumbs_threshold, reward
         self.seed = seed
         self.rng = random.Random(f"annotator-{seed}")
 
@@ -91,9 +94,9 @@ class SimulatedAnnotator:
         )
 
     def utility(self, prompt: Text, response: str) -> float:
-        """Gold plus the length bias: what this annotator's labels follow."""
+        """Gold (or ``reward``) plus the length bias: what this annotator's labels follow."""
         bias = self.length_bias * len(content_sentences(response)) if self.length_bias else 0.0
-        return gold_score(prompt, response) + bias
+        return self.reward(prompt, response) + bias
 
     def preference_probability(self, prompt: Text, a: str, b: str) -> float:
         """P(a ≻ b) for this annotator, carelessness included."""
@@ -306,25 +309,3 @@ def label_groups(
             pairs = [pairs[i] for i in sorted(rng.sample(range(len(pairs)), pairs_per_group))]
         records += [labeller.compare(prompt, a, b) for a, b in pairs]
     return records
-
-
-def gold_label_accuracy(pairs: Iterable[PreferenceRecord]) -> float:
-    """The share of pairs whose ``chosen`` has the higher gold reward (gold ties count ½): the
-    accuracy on these labels of a reward model that had learnt gold exactly (the noise
-    ceiling)."""
-    total = agree = 0.0
-    for pair in pairs:
-        chosen = gold_score(pair.prompt, _text(pair.chosen))
-        rejected = gold_score(pair.prompt, _text(pair.rejected))
-        agree += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-        total += 1
-    if not total:
-        raise ValueError("gold_label_accuracy needs at least one pair")
-    return agree / total
-
-
-def _text(response: Text) -> str:
-    """A response as plain text (a message list: its assistant turns, joined)."""
-    if isinstance(response, str):
-        return response
-    return " ".join(message.content for message in response if message.role == "assistant")
