@@ -515,7 +515,7 @@ def compiled_generate(
     argmax, so its tokens are ``generate``'s up to the float rounding of the compiled kernels
     (a near-tie can flip; see tests/test_rollout_compiled.py). Sampling draws every row's token
     with :func:`exponential_race` where ``generate`` calls ``torch.multinomial``: the same
-    distribution, a third of the time, other tokens for a given seed.
+    distribution in less than half the time, other tokens for a given seed.
     """
     if not has_plain_head(model):
         return None
@@ -606,10 +606,10 @@ def exponential_race(probs: torch.Tensor) -> torch.Tensor:
 
     ``torch.multinomial`` draws one sample the same way but takes its E_i from torch's
     element-by-element exponential sampler, ~25 ns a draw on CPU: for a small model that is a
-    sixth of a decode step. Here E = −log U from the vectorised uniform sampler (a third of
-    the time). U is float64, so the smallest E is 2⁻⁵³ and a token keeps its chance down to
-    probabilities far below float32's resolution of the others; U = 0 is clamped to the
-    smallest positive double (E = 745, finite), so a token of probability 0 never wins.
+    sixth of a decode step. Here E = −log U from the vectorised uniform sampler (less than
+    half the time). U is float64, so the smallest E is 2⁻⁵³ and a token keeps its chance down
+    to probabilities far below float32's resolution of the others; U = 0 is clamped to the
+    smallest positive double (E ≈ 708, finite), so a token of probability 0 never wins.
     """
     uniform = torch.rand(probs.shape, dtype=torch.float64, device=probs.device)
     exponential = uniform.clamp_(min=torch.finfo(torch.float64).tiny).log_().neg_()
