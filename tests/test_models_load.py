@@ -76,6 +76,20 @@ def test_load_model_dtype_and_attention(tiny_folder):
         load_model(tiny_folder, dtype="float8")
 
 
+def test_custom_4d_masks_reach_the_kernel_additive_in_the_models_dtype(tiny_folder):
+    from rlhf.models.forward import additive_attention_mask
+
+    model = load_model(tiny_folder, dtype="bfloat16", attn_implementation="eager")
+    allowed = torch.tensor([[True, False], [True, True]])[None, None]  # [1, 1, 2, 2]
+    additive = additive_attention_mask(model, allowed)
+    assert additive.dtype == torch.bfloat16
+    assert additive[0, 0].tolist() == [[0.0, torch.finfo(torch.bfloat16).min], [0.0, 0.0]]
+    padding = torch.ones(1, 2, dtype=torch.long)  # 2-D masks are transformers' to expand
+    assert additive_attention_mask(model, padding) is padding
+    assert additive_attention_mask(model, None) is None
+    assert additive_attention_mask(model, additive) is additive  # already additive
+
+
 def test_load_tokenizer_replaces_eos_padding(tiny_folder, tmp_path):
     from transformers import AutoTokenizer
 
