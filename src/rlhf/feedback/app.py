@@ -30,7 +30,7 @@ from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -55,7 +55,7 @@ from rlhf.feedback.db import (
 )
 from rlhf.feedback.render import prompt_view, to_html
 from rlhf.feedback.service import FeedbackError, Sampler
-from rlhf.feedback.tasks import EXPORT_FORMATS, LabelError, check_text, shown_value
+from rlhf.feedback.tasks import EXPORT_FORMATS, shown_value, text_problem
 
 log = logging.getLogger("rlhf.feedback")
 COOKIE = "rlhf_session"
@@ -130,12 +130,10 @@ class Strict(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def storable(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            try:
-                check_text(value, info.field_name)
-            except LabelError as error:
-                raise ValueError(str(error).split(": ", 1)[1]) from None
+    def storable(cls, value: Any) -> Any:
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)  # pydantic names the field
         return value
 
 

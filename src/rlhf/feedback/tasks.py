@@ -55,15 +55,24 @@ class LabelError(ValueError):
     """A submitted label does not fit its task; the message names the field."""
 
 
-def check_text(text: str, field: str) -> str:
-    """Text every database can store and every export can write: no NUL character
-    (PostgreSQL refuses it) and no lone surrogate (not Unicode, so not writable as UTF-8)."""
+def text_problem(text: str) -> str | None:
+    """Why a text cannot be stored by every database and written by every export, or None:
+    a NUL character (PostgreSQL refuses it) or a lone surrogate (not Unicode, so not writable
+    as UTF-8)."""
     if "\x00" in text:
-        raise LabelError(f"{field}: contains a NUL character")
+        return "contains a NUL character"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise LabelError(f"{field}: not valid Unicode (a lone surrogate escape)") from None
+        return "not valid Unicode (a lone surrogate escape)"
+    return None
+
+
+def check_text(text: str, field: str) -> str:
+    """``text`` itself, or a :class:`LabelError` naming ``field`` (:func:`text_problem`)."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise LabelError(f"{field}: {problem}")
     return text
 
 

@@ -125,14 +125,13 @@ def label_logprobs(
 
     inputs = {
         "input_ids": input_ids,
-        "attention_mask": attention_mask,
+        "attention_mask": additive_attention_mask(model, attention_mask),
         "position_ids": position_ids,
     }
     if has_plain_head(model):
         hidden = decoder_hidden_states(model, **inputs)  # [B, T, H]
         head = unwrap(model).get_output_embeddings()
         return token_logprobs_from_hidden(hidden, head, labels).float()
-    inputs["attention_mask"] = additive_attention_mask(model, attention_mask)
     logits = model(**inputs, use_cache=False).logits  # [B, T, V]
     valid = labels != -100
     token_logps = selective_log_softmax(logits, labels.masked_fill(~valid, 0))

@@ -139,7 +139,7 @@ def load_prompts_and_answers(
     if missing:
         raise ValueError(
             f"{option} {answer_field!r}: {len(missing)} of {len(prompts)} prompts of "
-            f"{os.fspath(source)} have no {answer_field!r} (first: {missing[0]!r}); "
+            f"{name} have no {answer_field!r} (first: {missing[0]!r}); "
             "plain-text prompt rows are needed"
         )
     return prompts, [{ANSWER: answers[p]} for p in prompts]
