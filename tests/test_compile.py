@@ -70,3 +70,33 @@ def test_train_compile_reaches_every_model_a_wrapper_holds(tiny_model_dir):
     for model in (policy, critic):
         assert all(block._compiled_call_impl is not None for block in decoder_blocks(model))
     assert not compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_the_sampling_prefill_never_compiles_the_blocks(tiny_model_dir):
+    """The prefill's cache keeps each layer's length as a Python int, which dynamo guards on:
+    through compiled blocks it compiled a graph per layer and used up the recompile limit the
+    training passes need (past it, dynamo runs them eagerly without a word)."""
+    from torch._dynamo.utils import counters
+
+    from rlhf.models.load import load_model
+    from rlhf.rollout.hf import shared_prompt_cache
+
+    model = load_model(str(tiny_model_dir)).eval()
+    assert compile_blocks(model)
+    ids = torch.randint(3, 50, (2, 6)).repeat_interleave(2, dim=0)  # two prompts, twice each
+    mask = torch.ones_like(ids)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        cache = shared_prompt_cache(model, ids, mask, torch.tensor([0, 0, 1, 1]), 4)
+    assert cache["past_key_values"].get_seq_length() == 5  # all prompt columns but the last
+    assert sum(counters["frames"].values()) == 0  # no frame went to dynamo
+
+
+def test_compile_blocks_leaves_room_for_every_graph_a_block_needs(tiny_model_dir):
+    from rlhf.models.compile import BLOCK_RECOMPILE_LIMIT
+    from rlhf.models.load import load_model
+
+    with torch._dynamo.config.patch(recompile_limit=8):
+        assert compile_blocks(load_model(str(tiny_model_dir)))
+        assert torch._dynamo.config.recompile_limit == BLOCK_RECOMPILE_LIMIT

@@ -35,10 +35,21 @@ def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     return candidates[0] if candidates else None
 
 
+BLOCK_RECOMPILE_LIMIT = 64  # graphs dynamo may keep for one block's code (see compile_blocks)
+
+
 def compile_blocks(model: torch.nn.Module) -> bool:
     """Compile each block in place (parameter names unchanged) of every transformers model in
     ``model``: the model itself, or each one a wrapper holds (PPO's actor and critic); False
     if none were found."""
+    # One block's code serves every pass over every model, and dynamo keeps a graph per
+    # combination it meets: grad on or off, trainable or frozen weights (policy vs. reference),
+    # per-row or shared positions (padded vs. packed batches), static then dynamic lengths.
+    # An online recipe meets about a dozen; past the limit (8 by default) dynamo silently runs
+    # the block eagerly, so the limit is raised to leave room for all of them.
+    torch._dynamo.config.recompile_limit = max(
+        torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT
+    )
     compiled: set[int] = set()
     for module in model.modules():
         if getattr(getattr(module, "config", None), "num_hidden_layers", None) is None:

@@ -401,16 +401,29 @@ def shared_prompt_cache(
         return {"past_key_values": cache}
     firsts = torch.cumsum(counts, 0) - counts  # [g] the first row of each prompt
     distinct, distinct_mask = ids[firsts, :-1], mask[firsts, :-1]  # [g, p - 1]
-    getattr(base, base.base_model_prefix)(
-        input_ids=distinct,
-        attention_mask=distinct_mask,
-        position_ids=(distinct_mask.long().cumsum(-1) - 1).clamp(min=0),
-        past_key_values=cache,
-        use_cache=True,
-    )
+    prefill(base, distinct, distinct_mask, cache)
     rows = torch.arange(len(counts)).repeat_interleave(counts).to(ids.device)  # [b]
     cache.batch_select_indices(rows)
     return {"past_key_values": cache}
+
+
+def prefill(base: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> None:
+    """Run the left-padded rows ids / mask [g, n] through ``base``'s decoder (no head), writing
+    their keys and values into ``cache`` (a cache of :func:`growing_kv_layer` layers).
+
+    Always eager, even when ``train.compile`` has compiled the blocks: each layer's cache
+    keeps its filled length as a Python int, which dynamo guards on, so a compiled block would
+    recompile for every layer of every prefill and use up the recompile limit that the
+    training passes need (past it, dynamo silently runs them eagerly).
+    """
+    with torch.compiler.set_stance("force_eager"):
+        getattr(base, base.base_model_prefix)(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+        )
 
 
 @functools.cache
@@ -542,13 +555,7 @@ def compiled_generate(
         if prefix is None:
             return None
         if prefix.get_seq_length() == 0:  # no prompt repeats: prefill every row
-            getattr(base, base.base_model_prefix)(
-                input_ids=ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                position_ids=(mask[:, :-1].long().cumsum(-1) - 1).clamp(min=0),
-                past_key_values=prefix,
-                use_cache=True,
-            )
+            prefill(base, ids[:, :-1], mask[:, :-1], prefix)
         for static, filled in zip(cache.layers, prefix.layers, strict=True):
             static.lazy_initialization(filled.keys, filled.values)  # [b, heads, columns, d]
             static.keys[:, :, : p - 1].copy_(filled.keys)
