@@ -153,3 +153,46 @@ def test_metrics_of_unlogged_steps_reach_the_next_logged_row(
     train_rows = [row for row in rows if row["split"] == "train"]
     assert [row["step"] for row in train_rows] == [2, 4]
     assert [row["rare"] for row in train_rows] == [1.0, 3.0]
+
+
+def test_bf16_mixed_precision_on_cpu_only_when_asked_and_supported(
+    tiny_model_dir, tiny_tokenizer, examples, tmp_path, monkeypatch, caplog
+):
+    import rlhf.engine.trainer as trainer_module
+
+    def autocast_of(mixed_precision, units):
+        monkeypatch.setattr(trainer_module, "cpu_has_bf16_units", lambda: units)
+        trainer = make_trainer(
+            fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path / "t",
+            max_steps=1, mixed_precision=mixed_precision, device="cpu",
+        )  # fmt: skip
+        return trainer
+
+    assert autocast_of("auto", True).autocast_dtype is None  # CPU runs stay fp32 by default
+    assert autocast_of("no", True).autocast_dtype is None
+    with caplog.at_level("WARNING", logger="rlhf"):
+        assert autocast_of("bf16", False).autocast_dtype is None
+    assert "bf16 matrix units" in caplog.text
+    trainer = autocast_of("bf16", True)
+    assert trainer.autocast_dtype == torch.bfloat16
+    # the loss and the loader (an online recipe's rollouts) both run under bf16 autocast
+    seen = []
+
+    def recording(fetch):
+        def next_batch():
+            seen.append(("loader", torch.is_autocast_enabled("cpu")))
+            return fetch()
+
+        return next_batch
+
+    def loss_fn(model, batch):
+        seen.append(
+            ("loss", torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        )
+        return lm_loss(model, batch)
+
+    monkeypatch.setattr(trainer.loader, "next_batch", recording(trainer.loader.next_batch))
+    trainer.loss_fn = loss_fn
+    result = trainer.train()
+    assert seen == [("loader", True), ("loss", torch.bfloat16)]
+    assert math.isfinite(result.history[-1]["loss"])

@@ -330,3 +330,36 @@ def test_lora_policy_uses_its_base_as_the_reference(tmp_path, tiny_model_dir, mo
     assert rollouts[0]["rollout_kl"] == pytest.approx(0.0, abs=1e-5)
     assert rollouts[1]["rollout_kl"] != pytest.approx(0.0, abs=1e-7)
     assert (tmp_path / "lora" / "model").is_dir()
+
+
+def test_mixed_precision_reaches_the_rollouts(tmp_path, tiny_model_dir, monkeypatch):
+    """With ``train.mixed_precision=bf16`` the rollout's reference and reward passes run under
+    bf16 autocast like the loss (compiled sampling stays fp32: test_rollout_compiled.py)."""
+    import rlhf.engine.trainer as trainer_module
+    import rlhf.recipes.online as online
+
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_units", lambda: True)
+    seen: dict[str, set] = {"reference": set(), "score": set()}
+
+    def recorder(name, function):
+        def recorded(*args, **kwargs):
+            seen[name].add(torch.is_autocast_enabled("cpu"))
+            return function(*args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(online, "reference_logps", recorder("reference", online.reference_logps))
+    monkeypatch.setattr(ExperienceLoader, "score", recorder("score", ExperienceLoader.score))
+    config = grpo_config(
+        tmp_path,
+        tiny_model_dir,
+        "bf16",
+        rollout={"iterations": 1, "prompts_per_iteration": 4, "samples_per_prompt": 2},
+        kl={"coef": 0.05},
+        train={"batch_size": 8, "lr": 1e-3, "mixed_precision": "bf16"},
+        eval={"prompts": 0},
+    )
+    result = run_grpo(config)
+    assert seen["reference"] == {True} and seen["score"] == {True}
+    losses = [row["loss"] for row in result.metrics if "loss" in row]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))

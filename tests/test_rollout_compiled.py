@@ -161,3 +161,21 @@ def test_models_without_a_static_cache_fall_back_to_generate(eos_engine, monkeyp
 def test_sampling_config_passes_compile_through():
     assert SamplingConfig().params(1, 0).compile is False
     assert SamplingConfig(compile=True).params(1, 0).compile is True
+
+
+def test_compiled_decoding_ignores_mixed_precision(eos_engine):
+    """Under bf16 autocast (the Trainer's mixed precision) the compiled steps still run in the
+    model's own fp32: the same graph (autocast is part of what dynamo guards, so a bf16 step
+    would compile another) and the same greedy tokens; only the teacher-forced log-prob pass
+    after decoding runs in bf16."""
+    import torch._dynamo.utils as dynamo_utils
+
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, num_samples=4, compile=True)
+    plain = eos_engine.generate(PROMPTS, params)
+    dynamo_utils.counters.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = eos_engine.generate(PROMPTS, params)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 0
+    assert torch.equal(mixed.response_ids, plain.response_ids)
+    assert not torch.equal(mixed.logps, plain.logps)  # that pass did run in bf16
+    torch.testing.assert_close(mixed.logps, plain.logps, atol=0.1, rtol=0)

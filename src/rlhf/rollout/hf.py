@@ -751,9 +751,13 @@ class HFGenerationEngine:
                 ids, mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
                 sequences = None
                 if params.compile:
-                    sequences = compiled_generate(
-                        self.model, ids, mask, prompt_index[rows], params, self.stop_ids, pad_id
-                    )  # [b, p + r], or None for a model it cannot decode
+                    # in the model's own precision even under mixed precision: autocast in a
+                    # compiled graph casts every weight again at every step, which costs a
+                    # one-token step more than its bf16 matrix products save
+                    with torch.autocast(device.type, enabled=False):
+                        sequences = compiled_generate(
+                            self.model, ids, mask, prompt_index[rows], params, self.stop_ids, pad_id
+                        )  # [b, p + r], or None for a model it cannot decode
                 if sequences is None:
                     cache = shared_prompt_cache(
                         self.model, ids, mask, prompt_index[rows], params.max_new_tokens
