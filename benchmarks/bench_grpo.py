@@ -38,6 +38,12 @@ start of training) shows it. A recompile for a shape first seen later (a new res
 falls in the measured iterations and counts against that side. Every child gets a fresh TorchInductor cache
 folder, so no run reuses another's compiled code. ``--no-compile`` runs the eager variants
 only.
+
+On a CPU with bf16 matrix units (AVX512-BF16 or AMX, where a bf16 matrix product is several
+times faster than an fp32 one) every setting also runs in bf16 mixed precision: fp32 weights,
+gradients and optimiser state, bf16 autocast; ours ``train.mixed_precision=bf16`` (its
+rollout's scoring passes under the same autocast, sampling in fp32), TRL ``bf16=True``
+(its default). The MFU column stays against the fp32 peak. ``--no-bf16`` skips them.
 """
 
 from __future__ import annotations
@@ -153,6 +159,7 @@ def train_ours(
     iterations: int,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run ``rlhf.recipes.grpo.run_grpo``; each step's end time from metrics.jsonl.
     ``compile``: sampling decodes with the compiled static-cache step (``sampling.compile``)."""
@@ -194,6 +201,7 @@ def train_ours(
                 seed=SEED,
                 max_grad_norm=MAX_GRAD_NORM,
                 compile=compile,
+                mixed_precision="bf16" if bf16 else "no",
             ),
             "eval": {"prompts": 0},
             "out": out_dir,
@@ -225,6 +233,7 @@ def train_trl(
     iterations: int,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run TRL's ``GRPOTrainer`` configured like our side, timing each step's end.
 
@@ -269,8 +278,9 @@ def train_trl(
         max_grad_norm=MAX_GRAD_NORM,
         seed=SEED,
         data_seed=SEED,
-        # TRL defaults to bf16 mixed precision and gradient checkpointing; we train fp32 without.
-        bf16=False,
+        # TRL defaults to bf16 mixed precision and gradient checkpointing: the precision is
+        # the variant's, checkpointing off as on our side
+        bf16=bf16,
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=True,
@@ -297,8 +307,8 @@ def train_trl(
         callbacks=[clock],
     )
     trainer.train()
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
+        raise RuntimeError("TRL must train in the variant's precision without checkpointing")
     return {
         "step_end_times": clock.ends,
         "episodes_per_step": [BATCH_RESPONSES] * len(clock.ends),
@@ -407,7 +417,30 @@ def add_run_arguments(parser: Any) -> Any:
         default=1,
         help="runs of each side, alternating; each side's best counts (default %(default)s)",
     )
+    parser.add_argument(
+        "--no-bf16",
+        dest="bf16",
+        action="store_false",
+        help="skip the bf16 mixed-precision runs (run on CPUs with AVX512-BF16 or AMX only)",
+    )
     return parser
+
+
+def variants(args: Any) -> list[tuple[str, str, dict[str, bool]]]:
+    """Each side's settings as ``(label suffix, folder suffix, train_* keyword arguments)``:
+    eager and (unless ``--no-compile``) compiled, each in fp32 and, on a CPU with bf16 matrix
+    units and unless ``--no-bf16``, in bf16 mixed precision. Shared with ``bench_ppo``."""
+    from rlhf.engine.trainer import cpu_has_bf16_units
+
+    compiled = (False, True) if args.compile else (False,)
+    mixed = (False, True) if args.bf16 and cpu_has_bf16_units() else (False,)
+    out = []
+    for compile in compiled:
+        for bf16 in mixed:
+            words = [word for word, on in (("compiled", compile), ("bf16", bf16)) if on]
+            suffix = "".join(f" {word}" for word in words)
+            out.append((suffix, suffix.replace(" ", "-"), {"compile": compile, "bf16": bf16}))
+    return out
 
 
 def episode_flops_tokens(mean_response_tokens: float) -> tuple[float, float]:
@@ -448,23 +481,13 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         }
         runs = []
-        for compiled in (False, True) if args.compile else (False,):
-            suffix = " compiled" if compiled else ""
-            tag = "-compiled" if compiled else ""
+        for suffix, tag, setting in variants(args):
             runs.append(
-                (
-                    f"ours{suffix}",
-                    train_ours,
-                    common | {"out_dir": str(work / f"ours{tag}"), "compile": compiled},
-                )
+                (f"ours{suffix}", train_ours, common | setting | {"out_dir": f"{work}/ours{tag}"})
             )
             if run_trl:
                 runs.append(
-                    (
-                        f"trl{suffix}",
-                        train_trl,
-                        common | {"out_dir": str(work / f"trl{tag}"), "compile": compiled},
-                    )
+                    (f"trl{suffix}", train_trl, common | setting | {"out_dir": f"{work}/trl{tag}"})
                 )
         sides = run_sides(runs, args.repeats)
     if "ours" not in {label.split()[0] for label in sides}:

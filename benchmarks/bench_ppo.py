@@ -31,7 +31,9 @@ Each side also runs a compiled variant and its figure is the best of its variant
 the critic, the reference and the reward model compiled regionally), TRL 1.12 with
 ``torch_compile=True`` (accelerate compiles the policy-and-value module it trains; its PPO
 loop has no option for a static generation cache). Every child gets a fresh TorchInductor
-cache folder. ``--no-compile`` runs the eager variants only.
+cache folder. ``--no-compile`` runs the eager variants only. On a CPU with bf16 matrix units
+each setting also runs in bf16 mixed precision, as in ``bench_grpo`` (ours
+``train.mixed_precision=bf16``, TRL 1.12 ``bf16=True``); ``--no-bf16`` skips those runs.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from bench_grpo import (
     matmul_peak,
     run_sides,
     summarize,
+    variants,
 )
 from bench_sft import MAX_GRAD_NORM, SEED
 
@@ -96,6 +99,7 @@ def train_ours(
     iterations: int,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run ``rlhf.recipes.ppo.run_ppo``; each optimiser step's end time from metrics.jsonl.
     ``compile``: ``sampling.compile`` and ``train.compile``."""
@@ -146,6 +150,7 @@ def train_ours(
                 seed=SEED,
                 max_grad_norm=MAX_GRAD_NORM,
                 compile=compile,
+                mixed_precision="bf16" if bf16 else "no",
             ),
             "eval": {"prompts": 0},
             "out": out_dir,
@@ -173,6 +178,7 @@ def train_trl(
     iterations: int,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run TRL 1.12's ``PPOTrainer`` configured like our side (in ``.venv-trl-ppo``).
 
@@ -234,7 +240,7 @@ def train_trl(
         max_grad_norm=MAX_GRAD_NORM,
         seed=SEED,
         data_seed=SEED,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=True,
@@ -325,20 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         if python is not None:
             progress(f"TRL 1.12 side runs with {python}")
         runs = []
-        for compiled in (False, True) if args.compile else (False,):
-            suffix, tag = (" compiled", "-compiled") if compiled else ("", "")
-            ours_kwargs = {"prompts_path": workload["prompts_path"], "compile": compiled}
-            runs.append(
-                (
-                    f"ours{suffix}",
-                    train_ours,
-                    common | ours_kwargs | {"out_dir": f"{work}/ours{tag}"},
-                )
-            )
+        for suffix, tag, setting in variants(args):
+            ours_kwargs = {"prompts_path": workload["prompts_path"], "out_dir": f"{work}/ours{tag}"}
+            runs.append((f"ours{suffix}", train_ours, common | setting | ours_kwargs))
             if python is not None:
-                trl_kwargs = {"tokens_path": workload["tokens_path"], "compile": compiled}
-                trl_kwargs |= {"out_dir": f"{work}/trl{tag}", "python": python}
-                runs.append((f"trl{suffix}", train_trl, common | trl_kwargs))
+                trl_kwargs = {"tokens_path": workload["tokens_path"], "python": python}
+                trl_kwargs |= {"out_dir": f"{work}/trl{tag}"}
+                runs.append((f"trl{suffix}", train_trl, common | setting | trl_kwargs))
         sides = run_sides(runs, args.repeats)
     if "ours" not in {label.split()[0] for label in sides}:
         sys.exit("our side failed")

@@ -163,19 +163,31 @@ def test_sampling_config_passes_compile_through():
     assert SamplingConfig(compile=True).params(1, 0).compile is True
 
 
-def test_compiled_decoding_ignores_mixed_precision(eos_engine):
-    """Under bf16 autocast (the Trainer's mixed precision) the compiled steps still run in the
-    model's own fp32: the same graph (autocast is part of what dynamo guards, so a bf16 step
-    would compile another) and the same greedy tokens; only the teacher-forced log-prob pass
+@pytest.mark.parametrize("compile", [False, True], ids=["generate", "compiled"])
+def test_sampling_ignores_mixed_precision(eos_engine, monkeypatch, compile):
+    """Under bf16 autocast (the Trainer's mixed precision) decoding still runs in the model's
+    own fp32: the same tokens (and, compiled, the same graph: autocast is part of what dynamo
+    guards, so a bf16 step would compile another); only the teacher-forced log-prob pass
     after decoding runs in bf16."""
     import torch._dynamo.utils as dynamo_utils
 
-    params = SamplingParams(max_new_tokens=10, temperature=0.0, num_samples=4, compile=True)
+    steps = []
+    forward = type(eos_engine.model).forward
+
+    def recorded(self, *args, **kwargs):
+        steps.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args, **kwargs)
+
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, num_samples=4, compile=compile)
     plain = eos_engine.generate(PROMPTS, params)
     dynamo_utils.counters.clear()
+    if not compile:  # generate's steps (a compiled step is one graph, not a Python call)
+        monkeypatch.setattr(type(eos_engine.model), "forward", recorded)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = eos_engine.generate(PROMPTS, params)
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 0
     assert torch.equal(mixed.response_ids, plain.response_ids)
+    if not compile:
+        assert steps and not any(steps)
     assert not torch.equal(mixed.logps, plain.logps)  # that pass did run in bf16
     torch.testing.assert_close(mixed.logps, plain.logps, atol=0.1, rtol=0)

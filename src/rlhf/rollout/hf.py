@@ -750,21 +750,22 @@ class HFGenerationEngine:
                 keep = _live_columns(prompt_mask[rows])
                 ids, mask = prompt_ids[rows, keep].to(device), prompt_mask[rows, keep].to(device)
                 sequences = None
-                if params.compile:
-                    # in the model's own precision even under mixed precision: autocast in a
-                    # compiled graph casts every weight again at every step, which costs a
-                    # one-token step more than its bf16 matrix products save
-                    with torch.autocast(device.type, enabled=False):
+                # sampled in the model's own precision even under the Trainer's mixed
+                # precision: a decode step has few rows, so the casts autocast adds (of every
+                # weight at every step, inside a compiled step) cost more than its bf16
+                # products save, and the samples come from the policy's own weights
+                with torch.autocast(device.type, enabled=False):
+                    if params.compile:
                         sequences = compiled_generate(
                             self.model, ids, mask, prompt_index[rows], params, self.stop_ids, pad_id
                         )  # [b, p + r], or None for a model it cannot decode
-                if sequences is None:
-                    cache = shared_prompt_cache(
-                        self.model, ids, mask, prompt_index[rows], params.max_new_tokens
-                    )
-                    sequences = self.model.generate(
-                        input_ids=ids, attention_mask=mask, generation_config=config, **cache
-                    )  # [b, p + r]
+                    if sequences is None:
+                        cache = shared_prompt_cache(
+                            self.model, ids, mask, prompt_index[rows], params.max_new_tokens
+                        )
+                        sequences = self.model.generate(
+                            input_ids=ids, attention_mask=mask, generation_config=config, **cache
+                        )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
             response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
             if params.return_logps:
