@@ -240,7 +240,8 @@ def train_trl(
     One TRL step generates its own batch here (``generation_batch_size`` = the step's 8
     responses, ``num_iterations`` = 1), so a step is a whole iteration as on our side.
     ``compile``: a static KV cache for ``generate`` and ``torch_compile`` (the model compiled
-    by the Trainer), the nearest TRL's API comes to our compiled decoding.
+    by the Trainer), the nearest TRL's API comes to our compiled decoding; with ``bf16`` (TRL's
+    mixed precision) ``torch_compile`` alone, as the static cache fails under autocast.
     """
     fresh_compile_cache(out_dir)
     import torch
@@ -294,7 +295,9 @@ def train_trl(
         log_completions=False,
         disable_tqdm=True,
         model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
-        cache_implementation="static" if compile else None,
+        # transformers' static cache is allocated in the model's fp32 and cannot take the bf16
+        # keys that autocast gives it (index_copy_ dtype error), so compiled bf16 runs without
+        cache_implementation="static" if compile and not bf16 else None,
         torch_compile=compile,
     )
     clock = trl_step_clock()
