@@ -239,6 +239,9 @@ class Trainer:
         # reproducible in fp32
         if wanted == "bf16":
             if self.device.type == "cpu" and cpu_has_bf16_units():
+                from rlhf.models.attention import upcast_cpu_attention
+
+                upcast_cpu_attention()  # the CPU's bf16 attention kernel is the slow part
                 return torch.bfloat16
             logger.warning(
                 "mixed_precision=bf16 needs a GPU or a CPU with bf16 matrix units (AVX512-BF16 "
