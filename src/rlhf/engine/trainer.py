@@ -200,6 +200,10 @@ class Trainer:
 
             compile_blocks(model)
         self.autocast_dtype = self._autocast_dtype()
+        if self.autocast_dtype is not None and self.device.type == "cpu":
+            from rlhf.models.attention import upcast_cpu_attention
+
+            upcast_cpu_attention()  # the CPU's bf16 attention kernel is the slow part
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * len(loader) / config.grad_accum)
         )
@@ -239,9 +243,6 @@ class Trainer:
         # reproducible in fp32
         if wanted == "bf16":
             if self.device.type == "cpu" and cpu_has_bf16_units():
-                from rlhf.models.attention import upcast_cpu_attention
-
-                upcast_cpu_attention()  # the CPU's bf16 attention kernel is the slow part
                 return torch.bfloat16
             logger.warning(
                 "mixed_precision=bf16 needs a GPU or a CPU with bf16 matrix units (AVX512-BF16 "
