@@ -1545,6 +1545,35 @@ def test_cookie_writes_from_another_origin_are_refused(api: Api) -> None:
         assert "frame-ancestors 'none'" in api.client.get(path).headers["content-security-policy"]
 
 
+def test_a_request_is_authenticated_by_one_mechanism_only(api: Api) -> None:
+    """Issue 14: an admin's cookie request from a foreign origin that also carried some other
+    Authorization header (HTTP Basic from a proxy) skipped the origin check, and so rotated
+    another user's token; a Bearer header without a token fell back to the cookie."""
+    victim = api.annotator()
+    browser = api.browser(api.app.state.feedback.admin_token)  # the admin, by cookie
+    url = f"/api/admin/users/{victim.id}/token"
+    foreign = {"Origin": "http://evil.example"}
+    for authorization, status in [
+        ("Basic YWxpY2U6c2VjcmV0", 403),  # not a bearer token: a cookie request, cross-site
+        ("Negotiate abc", 403),
+        ("Bearer", 401),  # a bearer request, with no token: never the cookie instead
+        ("Bearer   ", 401),
+        ("bearer rlhf_forged", 401),
+        (f"Bearer {victim.token}x", 401),
+    ]:
+        response = browser.post(url, headers={**foreign, "Authorization": authorization})
+        assert response.status_code == status, (authorization, response.text)
+    assert api.call("GET", "/api/me", victim, 200).json()["name"] == victim.name  # not rotated
+    # a same-origin page behind a proxy that adds Basic still works with its cookie
+    same = {"Origin": "http://testserver", "Authorization": "Basic YWxpY2U6c2VjcmV0"}
+    assert browser.post(url, headers=same).status_code == 200
+    # a bad bearer token is refused even where a good cookie is present
+    assert (
+        browser.get("/api/me", headers={"Authorization": "Bearer rlhf_forged"}).status_code == 401
+    )
+    assert browser.get("/api/me", headers={"Authorization": "Basic eDp5"}).status_code == 200
+
+
 def test_a_paused_campaign_still_serves_the_item_in_hand(api: Api) -> None:
     campaign = api.campaign("thumbs", rows_of(2, 1))
     annotator, latecomer = api.annotator(), api.annotator()

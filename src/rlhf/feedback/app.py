@@ -9,9 +9,10 @@ Who may do what:
 * an annotator: their own assignments, labels and progress, nothing of anyone else's;
 * an admin: everything under ``/api/admin`` (campaigns, accounts, statistics, export).
 
-A request carries the session cookie set by ``/api/login`` or ``Authorization: Bearer
-TOKEN``. The cookie is HttpOnly and SameSite=Strict (so no other site can submit in an
-annotator's name), and Secure whenever the app is reached over HTTPS.
+A request is authenticated by exactly one of ``Authorization: Bearer TOKEN`` or the session
+cookie set by ``/api/login`` (:func:`bearer_token` decides). The cookie is HttpOnly and
+SameSite=Strict (so no other site can submit in an annotator's name), Secure whenever the app
+is reached over HTTPS, and a write made with it must come from the app's own origin.
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ CSP = (
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
+def bearer_token(headers: Headers) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (maybe empty), or None.
+
+    This alone decides how a request is authenticated: a Bearer header means the token and
+    nothing else (an invalid one is refused, never replaced by the cookie); any other
+    request, one with another scheme such as Basic from a proxy included, is a cookie
+    request and its writes pass :func:`cross_site`.
+    """
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def cross_site(headers: Headers) -> str | None:
     """Why a cookie-authenticated write must be refused as cross-site, or None.
 
@@ -107,7 +120,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        if scope["method"] not in SAFE_METHODS and "authorization" not in headers:
+        if scope["method"] not in SAFE_METHODS and bearer_token(headers) is None:
             refusal = cross_site(headers)
             if refusal:
                 return await JSONResponse({"detail": refusal}, 403)(scope, receive, send)
@@ -300,22 +313,14 @@ def create_app(
 
     # ------------------------------------------------------------------ who is asking
 
-    def token_of(request: Request) -> tuple[str, str] | None:
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            return "token", header[7:].strip()
-        cookie = request.cookies.get(COOKIE)
-        return ("cookie", cookie) if cookie else None
-
     def user_of(session: Session, request: Request) -> User:
-        credential = token_of(request)
-        if credential is None:
-            raise FeedbackError(401, "log in first")
-        kind, secret = credential
-        if kind == "token":
-            user = service.user_for_token(session, secret)
+        token = bearer_token(request.headers)  # the one mechanism, as the Guard decided
+        if token is not None:
+            user = service.user_for_token(session, token)
+        elif cookie := request.cookies.get(COOKIE):
+            user = service.user_for_session(session, cookie)
         else:
-            user = service.user_for_session(session, secret)
+            raise FeedbackError(401, "log in first")
         if user is None:
             raise FeedbackError(401, "your session or token is not valid; log in again")
         return user
