@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -53,6 +53,15 @@ from rlhf.feedback.db import (
     make_engine,
     migrate,
     session_factory,
+)
+from rlhf.feedback.limits import (
+    MAX_BODY_BYTES,
+    MAX_CAMPAIGN_NAME,
+    MAX_CHAT_MESSAGE,
+    MAX_GUIDELINES,
+    MAX_SKIP_REASON,
+    MAX_UPLOAD_BYTES,
+    MAX_USER_NAME,
 )
 from rlhf.feedback.render import prompt_view, to_html
 from rlhf.feedback.service import FeedbackError, Sampler
@@ -138,6 +147,52 @@ class Guard:
         await self.app(scope, receive, send_secured)
 
 
+# the requests that carry a campaign's whole source file, under the larger upload limit
+UPLOADS = {("POST", "/api/admin/campaigns")}
+
+
+class TooLarge(HTTPException):
+    """A request body over its limit. Raised while FastAPI reads the body, it passes through
+    FastAPI's body parsing (which turns other errors into a 400) to the app's JSON answer."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body: over this server's limit of {limit:,} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuses a request body over ``limit`` bytes (``upload_limit`` for the
+    :data:`UPLOADS`) with a 413 before it is buffered: at once when its Content-Length says
+    so, else as soon as the chunks received pass the limit (a chunked body declares none)."""
+
+    def __init__(self, app: Any, limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        upload = (scope["method"], scope["path"]) in UPLOADS
+        limit = self.upload_limit if upload else self.limit
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdecimal() and int(declared) > limit:
+            refusal = TooLarge(limit)
+            response = JSONResponse({"detail": refusal.detail}, refusal.status_code)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def receive_within_limit() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise TooLarge(limit)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -155,12 +210,12 @@ class LoginBody(Strict):
 
 
 class SkipBody(Strict):
-    reason: str = Field(max_length=500)
+    reason: str = Field(max_length=MAX_SKIP_REASON)
 
 
 class ChatBody(Strict):
     client_id: str = Field(min_length=8, max_length=64)
-    message: str = Field(default="", max_length=8000)
+    message: str = Field(default="", max_length=MAX_CHAT_MESSAGE)
 
 
 class ChooseBody(Strict):
@@ -170,7 +225,7 @@ class ChooseBody(Strict):
 
 
 class UserBody(Strict):
-    name: str = Field(min_length=1, max_length=80)
+    name: str = Field(min_length=1, max_length=MAX_USER_NAME)
     role: str = "annotator"
 
 
@@ -184,9 +239,9 @@ class SampleBody(Strict):
 
 
 class CampaignBody(Strict):
-    name: str = Field(min_length=1, max_length=120)
+    name: str = Field(min_length=1, max_length=MAX_CAMPAIGN_NAME)
     task_type: str
-    guidelines: str = Field(default="", max_length=20000)
+    guidelines: str = Field(default="", max_length=MAX_GUIDELINES)
     k: int = 1
     render: str = "text"
     source_jsonl: str | None = None
@@ -275,7 +330,11 @@ def _message(error: RequestValidationError) -> str:
 
 
 def create_app(
-    db: str, sampler: Sampler | None = None, secure_cookies: bool | None = None
+    db: str,
+    sampler: Sampler | None = None,
+    secure_cookies: bool | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The app on database ``db`` (a URL or a SQLite file path).
 
@@ -283,6 +342,8 @@ def create_app(
     server sample a campaign's candidates and chat campaigns work. ``secure_cookies``:
     None marks the cookie Secure when the request came over HTTPS (directly or as
     ``X-Forwarded-Proto`` from a proxy uvicorn trusts); True or False forces it.
+    ``max_body_bytes``: the largest request body, except a campaign upload's, which may
+    have ``max_upload_bytes`` (:class:`BodyLimit`).
     """
     state = App(db, sampler, secure_cookies)
 
@@ -295,7 +356,8 @@ def create_app(
         state.engine.dispose()
 
     app = FastAPI(title="rlhf feedback", lifespan=lifespan)
-    app.add_middleware(Guard)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, upload_limit=max_upload_bytes)
+    app.add_middleware(Guard)  # outermost: its headers go on the 413s too
     app.state.feedback = state
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

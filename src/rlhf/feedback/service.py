@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from rlhf.feedback.agreement import krippendorff_alpha
 from rlhf.feedback.campaigns import NewItem
 from rlhf.feedback.db import Assignment, Campaign, ChatTurn, Item, Label, LoginSession, User, utcnow
+from rlhf.feedback.limits import MAX_CAMPAIGN_NAME, MAX_GUIDELINES, MAX_SKIP_REASON, MAX_USER_NAME
 from rlhf.feedback.tasks import (
     EXPORT_FORMATS,
     TASK_TYPES,
@@ -68,8 +69,8 @@ def _hash(secret: str) -> str:
 def create_user(session: Session, name: str, role: str) -> tuple[User, str]:
     """A new account and its token (shown once; only its hash is stored)."""
     name = name.strip()
-    if not name or len(name) > 80:
-        raise FeedbackError(422, "name: 1 to 80 characters")
+    if not name or len(name) > MAX_USER_NAME:
+        raise FeedbackError(422, f"name: 1 to {MAX_USER_NAME} characters")
     if role not in ROLES:
         raise FeedbackError(422, f"role: one of {', '.join(ROLES)}, not {role!r}")
     if session.scalar(select(User.id).where(User.name == name)) is not None:
@@ -141,6 +142,13 @@ def check_spec(spec: CampaignSpec) -> None:
     """Refuse a bad campaign setting before any work (sampling candidates) is done."""
     if not spec.name.strip():
         raise FeedbackError(422, "name: empty")
+    if len(spec.name.strip()) > MAX_CAMPAIGN_NAME:
+        raise FeedbackError(422, f"name: at most {MAX_CAMPAIGN_NAME} characters")
+    if len(spec.guidelines) > MAX_GUIDELINES:
+        raise FeedbackError(
+            422, f"guidelines: {len(spec.guidelines):,} characters, over the limit of "
+            f"{MAX_GUIDELINES:,}"
+        )  # fmt: skip
     if spec.task_type not in TASK_TYPES:
         raise FeedbackError(422, f"task_type: one of {', '.join(TASK_TYPES)}")
     if not 1 <= spec.k <= 50:
@@ -357,7 +365,7 @@ def skip(session: Session, user: User, assignment_id: int, reason: str) -> None:
     reason = reason.strip()
     if not reason:
         raise FeedbackError(422, "reason: say why you skip (it helps fix the campaign)")
-    _leave_pending(session, assignment, "skipped", skip_reason=reason[:500])
+    _leave_pending(session, assignment, "skipped", skip_reason=reason[:MAX_SKIP_REASON])
 
 
 # ------------------------------------------------------------------------------------ chat

@@ -38,6 +38,7 @@ from rlhf.data.records import (
     Record,
     Text,
 )
+from rlhf.feedback.limits import MAX_TEXT
 
 TASK_TYPES: tuple[str, ...] = ("pairwise", "rank", "rate", "thumbs", "edit", "chat")
 MAX_RANKED = 9  # one digit key per response on the annotator page
@@ -69,7 +70,10 @@ def text_problem(text: str) -> str | None:
 
 
 def check_text(text: str, field: str) -> str:
-    """``text`` itself, or a :class:`LabelError` naming ``field`` (:func:`text_problem`)."""
+    """``text`` itself, or a :class:`LabelError` naming ``field``: a text too long to keep
+    (``MAX_TEXT``) or one no database can store (:func:`text_problem`)."""
+    if len(text) > MAX_TEXT:
+        raise LabelError(f"{field}: {len(text):,} characters, over the limit of {MAX_TEXT:,}")
     problem = text_problem(text)
     if problem is not None:
         raise LabelError(f"{field}: {problem}")
