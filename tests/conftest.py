@@ -68,6 +68,21 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="module")
+def examples(tiny_tokenizer):
+    """64 tokenised arithmetic demonstrations of varied lengths (so that token-level
+    normalisation matters), for the engine's tests."""
+    from rlhf.data.records import CompletionRecord
+    from rlhf.data.tokenize import tokenize_record
+    from rlhf.sim.builtin import arithmetic
+
+    records = [
+        CompletionRecord(r.prompt, r.completion + " ok" * (i % 5))
+        for i, r in enumerate(arithmetic(64, seed=3))
+    ]
+    return [tokenize_record(tiny_tokenizer, r) for r in records]
+
+
 def require_shared(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the ../shared assets are not beside this checkout)")

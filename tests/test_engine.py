@@ -6,22 +6,9 @@ import math
 import pytest
 import torch
 
-from rlhf.data.records import CompletionRecord
-from rlhf.data.tokenize import tokenize_record
 from rlhf.engine.schedule import lr_multiplier
 from rlhf.engine.trainer import TrainConfig, Trainer, TrainingDiverged, latest_checkpoint
 from rlhf.recipes.lm import lm_loss, make_loader
-from rlhf.sim.builtin import arithmetic
-
-
-@pytest.fixture(scope="module")
-def examples(tiny_tokenizer):
-    records = arithmetic(64, seed=3)
-    # vary lengths so token-level normalisation matters
-    records = [
-        CompletionRecord(r.prompt, r.completion + " ok" * (i % 5)) for i, r in enumerate(records)
-    ]
-    return [tokenize_record(tiny_tokenizer, r) for r in records]
 
 
 def fresh_model(tiny_model_dir):
@@ -49,9 +36,13 @@ def test_accumulation_split_gives_the_same_update(
 ):
     whole = fresh_model(tiny_model_dir)
     split = fresh_model(tiny_model_dir)
-    make_trainer(whole, examples, tiny_tokenizer, tmp_path / "a", max_steps=1, batch_size=8).train()
+    # Adam's first update is lr · g / (|g| + eps): for a gradient element far below eps it
+    # multiplies float rounding by lr / eps (1e6 at eps=1e-8; an element 2e-6 off was seen on
+    # an AVX512-BF16 CPU), so eps is raised to where rounding stays under the tolerance
+    options = dict(max_steps=1, adam_eps=1e-6)
+    make_trainer(whole, examples, tiny_tokenizer, tmp_path / "a", batch_size=8, **options).train()
     make_trainer(
-        split, examples, tiny_tokenizer, tmp_path / "b", max_steps=1, batch_size=2, grad_accum=4
+        split, examples, tiny_tokenizer, tmp_path / "b", batch_size=2, grad_accum=4, **options
     ).train()
     for (name, p), q in zip(whole.named_parameters(), split.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
@@ -102,7 +93,8 @@ def test_nan_loss_names_step_and_checkpoint(tiny_model_dir, tiny_tokenizer, exam
     trainer = make_trainer(fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path)
     trainer.loss_fn = exploding_loss
     with pytest.raises(
-        TrainingDiverged, match=r"step 5: the loss is nan; last good checkpoint: .*step-0000003"
+        TrainingDiverged,
+        match=r"step 5: the loss is nan; the update was not applied; last .*step-0000003",
     ):
         trainer.train()
 

@@ -191,3 +191,21 @@ def test_sampling_ignores_mixed_precision(eos_engine, monkeypatch, compile):
         assert steps and not any(steps)
     assert not torch.equal(mixed.logps, plain.logps)  # that pass did run in bf16
     torch.testing.assert_close(mixed.logps, plain.logps, atol=0.1, rtol=0)
+
+
+def test_compiled_sampling_refuses_overflowing_logits(eos_engine):
+    """Finite weights grown huge overflow the logits: the compiled loop stops at the first
+    step (exponential_race would pick tokens from NaNs without a word)."""
+    from rlhf.models.finite import NonFiniteError
+
+    norm = eos_engine.model.model.norm.weight
+    saved = norm.detach().clone()
+    params = SamplingParams(max_new_tokens=10, seed=5, num_samples=4, compile=True)
+    try:
+        with torch.no_grad():
+            norm.fill_(3e38)
+        with pytest.raises(NonFiniteError, match="sampling: the model's next-token logits"):
+            eos_engine.generate(PROMPTS, params)
+    finally:
+        with torch.no_grad():
+            norm.copy_(saved)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,18 +28,30 @@ class JsonlSink:
     """One JSON object per logged step: ``{"step": 10, "split": "train", "loss": ...}``.
 
     Appends, so a resumed run continues the same file; rows after the resume step that a
-    crashed run had already written are dropped first, so every step appears once.
+    crashed run had already written are dropped first, so every step appears once. A line that
+    is not a JSON row (the torn last line of a run killed while writing it) is dropped with a
+    warning naming the file and line.
     """
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = []
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    step = row.get("step", 0)
+                except (json.JSONDecodeError, AttributeError):
+                    logger.warning(
+                        "%s:%d: not a JSON row (torn by a crash?); dropped", path, number
+                    )
+                    continue
+                if isinstance(step, int | float) and step <= resume_step:
+                    kept.append(line)
             path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         elif resume_step is None:
             path.write_text("", encoding="utf-8")
@@ -50,6 +64,29 @@ class JsonlSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def close_sinks(sinks: Sequence[MetricsSink], timeout: float) -> None:
+    """Close every sink, waiting at most ``timeout`` seconds in all: a sink that is still
+    closing then (TensorBoard's writer flushing to a slow disk, W&B uploading) is left to
+    finish in the background, with a warning, and the run ends anyway."""
+    deadline = time.monotonic() + timeout
+    for sink in sinks:
+        name = type(sink).__name__
+
+        def close(sink: MetricsSink = sink, name: str = name) -> None:
+            try:
+                sink.close()
+            except Exception as error:  # a log that fails to close must not fail the run
+                logger.warning("%s: closing failed (%s)", name, error)
+
+        worker = threading.Thread(target=close, name=f"close-{name}", daemon=True)
+        worker.start()
+        worker.join(max(deadline - time.monotonic(), 0.0))
+        if worker.is_alive():
+            logger.warning(
+                "%s did not close within %g s; its last records may be missing", name, timeout
+            )
 
 
 class TensorBoardSink:

@@ -8,7 +8,14 @@ micro-batches (and, later, data-parallel ranks).
 
 It owns: AdamW, warm-up + decay schedule, gradient accumulation and clipping, bf16 autocast (GPUs,
 and CPUs with bf16 units when asked), periodic evaluation, checkpoints with exact resume, metrics
-sinks and the NaN guard.
+sinks, and the safety rails:
+
+- a step whose loss or gradient is NaN or infinite never reaches the optimiser: the run stops
+  (or skips up to ``train.skip_nonfinite_steps`` such steps), naming the step and the last
+  checkpoint, and no checkpoint or export is ever written with non-finite weights;
+- the first Ctrl-C finishes the current step, saves a checkpoint and stops
+  (:class:`TrainingInterrupted`); a second one stops at once;
+- resuming falls back past a damaged newest checkpoint to the previous complete one.
 """
 
 from __future__ import annotations
@@ -18,24 +25,38 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 
 from rlhf.config import StrictModel
 from rlhf.engine.loader import ResumableLoader
-from rlhf.engine.metrics import JsonlSink, MetricsSink, TensorBoardSink, WandbSink
+from rlhf.engine.metrics import (
+    JsonlSink,
+    MetricsSink,
+    TensorBoardSink,
+    WandbSink,
+    close_sinks,
+)
 from rlhf.engine.schedule import Schedule, build_scheduler
+from rlhf.models.finite import NonFiniteError, nonfinite_names
 
 logger = logging.getLogger("rlhf")
 
 CHECKPOINT_PREFIX = "step-"
+RUN_CONFIG_FILE = "run_config.json"  # in a checkpoint: the config of the run that wrote it
+# how long closing the metric sinks may take at the end of a run: TensorBoard's writer has been
+# seen to wait minutes on a slow disk, and a run that is over must not hang on its logs
+SINK_CLOSE_TIMEOUT_S = 15.0
 
 
 class TrainConfig(StrictModel):
@@ -79,6 +100,18 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    skip_nonfinite_steps: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps whose loss or gradient is NaN or infinite to skip (no "
+        "update, a warning) before the run stops; 0 stops at the first, naming the step.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        resolve_device(name)  # a clear ValueError for a device that is not, or not here
+        return name
 
 
 class Batch(Protocol):
@@ -97,7 +130,20 @@ LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, Mapping[str, float
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, the gradients or the weights became NaN or infinite; the message names the
+    step and the last checkpoint (whose weights are finite: no other is ever written)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after a complete step, with a checkpoint of that step saved."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint's files cannot be read back whole; the message names the file."""
 
 
 class StepCallback(Protocol):
@@ -120,9 +166,32 @@ def cpu_has_bf16_units() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device ('auto': cuda when available, else cpu); a ValueError says
+    why a name is not a device, or not one this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"{name!r} is not a device (expected auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"{name!r}: no CUDA device is available here (torch {torch.__version__}, "
+                f"{build}); use cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r}: MPS is not available here; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name!r}: unsupported device type (expected auto, cpu, cuda or mps)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -160,15 +229,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         numpy.random.set_state(state["numpy"])
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in ``folder`` (a run's ``checkpoints``), newest first."""
+    if not folder.is_dir():
+        return []
+    complete = [
+        p
+        for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / "trainer_state.json").exists()
+    ]
+    return sorted(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), reverse=True)
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint under ``out_dir/checkpoints`` (None if there is none)."""
-    folder = out_dir / "checkpoints"
-    if not folder.is_dir():
-        return None
-    complete = [
-        p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()
-    ]
-    return max(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+    return next(iter(complete_checkpoints(out_dir / "checkpoints")), None)
 
 
 class Trainer:
@@ -226,7 +301,10 @@ class Trainer:
             min_lr_ratio=config.min_lr_ratio,
         )
         self.step = 0
+        self.skipped_steps = 0  # steps whose loss or gradient was not finite, skipped
         self.last_checkpoint: Path | None = None
+        self._stop_requested = False
+        self._names = {id(p): name for name, p in model.named_parameters()}
         self._tensorboard, self._wandb_project = tensorboard, wandb_project
         self._run_config = dict(run_config or {})
         self._progress = progress
@@ -270,14 +348,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write model, optimiser, scheduler, RNG and data position; prune old checkpoints."""
+        """Write model, optimiser, scheduler, RNG and data position; prune old checkpoints.
+
+        Weights that hold NaN or infinity are never written: :class:`TrainingDiverged`."""
+        bad = nonfinite_names((self._names[id(p)], p) for p in self.trainable)
+        if bad:
+            raise TrainingDiverged(
+                f"step {self.step}: the weights hold NaN or infinity (in {', '.join(bad)}); "
+                f"nothing was saved; {self._last_good()}"
+            )
         folder = self.out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:07d}"
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        names = {id(p): n for n, p in self.model.named_parameters()}
         save_file(
-            {names[id(p)]: p.detach().contiguous().cpu() for p in self.trainable},
+            {self._names[id(p)]: p.detach().contiguous().cpu() for p in self.trainable},
             partial / "trainable.safetensors",
         )
         torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
@@ -285,9 +370,14 @@ class Trainer:
         torch.save(_rng_state(), partial / "rng.pt")
         if self.export is not None:
             self.export(partial / "model")
+        if self._run_config:  # what --resume compares a new config with
+            (partial / RUN_CONFIG_FILE).write_text(
+                json.dumps(self._run_config, indent=2), encoding="utf-8"
+            )
         state = {
             "step": self.step,
             "total_steps": self.total_steps,
+            "skipped_steps": self.skipped_steps,
             "loader": self.loader.state_dict(),
         }
         # trainer_state.json is written last and the folder renamed into place: a checkpoint
@@ -300,35 +390,100 @@ class Trainer:
         return folder
 
     def _prune_checkpoints(self) -> None:
-        folders = sorted(
-            (p for p in (self.out_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()),
-            key=lambda p: p.name,
-        )
-        for old in folders[: -self.config.keep_checkpoints]:
+        folder = self.out_dir / "checkpoints"
+        for old in complete_checkpoints(folder)[self.config.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _read_checkpoint(self, folder: Path) -> dict[str, Any]:
+        """Every file of ``folder`` read back whole; :class:`CheckpointDamaged` names the first
+        one that is not (torn by a crash or a full disk, edited, or holding non-finite weights
+        from a run before this check existed)."""
+
+        def read(name: str, reader: Callable[[Path], Any]) -> Any:
+            path = folder / name
+            try:
+                return reader(path)
+            except Exception as error:  # any unreadable file is damage, whatever the library
+                reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+                raise CheckpointDamaged(f"{path}: cannot be read ({reason})") from None
+
+        state = read("trainer_state.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+        if not (isinstance(state, dict) and {"step", "loader"} <= state.keys()):
+            raise CheckpointDamaged(f"{folder / 'trainer_state.json'}: lacks 'step' or 'loader'")
+        weights = read("trainable.safetensors", lambda p: load_file(p, device=str(self.device)))
+        bad = nonfinite_names(weights.items())
+        if bad:
+            raise CheckpointDamaged(
+                f"{folder / 'trainable.safetensors'}: holds NaN or infinity (in {', '.join(bad)})"
+            )
+        return {
+            "state": state,
+            "weights": weights,
+            "optimizer": read("optimizer.pt", lambda p: torch.load(p, map_location=self.device)),
+            "scheduler": read("scheduler.pt", torch.load),
+            "rng": read("rng.pt", lambda p: torch.load(p, weights_only=False)),
+        }
+
+    def _check_fits(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
+        """A ValueError naming the parameters when the checkpoint's weights do not fit the model
+        (its shape or its trainable set changed since the run started)."""
+        params = {self._names[id(p)]: p for p in self.trainable}
+        problems = [f"{name} is not in the model" for name in weights if name not in params]
+        problems += [f"{name} is not in the checkpoint" for name in params if name not in weights]
+        problems += [
+            f"{name} has shape {list(tensor.shape)} in the checkpoint but "
+            f"{list(params[name].shape)} in the model"
+            for name, tensor in weights.items()
+            if name in params and tensor.shape != params[name].shape
+        ]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError(
+                f"{folder}: the checkpoint does not fit the model, which changed since the run "
+                f"started: {'; '.join(problems[:3])}{more}"
+            )
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote."""
-        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-        weights = load_file(folder / "trainable.safetensors", device=str(self.device))
+        parts = self._read_checkpoint(folder)
+        self._check_fits(folder, parts["weights"])
         params = dict(self.model.named_parameters())
-        missing = [name for name in weights if name not in params]
-        if missing:
-            raise ValueError(
-                f"{folder}: checkpoint does not match the model (unknown {missing[:3]})"
-            )
         with torch.no_grad():
-            for name, tensor in weights.items():
+            for name, tensor in parts["weights"].items():
                 params[name].copy_(tensor)
-        self.optimizer.load_state_dict(
-            torch.load(folder / "optimizer.pt", map_location=self.device)
-        )
-        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
-        _set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+        self.optimizer.load_state_dict(parts["optimizer"])
+        self.scheduler.load_state_dict(parts["scheduler"])
+        _set_rng_state(parts["rng"])
+        state = parts["state"]
         self.loader.load_state_dict(state["loader"])
         self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.last_checkpoint = folder
         logger.info("resumed from %s at step %d", folder, self.step)
+
+    def resume(self, checkpoint: Path) -> None:
+        """Restore ``checkpoint``, or, when its files are damaged, the newest older complete
+        checkpoint beside it (with a warning naming the damaged file)."""
+        step_of = lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX))  # noqa: E731
+        older = [
+            p for p in complete_checkpoints(checkpoint.parent) if step_of(p) < step_of(checkpoint)
+        ]
+        damaged = []
+        for candidate in [checkpoint, *older]:
+            try:
+                self.load_checkpoint(candidate)
+            except CheckpointDamaged as error:
+                damaged.append(str(error))
+                logger.warning("cannot resume from %s: %s", candidate.name, error)
+                continue
+            if damaged:
+                logger.warning(
+                    "resumed from the previous complete checkpoint, %s; the newer, damaged "
+                    "one is left on disk and will be replaced when the run passes its step",
+                    candidate,
+                )
+            return
+        raise CheckpointDamaged("no checkpoint can be resumed: " + "; ".join(damaged))
 
     # ------------------------------------------------------------------ the loop
     def _sinks(self, resumed: bool) -> list[MetricsSink]:
@@ -340,6 +495,29 @@ class Trainer:
         if self._wandb_project:
             sinks.append(WandbSink(self._wandb_project, self.out_dir.name, self._run_config))
         return sinks
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was saved yet"
+        return f"last checkpoint (its weights are finite): {self.last_checkpoint}"
+
+    def _nonfinite_step(self, problem: str, metrics: dict[str, float]) -> dict[str, float]:
+        """A step whose loss or gradient is not finite: skipped (within the budget) or the end
+        of the run. The gradients are dropped either way, so nothing of it reaches the weights."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.skipped_steps < self.config.skip_nonfinite_steps:
+            self.skipped_steps += 1
+            logger.warning(
+                "step %d: %s; skipped without an update (%d of train.skip_nonfinite_steps=%d)",
+                self.step + 1, problem, self.skipped_steps, self.config.skip_nonfinite_steps,
+            )  # fmt: skip
+            return metrics | {"skipped_steps": float(self.skipped_steps)}
+        skipped = f" after skipping {self.skipped_steps} such step(s)" if self.skipped_steps else ""
+        raise TrainingDiverged(
+            f"step {self.step + 1}: {problem}; the update was not applied{skipped}; "
+            f"{self._last_good()}. Lower train.lr or train.max_grad_norm, or set "
+            "train.skip_nonfinite_steps to skip rare bad steps"
+        )
 
     def _train_step(self) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches."""
@@ -359,41 +537,37 @@ class Trainer:
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         loss_value = float(loss_total)
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            where = self.last_checkpoint or "none was saved yet"
-            raise TrainingDiverged(
-                f"step {self.step + 1}: the loss is {loss_value}; last good checkpoint: {where}"
-            )
-        if self.config.max_grad_norm is not None:
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-            )
-        else:
-            grad_norm = float(
-                torch.linalg.vector_norm(
-                    torch.stack(
-                        [
-                            torch.linalg.vector_norm(p.grad)
-                            for p in self.trainable
-                            if p.grad is not None
-                        ]
-                    )
-                )
-            )
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # the norm clipping uses, computed first so that a NaN or infinite gradient is caught
+        # before it is scaled into every tensor and applied (a finite loss can hide one)
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
         tokens = sum(batch.num_tokens for batch in micro_batches)
+        lr = self.scheduler.get_last_lr()[0]
         # the engine's own figures win over same-named metrics a loss function reports
-        return totals | {
+        metrics = totals | {
             "loss": loss_value,
             "lr": lr,
-            "grad_norm": grad_norm,
+            "grad_norm": float(grad_norm),
             "tokens": float(tokens),
             "loss_units": float(units),
         }
+        if not math.isfinite(loss_value):
+            return self._nonfinite_step(f"the loss is {loss_value}", metrics)
+        if not torch.isfinite(grad_norm):
+            named = ((self._names[id(p)], p.grad) for p in self.trainable if p.grad is not None)
+            return self._nonfinite_step(
+                f"the gradient norm is {float(grad_norm)} (NaN or infinity in the gradient of "
+                f"{', '.join(nonfinite_names(named))}) while the loss is {loss_value:.4g}",
+                metrics,
+            )
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(
+                self.trainable, self.config.max_grad_norm, grad_norm
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return metrics
 
     def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
         if self.evaluate is None:
@@ -406,10 +580,44 @@ class Trainer:
         logger.info("step %d eval: %s", self.step, _format(metrics))
         return metrics
 
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """The first Ctrl-C asks the loop to stop at the next point it can resume from (after
+        the current step; an online recipe: after the current rollout's steps) and save a
+        checkpoint there; a second one stops at once. Only the main thread receives signals."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt  # the second Ctrl-C: at once, without a checkpoint
+            self._stop_requested = True
+            logger.warning(
+                "Ctrl-C: stopping after step %d at the earliest, with a checkpoint; press "
+                "Ctrl-C again to stop at once without one",
+                self.step + 1,
+            )
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+    def _diverged(self, error: NonFiniteError) -> TrainingDiverged:
+        """A model output found non-finite (a rollout sampled from the policy, an evaluation)
+        as the run's divergence, with its step and last checkpoint."""
+        return TrainingDiverged(f"step {self.step + 1}: {error}; {self._last_good()}")
+
     def train(self, resume_from: Path | None = None) -> TrainResult:
-        """Run until ``total_steps``; resume from a checkpoint folder when given."""
+        """Run until ``total_steps``; resume from a checkpoint folder when given.
+
+        Raises :class:`TrainingDiverged` when the run diverges and :class:`TrainingInterrupted`
+        after the checkpoint that the first Ctrl-C asks for."""
         if resume_from is not None:
-            self.load_checkpoint(resume_from)
+            self.resume(resume_from)
         else:
             seed_everything(self.config.seed)
         sinks = self._sinks(resumed=resume_from is not None)
@@ -419,45 +627,60 @@ class Trainer:
         window_tokens, window_start = 0.0, start
         unlogged: dict[str, float] = {}
         try:
-            while self.step < self.total_steps:
-                metrics = self._train_step()
-                self.step += 1
-                now = time.perf_counter()
-                window_tokens += metrics["tokens"]
-                metrics["time"] = now - start
-                metrics["epoch"] = self.loader.epoch + self.loader.position / max(
-                    len(self.loader), 1
-                )
-                if self.step % self.config.log_every == 0 or self.step == self.total_steps:
-                    metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
-                    window_tokens, window_start = 0.0, now
-                    # a metric only some steps report (e.g. an online recipe's rollout_* on
-                    # the first step of each rollout) reaches the next logged row, latest value
-                    row = unlogged | metrics
-                    unlogged = {}
-                    for sink in sinks:
-                        sink.log(self.step, row)
-                    bar.set_postfix(
-                        loss=f"{metrics['loss']:.4f}",
-                        lr=f"{metrics['lr']:.2e}",
-                        tok_s=f"{metrics['tokens_per_s']:.0f}",
-                        refresh=False,
+            with self._interruptible():
+                while self.step < self.total_steps:
+                    try:
+                        metrics = self._train_step()
+                    except NonFiniteError as error:
+                        raise self._diverged(error) from None
+                    self.step += 1
+                    now = time.perf_counter()
+                    window_tokens += metrics["tokens"]
+                    metrics["time"] = now - start
+                    metrics["epoch"] = self.loader.epoch + self.loader.position / max(
+                        len(self.loader), 1
                     )
-                else:
-                    unlogged |= metrics
-                history.append(metrics)
-                for callback in self.callbacks:
-                    callback.on_step_end(self.step, metrics)
-                bar.update(1)
-                final = self.step == self.total_steps
-                if final or (self.config.eval_every and self.step % self.config.eval_every == 0):
-                    metrics.update({f"eval_{k}": v for k, v in self._run_eval(sinks).items()})
-                if final or (self.config.save_every and self.step % self.config.save_every == 0):
-                    self.save_checkpoint()
+                    if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+                        metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
+                        window_tokens, window_start = 0.0, now
+                        # a metric only some steps report (e.g. an online recipe's rollout_* on
+                        # the first step of each rollout) reaches the next logged row, latest
+                        # value
+                        row = unlogged | metrics
+                        unlogged = {}
+                        for sink in sinks:
+                            sink.log(self.step, row)
+                        bar.set_postfix(
+                            loss=f"{metrics['loss']:.4f}",
+                            lr=f"{metrics['lr']:.2e}",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}",
+                            refresh=False,
+                        )
+                    else:
+                        unlogged |= metrics
+                    history.append(metrics)
+                    for callback in self.callbacks:
+                        callback.on_step_end(self.step, metrics)
+                    bar.update(1)
+                    final = self.step == self.total_steps
+                    every = self.config.eval_every
+                    if final or (every and self.step % every == 0):
+                        try:
+                            evaluation = self._run_eval(sinks)
+                        except NonFiniteError as error:
+                            raise self._diverged(error) from None
+                        metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
+                    every = self.config.save_every
+                    saved = final or bool(every and self.step % every == 0)
+                    if saved:
+                        self.save_checkpoint()
+                    if self._stop_requested and not final and self.loader.can_checkpoint:
+                        checkpoint = self.last_checkpoint if saved else self.save_checkpoint()
+                        assert checkpoint is not None
+                        raise TrainingInterrupted(self.step, checkpoint)
         finally:
             bar.close()
-            for sink in sinks:
-                sink.close()
+            close_sinks(sinks, SINK_CLOSE_TIMEOUT_S)
         return TrainResult(self.step, self.last_checkpoint, history)
 
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from rlhf.models.finite import check_finite_weights
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -318,11 +320,13 @@ def save_model(
     ``peft.AutoPeftModelForCausalLM``), with a README saying so.
     The tokenizer is saved so that older transformers versions read it too (its class named
     ``PreTrainedTokenizerFast`` and the chat template kept in ``tokenizer_config.json``).
-    Returns the folder.
+    Returns the folder. A model whose weights hold NaN or infinity is refused
+    (:class:`~rlhf.models.finite.NonFiniteError`) before anything is written.
     """
     from peft import PeftModel
 
     out = Path(out_dir)
+    check_finite_weights(model, f"refusing to save {out}")
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
     if isinstance(model, PeftModel):

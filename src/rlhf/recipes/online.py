@@ -686,6 +686,11 @@ class ExperienceLoader:
         self.position = len(self)
 
     # ---------------------------------------------------------------- resume
+    @property
+    def can_checkpoint(self) -> bool:
+        """Only between rollouts: the buffer of a rollout in progress is not checkpointed."""
+        return self.experience is None or self.position >= len(self)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,

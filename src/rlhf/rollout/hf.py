@@ -31,6 +31,10 @@ Correctness details (see the design notes):
   around a ``torch.compile``'d one-token step over a static KV cache, so every note here holds
   for it too. Greedy tokens are ``generate``'s up to float rounding; samples come from the
   same distribution through a faster draw (:func:`exponential_race`), so not the same tokens.
+* **A diverged policy is never sampled**: ``generate`` refuses weights that hold NaN or
+  infinity, and stops at the first decoding step whose logits do (finite weights that have
+  grown huge overflow), with :class:`~rlhf.models.finite.NonFiniteError` instead of drawing
+  tokens from them; the training engine reports it with the step and the last checkpoint.
 * Sampling is seeded: ``torch.manual_seed(seed)`` inside a forked RNG, so the caller's
   random state is left as it was and the same call returns the same samples. Chunking over
   ``batch_size`` sequences is part of the random stream: change the batch size and the
@@ -55,6 +59,7 @@ from rlhf.data.chat import render_chat
 from rlhf.data.collate import IGNORE_INDEX, collate_prompts_left
 from rlhf.data.records import Text
 from rlhf.data.tokenize import adds_bos, messages_as_dicts
+from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import (
     decoder_hidden_states,
     has_plain_head,
@@ -591,6 +596,7 @@ def compiled_generate(
                 stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
             checked += compiled
             logits = step(model, token, position + t, full_mask, cache).float()  # [b, V]
+            check_finite_logits(logits, "sampling")
             scores = warpers(sequences[:, : p + t], logits) if warpers else logits
             if params.greedy:
                 chosen = torch.argmax(scores, dim=-1)
@@ -640,6 +646,21 @@ def _sampling_mode(model: torch.nn.Module, seed: int, device: torch.device) -> I
     finally:
         base.generation_config = saved_config
         model.train(was_training)
+
+
+def finite_logits_processor() -> Any:
+    """A ``LogitsProcessorList`` for ``generate`` that raises
+    :class:`~rlhf.models.finite.NonFiniteError` at the first step whose scores hold NaN or +inf
+    (``generate`` would fail in ``torch.multinomial`` naming neither, or, greedy, pick tokens
+    from NaNs without a word)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FiniteScores(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            check_finite_logits(scores, "sampling")
+            return scores
+
+    return LogitsProcessorList([FiniteScores()])
 
 
 def generation_config(params: SamplingParams, stop_ids: Sequence[int], pad_id: int) -> Any:
@@ -730,6 +751,7 @@ class HFGenerationEngine:
         """``params.num_samples`` responses to every prompt; see the module docstring."""
         if not prompts:
             raise ValueError("no prompts to sample from")
+        check_finite_weights(self.model, "sampling")
         encoded = [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
         empty = [index for index, ids in enumerate(encoded) if not ids]
         if empty:
@@ -764,7 +786,11 @@ class HFGenerationEngine:
                             self.model, ids, mask, prompt_index[rows], params.max_new_tokens
                         )
                         sequences = self.model.generate(
-                            input_ids=ids, attention_mask=mask, generation_config=config, **cache
+                            input_ids=ids,
+                            attention_mask=mask,
+                            generation_config=config,
+                            logits_processor=finite_logits_processor(),
+                            **cache,
                         )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
             response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
