@@ -92,12 +92,29 @@ def _resolve_config(
 def _run_recipe(
     recipe: str, cls: type[C], run: Callable[[C, bool], Any], config, preset, overrides, resume
 ) -> None:
+    from rlhf.engine.trainer import TrainingInterrupted, latest_checkpoint
+
+    cfg: C | None = None
     try:
         cfg = _resolve_config(cls, recipe, config, preset, overrides)
         _setup_logging()
         result = run(cfg, resume)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: resume with --resume from the last checkpoint")
+    except TrainingInterrupted as stop:  # the first Ctrl-C: a checkpoint of the step is saved
+        console.print(
+            f"[yellow]interrupted[/] after step {stop.step}: checkpoint saved to "
+            f"{stop.checkpoint}; continue with the same command and --resume",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        out = getattr(cfg, "out", None)  # every recipe config has one, once it loaded
+        last = latest_checkpoint(Path(out)) if out is not None else None
+        where = (
+            f"the last checkpoint is {last}: continue from it with --resume"
+            if last is not None
+            else "no checkpoint was saved, so --resume has nothing to continue from"
+        )
+        console.print(f"[yellow]interrupted[/] without saving; {where}", soft_wrap=True)
         raise typer.Exit(code=130) from None
     except Exception as error:  # every failure reaches the user as one clear line
         _fail(error)

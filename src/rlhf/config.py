@@ -61,15 +61,43 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping: plain YAML keeps the last
+    one silently, so a second ``train:`` block would drop the whole first one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class refuses it with its own message
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first_line[key]}); YAML would "
+                    "keep only the last one",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, naming the file (and line) when it is not one."""
+    """Read a YAML mapping, naming the file (and line) when it is not one, or when a key is
+    given twice in one mapping."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -142,11 +170,36 @@ def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return into
 
 
-def dump_config(config: BaseModel, path: str | Path) -> None:
-    """Write the fully resolved config next to a run's outputs, so it can be rerun as is."""
-    Path(path).write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` as ``{"train.lr": 1}``: every leaf by its dotted key."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten_config(value, prefix=f"{dotted}.")
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_changes(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every leaf that differs, in key order; a key
+    missing on one side has the value None there."""
+    old, new = flatten_config(before), flatten_config(after)
+    return [
+        (key, old.get(key), new.get(key))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
+def config_text(config: BaseModel) -> str:
+    """The fully resolved config as YAML, every key written in the class's order: what a run
+    writes next to its outputs, so that it can be rerun as it was."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
 
 
 def _type_name(annotation: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import random
 from collections import Counter
@@ -11,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rlhf.config import StrictModel, dump_config
+from rlhf.config import ConfigError, StrictModel, config_changes, config_text, read_yaml
 from rlhf.data.records import Record
 from rlhf.data.tokenize import TokenizedExample, TooLongError, Truncation, tokenize_record
-from rlhf.engine.trainer import latest_checkpoint
+from rlhf.engine.trainer import RUN_CONFIG_FILE, latest_checkpoint
 from rlhf.sim.builtin import is_builtin, load_builtin
 
 logger = logging.getLogger("rlhf")
@@ -95,6 +97,15 @@ class DataConfig(StrictModel):
     )
 
 
+class ResumeConfig(StrictModel):
+    allow_changes: bool = Field(
+        False,
+        description="On --resume, continue even when keys that change what the run computes "
+        "(model, data, batch size, seed, schedule, ...) differ from its saved config.yaml; the "
+        "run is then no longer the one that was checkpointed.",
+    )
+
+
 class RecipeConfig(StrictModel):
     """Fields shared by every recipe's config."""
 
@@ -105,6 +116,14 @@ class RecipeConfig(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard logs under <out>/tensorboard.")
     wandb_project: str | None = Field(None, description="Log to this W&B project (needs wandb).")
     progress: bool = Field(True, description="Show a progress bar.")
+    resume: ResumeConfig = Field(default_factory=ResumeConfig, description="--resume checks.")
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_folder(cls, out: str) -> str:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"{out!r} is an existing file; out names the run's output folder")
+        return out
 
 
 @dataclass
@@ -127,8 +146,83 @@ def prepare_out_dir(config: RecipeConfig, resume: bool) -> tuple[Path, Path | No
             "it, overwrite=true to start again there, or choose another out="
         )
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(config, out / "config.yaml")
+    record_config(config, out, checkpoint if resume else None)
     return out, checkpoint if resume else None
+
+
+# Keys whose change cannot alter what a resumed run computes: where and how often it logs,
+# evaluates and saves. Every other key (model, data, batch size, seed, schedule, device, ...)
+# can, and --resume refuses a change to one unless resume.allow_changes is set.
+RESUME_HARMLESS_KEYS = (
+    "out",
+    "overwrite",
+    "tensorboard",
+    "wandb_project",
+    "progress",
+    "resume",
+    "train.log_every",
+    "train.eval_every",
+    "train.save_every",
+    "train.keep_checkpoints",
+)
+
+
+def _show(value: Any) -> str:
+    text = "(unset)" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def record_config(config: RecipeConfig, out: Path, resuming: Path | bool | None) -> None:
+    """Write the resolved config to ``<out>/config.yaml`` (a different one already there is
+    kept as ``config.N.yaml``). When ``resuming`` (the checkpoint, or True for a run that
+    resumes without one: RAFT), first compare it with the config the run had: the one saved
+    in the checkpoint, else ``<out>/config.yaml``. A :class:`ConfigError` lists the keys that
+    would make the resumed run another run; harmless changes pass with a note."""
+    saved = out / "config.yaml"
+    previous = None
+    if isinstance(resuming, Path) and (resuming / RUN_CONFIG_FILE).is_file():
+        previous = resuming / RUN_CONFIG_FILE
+    elif resuming and saved.is_file():
+        previous = saved
+    if previous is not None:
+        before = read_yaml(previous)  # JSON is YAML
+        # fill the defaults of keys an older version did not write; a config that no longer
+        # validates is compared as written (a key it lacks or no longer has shows as a change)
+        with contextlib.suppress(ValueError):
+            before = type(config).model_validate(before).model_dump(mode="json")
+        changes = [
+            change
+            for change in config_changes(before, config.model_dump(mode="json"))
+            if not change[0].startswith("resume.")
+        ]
+        harmless = [
+            change
+            for change in changes
+            if any(change[0] == k or change[0].startswith(f"{k}.") for k in RESUME_HARMLESS_KEYS)
+        ]
+        breaking = [change for change in changes if change not in harmless]
+        listed = "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, old, new in breaking)
+        if breaking and not config.resume.allow_changes:
+            raise ConfigError(
+                f"--resume: the config differs from the run's ({previous}) in keys that change "
+                f"what it computes:\n{listed}\nUndo them, start a new run in "
+                "another out=, or set resume.allow_changes=true to continue anyway."
+            )
+        if breaking:
+            logger.warning(
+                "--resume with changes (resume.allow_changes=true); the run is no longer the "
+                "one that was checkpointed:\n%s",
+                listed,
+            )
+        for key, old, new in harmless:
+            logger.info(
+                "--resume: %s %s -> %s (no effect on training)", key, _show(old), _show(new)
+            )
+    text = config_text(config)
+    if saved.is_file() and saved.read_text(encoding="utf-8", errors="replace") != text:
+        number = next(n for n in itertools.count(1) if not (out / f"config.{n}.yaml").exists())
+        saved.replace(out / f"config.{number}.yaml")
+    saved.write_text(text, encoding="utf-8")
 
 
 def load_records(source: str, data: DataConfig) -> list[Record]:
@@ -220,6 +314,20 @@ def model_source(
             seed=seed,
         )
     )
+
+
+def check_fits_positions(model: torch.nn.Module, length: int, key: str = "data.max_length") -> None:
+    """A :class:`ConfigError` when sequences of ``length`` tokens (the config's ``key``) would
+    run past the model's position table: transformers only warns, and the positions beyond it
+    are garbage (or an index error)."""
+    from rlhf.models.forward import unwrap
+
+    positions = getattr(unwrap(model).config, "max_position_embeddings", None)
+    if isinstance(positions, int) and length > positions:
+        raise ConfigError(
+            f"{key}={length} is longer than the model's {positions} positions "
+            f"(max_position_embeddings); set {key} to {positions} or less"
+        )
 
 
 def build_model_and_tokenizer(

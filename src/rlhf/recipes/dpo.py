@@ -74,6 +74,7 @@ from rlhf.recipes.common import (
     RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
+    check_fits_positions,
     load_records,
     prepare_out_dir,
     split_train_eval,
@@ -619,6 +620,7 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> RunResult:
     model, tokenizer = build_model_and_tokenizer(
         config.model, out, lambda: training_texts(records), seed
     )
+    check_fits_positions(model, data.max_length)
 
     # tokenise: prompt and completion together, both completions of a pair
     train_examples = tokenize_pairs(tokenizer, train_pairs, data.max_length, data.truncation)

@@ -44,6 +44,7 @@ from rlhf.recipes.common import (
     RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
+    check_fits_positions,
     load_records,
     prepare_out_dir,
     training_texts,
@@ -217,6 +218,7 @@ def run_kto(config: KTOConfig, resume: bool = False) -> RunResult:
     model, tokenizer = build_model_and_tokenizer(
         config.model, out, lambda: training_texts(records), seed
     )
+    check_fits_positions(model, data.max_length)
 
     # tokenise: the rated and the mismatched completion, each with the example's prompt
     tokenize = partial(

@@ -19,6 +19,7 @@ from rlhf.models.forward import logits_at
 from rlhf.recipes.common import (
     RunResult,
     build_model_and_tokenizer,
+    check_fits_positions,
     load_records,
     prepare_out_dir,
     split_train_eval,
@@ -106,6 +107,7 @@ def train_language_model(
     model, tokenizer = build_model_and_tokenizer(
         config.model, out, lambda: training_texts(records), config.train.seed
     )
+    check_fits_positions(model, config.data.max_length)
 
     train_examples = tokenize_records(tokenizer, train_records, config.data, to_examples)
     eval_examples = tokenize_records(tokenizer, eval_records, config.data, to_examples)

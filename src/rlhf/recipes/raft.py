@@ -47,7 +47,8 @@ from rlhf.recipes.common import (
     RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
-    prepare_out_dir,
+    check_fits_positions,
+    record_config,
     tokenize_records,
 )
 from rlhf.recipes.lm import exporter, train_on_examples
@@ -240,7 +241,8 @@ def _check_out(config: RAFTConfig, resume: bool) -> Path:
 
 def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     out = _check_out(config, resume)
-    prepare_out_dir(config, resume=False)
+    out.mkdir(parents=True, exist_ok=True)
+    record_config(config, out, resume)
     reward = build_reward(config.reward)
     prompts = load_prompts(config.prompts, columns=config.prompt_columns or None)
     run = _Run(config, out, reward)
@@ -255,6 +257,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
         run.save_state()
     model_config = config.model.model_copy(update={"path": run.state["policy"], "tiny": None})
     model, tokenizer = build_model_and_tokenizer(model_config, out, lambda: [], config.train.seed)
+    check_fits_positions(model, config.data.max_length)
     model.to(resolve_device(config.train.device))  # sampling and training share the device
     engine = HFGenerationEngine(model, tokenizer, batch_size=config.sampling.batch_size)
 

@@ -66,6 +66,7 @@ from rlhf.recipes.common import (
     ModelConfig,
     RecipeConfig,
     RunResult,
+    check_fits_positions,
     load_records,
     model_source,
     prepare_out_dir,
@@ -298,6 +299,7 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
         lora=None if lora is None else LoraSpec(**lora.model_dump()),
         seed=seed,
     )
+    check_fits_positions(model, data.max_length)
 
     # tokenise: every response of a group once
     train_tokens = tokenize_groups(tokenizer, train_groups, data.max_length, data.truncation)
