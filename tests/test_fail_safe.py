@@ -501,3 +501,12 @@ def test_max_length_beyond_the_model_positions_names_both_numbers(tiny_model_dir
         ConfigError, match=r"data.max_length=300 is longer than the model's 256 positions"
     ):
         check_fits_positions(model, 300)
+
+
+def test_a_reward_device_that_is_not_there_names_the_key():
+    from rlhf.config import load_config
+    from rlhf.recipes.grpo import GRPOConfig
+
+    overrides = ["data.prompts=p.jsonl", "model.path=m", "reward.rule=arithmetic"]
+    with pytest.raises(ConfigError, match=r"reward\.device: .*'banana' is not a device"):
+        load_config(GRPOConfig, None, [*overrides, "reward.device=banana"])

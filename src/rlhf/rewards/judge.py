@@ -355,7 +355,7 @@ class LocalJudge(Reward):
         if method not in ("yes_no", "score"):
             raise ValueError(f"local judge method must be 'yes_no' or 'score', got {method!r}")
         if isinstance(model, str | os.PathLike):
-            from rlhf.engine.trainer import resolve_device
+            from rlhf.models.device import resolve_device
             from rlhf.models.load import load_model, load_tokenizer
 
             self.name = str(model)

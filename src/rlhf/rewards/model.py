@@ -26,7 +26,7 @@ class RewardModelReward(Reward):
         batch_size: int = 16,
         normalized: bool = True,
     ) -> None:
-        from rlhf.engine.trainer import resolve_device
+        from rlhf.models.device import resolve_device
         from rlhf.models.reward import load_reward_model
 
         self.path = str(path)

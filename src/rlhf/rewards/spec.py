@@ -209,6 +209,14 @@ class RewardSpec(StrictModel):
         "it); not with missing_eos_penalty.",
     )
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        from rlhf.models.device import resolve_device
+
+        resolve_device(name)  # a ValueError saying why the name is not a device here
+        return name
+
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, rule: str | None) -> str | None:
