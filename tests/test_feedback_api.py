@@ -583,6 +583,23 @@ def test_campaign_sampled_from_the_model(api: Api) -> None:
     assert "at least 2" in api.detail_of("POST", "/api/admin/campaigns", api.admin, 422, json=body)
 
 
+def test_identical_responses_are_refused_at_upload_and_sampling(api: Api) -> None:
+    """Issue 14: a pairwise item of two identical responses was accepted; its export had
+    chosen = rejected, which rm and dpo refuse. The whole upload is refused, naming the line."""
+    rows = [*rows_of(1), {"prompt": "q", "responses": ["same", "other", "same "]}]
+    for task in ("pairwise", "rank"):
+        body = {"name": f"dup-{task}", "task_type": task, "source_jsonl": jsonl(rows)}
+        detail = api.detail_of("POST", "/api/admin/campaigns", api.admin, 422, json=body)
+        assert detail.startswith("source: line 2: responses[2]: the same text as responses[0]")
+    assert api.call("GET", "/api/admin/campaigns", api.admin, 200).json() == []
+    # a model that says the same twice: the prompt's line is named
+    api.app.state.feedback.sampler = lambda prompts, n: [["same"] * n for _ in prompts]
+    prompts = jsonl([{"prompt": "Name a colour."}])
+    body = {"name": "s", "task_type": "pairwise", "sample": {"prompts_jsonl": prompts, "n": 2}}
+    detail = api.detail_of("POST", "/api/admin/campaigns", api.admin, 422, json=body)
+    assert detail.startswith("source: line 1: responses[1]: the same text as responses[0]")
+
+
 def test_server_without_a_model(db_url: str) -> None:
     app = create_app(db_url)
     with TestClient(app) as client:

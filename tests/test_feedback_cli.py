@@ -69,6 +69,20 @@ def test_a_bad_campaign_file_is_refused_naming_its_line(tmp_path):
     assert "line 2: responses: missing" in result.output
 
 
+def test_a_campaign_file_with_identical_responses_is_refused_naming_its_line(tmp_path):
+    source = tmp_path / "candidates.jsonl"
+    rows = [{"prompt": "ok", "responses": ["a", "b"]}, {"prompt": "x", "responses": ["y", "y"]}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    db = tmp_path / "fb.db"
+    result = rlhf(
+        "feedback", "create-campaign", str(source), "--db", str(db), "--name", "c",
+        "--task", "pairwise",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "line 2: responses[1]: the same text as responses[0]" in result.output
+    assert "candidates.jsonl" in result.output
+
+
 def test_the_served_model_samples_replies_to_text_and_conversations(tiny_model_dir):
     sample = feedback_sampler(str(tiny_model_dir), "float32", "cpu", 8, 1.0, 1.0, seed=0)
     conversation = [{"role": "user", "content": "1+2="}]

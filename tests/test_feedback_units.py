@@ -327,6 +327,43 @@ def test_items_per_row_of_each_task() -> None:
     assert completion.responses == ["c"]
 
 
+REPEAT = "an annotator cannot prefer a response to itself (remove the repeat)"
+
+
+@pytest.mark.parametrize(
+    ("task", "responses", "message"),
+    [
+        ("pairwise", ["a", "a"], "line 2: responses[1]: the same text as responses[0]"),
+        ("pairwise", ["a", "b", "c", "b"], "line 2: responses[3]: the same text as responses[1]"),
+        ("pairwise", ["a", " a\n"], "line 2: responses[1]: the same text as responses[0]"),
+        ("rank", ["x", "y", "x"], "line 2: responses[2]: the same text as responses[0]"),
+    ],
+)
+def test_identical_responses_to_compare_are_refused_naming_the_line(
+    task: str, responses: list[str], message: str
+) -> None:
+    """Issue 14: a pairwise item of two identical responses was accepted, and its export
+    (chosen = rejected) was refused by rm and dpo."""
+    text = GOOD + "\n" + json.dumps({"prompt": "p", "responses": responses})
+    assert source_error(task, text) == f"{message}; {REPEAT}"
+
+
+def test_repeated_responses_rated_one_at_a_time_are_fine() -> None:
+    for task in ("rate", "thumbs", "edit"):
+        assert len(parse_source(task, '{"prompt": "p", "responses": ["a", "a"]}')) == 2
+
+
+def test_identical_pairs_already_stored_export_no_preference() -> None:
+    """Campaigns made before identical pairs were refused, and chat turns where the model
+    said the same twice, give no chosen = rejected row."""
+    value = {"better": 0, "level": 1, "score": 3}
+    assert list(export_records("pairwise", "preference", "p", ["a", "a "], value)) == []
+    turn = {"messages": [{"role": "user", "content": "hi"}], "candidates": ["yo", "yo"]}
+    assert list(export_records("chat", "preference", "", [], {"chosen": 0}, turn)) == []
+    (conversation,) = export_records("chat", "conversation", "", [], {"chosen": 0}, turn)
+    assert conversation.kind == "conversation"
+
+
 def test_chat_rows() -> None:
     items = parse_source(
         "chat", '{"prompt": "Hello"}\n{"prompt": ""}\n{"prompt": "x", "responses": [1]}'

@@ -11,7 +11,9 @@ annotator's opening message, or ``""`` to let the annotator open.
 
 How rows become items: ``pairwise`` makes one item per pair of a row's responses (a row of
 K = 4 gives 6 pairs); ``rank`` one item per row (2..9 responses); ``rate``, ``thumbs`` and
-``edit`` one item per response; ``chat`` one item per row.
+``edit`` one item per response; ``chat`` one item per row. A pairwise or rank row whose
+responses repeat one another is refused (:func:`_distinct`); every text is at most
+``MAX_TEXT`` characters.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.data.records import ROLES
-from rlhf.feedback.tasks import MAX_RANKED, LabelError, check_gold, check_text
+from rlhf.feedback.tasks import MAX_RANKED, LabelError, check_gold, check_text, comparable
 
 
 class SourceError(ValueError):
@@ -72,6 +74,24 @@ def _responses(row: dict[str, Any], where: str) -> list[str]:
     return value
 
 
+def _distinct(responses: list[str], where: str) -> None:
+    """Refuse a row of a comparing task (pairwise, rank) that repeats a response.
+
+    Refused rather than dropped: a repeat usually means the sampling went wrong (greedy
+    decoding, a temperature of 0), which whoever made the candidates should hear about; and a
+    file stays stored whole or not at all. The CLI, the upload and the server's own sampling
+    all come through here, so they answer alike.
+    """
+    first: dict[str, int] = {}
+    for index, response in enumerate(responses):
+        earlier = first.setdefault(comparable(response), index)
+        if earlier != index:
+            raise SourceError(
+                f"{where}: responses[{index}]: the same text as responses[{earlier}]; "
+                "an annotator cannot prefer a response to itself (remove the repeat)"
+            )
+
+
 def _gold(task: str, value: Any, n: int, where: str) -> Any:
     try:
         return check_gold(task, value, n, where)
@@ -98,6 +118,7 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
     if task == "pairwise":
         if len(responses) < 2:
             raise SourceError(f"{where}: responses: a pairwise task needs at least 2")
+        _distinct(responses, where)
         if gold is not None and len(responses) != 2:
             raise SourceError(f"{where}: gold: give gold only for rows of exactly 2 responses")
         gold = _gold(task, gold, 2, f"{where}: gold")
@@ -107,6 +128,7 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
     elif task == "rank":
         if not 2 <= len(responses) <= MAX_RANKED:
             raise SourceError(f"{where}: responses: a rank task takes 2 to {MAX_RANKED}")
+        _distinct(responses, where)
         yield NewItem(
             prompt, responses, _gold(task, gold, len(responses), f"{where}: gold"), source
         )

@@ -80,6 +80,12 @@ def check_text(text: str, field: str) -> str:
     return text
 
 
+def comparable(text: str) -> str:
+    """A response as two are compared: without the whitespace around it, which the page does
+    not show. Two responses equal so are no preference (rm and dpo refuse chosen = rejected)."""
+    return text.strip()
+
+
 # ---------------------------------------------------------------------------- submissions
 
 
@@ -274,12 +280,14 @@ def export_records(
 
     if task == "pairwise":
         better = value["better"]
-        yield PreferenceRecord(
-            text,
-            reply(responses[better]),
-            reply(responses[1 - better]),
-            margin=float(value["level"]),
-        )
+        # campaigns refuse identical pairs (rlhf.feedback.campaigns); older ones may hold some
+        if comparable(responses[better]) != comparable(responses[1 - better]):
+            yield PreferenceRecord(
+                text,
+                reply(responses[better]),
+                reply(responses[1 - better]),
+                margin=float(value["level"]),
+            )
     elif task == "rank":
         ranking = RankingRecord(text, tuple(map(reply, responses)), tuple(value["ranks"]))
         if fmt == "ranking":
@@ -296,7 +304,7 @@ def export_records(
         edited, original = value["text"], responses[0]
         if fmt == "completion":
             yield CompletionRecord(text, reply(edited))
-        elif edited.strip() != original.strip():  # an unchanged response is no preference
+        elif comparable(edited) != comparable(original):  # unchanged: no preference
             if fmt == "edit":
                 yield EditRecord(text, reply(original), reply(edited))
             else:
@@ -307,6 +315,7 @@ def export_records(
         chosen = chat_turn["candidates"][value["chosen"]]
         if fmt == "preference":
             rejected = chat_turn["candidates"][1 - value["chosen"]]
-            yield PreferenceRecord(context, _reply(chosen), _reply(rejected))
+            if comparable(chosen) != comparable(rejected):  # the model may say the same twice
+                yield PreferenceRecord(context, _reply(chosen), _reply(rejected))
         else:
             yield ConversationRecord((*context, Message("assistant", chosen)))
