@@ -52,6 +52,8 @@ def test_a_diverging_run_stops_before_anything_non_finite_reaches_disk(tmp_path,
     assert message.startswith("error: step "), message
     assert "NaN" in message or "nan" in message
     assert "checkpoint" in message
+    # stopped before the bad update (or before sampling from what it made), not a step later
+    assert "the update was not applied" in message or "sampling" in message, message
     assert not (out / "model").exists()
     for folder in (out / "checkpoints").glob("step-*"):
         for file in [folder / "trainable.safetensors", *folder.glob("model/*.safetensors")]:
