@@ -112,3 +112,25 @@ def test_serve_says_what_stops_it_before_serving(tmp_path):
     assert "cannot open the database" in result.output and "Traceback" not in result.output
     result = rlhf("feedback", "serve", "--db", "postgresql+asyncpg://x@h/db", "--port", "0")
     assert result.exit_code == 1 and "pip install 'rlhf[postgres]'" in result.output
+
+
+def test_serve_passes_its_body_limit_to_the_app(tmp_path, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda web, **options: served.update(web=web))
+    db = str(tmp_path / "feedback.db")
+    result = CliRunner().invoke(
+        app, ["feedback", "serve", "--db", db, "--port", "0", "--max-body", "2048"]
+    )
+    assert result.exit_code == 0, result.output
+    with TestClient(served["web"]) as client:
+        answer = client.post("/api/login", content=b"x" * 4096)
+    assert answer.status_code == 413
+    assert "2,048 bytes" in answer.text
+    refused = CliRunner().invoke(app, ["feedback", "serve", "--max-body", "10"])
+    assert refused.exit_code == 2 and "--max-body" in refused.output

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from rlhf.config import ConfigError, config_help, load_config, preset_path, read_yaml
+from rlhf.feedback.limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES
 
 app = typer.Typer(
     help="rlhf: reinforcement learning from human feedback, end to end.",
@@ -660,6 +661,15 @@ def feedback_serve(
             show_default=False,
         ),
     ] = None,
+    max_body: Annotated[
+        int,
+        typer.Option(
+            min=1024, help="Largest request body in bytes (413 beyond it, refused unread)."
+        ),
+    ] = MAX_BODY_BYTES,
+    max_upload: Annotated[
+        int, typer.Option(min=1024, help="Largest campaign upload (its whole file) in bytes.")
+    ] = MAX_UPLOAD_BYTES,
 ) -> None:
     """Run the web app: annotators at /annotate, admins at /admin, the API under /api.
 
@@ -685,7 +695,13 @@ def feedback_serve(
             sampler = feedback_sampler(
                 model, dtype, device, max_new_tokens, temperature, top_p, seed
             )
-        web = create_app(db, sampler=sampler, secure_cookies=secure_cookies)
+        web = create_app(
+            db,
+            sampler=sampler,
+            secure_cookies=secure_cookies,
+            max_body_bytes=max_body,
+            max_upload_bytes=max_upload,
+        )
         token = web.state.feedback.start()  # the database's problems, said before serving
         if token:
             console.print(
