@@ -109,7 +109,7 @@ def test_random_bytes(workdir, data, suffix, skip_bad):
 
 
 @FUZZ
-@given(values=st.lists(json_values, max_size=5), kind=KINDS)
+@given(values=st.lists(json_values, min_size=1, max_size=5), kind=KINDS)
 def test_random_json_values(workdir, values, kind):
     lines = workdir / "values.jsonl"
     lines.write_text("".join(json.dumps(value) + "\n" for value in values))
@@ -118,7 +118,7 @@ def test_random_json_values(workdir, values, kind):
     assert result is not None  # with skip_bad every row is either a record or counted
     assert len(result.records) + sum(result.skipped.values()) == len(values)
     whole = workdir / "values.json"
-    whole.write_text(json.dumps(values[0] if values else None))
+    whole.write_text(json.dumps(values[0]))
     read_only_data_errors(whole, kind, True)
 
 
@@ -207,7 +207,7 @@ def records(draw):
 
 
 @FUZZ
-@given(written=st.lists(records(), max_size=6))
+@given(written=st.lists(records(), min_size=1, max_size=6))  # no rows: an error
 def test_round_trip(workdir, written):
     path = workdir / "round.jsonl"
     write_records(path, written)

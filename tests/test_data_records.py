@@ -95,7 +95,9 @@ def test_round_trip_through_jsonl(tmp_path):
 def test_write_records_survives_lone_surrogates(tmp_path):
     record = CompletionRecord("bad \ud800 text", "ok")
     write_records(tmp_path / "x.jsonl", [record])
-    assert read_records(tmp_path / "x.jsonl").records == [record]
+    # written as its escape, and read back as the bad row it is (no tokenizer can read it)
+    with pytest.raises(DataError, match=r"x.jsonl:1: prompt: not valid Unicode"):
+        read_records(tmp_path / "x.jsonl")
 
 
 def test_is_blank():

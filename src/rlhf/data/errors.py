@@ -5,6 +5,8 @@
 ========================  ====================================================================
 ``missing_field``         a field the row's kind needs is absent (or null, or an empty CSV cell)
 ``wrong_type``            a value of the wrong JSON type (text where a number belongs, ...)
+``not_unicode``           text with a lone surrogate (a JSON ``\\ud800`` escape): not writable as
+                          UTF-8, so no tokenizer can read it
 ``mixed_formats``         plain-text and message-list fields in one row
 ``empty_response``        an empty (or blank) completion, chosen, rejected, response, ...
 ``empty_text``            an empty ``text`` / ``messages`` language-modelling row
@@ -23,6 +25,8 @@
 ``unknown_kind``          a record kind that does not exist
 ``not_convertible``       a record that a conversion cannot turn into the requested kind
 ``not_found``             a missing file, folder, split or hub dataset
+``no_rows``               a source with no rows at all (an empty or blank file, a CSV header alone,
+                          a JSON ``[]``, an empty Parquet file or dataset)
 ========================  ====================================================================
 """
 

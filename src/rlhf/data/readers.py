@@ -69,6 +69,7 @@ from rlhf.data.records import (
     Text,
     TextRecord,
     is_blank,
+    unicode_problem,
 )
 
 logger = logging.getLogger("rlhf.data")
@@ -121,6 +122,14 @@ def _wrong_type(field: str | None, expected: str, value: Any) -> _Invalid:
     return _Invalid(field, "wrong_type", f"expected {expected}, got {_describe(value)}")
 
 
+def _unicode(text: str, field: str) -> str:
+    """``text``, unless it is not valid Unicode (:func:`~rlhf.data.records.unicode_problem`)."""
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise _Invalid(field, "not_unicode", problem)
+    return text
+
+
 def _from_json_cell(value: str) -> Any:
     """A CSV cell holding JSON (a list of messages, of ranks, ...); the text itself if it is not."""
     try:
@@ -150,7 +159,7 @@ def _messages(value: Any, field: str, from_text: bool) -> tuple[Message, ...]:
             )  # fmt: skip
         if not isinstance(content, str):
             raise _wrong_type(f"{where}.content", "text", content)
-        messages.append(Message(role, content))
+        messages.append(Message(role, _unicode(content, f"{where}.content")))
     return tuple(messages)
 
 
@@ -160,7 +169,7 @@ def _text(value: Any, field: str, from_text: bool) -> Text:
             decoded = _from_json_cell(value)
             if isinstance(decoded, list) and decoded and all(isinstance(m, dict) for m in decoded):
                 return _messages(decoded, field, False)
-        return value
+        return _unicode(value, field)
     if isinstance(value, list | tuple):
         return _messages(value, field, False)
     raise _wrong_type(field, "text or a list of messages", value)
@@ -374,7 +383,12 @@ _DETECTION: tuple[tuple[str, frozenset[str]], ...] = tuple(
 
 
 def _columns_of(row: Mapping[str, Any]) -> str:
-    names = [str(name)[:30] for name, value in row.items() if value is not None]
+    # backslashreplace: a lone surrogate in a name could not be printed
+    names = [
+        str(name)[:30].encode("utf-8", "backslashreplace").decode("utf-8")
+        for name, value in row.items()
+        if value is not None
+    ]
     return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "none"
 
 
@@ -729,7 +743,9 @@ def read_records(
     name. ``rating_scale``: ``(low, high)`` for ratings whose rows carry no ``scale``.
     ``limit``: stop after this many records. A bad row raises :class:`DataError`; with
     ``skip_bad`` it is skipped, counted by reason in ``skipped`` (the first ``max_errors``
-    errors kept) and a summary is logged to the ``rlhf.data`` logger.
+    errors kept) and a summary is logged to the ``rlhf.data`` logger. A source with no rows at
+    all (an empty or blank file, a CSV header alone, ``[]``) raises :class:`DataError`
+    (``no_rows``): nothing can be trained on it.
     """
     name = os.fspath(source)
     if kind is not None and kind not in RECORD_TYPES:
@@ -740,7 +756,9 @@ def read_records(
     parser = _RowParser(kind, columns, _checked_scale(rating_scale, name))
     result = LoadResult(source=name)
     parse, keep = parser.parse, result.records.append
+    has_rows = False
     for file, line, row, from_text in _located_rows(_sources(name, split)):
+        has_rows = True
         if limit is not None and len(result.records) >= limit:
             break
         try:
@@ -757,6 +775,8 @@ def read_records(
             continue
         keep(record)
         result.kind_counts[record.kind] += 1
+    if not has_rows:
+        raise DataError(name, None, None, "no rows", reason="no_rows")
     if result.skipped:
         reasons = ", ".join(f"{reason} {count}" for reason, count in result.skipped.most_common())
         logger.warning(
@@ -788,7 +808,7 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # backslashreplace: a lone surrogate (valid in a JSON string, not in UTF-8) is written as its
-    # \uXXXX escape, which JSON reads back as the same character
+    # \uXXXX escape rather than failing the whole write; the readers report that row (not_unicode)
     with path.open("w", encoding="utf-8", errors="backslashreplace") as file:
         for record in records:
             file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")

@@ -10,6 +10,7 @@ Readers check the invariants stated in each docstring; records built in code are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -42,8 +43,25 @@ Text = str | tuple[Message, ...]
 def is_blank(text: Text) -> bool:
     """Whether a text holds nothing but whitespace (a message list: in every message)."""
     if isinstance(text, str):
-        return not text.strip()
-    return not any(message.content.strip() for message in text)
+        return not text or text.isspace()  # str.strip() would copy a long text
+    return all(is_blank(message.content) for message in text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode, or None: a lone surrogate (what a JSON ``\\ud800``
+    escape decodes to) cannot be written as UTF-8, so no tokenizer, database or export takes it."""
+    if text.isascii():
+        return None
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"not valid Unicode (a lone surrogate escape, \\u{ord(found.group()):04x} at "
+        f"character {found.start() + 1:,})"
+    )
 
 
 def response_text(response: Text) -> str:
