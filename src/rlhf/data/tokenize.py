@@ -15,6 +15,12 @@ Rules every recipe relies on:
   response), and only when the completion alone is too long is the completion cut at its end,
   leaving at least :data:`MIN_PROMPT_TOKENS` of the prompt. ``truncation="drop"`` skips
   over-long examples instead; the recipes log how many.
+* Cost bounded by ``max_length``, not by the row: before rendering and tokenising, each text
+  (each message's content) is cut to the characters that ``max_length`` tokens can come from
+  (:func:`cut_text`), on the side truncation drops anyway: the prompt's start, the response's
+  end, the end of plain text and of conversation messages. Tokenised whole, a 50 MB row took
+  18 GB (a tokenizer's encoding costs hundreds of bytes per token) only to keep
+  ``max_length`` tokens of it. The kept tokens are those of the whole text (tested).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from rlhf.data.records import (
 
 Truncation = Literal["truncate", "drop"]
 MIN_PROMPT_TOKENS = 8
+# tokens kept beyond max_length when cutting text before tokenisation, so that the tokens near
+# the cut (a word split in two, a merge that no longer happens) are never among the kept ones
+CUT_MARGIN_TOKENS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,60 @@ def adds_bos(tokenizer: Any) -> bool:
         ]
         tokenizer._rlhf_adds_bos = cached
     return cached
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters of text one token can stand for: its longest vocabulary entry.
+
+    Byte-level BPE spells a token with one character per byte and SentencePiece with one per
+    character (``▁`` for a space), so an entry is never shorter than the text it covers. Where
+    that fails (a normaliser that drops characters, an unknown token for a long word),
+    :func:`cut_text` notices and widens its cut.
+    """
+    cached = getattr(tokenizer, "_rlhf_longest_token", None)
+    if cached is None:
+        cached = max(map(len, tokenizer.get_vocab()), default=1)
+        tokenizer._rlhf_longest_token = cached
+    return cached
+
+
+def cut_text(tokenizer: Any, text: Text, max_tokens: int, keep: Literal["start", "end"]) -> Text:
+    """``text`` cut to the characters that its first (``keep="start"``) or last (``"end"``)
+    ``max_tokens`` tokens come from; in a message list, each message's content on its own.
+    Text within the budget is returned as it is (the same object).
+
+    The budget is ``max_tokens`` + :data:`CUT_MARGIN_TOKENS` tokens of
+    :func:`longest_token_chars` characters each; a cut piece that tokenises to fewer tokens
+    than that is widened (doubling) until it holds them, so the tokens that truncation to
+    ``max_tokens`` keeps are those of the whole text.
+    """
+    if not isinstance(text, str):
+        contents = [cut_text(tokenizer, m.content, max_tokens, keep) for m in text]
+        if all(cut is m.content for cut, m in zip(contents, text, strict=True)):
+            return text
+        return tuple(Message(m.role, cut) for m, cut in zip(text, contents, strict=True))
+    needed = max_tokens + CUT_MARGIN_TOKENS
+    chars = needed * longest_token_chars(tokenizer)
+    while len(text) > chars:
+        piece = text[:chars] if keep == "start" else text[-chars:]
+        if len(tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]) >= needed:
+            return piece
+        chars *= 2
+    return text
+
+
+def _cut_or_drop(
+    tokenizer: Any,
+    text: Text,
+    max_length: int,
+    keep: Literal["start", "end"],
+    truncation: Truncation,
+) -> Text:
+    """:func:`cut_text`, or :class:`TooLongError` under ``truncation="drop"`` when it cuts."""
+    cut = cut_text(tokenizer, text, max_length, keep)
+    if cut is not text and truncation == "drop":
+        raise TooLongError(f"more than {max_length} tokens (max_length)")
+    return cut
 
 
 def _encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
@@ -127,6 +190,9 @@ def tokenize_prompt_response(
     Applies the truncation policy of this module's docstring; the response always keeps at
     least one token. Used by SFT (loss on the response) and by preference recipes.
     """
+    if max_length is not None:
+        prompt = _cut_or_drop(tokenizer, prompt, max_length, "end", truncation)
+        response = _cut_or_drop(tokenizer, response, max_length, "start", truncation)
     text, response_start = render_prompt_and_response(tokenizer, prompt, response)
     ids, ends = _encode_with_offsets(tokenizer, text)
     # first token whose last character is response text
@@ -168,20 +234,21 @@ def tokenize_record(
             tokenizer, record.prompt, record.completion, max_length, truncation
         )
         return TokenizedExample(ids, [False] * boundary + [True] * (len(ids) - boundary))
-    if isinstance(record, ConversationRecord):
-        ids, mask = _tokenize_conversation(tokenizer, record.messages)
-    elif isinstance(record, TextRecord):
-        if isinstance(record.text, str):
-            ids, _ = _encode_with_offsets(tokenizer, record.text)
-            if tokenizer.eos_token_id is not None:
-                ids.append(tokenizer.eos_token_id)
-            mask = [True] * len(ids)
-        else:
-            # a conversation as plain language-modelling text: every token is a target
-            ids, mask = _tokenize_conversation(tokenizer, record.text)
-            mask = [True] * len(ids)
-    else:
+    if not isinstance(record, ConversationRecord | TextRecord):
         raise TypeError(f"cannot build a demonstration from a {type(record).__name__}")
+    text = record.messages if isinstance(record, ConversationRecord) else record.text
+    if max_length is not None:
+        text = _cut_or_drop(tokenizer, text, max_length, "start", truncation)
+    if isinstance(text, str):
+        ids, _ = _encode_with_offsets(tokenizer, text)
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        mask = [True] * len(ids)
+    else:
+        ids, mask = _tokenize_conversation(tokenizer, text)
+        if isinstance(record, TextRecord):
+            # a conversation as plain language-modelling text: every token is a target
+            mask = [True] * len(ids)
     if max_length is not None and len(ids) > max_length:
         if truncation == "drop":
             raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
