@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -11,7 +12,12 @@ from typing import Any
 
 from rlhf.data.errors import DataError
 from rlhf.data.readers import read_records
-from rlhf.data.records import RecordKind
+from rlhf.data.records import Message, Record, RecordKind, Text
+
+# An example shows at most this much of a row, whatever its size: rendering a 50 MB field
+# takes rich many minutes, and tokenising it with --model gigabytes.
+SHOWN_CHARS = 2000  # characters of each text (each message's content)
+SHOWN_ITEMS = 20  # messages of a conversation, responses of a ranking
 
 
 @dataclass
@@ -73,9 +79,11 @@ def check_data(
 ) -> CheckReport:
     """Read ``source`` skipping bad rows, and report counts, the first ``max_errors`` errors and
     ``examples`` rows: as the model sees them when a ``tokenizer`` is given (chat template
-    applied, trained-on parts in ``[[...]]``), else as their canonical JSON.
+    applied, trained-on parts in ``[[...]]``), else as their canonical JSON. An example shows
+    the first :data:`SHOWN_CHARS` characters of each text and :data:`SHOWN_ITEMS` messages or
+    responses, with a note of what is left out.
 
-    A problem with the source as a whole (missing file, unreadable JSON) raises
+    A problem with the source as a whole (missing file, unreadable JSON, no rows) raises
     :class:`DataError`.
     """
     result = read_records(
@@ -88,12 +96,55 @@ def check_data(
     return report
 
 
-def _show(record: Any, tokenizer: Any) -> str:
+def _show(record: Record, tokenizer: Any) -> str:
+    record, left_out = _shortened(record)
+    notes = "".join(f"\n… {note} not shown" for note in left_out)
     if tokenizer is None:
-        return json.dumps(record.to_dict(), ensure_ascii=False, indent=2)
+        return json.dumps(record.to_dict(), ensure_ascii=False, indent=2) + notes
     from rlhf.data.tokenize import render_example
 
     try:
-        return render_example(tokenizer, record)
+        return render_example(tokenizer, record) + notes
     except Exception as error:  # a report shows a template that fails; it does not stop at it
         return f"(cannot render with this tokenizer: {error})"
+
+
+def _is_text(value: Any) -> bool:
+    """Whether a record's field holds a Text: a string or a message list."""
+    return isinstance(value, str) or (
+        isinstance(value, tuple) and bool(value) and isinstance(value[0], Message)
+    )
+
+
+def _shortened(record: Record) -> tuple[Record, list[str]]:
+    """``record`` cut to what an example shows, and what was left out (``"prompt: 9,000
+    more characters"``)."""
+    left_out: list[str] = []
+
+    def cut(items: tuple, name: str, what: str) -> tuple:
+        if len(items) > SHOWN_ITEMS:
+            left_out.append(f"{name}: {len(items) - SHOWN_ITEMS:,} more {what}")
+        return items[:SHOWN_ITEMS]
+
+    def text(value: Text, name: str) -> Text:
+        if isinstance(value, str):
+            if len(value) > SHOWN_CHARS:
+                left_out.append(f"{name}: {len(value) - SHOWN_CHARS:,} more characters")
+            return value[:SHOWN_CHARS]
+        messages = cut(value, name, "messages")
+        return tuple(
+            Message(m.role, text(m.content, f"{name}[{i}].content")) for i, m in enumerate(messages)
+        )
+
+    changes: dict[str, Any] = {}
+    for spec in dataclasses.fields(record):
+        value = getattr(record, spec.name)
+        if spec.name == "responses":  # a ranking: its ranks are cut along with the responses
+            responses = cut(value, "responses", "responses")
+            changes["responses"] = tuple(
+                text(response, f"responses[{i}]") for i, response in enumerate(responses)
+            )
+            changes["ranks"] = record.ranks[:SHOWN_ITEMS]  # type: ignore[union-attr]
+        elif _is_text(value):
+            changes[spec.name] = text(value, spec.name)
+    return dataclasses.replace(record, **changes), left_out
