@@ -137,23 +137,31 @@ def test_non_finite_weights_are_never_saved_or_exported(
     assert not (tmp_path / "export").exists()
 
 
-class FailingLoader:
-    """A loader whose batch at a given call raises what a rollout from a broken policy raises."""
+class WrappedLoader:
+    """A loader that behaves as the one it wraps, except where a subclass says otherwise."""
 
-    def __init__(self, loader, fail_at):
-        self.loader, self.fail_at, self.calls = loader, fail_at, 0
-
-    def next_batch(self):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise NonFiniteError("sampling: the model's next-token logits hold NaN or infinity")
-        return self.loader.next_batch()
+    def __init__(self, loader):
+        self.loader = loader
 
     def __len__(self):
         return len(self.loader)
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
+
+
+class FailingLoader(WrappedLoader):
+    """A loader whose batch at a given call raises what a rollout from a broken policy raises."""
+
+    def __init__(self, loader, fail_at):
+        super().__init__(loader)
+        self.fail_at, self.calls = fail_at, 0
+
+    def next_batch(self):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise NonFiniteError("sampling: the model's next-token logits hold NaN or infinity")
+        return self.loader.next_batch()
 
 
 def test_a_broken_rollout_stops_the_run_naming_step_and_checkpoint(
@@ -262,22 +270,13 @@ def test_second_ctrl_c_stops_at_once_without_a_checkpoint(
     assert latest_checkpoint(tmp_path) is None
 
 
-class EveryThirdStep:
+class EveryThirdStep(WrappedLoader):
     """A loader that can be checkpointed only every third batch (as an online recipe's, only
     between rollouts)."""
-
-    def __init__(self, loader):
-        self.loader = loader
 
     @property
     def can_checkpoint(self):
         return self.loader.position % 3 == 0
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
 
 
 def test_ctrl_c_waits_for_a_point_the_loader_can_resume_from(
