@@ -285,3 +285,30 @@ def test_response_text_keeps_the_space_a_sentencepiece_tokenizer_puts_on_its_fir
     response = tokenizer("Once upon a time, Lily loved her dog.")["input_ids"][len(prompt) :]
     assert tokenizer.decode(response, skip_special_tokens=True).startswith("loved")
     assert decode_continuation(tokenizer, prompt, response) == " loved her dog."
+
+
+def test_a_huge_prompt_keeps_its_end_within_the_model_positions(eos_engine, caplog):
+    """A 5 MB prompt: before, tokenising it whole cost hundreds of MB and generation then ran
+    past the model's 256 positions; now its text is cut first and its last tokens kept."""
+    import tracemalloc
+
+    tokenizer = eos_engine.tokenizer
+    tail = "What is 12 + 30?\n"
+    huge = "Once upon a time there was a cat. " * 150_000 + tail  # 5.1 MB
+    params = SamplingParams(max_new_tokens=6, num_samples=1, temperature=0.0)
+    tracemalloc.start()
+    try:
+        with caplog.at_level("WARNING", logger="rlhf.rollout"):
+            batch = eos_engine.generate([huge, "Hi"], params)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 60e6, f"{peak / 1e6:.0f} MB allocated for a prompt cut to 250 tokens"
+    room = 256 - 6
+    kept = batch.prompt_ids[0][batch.prompt_mask[0].bool()].tolist()
+    assert len(kept) == room
+    whole = prompt_token_ids(tokenizer, huge[-20_000:])  # the same end, tokenised whole
+    assert kept[-50:] == whole[-50:]
+    assert "1 of 2 prompts fill the 250 tokens" in caplog.text
+    with pytest.raises(ValueError, match="max_new_tokens=300 leaves no room"):
+        eos_engine.generate(["Hi"], SamplingParams(max_new_tokens=300))

@@ -58,7 +58,7 @@ import torch
 from rlhf.data.chat import render_chat
 from rlhf.data.collate import IGNORE_INDEX, collate_prompts_left
 from rlhf.data.records import Text
-from rlhf.data.tokenize import adds_bos, messages_as_dicts
+from rlhf.data.tokenize import adds_bos, cut_text, messages_as_dicts
 from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import (
     decoder_hidden_states,
@@ -72,19 +72,28 @@ from rlhf.rollout.types import RolloutBatch, SamplingParams
 logger = logging.getLogger("rlhf.rollout")
 
 
-def prompt_token_ids(tokenizer: Any, prompt: Text) -> list[int]:
+def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None) -> list[int]:
     """The token ids a response is generated after, matching training's tokenisation.
 
     A string is encoded as it is; a message list is rendered with the chat template and its
     assistant generation prompt. BOS is written once when the tokenizer's convention has it.
+    With ``max_tokens``, a longer prompt keeps its last tokens (after BOS), as training
+    truncates prompts, and its text is cut before it is tokenised (:func:`cut_text`), so the
+    cost is bounded by ``max_tokens`` whatever the prompt's size.
     """
+    if max_tokens is not None:
+        prompt = cut_text(tokenizer, prompt, max_tokens, "end")
     if isinstance(prompt, str):
         text = prompt
     else:
         text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+    bos = adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id)
+    if bos:
         ids.insert(0, tokenizer.bos_token_id)
+    if max_tokens is not None and len(ids) > max_tokens:
+        head = ids[:1] if adds_bos(tokenizer) else []
+        ids = head + ids[len(ids) - (max_tokens - len(head)) :]
     return ids
 
 
@@ -747,12 +756,34 @@ class HFGenerationEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def prompt_room(self, max_new_tokens: int) -> int | None:
+        """How many prompt tokens fit beside ``max_new_tokens`` in the model's positions (None
+        when its config does not say)."""
+        positions = getattr(unwrap(self.model).config, "max_position_embeddings", None)
+        if not isinstance(positions, int):
+            return None
+        if positions <= max_new_tokens:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                f"{positions} positions"
+            )
+        return positions - max_new_tokens
+
     def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
         """``params.num_samples`` responses to every prompt; see the module docstring."""
         if not prompts:
             raise ValueError("no prompts to sample from")
         check_finite_weights(self.model, "sampling")
-        encoded = [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
+        room = self.prompt_room(params.max_new_tokens)
+        encoded = [prompt_token_ids(self.tokenizer, prompt, room) for prompt in prompts]
+        if room is not None:
+            cut = sum(len(ids) == room for ids in encoded)
+            if cut:
+                logger.warning(
+                    "%d of %d prompts fill the %d tokens the model's positions leave beside "
+                    "max_new_tokens=%d: longer ones lost their start",
+                    cut, len(prompts), room, params.max_new_tokens,
+                )  # fmt: skip
         empty = [index for index, ids in enumerate(encoded) if not ids]
         if empty:
             raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
