@@ -245,7 +245,11 @@ def test_kto_starts_at_half_per_example(tiny_model_dir, tmp_path):
         "tensorboard": False,
         "model": {"path": str(tiny_model_dir)},
         "reference": {"cache_dir": str(tmp_path / "cache")},
-        "data": {"train": "builtin:arithmetic-binary?n=64", "eval_fraction": 0.25},
+        "data": {
+            "train": "builtin:arithmetic-binary?n=64",
+            "eval_fraction": 0.25,
+            "max_length": 128,
+        },
         "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3},
         "eval": {"kl_prompts": 2, "max_new_tokens": 4},
     }

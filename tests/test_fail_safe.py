@@ -509,3 +509,18 @@ def test_a_reward_device_that_is_not_there_names_the_key():
     overrides = ["data.prompts=p.jsonl", "model.path=m", "reward.rule=arithmetic"]
     with pytest.raises(ConfigError, match=r"reward\.device: .*'banana' is not a device"):
         load_config(GRPOConfig, None, [*overrides, "reward.device=banana"])
+
+
+def test_a_run_is_extended_on_resume_only_under_a_constant_schedule(tmp_path):
+    from rlhf.recipes.common import record_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for schedule, passes in (("constant", True), ("cosine", False)):
+        record_config(sft_config(tmp_path, f"train.schedule={schedule}", "train.max_steps=10"), out, None)  # fmt: skip
+        longer = sft_config(tmp_path, f"train.schedule={schedule}", "train.max_steps=20")
+        if passes:
+            record_config(longer, out, True)
+        else:
+            with pytest.raises(ConfigError, match="train.max_steps: 10 -> 20"):
+                record_config(longer, out, True)

@@ -30,7 +30,11 @@ def config(tmp_path, model_dir, out="run", **overrides):
         "tensorboard": False,
         "model": {"path": str(model_dir)},
         "reference": {"cache_dir": str(tmp_path / "cache")},
-        "data": {"train": "builtin:arithmetic-preferences?n=48", "eval_fraction": 0.25},
+        "data": {
+            "train": "builtin:arithmetic-preferences?n=48",
+            "eval_fraction": 0.25,
+            "max_length": 128,
+        },
         "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "schedule": "constant"},
         "eval": {"kl_prompts": 0},
     }

@@ -32,7 +32,9 @@ class TinyModelSpec(StrictModel):
     num_layers: int = Field(4, ge=1, description="Transformer blocks.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(688, ge=8, description="MLP width.")
-    max_position_embeddings: int = Field(512, ge=16, description="Longest sequence.")
+    max_position_embeddings: int = Field(
+        1024, ge=16, description="Longest sequence (data.max_length must fit in it)."
+    )
 
 
 class LoraConfig(StrictModel):
@@ -165,6 +167,16 @@ RESUME_HARMLESS_KEYS = (
     "train.save_every",
     "train.keep_checkpoints",
 )
+# the run's length: harmless too under a schedule that does not depend on it (constant), so a
+# finished run can be extended; under warm-up + decay it changes the learning rate of every step
+RUN_LENGTH_KEYS = ("train.max_steps", "train.epochs")
+
+
+def _harmless_on_resume(key: str, config: RecipeConfig) -> bool:
+    if any(key == k or key.startswith(f"{k}.") for k in RESUME_HARMLESS_KEYS):
+        return True
+    train = getattr(config, "train", None)
+    return key in RUN_LENGTH_KEYS and getattr(train, "schedule", None) == "constant"
 
 
 def _show(value: Any) -> str:
@@ -195,11 +207,7 @@ def record_config(config: RecipeConfig, out: Path, resuming: Path | bool | None)
             for change in config_changes(before, config.model_dump(mode="json"))
             if not change[0].startswith("resume.")
         ]
-        harmless = [
-            change
-            for change in changes
-            if any(change[0] == k or change[0].startswith(f"{k}.") for k in RESUME_HARMLESS_KEYS)
-        ]
+        harmless = [change for change in changes if _harmless_on_resume(change[0], config)]
         breaking = [change for change in changes if change not in harmless]
         listed = "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, old, new in breaking)
         if breaking and not config.resume.allow_changes:
