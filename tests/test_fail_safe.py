@@ -522,5 +522,5 @@ def test_a_run_is_extended_on_resume_only_under_a_constant_schedule(tmp_path):
         if passes:
             record_config(longer, out, True)
         else:
-            with pytest.raises(ConfigError, match="train.max_steps: 10 -> 20"):
+            with pytest.raises(ConfigError, match=r"train\.max_steps: 10 -> 20"):
                 record_config(longer, out, True)

@@ -1495,7 +1495,7 @@ def test_text_no_database_can_store_is_refused(api: Api) -> None:
     assert response.status_code == 422
     assert (
         response.json()["detail"]
-        == "source: line 1: prompt: not valid Unicode (a lone surrogate escape)"
+        == "source: line 1: prompt: not valid Unicode (a lone surrogate escape, \\ud800 at character 2)"
     )
     # a raw U+2028 inside a JSON string is one row, not two
     separator = api.campaign("thumbs", [{"prompt": "a\u2028b", "responses": ["r"]}])

@@ -37,6 +37,7 @@ from rlhf.data.records import (
     RatingRecord,
     Record,
     Text,
+    unicode_problem,
 )
 from rlhf.feedback.limits import MAX_TEXT
 
@@ -62,11 +63,7 @@ def text_problem(text: str) -> str | None:
     as UTF-8)."""
     if "\x00" in text:
         return "contains a NUL character"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not valid Unicode (a lone surrogate escape)"
-    return None
+    return unicode_problem(text)
 
 
 def check_text(text: str, field: str) -> str:
