@@ -86,6 +86,23 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def cpu_description() -> str:
+    """The CPU this ran on, and the flags that decide its speed (a ratio or a figure is only
+    comparable with one from the same CPU): model name, cores, AVX2 / AVX-512 / AVX512-BF16 /
+    AMX."""
+    model, flags = "unknown CPU", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    shown = " ".join(flag for flag in wanted if flag in flags) or "none of " + " ".join(wanted)
+    return f"cpu: {model}, {os.cpu_count()} cores; flags: {shown}"
+
+
 def run_in_child(
     function: Callable[..., Mapping[str, Any]],
     /,

@@ -284,16 +284,26 @@ def tokenize_records(
     return examples
 
 
+# A tokenizer learns its merges from word frequencies, which a text's first few thousand
+# characters sample as well as the whole; one 50 MB row otherwise costs about 100 MB of the BPE
+# trainer's memory per MB (benchmarks/bench_long_rows.py).
+TOKENIZER_TEXT_CHARS = 10_000
+
+
 def training_texts(records: Iterable[Record]) -> list[str]:
-    """Every string inside records, to train a tiny model's tokenizer on."""
+    """Every string inside records (the first :data:`TOKENIZER_TEXT_CHARS` characters of
+    each), to train a tiny model's tokenizer on."""
     texts = []
     for record in records:
         for value in record.to_dict().values():
             if isinstance(value, str):
-                texts.append(value)
+                texts.append(value[:TOKENIZER_TEXT_CHARS])
             elif isinstance(value, list):
                 texts.extend(
-                    item["content"] if isinstance(item, dict) else str(item) for item in value
+                    (item["content"] if isinstance(item, dict) else str(item))[
+                        :TOKENIZER_TEXT_CHARS
+                    ]
+                    for item in value
                 )
     return texts
 
