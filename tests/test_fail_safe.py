@@ -538,3 +538,18 @@ def test_a_huge_row_trains_the_tiny_tokenizer_on_its_start_only():
     ]
     texts = training_texts(records)
     assert texts == [huge[:TOKENIZER_TEXT_CHARS], "yes", "no", huge[:TOKENIZER_TEXT_CHARS], "ok"]
+
+
+def test_a_broken_evaluation_names_the_step_it_evaluated(
+    tiny_model_dir, tiny_tokenizer, examples, tmp_path
+):
+    trainer = make_trainer(
+        fresh_model(tiny_model_dir), examples, tiny_tokenizer, tmp_path, eval_every=3
+    )
+
+    def evaluate(model):
+        raise NonFiniteError("sampling: the model's next-token logits hold NaN or infinity")
+
+    trainer.evaluate = evaluate
+    with pytest.raises(TrainingDiverged, match=r"^step 3: sampling: .*no checkpoint was saved"):
+        trainer.train()

@@ -578,10 +578,10 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
-    def _diverged(self, error: NonFiniteError) -> TrainingDiverged:
-        """A model output found non-finite (a rollout sampled from the policy, an evaluation)
-        as the run's divergence, with its step and last checkpoint."""
-        return TrainingDiverged(f"step {self.step + 1}: {error}; {self._last_good()}")
+    def _diverged(self, error: NonFiniteError, step: int) -> TrainingDiverged:
+        """A model output found non-finite (a rollout sampled from the policy in ``step``, the
+        evaluation after it) as the run's divergence, with the last checkpoint."""
+        return TrainingDiverged(f"step {step}: {error}; {self._last_good()}")
 
     def train(self, resume_from: Path | None = None) -> TrainResult:
         """Run until ``total_steps``; resume from a checkpoint folder when given.
@@ -604,7 +604,7 @@ class Trainer:
                     try:
                         metrics = self._train_step()
                     except NonFiniteError as error:
-                        raise self._diverged(error) from None
+                        raise self._diverged(error, self.step + 1) from None
                     self.step += 1
                     now = time.perf_counter()
                     window_tokens += metrics["tokens"]
@@ -639,8 +639,8 @@ class Trainer:
                     if final or (every and self.step % every == 0):
                         try:
                             evaluation = self._run_eval(sinks)
-                        except NonFiniteError as error:
-                            raise self._diverged(error) from None
+                        except NonFiniteError as error:  # evaluating the step just done
+                            raise self._diverged(error, self.step) from None
                         metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
                     every = self.config.save_every
                     saved = final or bool(every and self.step % every == 0)

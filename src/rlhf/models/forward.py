@@ -45,6 +45,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def position_limit(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model takes (its position table), when its config says."""
+    positions = getattr(unwrap(model).config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) else None
+
+
 def has_plain_head(model: torch.nn.Module) -> bool:
     base = unwrap(model)
     config = getattr(base, "config", None)

@@ -44,7 +44,12 @@ from rlhf.data.pairs import (
     tokenize_for_reward,
 )
 from rlhf.data.records import Text
-from rlhf.models.forward import decoder_hidden_states, shares_prompt_prefix, unwrap
+from rlhf.models.forward import (
+    decoder_hidden_states,
+    position_limit,
+    shares_prompt_prefix,
+    unwrap,
+)
 from rlhf.models.load import LoraSpec, ModelLoadError, load_model, load_tokenizer
 
 if TYPE_CHECKING:
@@ -199,8 +204,7 @@ class RewardModel:
     @property
     def max_length(self) -> int | None:
         """The longest sequence the backbone takes (its position table), if it says."""
-        config = unwrap(self.model).config
-        return getattr(config, "max_position_embeddings", None)
+        return position_limit(self.model)
 
     def normalize(self, raw_rewards: torch.Tensor) -> torch.Tensor:
         """``gain · raw + bias``, elementwise."""

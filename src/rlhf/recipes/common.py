@@ -103,8 +103,8 @@ class ResumeConfig(StrictModel):
     allow_changes: bool = Field(
         False,
         description="On --resume, continue even when keys that change what the run computes "
-        "(model, data, batch size, seed, schedule, ...) differ from its saved config.yaml; the "
-        "run is then no longer the one that was checkpointed.",
+        "(model, data, batch size, seed, schedule, ...) differ from the config saved with its "
+        "checkpoint; the run is then no longer the one that was checkpointed.",
     )
 
 
@@ -338,10 +338,10 @@ def check_fits_positions(model: torch.nn.Module, length: int, key: str = "data.m
     """A :class:`ConfigError` when sequences of ``length`` tokens (the config's ``key``) would
     run past the model's position table: transformers only warns, and the positions beyond it
     are garbage (or an index error)."""
-    from rlhf.models.forward import unwrap
+    from rlhf.models.forward import position_limit
 
-    positions = getattr(unwrap(model).config, "max_position_embeddings", None)
-    if isinstance(positions, int) and length > positions:
+    positions = position_limit(model)
+    if positions is not None and length > positions:
         raise ConfigError(
             f"{key}={length} is longer than the model's {positions} positions "
             f"(max_position_embeddings); set {key} to {positions} or less"

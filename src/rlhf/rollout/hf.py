@@ -63,6 +63,7 @@ from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import (
     decoder_hidden_states,
     has_plain_head,
+    position_limit,
     shares_prompt_prefix,
     unwrap,
 )
@@ -88,8 +89,7 @@ def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None
     else:
         text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id)
-    if bos:
+    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
         ids.insert(0, tokenizer.bos_token_id)
     if max_tokens is not None and len(ids) > max_tokens:
         head = ids[:1] if adds_bos(tokenizer) else []
@@ -759,8 +759,8 @@ class HFGenerationEngine:
     def prompt_room(self, max_new_tokens: int) -> int | None:
         """How many prompt tokens fit beside ``max_new_tokens`` in the model's positions (None
         when its config does not say)."""
-        positions = getattr(unwrap(self.model).config, "max_position_embeddings", None)
-        if not isinstance(positions, int):
+        positions = position_limit(self.model)
+        if positions is None:
             return None
         if positions <= max_new_tokens:
             raise ValueError(
