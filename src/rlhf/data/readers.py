@@ -86,6 +86,9 @@ class LoadResult:
     skipped: Counter[str] = field(default_factory=Counter)  # skipped rows per DataError.reason
     errors: list[DataError] = field(default_factory=list)  # the first skipped rows' errors
     source: str = ""
+    # with keep_rows: each record's row as read (before `columns` renaming), for fields no
+    # record kind keeps, e.g. a prompt's ground-truth answer; rows[i] is records[i]'s
+    rows: list[Mapping[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -733,6 +736,7 @@ def read_records(
     split: str = "train",
     limit: int | None = None,
     max_errors: int = MAX_KEPT_ERRORS,
+    keep_rows: bool = False,
 ) -> LoadResult:
     """Read and check every row of ``source``.
 
@@ -745,7 +749,8 @@ def read_records(
     ``skip_bad`` it is skipped, counted by reason in ``skipped`` (the first ``max_errors``
     errors kept) and a summary is logged to the ``rlhf.data`` logger. A source with no rows at
     all (an empty or blank file, a CSV header alone, ``[]``) raises :class:`DataError`
-    (``no_rows``): nothing can be trained on it.
+    (``no_rows``): nothing can be trained on it. ``keep_rows``: keep each record's row as read
+    in ``rows`` too.
     """
     name = os.fspath(source)
     if kind is not None and kind not in RECORD_TYPES:
@@ -774,6 +779,8 @@ def read_records(
                 result.errors.append(error)
             continue
         keep(record)
+        if keep_rows:
+            result.rows.append(row)
         result.kind_counts[record.kind] += 1
     if not has_rows:
         raise DataError(name, None, None, "no rows", reason="no_rows")
@@ -792,14 +799,6 @@ def _located_rows(
     for file, rows, from_text in sources:
         for line, row in rows:
             yield file, line, row, from_text
-
-
-def raw_rows(source: str | os.PathLike[str], split: str = "train") -> Iterator[Mapping[str, Any]]:
-    """The rows of ``source`` as they are read, before any checking (mappings only; malformed
-    rows are skipped): for fields no record kind keeps, e.g. a prompt's ground-truth answer."""
-    for _, _, row, _ in _located_rows(_sources(os.fspath(source), split)):
-        if isinstance(row, Mapping):
-            yield row
 
 
 def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> None:

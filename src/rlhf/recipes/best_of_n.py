@@ -199,7 +199,7 @@ def evaluate_best_of_n(
         extra = {"rewards": [round(v, 6) for v in rewards[index].tolist()]}
         if gold_rewards is not None:
             extra["gold"] = [round(v, 6) for v in gold_rewards[index].tolist()]
-        samples.append(CandidateRecord(**{**asdict(candidate), "extra": extra}))
+        samples.append(replace(candidate, extra=extra))  # asdict would turn messages to dicts
     return BestOfNReport(
         points=best_of_n_curve(rewards, gold_rewards),
         samples=samples,

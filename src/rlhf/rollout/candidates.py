@@ -70,6 +70,36 @@ def prompt_of(record: Record) -> Text:
     raise ValueError(f"a {record.kind} record has no prompt to sample from")
 
 
+def _prompt_rows(
+    name: str, columns: Mapping[str, str] | None, keep_rows: bool
+) -> tuple[list[Record], list[Mapping[str, Any]]]:
+    """The records of a prompt source and, with ``keep_rows``, each one's row as read."""
+    from rlhf.data.readers import read_records
+    from rlhf.sim.builtin import is_builtin, load_builtin
+
+    if is_builtin(name):
+        records = load_builtin(name)
+        return records, [record.to_dict() for record in records] if keep_rows else []
+    prompt_column = (columns or {}).get("prompt", "prompt")
+    try:
+        # kind "prompt" reads only the prompt of each row, so any row with one will do
+        result = read_records(name, "prompt", columns=columns, keep_rows=keep_rows)
+    except DataError as error:
+        if error.reason != "missing_field" or error.field != prompt_column:
+            raise
+        result = read_records(name, columns=columns, keep_rows=keep_rows)  # e.g. conversations
+    return result.records, result.rows
+
+
+def _distinct_prompts(records: Iterable[Record], limit: int | None) -> list[Text]:
+    prompts: dict[Text, None] = {}
+    for record in records:
+        prompts.setdefault(prompt_of(record), None)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return list(prompts)
+
+
 def load_prompts(
     source: str | os.PathLike[str],
     *,
@@ -81,29 +111,12 @@ def load_prompts(
     Rows need a ``prompt`` field (whatever else they hold) or ``messages``; a bad row raises
     :class:`~rlhf.data.errors.DataError` naming the file and line.
     """
-    from rlhf.data.readers import read_records
-    from rlhf.sim.builtin import is_builtin, load_builtin
-
     name = os.fspath(source)
-    if is_builtin(name):
-        records: Iterable[Record] = load_builtin(name)
-    else:
-        prompt_column = (columns or {}).get("prompt", "prompt")
-        try:
-            # kind "prompt" reads only the prompt of each row, so any row with one will do
-            records = read_records(name, "prompt", columns=columns).records
-        except DataError as error:
-            if error.reason != "missing_field" or error.field != prompt_column:
-                raise
-            records = read_records(name, columns=columns).records  # e.g. conversations
-    prompts: dict[Text, None] = {}
-    for record in records:
-        prompts.setdefault(prompt_of(record), None)
-        if limit is not None and len(prompts) >= limit:
-            break
+    records, _ = _prompt_rows(name, columns, keep_rows=False)
+    prompts = _distinct_prompts(records, limit)
     if not prompts:
         raise DataError(name, None, None, "no prompts found", reason="missing_field")
-    return list(prompts)
+    return prompts
 
 
 def load_prompts_and_answers(
@@ -117,32 +130,38 @@ def load_prompts_and_answers(
     """:func:`load_prompts` and, with ``answer_field``, each prompt's ground truth as
     metadata ``{"answer": ...}`` for a verifiable reward (e.g. ``rule=gsm8k``); None without.
 
-    Every prompt must have the field, and prompts must be plain text (the answer is matched
-    to its prompt by the prompt's text): a :class:`ValueError`, naming ``option`` (where the
-    field was given), says which does not.
+    ``answer_field`` names a column of the source (as the file spells it, whatever
+    ``columns`` maps); prompts may be plain text or messages (a ``prompt`` list, or a
+    conversation's turns before its last answer). Every prompt must have the field: a
+    :class:`ValueError`, naming ``option`` (where the field was given), says which does not.
     """
-    from rlhf.data.readers import raw_rows
     from rlhf.rewards.base import ANSWER
-    from rlhf.sim.builtin import is_builtin, load_builtin
 
-    prompts = load_prompts(source, columns=columns, limit=limit)
-    if answer_field is None:
-        return prompts, None
-    column = (columns or {}).get("prompt", "prompt")
-    answers: dict[str, Any] = {}
     name = os.fspath(source)
-    rows = (r.to_dict() for r in load_builtin(name)) if is_builtin(name) else raw_rows(source)
-    for row in rows:
-        if isinstance(row.get(column), str) and row.get(answer_field) is not None:
-            answers.setdefault(row[column], row[answer_field])
-    missing = [p for p in prompts if not isinstance(p, str) or p not in answers]
+    if answer_field is None:
+        return load_prompts(source, columns=columns, limit=limit), None
+    records, rows = _prompt_rows(name, columns, keep_rows=True)
+    prompts = _distinct_prompts(records, limit)
+    if not prompts:
+        raise DataError(name, None, None, "no prompts found", reason="missing_field")
+    answers: dict[Text, Any] = {}
+    for record, row in zip(records, rows, strict=True):
+        if row.get(answer_field) is not None:
+            answers.setdefault(prompt_of(record), row[answer_field])
+    missing = [p for p in prompts if p not in answers]
     if missing:
+        present = ", ".join(sorted(map(str, rows[0]))) if rows else "none"
         raise ValueError(
             f"{option} {answer_field!r}: {len(missing)} of {len(prompts)} prompts of "
-            f"{name} have no {answer_field!r} (first: {missing[0]!r}); "
-            "plain-text prompt rows are needed"
+            f"{name} have no {answer_field!r} (first: {_preview(missing[0])}; the rows' "
+            f"columns: {present})"
         )
     return prompts, [{ANSWER: answers[p]} for p in prompts]
+
+
+def _preview(prompt: Text, chars: int = 80) -> str:
+    text = prompt if isinstance(prompt, str) else " | ".join(m.content for m in prompt)
+    return repr(text if len(text) <= chars else text[: chars - 3] + "...")
 
 
 def candidates_from_rollout(prompts: Sequence[Text], batch: RolloutBatch) -> list[CandidateRecord]:
