@@ -85,9 +85,15 @@ def _resolve_config(
     cls: type[C], recipe: str, config: Path | None, preset: str | None, overrides: list[str] | None
 ) -> C:
     base = read_yaml(preset_path(recipe, preset)) if preset else None
-    if config is None and preset is None:
-        raise ConfigError(f"give --config FILE or --preset NAME (see rlhf {recipe} --help)")
-    return load_config(cls, config, overrides or [], base=base)
+    try:
+        return load_config(cls, config, overrides or [], base=base)
+    except ConfigError as error:
+        if config is None and preset is None:  # overrides alone: say how else to start
+            raise ConfigError(
+                f"{error}\n(rlhf {recipe} runs from key=value overrides alone, from --config "
+                f"FILE or from --preset NAME; rlhf {recipe} --help lists every key)"
+            ) from None
+        raise
 
 
 def _run_recipe(

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,6 +30,10 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # A section given in part is completed from the recipe's own default for it (see
+    # _with_section_defaults); False for a section that names one choice among several (a
+    # reward's source), where what the user gives replaces the default whole.
+    partial_keeps_default: ClassVar[bool] = True
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -120,26 +124,76 @@ def preset_path(recipe: str, preset: str) -> Path:
     return path
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def _format_validation_error(error: ValidationError, source: str, cls: type[BaseModel]) -> str:
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] == "missing":
+            message = _missing(cls, [str(part) for part in item["loc"]])
         else:
             message = item["msg"]
-            if "input" in item and item["type"] not in ("missing",):
+            if "input" in item and item["loc"]:  # a whole section's input is no help
                 message += f" (got {item['input']!r})"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 
 
+def _missing(cls: type[BaseModel], path: list[str]) -> str:
+    """"required", with what the key is and, for a section, the keys it needs: a config given
+    as overrides alone meets this first (``model: required (The model to fine-tune; e.g.
+    model.path=...)``)."""
+    field = None
+    for part in path:
+        field = cls.model_fields.get(part) if isinstance(cls, type) else None
+        if field is None:
+            return "required"
+        cls = field.annotation  # type: ignore[assignment]
+    assert field is not None
+    hints = []
+    if field.description:
+        hints.append(field.description.rstrip("."))
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        needed = [
+            key for key, _, default, _ in describe_config(cls, f"{'.'.join(path)}.")
+            if default == "required"
+        ]  # fmt: skip
+        if not needed and "path" in cls.model_fields:  # a model section: path or tiny
+            needed = [f"{'.'.join(path)}.path"]
+        if needed:
+            hints.append("e.g. " + " ".join(f"{key}=..." for key in needed))
+    return f"required ({'; '.join(hints)})" if hints else "required"
+
+
 def validate_config(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:
     """Build ``cls`` from a plain mapping, turning pydantic's errors into a :class:`ConfigError`."""
     try:
-        return cls.model_validate(dict(data))
+        return cls.model_validate(_with_section_defaults(cls, dict(data)))
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(_format_validation_error(error, source, cls)) from None
+
+
+def _with_section_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each section it gives in part completed from the section's own default.
+
+    A recipe may default a section to other values than its class does (GRPO's ``kl`` is
+    β = 0.04 with k3 in the loss; the class says 0.05, k1, in the reward). Pydantic builds a
+    section given in part (``kl.coef=0.1``) from the class's defaults, which would silently
+    bring back k1 in the reward; the recipe's values are filled in first instead.
+    """
+    for name, field in cls.model_fields.items():
+        value, section_class = data.get(name), field.annotation
+        if not isinstance(value, Mapping):
+            continue
+        if not (isinstance(section_class, type) and issubclass(section_class, BaseModel)):
+            continue
+        section = dict(value)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel) and getattr(section_class, "partial_keeps_default", True):
+            section = _deep_merge(default.model_dump(exclude_defaults=True), section)
+        data[name] = _with_section_defaults(section_class, section)
+    return data
 
 
 def load_config(
@@ -217,20 +271,30 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def describe_config(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Every leaf key of a config as ``(dotted key, type, default, description)`` rows."""
+def describe_config(
+    cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
+    """Every leaf key of a config as ``(dotted key, type, default, description)`` rows.
+
+    A section's defaults are those of the section's own default (``defaults``), not of its
+    class: GRPO's ``kl`` section defaults to β = 0.04 and k3 where the class says 0.05 and k1,
+    and ``--help`` must show what a run would use.
+    """
     rows = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
+        if defaults is not None:
+            has_default, value = True, getattr(defaults, name)
+        elif field.is_required():
+            has_default, value = False, None
+        else:
+            has_default, value = True, field.get_default(call_default_factory=True)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_config(annotation, prefix=f"{key}."))
+            section = value if isinstance(value, BaseModel) else None
+            rows.extend(describe_config(annotation, prefix=f"{key}.", defaults=section))
             continue
-        default = (
-            "required"
-            if field.is_required()
-            else repr(field.get_default(call_default_factory=True))
-        )
+        default = repr(value) if has_default else "required"
         rows.append((key, _type_name(annotation), default, field.description or ""))
     return rows
 

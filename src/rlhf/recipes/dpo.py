@@ -226,7 +226,9 @@ class DPOConfig(RecipeConfig):
         default_factory=PreferenceLossConfig, description="The loss."
     )
     train: TrainConfig = Field(
-        default_factory=TrainConfig, description="Optimisation; batch_size counts pairs."
+        # lr 1e-6: Rafailov et al. 2023 (§B); β-scaled log-ratios move fast, larger rates overfit
+        default_factory=lambda: TrainConfig(lr=1e-6),
+        description="Optimisation; batch_size counts pairs.",
     )
     eval: PreferenceEvalConfig = Field(
         default_factory=PreferenceEvalConfig, description="Held-out evaluation."

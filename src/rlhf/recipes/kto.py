@@ -85,7 +85,8 @@ class KTOConfig(RecipeConfig):
     )
     loss: KTOLossConfig = Field(default_factory=KTOLossConfig, description="The loss.")
     train: TrainConfig = Field(
-        default_factory=TrainConfig, description="Optimisation; batch_size counts examples."
+        default_factory=lambda: TrainConfig(lr=1e-6),  # as DPO's
+        description="Optimisation; batch_size counts examples.",
     )
     eval: PreferenceEvalConfig = Field(
         default_factory=PreferenceEvalConfig, description="Held-out evaluation."

@@ -214,7 +214,10 @@ class OnlineConfig(RecipeConfig):
     policy: PolicyLossSettings = Field(
         default_factory=PolicyLossSettings, description="The clipped policy loss."
     )
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    # lr 1e-6: the policy update of DeepSeekMath's GRPO (Shao et al. 2024, §4.2)
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=1e-6), description="Optimisation."
+    )
     eval: OnlineEvalConfig = Field(
         default_factory=OnlineEvalConfig, description="Held-out evaluation."
     )

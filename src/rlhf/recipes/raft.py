@@ -66,7 +66,9 @@ class InitSFTConfig(StrictModel):
     """An SFT phase that trains the starting policy before the first round."""
 
     data: DataConfig = Field(description="Demonstrations (as for `rlhf sft`).")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Its optimisation.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=2e-5), description="Its optimisation (as SFT's)."
+    )
 
 
 class RAFTSettings(StrictModel):
@@ -116,7 +118,8 @@ class RAFTConfig(RecipeConfig):
         default_factory=RAFTDataConfig, description="Tokenising kept samples."
     )
     train: TrainConfig = Field(
-        default_factory=TrainConfig, description="Each round's fine-tuning (fresh optimiser)."
+        default_factory=lambda: TrainConfig(lr=2e-5),
+        description="Each round's fine-tuning (fresh optimiser; lr as SFT's).",
     )
 
     @model_validator(mode="after")

@@ -120,7 +120,8 @@ class RewardModelConfig(RecipeConfig):
         description="Comparisons: preference pairs, rankings, ratings, thumbs, edits."
     )
     train: TrainConfig = Field(
-        default_factory=TrainConfig,
+        # lr 1e-5: about InstructGPT's reward model rate (Ouyang et al. 2022, §C.2: 9e-6)
+        default_factory=lambda: TrainConfig(lr=1e-5),
         description="Optimisation; batch_size counts prompts (one pair each for pairwise data).",
     )
     loss: RewardLossConfig = Field(default_factory=RewardLossConfig, description="The loss.")

@@ -24,7 +24,10 @@ class SFTConfig(RecipeConfig):
 
     model: ModelConfig = Field(description="The model to fine-tune.")
     data: DataConfig = Field(description="Demonstrations.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=2e-5),
+        description="Optimisation (lr 2e-5: full fine-tuning of a pretrained model).",
+    )
 
 
 def as_demonstration(record: Record) -> list[Record]:

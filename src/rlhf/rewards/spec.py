@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -162,6 +162,9 @@ class JudgeSpec(StrictModel):
 class RewardSpec(StrictModel):
     """Which reward to use: exactly one of `model`, `rule`, `regex`, `judge` and `composite`,
     optionally with length and missing-EOS penalties."""
+
+    # `model: PATH` given where the default is `rule: world_gold` names another reward
+    partial_keeps_default: ClassVar[bool] = False
 
     model: str | None = Field(
         None, description="Reward model folder (from `rlhf rm`); its normalised score."
