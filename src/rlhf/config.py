@@ -141,9 +141,9 @@ def _format_validation_error(error: ValidationError, source: str, cls: type[Base
 
 
 def _missing(cls: type[BaseModel], path: list[str]) -> str:
-    """"required", with what the key is and, for a section, the keys it needs: a config given
-    as overrides alone meets this first (``model: required (The model to fine-tune; e.g.
-    model.path=...)``)."""
+    """The message for a missing key: "required", with what the key is and, for a section,
+    the keys it needs. A config given as overrides alone meets this first, e.g. ``model:
+    required (The model to fine-tune; e.g. model.path=...)``."""
     field = None
     for part in path:
         field = cls.model_fields.get(part) if isinstance(cls, type) else None
