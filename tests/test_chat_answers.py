@@ -143,3 +143,24 @@ def test_grpo_trains_on_chat_prompts_with_answers(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("rollout_reward" in row for row in rows)
     assert any("greedy_reward" in key for row in rows for key in row)
+
+
+def test_raft_scores_chat_prompts_against_their_answers(tmp_path):
+    source = write_jsonl(tmp_path / "prompts.jsonl", chat_rows(16))
+    out = tmp_path / "raft"
+    result = invoke(
+        "raft", "--preset", "tiny", f"out={out}", "init_sft.train.max_steps=5",
+        f"prompts={source}", "answer_field=answer", "reward.rule=gsm8k", "raft.rounds=1",
+        "raft.prompts_per_round=8", "raft.num_samples=2", "raft.eval_prompts=4",
+        "raft.min_reward=null", "sampling.max_new_tokens=8", "progress=false",
+        "tensorboard=false",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    kept = [json.loads(line) for line in (out / "rounds/round-1/selected.jsonl").open()]
+    assert len(kept) == 8 and all(isinstance(row["prompt"], list) for row in kept)
+
+    missing = invoke(
+        "raft", "--preset", "tiny", f"out={tmp_path / 'again'}", f"prompts={source}",
+        "answer_field=solution", "reward.rule=gsm8k",
+    )  # fmt: skip
+    assert missing.exit_code == 1 and "answer_field 'solution': 16 of 16 prompts" in missing.output

@@ -28,7 +28,7 @@ import json
 import logging
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from rlhf.recipes.common import (
 from rlhf.recipes.lm import exporter, train_on_examples
 from rlhf.recipes.sft import SFTConfig, as_demonstration, run_sft
 from rlhf.rewards.base import RewardFunction, RewardSpec, build_reward, response_as_text
-from rlhf.rollout.candidates import load_prompts
+from rlhf.rollout.candidates import load_prompts_and_answers
 from rlhf.rollout.hf import HFGenerationEngine
 from rlhf.rollout.types import SamplingConfig
 
@@ -108,6 +108,11 @@ class RAFTConfig(RecipeConfig):
     )
     prompt_columns: dict[str, str] = Field(
         default_factory=dict, description="Map our field names to the prompt file's columns."
+    )
+    answer_field: str | None = Field(
+        None,
+        description="Column of the prompt file holding each prompt's ground truth (e.g. "
+        "answer), passed to the reward: verifiable rewards such as rule=gsm8k need it.",
     )
     reward: RewardSpec = Field(
         description="{model: PATH}, {rule: NAME}, a judge or a composite (docs/rewards.md)."
@@ -166,8 +171,15 @@ def initial_policy(
 class _Run:
     """The state of one RAFT run; the phases are its methods, in order."""
 
-    def __init__(self, config: RAFTConfig, out: Path, reward: RewardFunction) -> None:
+    def __init__(
+        self,
+        config: RAFTConfig,
+        out: Path,
+        reward: RewardFunction,
+        metadata: Mapping[Text, Mapping[str, Any]] | None,
+    ) -> None:
         self.config, self.out, self.reward = config, out, reward
+        self.metadata = metadata  # prompt -> its ground truth, for the reward
         self.state: dict[str, Any] = {"completed_rounds": 0, "policy": None, "sft_steps": 0}
 
     def save_state(self) -> None:
@@ -184,7 +196,9 @@ class _Run:
         raft = self.config.raft
         params = self.config.sampling.params(num_samples=raft.num_samples, seed=seed)
         batch = engine.generate(prompts, params)
-        rewards = rewards_per_prompt(batch, score_rollout(prompts, batch, self.reward))  # [P, N]
+        metadata = None if self.metadata is None else [self.metadata[p] for p in prompts]
+        scores = score_rollout(prompts, batch, self.reward, metadata)
+        rewards = rewards_per_prompt(batch, scores)  # [P, N]
         texts = [
             batch.response_texts[row : row + raft.num_samples]
             for row in range(0, len(batch), raft.num_samples)
@@ -247,8 +261,12 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     record_config(config, out, resume)
     reward = build_reward(config.reward)
-    prompts = load_prompts(config.prompts, columns=config.prompt_columns or None)
-    run = _Run(config, out, reward)
+    prompts, answers = load_prompts_and_answers(
+        config.prompts, config.answer_field, columns=config.prompt_columns or None,
+        option="answer_field",
+    )  # fmt: skip
+    metadata = None if answers is None else dict(zip(prompts, answers, strict=True))
+    run = _Run(config, out, reward, metadata)
     if resume:
         run.state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
     else:
