@@ -52,15 +52,42 @@ class ResumableLoader(Generic[Item, Batch]):
 
     def _epoch_order(self) -> list[int]:
         if self._order is None:
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(self.seed + self.epoch)
-                order = torch.randperm(len(self.items), generator=generator).tolist()
-                if self.lengths is not None:
-                    order = self._grouped_by_length(order, generator)
-                self._order = order
-            else:
-                self._order = list(range(len(self.items)))
+            self._order = self._order_of(self.epoch, self.seed)
         return self._order
+
+    def _order_of(self, epoch: int, seed: int) -> list[int]:
+        """The item order of ``epoch`` under ``seed``: a function of those two alone."""
+        if not self.shuffle:
+            return list(range(len(self.items)))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(self.items), generator=generator).tolist()
+        if self.lengths is not None:
+            order = self._grouped_by_length(order, generator)
+        return order
+
+    def upcoming(self, batches: int, state: dict[str, Any] | None = None) -> list[list[int]]:
+        """The items (positions in ``items``) of the next ``batches`` batches, in order, from
+        the current position or from ``state`` (a :meth:`state_dict`), without moving: what a
+        run that takes that many batches will read. The list ends early at the batch that has
+        shown every item at least once (later ones read nothing new)."""
+        epoch, position = (self.epoch, self.position) if state is None else (
+            state["epoch"], state["position"]
+        )  # fmt: skip
+        seed = self.seed if state is None else state["seed"]
+        order = self._order_of(epoch, seed)
+        seen: set[int] = set()
+        planned: list[list[int]] = []
+        for _ in range(batches):
+            if position >= len(self):
+                epoch, position = epoch + 1, 0
+                order = self._order_of(epoch, seed)
+            start = position * self.batch_size
+            planned.append(order[start : start + self.batch_size])
+            position += 1
+            seen.update(planned[-1])
+            if len(seen) == len(self.items):
+                break
+        return planned
 
     def _grouped_by_length(self, order: list[int], generator: torch.Generator) -> list[int]:
         """``order`` with each window of ``group_batches`` batches sorted longest first, then

@@ -1,8 +1,9 @@
 """Completion log-probs of the policy and of its frozen reference, and the reference's cache.
 
 DPO-style losses compare the policy π with a frozen reference π_ref through
-``log π(y|x) − log π_ref(y|x)``. The reference never changes, so its log-probs of the training
-and held-out completions are computed **once**, before the first update, and stored on disk:
+``log π(y|x) − log π_ref(y|x)``. The reference never changes, so its log-probs of the
+completions a run reads (the training rows its schedule visits, the held-out rows it evaluates)
+are computed **once**, before the first update, and stored on disk:
 
 * **Where π_ref lives.** By default the reference is the policy's own initial weights, so the
   reference pass runs the policy itself before it is updated: no second model at all. With
@@ -10,13 +11,15 @@ and held-out completions are computed **once**, before the first update, and sto
   (``model.disable_adapter()``), which stays right after training has moved it. A separate
   ``reference.path`` is loaded, run and freed before training starts.
 * **The cache** is a safetensors file ``<fingerprint>.safetensors`` holding ``logps`` [N, 2],
-  the two completions' reference log-probs of every example. The fingerprint hashes (blake2b)
+  the two completions' reference log-probs by example index, NaN for the examples no run has
+  needed yet: a run reads the rows it needs, computes the missing ones and writes them back
+  (merged with what is on disk then), so the file only grows. The fingerprint hashes (blake2b)
   everything the numbers depend on: the reference's weights (the parameter and buffer bytes
   of the loaded model, or the weight files of a ``reference.path`` folder, so a cache hit
   never loads that model), its config, the tokenizer's class and size, the tokenised examples
   (ids and completion starts, in order), ``max_length``, the device type and precision the
-  pass ran in, and :data:`FORMAT_VERSION`. A run whose fingerprint is on disk reads the file
-  and neither loads nor runs the reference.
+  pass ran in, and :data:`FORMAT_VERSION`. A run whose rows are all in the file neither loads
+  nor runs the reference.
 
 Shapes: P pairs (examples of two completions), R rows, L columns, N examples in all.
 """
@@ -28,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -115,17 +118,16 @@ def compute_reference_logps(
     count: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
-    progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Reference log-probs ``[count, 2]`` of every example of ``batches``, by example index.
+    """Reference log-probs ``[count, 2]`` of the examples of ``batches``, by example index
+    (NaN for an example in no batch).
 
-    Eval mode, no gradients, the batching and precision of training (``autocast_dtype``).
+    Eval mode, no gradients, the batching and precision of training (``autocast_dtype``);
+    ``on_batch(pairs)`` after each batch (progress).
     """
     table = torch.full((count, 2), float("nan"))
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, unit="batch", desc="reference log-probs", dynamic_ncols=True)
+    done: list[torch.Tensor] = []
     # a one-off pass over batches of many shapes: compiled blocks (train.compile) would
     # recompile for each new shape and cost more than they save, so it runs eagerly
     with reference.active() as module, torch.compiler.set_stance("force_eager"):
@@ -137,12 +139,18 @@ def compute_reference_logps(
                 enabled=autocast_dtype is not None,
             ):
                 logps = pair_logps(module, batch)  # [P, 2]
-            table[batch.index.cpu()] = logps.float().cpu()
-    missing = int(table.isnan().any(1).sum())
-    if missing:
-        raise RuntimeError(
-            f"the reference pass left {missing} of {count} examples without log-probs"
-        )
+            index = batch.index.cpu()
+            table[index] = logps.float().cpu()
+            done.append(index)
+            if on_batch is not None:
+                on_batch(int(index.numel()))
+    if done:
+        missing = int(table[torch.cat(done)].isnan().any(1).sum())
+        if missing:
+            raise RuntimeError(
+                f"the reference pass gave NaN log-probs for {missing} of "
+                f"{int(torch.cat(done).unique().numel())} examples"
+            )
     return table
 
 
@@ -259,7 +267,8 @@ def cache_path(cache_dir: str | os.PathLike[str] | None, fingerprint: dict[str, 
 
 
 def read_cache(path: Path, count: int) -> torch.Tensor | None:
-    """The cached ``[count, 2]`` log-probs, or None when absent or unreadable (then recomputed)."""
+    """The cached ``[count, 2]`` log-probs (NaN rows: not computed yet), or None when absent
+    or unreadable (then recomputed)."""
     if not path.is_file():
         return None
     try:
@@ -280,8 +289,15 @@ def read_cache(path: Path, count: int) -> torch.Tensor | None:
 
 
 def write_cache(path: Path, values: torch.Tensor, fingerprint: dict[str, str]) -> None:
-    """Write atomically (a temporary name, then renamed), so readers never see half a file."""
+    """Write ``values`` [N, 2] (NaN rows: not computed), keeping the rows that only the file
+    on disk has (another run may have added some since it was read). Atomic: a temporary
+    name, then renamed, so readers never see half a file."""
+    values = values.float().clone()
+    on_disk = read_cache(path, values.shape[0]) if path.is_file() else None
+    if on_disk is not None:
+        fill = values.isnan().any(1) & ~on_disk.isnan().any(1)
+        values[fill] = on_disk[fill]
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-    save_file({"logps": values.contiguous().float()}, str(partial), metadata=fingerprint)
+    save_file({"logps": values.contiguous()}, str(partial), metadata=fingerprint)
     partial.replace(path)

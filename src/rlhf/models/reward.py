@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +219,8 @@ class RewardModel:
         batch_size: int = 16,
         max_length: int | None = None,
         normalized: bool = True,
-        progress: bool = False,
+        known: Mapping[tuple[int, ...], float] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """Rewards [N] (float32, on the CPU) of ``responses[i]`` to ``prompts[i]``.
 
@@ -233,6 +234,9 @@ class RewardModel:
         common prefix once, then each response
         (:func:`rlhf.data.pairs.collate_groups_shared_prefix`, as reward-model training
         reads a prompt group); the rewards are the same up to float rounding.
+
+        ``known``: raw scores this model already gave, by token sequence; those rows are not
+        run again. ``on_batch(rows)`` after each batch (progress).
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -244,19 +248,40 @@ class RewardModel:
             for prompt, response in zip(prompts, responses, strict=True)
         ]
         rewards = torch.zeros(len(sequences), dtype=torch.float32)
+        todo = list(range(len(sequences)))
+        if known:
+            todo = []
+            for i, sequence in enumerate(sequences):
+                raw = known.get(tuple(sequence))
+                if raw is None:
+                    todo.append(i)
+                else:
+                    rewards[i] = raw
+            if on_batch is not None and len(todo) < len(sequences):
+                on_batch(len(sequences) - len(todo))
+        if todo:
+            rewards[todo] = self._score_raw(
+                [sequences[i] for i in todo], [prompts[i] for i in todo], batch_size, on_batch
+            )
+        return self.normalize(rewards) if normalized else rewards
+
+    def _score_raw(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prompts: Sequence[Text],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None,
+    ) -> torch.Tensor:
+        """Raw rewards [N] of token ``sequences`` (``prompts``: which rows share a prompt)."""
+        rewards = torch.zeros(len(sequences), dtype=torch.float32)
         groups = _consecutive_groups(prompts, batch_size)
         if groups is not None and shares_prompt_prefix(self.model):
-            return self._score_packed(sequences, groups, rewards, normalized)
+            return self._score_packed(sequences, groups, rewards, on_batch)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         was_training = self.model.training
         self.model.eval()
-        starts = range(0, len(order), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, unit="batch", desc="scoring", dynamic_ncols=True)
         try:
-            for start in starts:
+            for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 input_ids, attention_mask = pad_right(
                     [sequences[i] for i in rows], self.tokenizer.pad_token_id
@@ -265,18 +290,20 @@ class RewardModel:
                     self.model, input_ids.to(self.device), attention_mask.to(self.device)
                 )
                 rewards[rows] = raw.cpu()
+                if on_batch is not None:
+                    on_batch(len(rows))
         finally:
             self.model.train(was_training)
-        return self.normalize(rewards) if normalized else rewards
+        return rewards
 
     def _score_packed(
         self,
         sequences: Sequence[Sequence[int]],
         chunks: Sequence[Sequence[Sequence[int]]],
         rewards: torch.Tensor,
-        normalized: bool,
+        on_batch: Callable[[int], None] | None,
     ) -> torch.Tensor:
-        """:meth:`score` with each chunk's prompt groups packed one per row."""
+        """:meth:`_score_raw` with each chunk's prompt groups packed one per row."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -294,10 +321,13 @@ class RewardModel:
                     batch.position_ids.to(self.device),
                     batch.response_end.to(self.device),
                 )  # [n] in the chunk's row order
-                rewards[[i for rows in chunk for i in rows]] = raw.cpu()
+                flat = [i for rows in chunk for i in rows]
+                rewards[flat] = raw.cpu()
+                if on_batch is not None:
+                    on_batch(len(flat))
         finally:
             self.model.train(was_training)
-        return self.normalize(rewards) if normalized else rewards
+        return rewards
 
 
 def _consecutive_groups(prompts: Sequence[Text], batch_size: int) -> list[list[list[int]]] | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from rlhf.data.pairs import (
 )
 from rlhf.data.records import CompletionRecord, Record, Text
 from rlhf.engine.loader import ResumableLoader
+from rlhf.engine.progress import Progress
 from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
 from rlhf.losses.reward import bradley_terry_loss, preference_metrics
 from rlhf.models.forward import shares_prompt_prefix
@@ -156,24 +157,58 @@ def reward_loss(
     )  # [P] each
 
 
+# raw rewards by token sequence (prompt + response ids), as the model gave them
+Scores = dict[tuple[int, ...], float]
+
+
 def pair_rewards(
-    model: torch.nn.Module, batches: Any, device: torch.device
+    model: torch.nn.Module,
+    batches: Any,
+    device: torch.device,
+    scores: Scores | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(chosen rewards [P], rejected rewards [P])`` of every pair in ``batches``."""
+    """``(chosen rewards [P], rejected rewards [P])`` of every pair in ``batches``; each
+    response's raw reward also goes into ``scores`` when given."""
     chosen, rejected = [], []
     for batch in batches:
         batch = batch.to(device)
         rewards = reward_logits(model, batch.input_ids, batch.attention_mask)  # [N]
         chosen.append(rewards[batch.chosen_index].cpu())
         rejected.append(rewards[batch.rejected_index].cpu())
+        if scores is not None:
+            lengths = batch.attention_mask.sum(1).tolist()  # right-padded: real tokens first
+            for ids, length, reward in zip(
+                batch.input_ids.tolist(), lengths, rewards.tolist(), strict=True
+            ):
+                scores[tuple(ids[:length])] = reward
+        if on_batch is not None:
+            on_batch(batch.loss_units)
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def held_out_metrics(loader: ResumableLoader, device: torch.device) -> Any:
-    """An evaluation function: accuracy, mean margin, ECE and loss over the held-out pairs."""
+def held_out_metrics(
+    loader: ResumableLoader,
+    device: torch.device,
+    scores: Scores | None = None,
+    progress: bool = False,
+) -> Any:
+    """An evaluation function: accuracy, mean margin, ECE and loss over the held-out pairs.
+
+    ``scores`` is refilled at each evaluation with the raw reward of every held-out response
+    (fp32 passes only), so after training the last one, the final weights' scores, serve
+    the normalisation (:func:`fit_normalization`) without scoring those responses again.
+    """
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        chosen, rejected = pair_rewards(model, loader, device)
+        record = None
+        if scores is not None:
+            scores.clear()
+            # under bf16 autocast the scores are not the fp32 ones normalisation computes
+            record = None if torch.is_autocast_enabled(device.type) else scores
+        pairs = sum(group.num_pairs for group in loader.items)
+        with Progress("held-out evaluation", pairs, "pairs", enabled=progress) as bar:
+            chosen, rejected = pair_rewards(model, loader, device, record, bar.update)
         return preference_metrics(chosen, rejected) | {"pairs": float(chosen.numel())}
 
     return evaluate
@@ -219,17 +254,25 @@ def fit_normalization(
     references: Sequence[tuple[Text, Text]],
     batch_size: int,
     max_length: int | None,
+    known: Scores | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Gain and bias that give the references' rewards mean 0 and std 1, with the raw stats."""
+    """Gain and bias that give the references' rewards mean 0 and std 1, with the raw stats.
+
+    ``known``: raw rewards the final weights already gave (the last held-out evaluation's),
+    by token sequence; only the references not among them are scored."""
     if not references:
         raise ValueError("normalize: no reference responses to normalise rewards on")
-    raw = scorer.score(
-        [prompt for prompt, _ in references],
-        [response for _, response in references],
-        batch_size=max(batch_size, 8),
-        max_length=max_length,
-        normalized=False,
-    )
+    with Progress("normalisation scoring", len(references), "responses", enabled=progress) as bar:
+        raw = scorer.score(
+            [prompt for prompt, _ in references],
+            [response for _, response in references],
+            batch_size=max(batch_size, 8),
+            max_length=max_length,
+            normalized=False,
+            known=known,
+            on_batch=bar.update,
+        )
     gain, bias = normalization_from_rewards(raw)
     return {
         "gain": gain,
@@ -319,11 +362,14 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
     )
     device = resolve_device(config.train.device)
     evaluate = None
+    # the last evaluation's scores, by token sequence: the normalisation reuses them (its
+    # default references are the held-out responses), so no response is scored twice
+    final_scores: Scores = {}
     if eval_tokens:
         eval_loader = make_group_loader(
             eval_tokens, config.train.batch_size, pad, seed, shuffle=False
         )
-        evaluate = held_out_metrics(eval_loader, device)
+        evaluate = held_out_metrics(eval_loader, device, final_scores, config.progress)
 
     # train
     export = exporter(model, tokenizer)
@@ -349,7 +395,12 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
         references, source = _normalization_references(config, train_groups, eval_groups)
         scorer = RewardModel(model, tokenizer)
         normalization = fit_normalization(
-            scorer, references, config.train.batch_size, data.max_length
+            scorer,
+            references,
+            config.train.batch_size,
+            data.max_length,
+            known=final_scores,
+            progress=config.progress,
         ) | {"reference": source}
         set_normalization(model, normalization["gain"], normalization["bias"])
         logger.info(
@@ -419,14 +470,15 @@ def score_file(
         raise ValueError(f"{input_path}: no rows to score")
     rows = _original_rows(input_path, records)
     reward_model = load_reward_model(model_path, device=resolve_device(device))
-    raw_rewards = reward_model.score(
-        [record.prompt for record in records],
-        [record.completion for record in records],
-        batch_size=batch_size,
-        max_length=max_length,
-        normalized=False,
-        progress=progress,
-    )
+    with Progress("scoring", len(records), "rows", enabled=progress) as bar:
+        raw_rewards = reward_model.score(
+            [record.prompt for record in records],
+            [record.completion for record in records],
+            batch_size=batch_size,
+            max_length=max_length,
+            normalized=False,
+            on_batch=bar.update,
+        )
     rewards = raw_rewards if raw else reward_model.normalize(raw_rewards)
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
