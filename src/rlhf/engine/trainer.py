@@ -47,6 +47,7 @@ from rlhf.engine.metrics import (
     WandbSink,
     close_sinks,
 )
+from rlhf.engine.optim import OptimizerName, build_optimizer, embedding_weights, has_8bit_adamw
 from rlhf.engine.schedule import Schedule, build_scheduler
 from rlhf.models.device import resolve_device
 from rlhf.models.finite import NonFiniteError, nonfinite_names
@@ -107,11 +108,45 @@ class TrainConfig(StrictModel):
         description="Optimiser steps whose loss or gradient is NaN or infinite to skip (no "
         "update, a warning) before the run stops; 0 stops at the first, naming the step.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Activation checkpointing: keep only each transformer block's input in the "
+        "forward pass and recompute the block in the backward pass (about a third more compute "
+        "per step, activations down to about one hidden state per layer and token). Covers "
+        "LoRA, reward and value models (every Hugging Face model in the trained module); the "
+        "loss and gradients are those without it.",
+    )
+    optimizer: OptimizerName = Field(
+        "adamw_fused",
+        description="AdamW implementation: 'adamw_fused' (torch's fused kernel on CPU/GPU, no "
+        "temporaries), 'adamw_foreach' (torch's multi-tensor one: same numbers, temporaries as "
+        "large as the weights during the update), 'adamw_8bit' (torchao's AdamW8bit: moments "
+        "in 8 bits, 2 instead of 8 bytes per weight; needs pip install 'rlhf[optim8bit]' and "
+        "compiles its update once per tensor shape).",
+    )
+    save_optimizer: Literal["always", "except_final", "never"] = Field(
+        "always",
+        description="Which checkpoints hold the optimiser state (AdamW's moments: twice the "
+        "fp32 weights' size, the largest file). 'always': every one, so --resume is exact, "
+        "also extending a finished run. 'except_final': all but the last step's, which a run "
+        "that completes keeps model-only (an interrupted run still resumes exactly). 'never': "
+        "model-only checkpoints; --resume then restarts AdamW's moments from zero with a "
+        "warning (the resumed run is no longer exactly the uninterrupted one).",
+    )
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, name: str) -> str:
         resolve_device(name)  # a clear ValueError for a device that is not, or not here
+        return name
+
+    @field_validator("optimizer")
+    @classmethod
+    def _installed_optimizer(cls, name: OptimizerName) -> OptimizerName:
+        if name == "adamw_8bit" and not has_8bit_adamw():
+            raise ValueError(
+                "adamw_8bit needs the optional 'torchao' package: pip install 'rlhf[optim8bit]'"
+            )
         return name
 
 
@@ -218,17 +253,6 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return next(iter(complete_checkpoints(out_dir / "checkpoints")), None)
 
 
-def read_trainer_state(folder: Path) -> dict[str, Any] | None:
-    """A checkpoint's step and loader position (``{"step", "loader", ...}``) without loading
-    it, e.g. to plan the batches a resumed run reads; None when unreadable."""
-    try:
-        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(state, dict) and {"step", "loader"} <= state.keys()
-    return state if ok else None
-
-
 class Trainer:
     """Runs optimiser steps over a loader; see the module docstring."""
 
@@ -253,6 +277,10 @@ class Trainer:
         self.evaluate, self.export, self.callbacks = evaluate, export, list(callbacks)
         self.device = resolve_device(config.device)
         model.to(self.device)
+        if config.gradient_checkpointing:  # before compiling: the blocks' forward changes
+            from rlhf.models.memory import enable_activation_checkpointing
+
+            enable_activation_checkpointing(model)
         if config.compile:
             from rlhf.models.compile import compile_blocks
 
@@ -268,13 +296,14 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = build_optimizer(
+            config.optimizer,
             self._param_groups(),
+            self.device,
             lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps,
-            # the fused CPU/GPU kernel updates every tensor in one pass
-            fused=self.device.type in ("cpu", "cuda"),
+            full_precision=embedding_weights(model),
         )
         self.scheduler = build_scheduler(
             self.optimizer,
@@ -330,9 +359,18 @@ class Trainer:
         ]
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """Write model, optimiser, scheduler, RNG and data position; prune old checkpoints.
+    def _saves_optimizer(self, final: bool) -> bool:
+        policy = self.config.save_optimizer
+        return policy == "always" or (policy == "except_final" and not final)
 
+    def save_checkpoint(self, final: bool = False) -> Path:
+        """Write model, optimiser (``train.save_optimizer``; ``final``: the run's last step),
+        scheduler, RNG and data position; prune old checkpoints.
+
+        The exported model (``model/``, when the recipe exports) is written first, and the
+        trainable weights it already holds bit for bit (all of them in a full fine-tune) are
+        not written a second time: ``trainable.safetensors`` keeps the rest (LoRA adapters, a
+        critic) and ``trainer_state.json`` names the ones to read from ``model/``.
         Weights that hold NaN or infinity are never written: :class:`TrainingDiverged`."""
         bad = nonfinite_names((self._names[id(p)], p) for p in self.trainable)
         if bad:
@@ -344,15 +382,24 @@ class Trainer:
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        save_file(
-            {self._names[id(p)]: p.detach().contiguous().cpu() for p in self.trainable},
-            partial / "trainable.safetensors",
-        )
-        torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-        torch.save(_rng_state(), partial / "rng.pt")
+        trainable = {self._names[id(p)]: p for p in self.trainable}
+        exported: set[str] = set()
         if self.export is not None:
             self.export(partial / "model")
+            exported = _held_by_export(partial / "model", trainable)
+        save_file(
+            {
+                name: p.detach().contiguous().cpu()
+                for name, p in trainable.items()
+                if name not in exported
+            },
+            partial / "trainable.safetensors",
+        )
+        with_optimizer = self._saves_optimizer(final)
+        if with_optimizer:
+            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
+        torch.save(_rng_state(), partial / "rng.pt")
         if self._run_config:  # what --resume compares a new config with
             (partial / RUN_CONFIG_FILE).write_text(
                 json.dumps(self._run_config, indent=2), encoding="utf-8"
@@ -362,6 +409,8 @@ class Trainer:
             "total_steps": self.total_steps,
             "skipped_steps": self.skipped_steps,
             "loader": self.loader.state_dict(),
+            "optimizer": with_optimizer,  # False: saved without (train.save_optimizer)
+            "exported_weights": sorted(exported),  # trainable weights read from model/
         }
         # trainer_state.json is written last and the folder renamed into place: a checkpoint
         # that exists is complete, even if the process died while writing the next one.
@@ -394,15 +443,21 @@ class Trainer:
         if not (isinstance(state, dict) and {"step", "loader"} <= state.keys()):
             raise CheckpointDamaged(f"{folder / 'trainer_state.json'}: lacks 'step' or 'loader'")
         weights = read("trainable.safetensors", lambda p: load_file(p, device=str(self.device)))
+        exported = state.get("exported_weights") or []
+        if exported:
+            weights |= read("model", lambda p: _read_exported(p, exported, self.device))
         bad = nonfinite_names(weights.items())
         if bad:
             raise CheckpointDamaged(
                 f"{folder / 'trainable.safetensors'}: holds NaN or infinity (in {', '.join(bad)})"
             )
+        optimizer = None
+        if state.get("optimizer", True):  # checkpoints before train.save_optimizer all have it
+            optimizer = read("optimizer.pt", lambda p: torch.load(p, map_location=self.device))
         return {
             "state": state,
             "weights": weights,
-            "optimizer": read("optimizer.pt", lambda p: torch.load(p, map_location=self.device)),
+            "optimizer": optimizer,
             "scheduler": read("scheduler.pt", torch.load),
             "rng": read("rng.pt", lambda p: torch.load(p, weights_only=False)),
         }
@@ -434,8 +489,24 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in parts["weights"].items():
                 params[name].copy_(tensor)
-        self.optimizer.load_state_dict(parts["optimizer"])
+        if parts["optimizer"] is not None:
+            self.optimizer.load_state_dict(parts["optimizer"])
+        else:
+            logger.warning(
+                "%s was saved without the optimiser state (train.save_optimizer): AdamW's "
+                "moments restart from zero, so the resumed run is not exactly the one that "
+                "stopped",
+                folder,
+            )
         self.scheduler.load_state_dict(parts["scheduler"])
+        if parts["optimizer"] is None:  # the learning rate the fresh optimiser steps with
+            for group, lr in zip(
+                self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+            ):
+                if isinstance(group["lr"], torch.Tensor):  # torchao keeps it as a tensor
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
         _set_rng_state(parts["rng"])
         state = parts["state"]
         self.loader.load_state_dict(state["loader"])
@@ -525,7 +596,7 @@ class Trainer:
         grads = [p.grad for p in self.trainable if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)
         tokens = sum(batch.num_tokens for batch in micro_batches)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor under torchao's optimisers
         # the engine's own figures win over same-named metrics a loss function reports
         metrics = totals | {
             "loss": loss_value,
@@ -656,7 +727,7 @@ class Trainer:
                     every = self.config.save_every
                     saved = final or bool(every and self.step % every == 0)
                     if saved:
-                        self.save_checkpoint()
+                        self.save_checkpoint(final=final)
                     if self._stop_requested and not final and self.loader.can_checkpoint:
                         checkpoint = self.last_checkpoint if saved else self.save_checkpoint()
                         assert checkpoint is not None
@@ -665,6 +736,46 @@ class Trainer:
             bar.close()
             close_sinks(sinks, SINK_CLOSE_TIMEOUT_S)
         return TrainResult(self.step, self.last_checkpoint, history)
+
+
+def _held_by_export(folder: Path, params: Mapping[str, torch.Tensor]) -> set[str]:
+    """Names of ``params`` that the safetensors files in ``folder`` hold under the same name,
+    dtype, shape and bytes (an exported full model holds them all; a merged LoRA model or a
+    policy exported without its critic holds none of the trained tensors)."""
+    from safetensors import safe_open
+
+    held: set[str] = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as reader:
+            for name in reader.keys():  # noqa: SIM118 (a reader, not a dict)
+                param = params.get(name)
+                if param is None or name in held:
+                    continue
+                tensor = reader.get_tensor(name)
+                value = param.detach()
+                if (
+                    tensor.dtype == value.dtype
+                    and tensor.shape == value.shape
+                    and torch.equal(tensor, value.cpu())
+                ):
+                    held.add(name)
+    return held
+
+
+def _read_exported(folder: Path, names: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """The tensors ``names`` from the safetensors files in ``folder`` (a KeyError names the
+    first one missing)."""
+    from safetensors import safe_open
+
+    wanted, found = set(names), {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt", device=str(device)) as reader:
+            for name in wanted.intersection(reader.keys()):
+                found[name] = reader.get_tensor(name)
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise KeyError(f"{len(missing)} trainable weight(s) missing, e.g. {missing[0]}")
+    return found
 
 
 def _format(metrics: Mapping[str, float]) -> str:

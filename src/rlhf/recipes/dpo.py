@@ -12,10 +12,9 @@ conservative DPO, the general convex f, SimPO, ORPO, RPO, APO-zero); see docs/dp
 
 Phases: data (any comparing kind becomes pairs; the held-out split is by prompt) → model →
 tokenise (prompt and completion together) → batches (one row per pair with the prompt once
-for decoders that take a 4-D mask, else ``[2P, T]``) → reference log-probs (of the pairs the
-seeded schedule reads, computed once with the policy's own initial weights, a LoRA policy's
-disabled adapter or ``reference.path``, and cached on disk; skipped for reference-free
-losses) → train → export.
+for decoders that take a 4-D mask, else ``[2P, T]``) → reference log-probs (computed once with
+the policy's own initial weights, a LoRA policy's disabled adapter or ``reference.path``, and
+cached on disk; skipped for reference-free losses) → train → export.
 
     rlhf dpo --preset tiny
     rlhf dpo --preset tiny --loss ipo
@@ -24,7 +23,6 @@ losses) → train → export.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -48,8 +46,7 @@ from rlhf.data.preference import (
 )
 from rlhf.data.records import Record, Text
 from rlhf.engine.loader import ResumableLoader
-from rlhf.engine.progress import Progress
-from rlhf.engine.trainer import TrainConfig, Trainer, read_trainer_state, resolve_device
+from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
 from rlhf.losses.preference import (
     CONVEX_FUNCTIONS,
     PREFERENCE_LOSSES,
@@ -74,11 +71,13 @@ from rlhf.recipes.common import (
     DataConfig,
     ModelConfig,
     RecipeConfig,
+    ReferenceDtype,
     RunResult,
     build_model_and_tokenizer,
     check_fits_positions,
     load_records,
     prepare_out_dir,
+    reference_dtype_field,
     split_train_eval,
     training_texts,
 )
@@ -110,6 +109,7 @@ class ReferenceConfig(StrictModel):
         description="Compute reference log-probs once before training (cached on disk); "
         "false runs the reference in every step instead (a second model in memory unless LoRA).",
     )
+    dtype: ReferenceDtype | None = reference_dtype_field()
 
 
 class PreferenceDataConfig(DataConfig):
@@ -377,7 +377,6 @@ def held_out_evaluation(
     device: torch.device,
     reference: ReferenceModel | None,
     kl: Callable[[torch.nn.Module], dict[str, float]] | None,
-    progress: bool = False,
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """An evaluation function: the loss's held-out metrics and the sampled KL."""
 
@@ -385,17 +384,13 @@ def held_out_evaluation(
         metrics: dict[str, float] = {}
         if loader is not None:
             sums: dict[str, float] = {}
-            with Progress(
-                "held-out evaluation", len(loader.items), "examples", enabled=progress
-            ) as bar:
-                for batch in loader:
-                    loss_sum, batch_metrics = offline_loss(
-                        model, batch.to(device), objective, reference
-                    )
-                    sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss_sum)
-                    for key, value in batch_metrics.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                    bar.update(batch.loss_units)
+            for batch in loader:
+                loss_sum, batch_metrics = offline_loss(
+                    model, batch.to(device), objective, reference
+                )
+                sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss_sum)
+                for key, value in batch_metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
             metrics = summarise(sums)
         if kl is not None:
             metrics |= kl(model)
@@ -410,10 +405,11 @@ def held_out_evaluation(
 def _load_reference(config: Any, tokenizer: Any) -> torch.nn.Module:
     from rlhf.models.load import load_model
 
-    logger.info("loading the reference model %s", config.reference.path)
+    dtype = config.reference.dtype or config.model.dtype
+    logger.info("loading the reference model %s (%s)", config.reference.path, dtype)
     return load_model(
         config.reference.path,
-        dtype=config.model.dtype,
+        dtype=dtype,
         attn_implementation=config.model.attn_implementation,
         tokenizer=tokenizer,
     )
@@ -425,7 +421,10 @@ def _reference_weights_digest(config: Any, model: torch.nn.Module) -> str | None
     if path is None:
         return parameters_digest(model)  # the policy at initialisation is the reference
     if Path(path).expanduser().is_dir():
-        return folder_digest(Path(path).expanduser())
+        # the files do not say which dtype they are loaded in (reference.dtype); a hub model
+        # is hashed as loaded, dtype included
+        dtype = config.reference.dtype or config.model.dtype
+        return f"{folder_digest(Path(path).expanduser())}/{dtype}"
     return None  # a hub name: hashed once loaded
 
 
@@ -434,18 +433,13 @@ def precompute_reference(
     model: torch.nn.Module,
     tokenizer: Any,
     examples: Sequence[PairExample],
-    plan: Sequence[Sequence[int]],
-    collate: Callable[[list[PairExample]], PairBatch],
+    loader: ResumableLoader,
     trainer: Trainer,
     kept: ReferenceModel | None = None,
 ) -> torch.Tensor:
-    """Reference log-probs ``[N, 2]`` of the examples the run reads, NaN for the others: from
-    the cache, the missing ones computed once.
+    """Reference log-probs ``[N, 2]`` of every example: from the cache, else computed once.
 
-    ``plan`` lists the run's batches in order (example indices, see :func:`reference_plan`);
-    each example is computed in the batch that reads it first, with that batch's other new
-    examples, so a row's value does not depend on which run (or resumed part of one) computed
-    it. Runs before the first update (so the policy's own weights are still the initial ones)
+    Runs before the first update (so the policy's own weights are still the initial ones)
     with the trainer's device and precision. A separate ``reference.path`` is loaded for the
     pass and freed after it, unless ``kept`` (the reference held for the whole run) has it.
     """
@@ -465,19 +459,8 @@ def precompute_reference(
     )
     path = cache_path(config.reference.cache_dir, fingerprint)
     values = read_cache(path, len(examples))
-    if values is None:
-        values = torch.full((len(examples), 2), float("nan"))
-    known = (~values.isnan().any(1)).tolist()  # [N] rows the cache holds
-    # each batch's examples that no earlier batch (nor the cache) has: [[index, ...], ...]
-    batches, needed = [], set()
-    for batch in plan:
-        new = [i for i in batch if not known[i] and i not in needed]
-        needed.update(batch)
-        if new:
-            batches.append(new)
-    missing = sum(len(batch) for batch in batches)
-    if not missing:
-        logger.info("reference log-probs: cache hit, %s (%d examples)", path, len(needed))
+    if values is not None:
+        logger.info("reference log-probs: cache hit, %s (%d examples)", path, len(examples))
     else:
         if separate:
             loaded = loaded if loaded is not None else _load_reference(config, tokenizer)
@@ -485,24 +468,13 @@ def precompute_reference(
         else:
             reference = ReferenceModel.policy(model)  # initial weights, or adapter disabled
         start = time.perf_counter()
-        with Progress(
-            "reference log-probs", missing, "examples", enabled=config.progress
-        ) as progress:
-            computed = compute_reference_logps(
-                reference,
-                (collate([examples[i] for i in batch]) for batch in batches),
-                len(examples),
-                device,
-                autocast,
-                on_batch=progress.update,
-            )
-        rows = ~computed.isnan().any(1)
-        values[rows] = computed[rows]
+        values = compute_reference_logps(
+            reference, loader, len(examples), device, autocast, progress=config.progress
+        )
         write_cache(path, values, fingerprint)
         logger.info(
-            "reference log-probs: computed for %d of the %d examples the run reads (%d in "
-            "the data) in %.1f s, cached in %s",
-            missing, len(needed), len(examples), time.perf_counter() - start, path,
+            "reference log-probs: computed for %d examples in %.1f s, cached in %s",
+            len(examples), time.perf_counter() - start, path,
         )  # fmt: skip
         reference = None
     if loaded is not None and kept is None:  # free a reference loaded for this pass alone
@@ -511,65 +483,25 @@ def precompute_reference(
     return values
 
 
-def reference_plan(
-    loader: ResumableLoader,
-    eval_batches: Sequence[Sequence[int]],
-    trainer: Trainer,
-    checkpoint: Path | None,
-) -> list[list[int]]:
-    """The batches (example indices) the run will read, in order: the training batches from
-    step 0 to the last step, then the held-out ones.
-
-    Resuming, the checkpoint's loader position adds the batches from there (the same ones
-    unless ``resume.allow_changes`` let the batch size change); a run already at its last
-    step reads nothing. Planning from step 0 also on resume keeps every example in the batch
-    an uninterrupted run computes it in, so a resumed run's losses equal that run's.
-    """
-    per_step = trainer.config.grad_accum
-    state = read_trainer_state(checkpoint) if checkpoint is not None else None
-    if state is None:
-        return [*loader.upcoming(trainer.total_steps * per_step), *map(list, eval_batches)]
-    steps_left = trainer.total_steps - int(state["step"])
-    if steps_left <= 0:
-        return []
-    resumed = dict(state["loader"])
-    start = {"epoch": 0, "position": 0, "seed": resumed["seed"]}
-    return [
-        *loader.upcoming(trainer.total_steps * per_step, start),
-        *loader.upcoming(steps_left * per_step, resumed),
-        *map(list, eval_batches),
-    ]
-
-
-def _with_reference_check(collate: Callable[[list[PairExample]], PairBatch], table: LogpTable):
-    """``collate`` that refuses a batch whose reference log-probs were never computed (a
-    wrong plan must stop the run, not train on NaN)."""
-
-    def checked(examples: list[PairExample]) -> PairBatch:
-        batch = collate(examples)
-        if table.values is not None and batch.ref_logps is not None:
-            lacking = batch.index[batch.ref_logps.isnan().any(1)]
-            if lacking.numel():
-                raise RuntimeError(
-                    f"no reference log-probs for examples {lacking.tolist()}: the reference "
-                    "pass did not plan for them (a bug); reference.precompute=false runs the "
-                    "reference in every step instead"
-                )
-        return batch
-
-    return checked
-
-
 def live_reference(config: Any, model: torch.nn.Module, tokenizer: Any) -> ReferenceModel:
     """π_ref kept for the whole run (reference computed in every step, or the sampled KL):
     ``reference.path`` loaded; else the LoRA policy with its adapter disabled; else a frozen
-    copy of the policy's initial weights (a second model in memory)."""
+    copy of the policy's initial weights (a second model in memory), in ``reference.dtype``."""
+    from rlhf.models.load import DTYPES
+    from rlhf.models.memory import frozen_copy
+
     if config.reference.path is not None:
         return ReferenceModel.frozen(_load_reference(config, tokenizer))
     if is_lora(model):
+        if config.reference.dtype is not None:
+            logger.info("reference.dtype: unused, the reference is the LoRA policy's base model")
         return ReferenceModel.policy(model)
-    logger.info("keeping a frozen copy of the initial policy as the reference")
-    return ReferenceModel.frozen(copy.deepcopy(model))
+    dtype = config.reference.dtype
+    logger.info(
+        "keeping a frozen copy of the initial policy as the reference (%s)",
+        dtype or "the policy's dtype",
+    )
+    return ReferenceModel.frozen(frozen_copy(model, DTYPES[dtype] if dtype else None))
 
 
 def train_offline(
@@ -606,8 +538,6 @@ def train_offline(
         pad_token_id=tokenizer.pad_token_id,
         reference=table,
     )
-    if table is not None:
-        collate = _with_reference_check(collate, table)
     lengths = [example.length for example in train_examples] if data.group_by_length else None
     batch_size = config.train.batch_size
     train_loader = ResumableLoader(
@@ -618,10 +548,6 @@ def train_offline(
         return ResumableLoader(list(items), batch_size, collate, shuffle=False, drop_last=False)
 
     eval_loader = ordered(eval_examples) if eval_examples else None
-    eval_batches = [
-        [example.index for example in eval_examples[start : start + batch_size]]
-        for start in range(0, len(eval_examples), batch_size)
-    ]  # eval_loader's batches
     logger.info(
         "%d training examples, %d held-out; %s layout",
         len(train_examples), len(eval_examples),
@@ -657,13 +583,7 @@ def train_offline(
             batch_size=config.eval.batch_size,
         )
     evaluate = held_out_evaluation(
-        eval_loader,
-        objective,
-        summarise,
-        device,
-        None if precompute else reference,
-        kl,
-        progress=config.progress,
+        eval_loader, objective, summarise, device, None if precompute else reference, kl
     )
     export = exporter(model, tokenizer)
     trainer = Trainer(
@@ -682,14 +602,10 @@ def train_offline(
     if reference is not None and reference.module is not model:
         reference.to(trainer.device)
 
-    # reference log-probs: once, before the first update, for the rows the run reads (the
-    # schedule is seeded, so known now); from the cache when it has them. Computing them all
-    # up front rather than per batch lets the default reference, the initial policy itself,
-    # be run with no second model in memory, and a separate reference be freed.
+    # reference log-probs: once, before the first update, from the cache when it has them
     if table is not None:
-        plan = reference_plan(train_loader, eval_batches, trainer, checkpoint)
         table.values = precompute_reference(
-            config, model, tokenizer, examples, plan, collate, trainer, reference
+            config, model, tokenizer, examples, ordered(examples), trainer, reference
         )
 
     result = trainer.train(resume_from=checkpoint)

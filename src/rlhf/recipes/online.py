@@ -76,9 +76,11 @@ from rlhf.models.reference import ReferenceModel, is_lora
 from rlhf.recipes.common import (
     ModelConfig,
     RecipeConfig,
+    ReferenceDtype,
     RunResult,
     build_model_and_tokenizer,
     prepare_out_dir,
+    reference_dtype_field,
 )
 from rlhf.recipes.lm import exporter
 from rlhf.recipes.raft import InitSFTConfig, initial_policy, round_prompts
@@ -119,6 +121,7 @@ class OnlineReferenceConfig(StrictModel):
         description="The reference π_ref (folder or hub name). Default: a frozen copy of the "
         "initial policy (with LoRA: the base model, adapter disabled).",
     )
+    dtype: ReferenceDtype | None = reference_dtype_field()
 
 
 class RolloutSettings(StrictModel):
