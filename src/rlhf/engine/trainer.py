@@ -253,6 +253,17 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return next(iter(complete_checkpoints(out_dir / "checkpoints")), None)
 
 
+def read_trainer_state(folder: Path) -> dict[str, Any] | None:
+    """A checkpoint's step and loader position (``{"step", "loader", ...}``) without loading
+    it, e.g. to plan the batches a resumed run reads; None when unreadable."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and {"step", "loader"} <= state.keys()
+    return state if ok else None
+
+
 class Trainer:
     """Runs optimiser steps over a loader; see the module docstring."""
 

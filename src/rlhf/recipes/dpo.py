@@ -12,9 +12,10 @@ conservative DPO, the general convex f, SimPO, ORPO, RPO, APO-zero); see docs/dp
 
 Phases: data (any comparing kind becomes pairs; the held-out split is by prompt) → model →
 tokenise (prompt and completion together) → batches (one row per pair with the prompt once
-for decoders that take a 4-D mask, else ``[2P, T]``) → reference log-probs (computed once with
-the policy's own initial weights, a LoRA policy's disabled adapter or ``reference.path``, and
-cached on disk; skipped for reference-free losses) → train → export.
+for decoders that take a 4-D mask, else ``[2P, T]``) → reference log-probs (of the pairs the
+seeded schedule reads, computed once with the policy's own initial weights, a LoRA policy's
+disabled adapter or ``reference.path``, and cached on disk; skipped for reference-free
+losses) → train → export.
 
     rlhf dpo --preset tiny
     rlhf dpo --preset tiny --loss ipo
@@ -46,7 +47,8 @@ from rlhf.data.preference import (
 )
 from rlhf.data.records import Record, Text
 from rlhf.engine.loader import ResumableLoader
-from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
+from rlhf.engine.progress import Progress
+from rlhf.engine.trainer import TrainConfig, Trainer, read_trainer_state, resolve_device
 from rlhf.losses.preference import (
     CONVEX_FUNCTIONS,
     PREFERENCE_LOSSES,
@@ -377,6 +379,7 @@ def held_out_evaluation(
     device: torch.device,
     reference: ReferenceModel | None,
     kl: Callable[[torch.nn.Module], dict[str, float]] | None,
+    progress: bool = False,
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """An evaluation function: the loss's held-out metrics and the sampled KL."""
 
@@ -384,13 +387,17 @@ def held_out_evaluation(
         metrics: dict[str, float] = {}
         if loader is not None:
             sums: dict[str, float] = {}
-            for batch in loader:
-                loss_sum, batch_metrics = offline_loss(
-                    model, batch.to(device), objective, reference
-                )
-                sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss_sum)
-                for key, value in batch_metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+            with Progress(
+                "held-out evaluation", len(loader.items), "examples", enabled=progress
+            ) as bar:
+                for batch in loader:
+                    loss_sum, batch_metrics = offline_loss(
+                        model, batch.to(device), objective, reference
+                    )
+                    sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss_sum)
+                    for key, value in batch_metrics.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    bar.update(batch.loss_units)
             metrics = summarise(sums)
         if kl is not None:
             metrics |= kl(model)
@@ -433,13 +440,18 @@ def precompute_reference(
     model: torch.nn.Module,
     tokenizer: Any,
     examples: Sequence[PairExample],
-    loader: ResumableLoader,
+    plan: Sequence[Sequence[int]],
+    collate: Callable[[list[PairExample]], PairBatch],
     trainer: Trainer,
     kept: ReferenceModel | None = None,
 ) -> torch.Tensor:
-    """Reference log-probs ``[N, 2]`` of every example: from the cache, else computed once.
+    """Reference log-probs ``[N, 2]`` of the examples the run reads, NaN for the others: from
+    the cache, the missing ones computed once.
 
-    Runs before the first update (so the policy's own weights are still the initial ones)
+    ``plan`` lists the run's batches in order (example indices, see :func:`reference_plan`);
+    each example is computed in the batch that reads it first, with that batch's other new
+    examples, so a row's value does not depend on which run (or resumed part of one) computed
+    it. Runs before the first update (so the policy's own weights are still the initial ones)
     with the trainer's device and precision. A separate ``reference.path`` is loaded for the
     pass and freed after it, unless ``kept`` (the reference held for the whole run) has it.
     """
@@ -459,8 +471,19 @@ def precompute_reference(
     )
     path = cache_path(config.reference.cache_dir, fingerprint)
     values = read_cache(path, len(examples))
-    if values is not None:
-        logger.info("reference log-probs: cache hit, %s (%d examples)", path, len(examples))
+    if values is None:
+        values = torch.full((len(examples), 2), float("nan"))
+    known = (~values.isnan().any(1)).tolist()  # [N] rows the cache holds
+    # each batch's examples that no earlier batch (nor the cache) has: [[index, ...], ...]
+    batches, needed = [], set()
+    for batch in plan:
+        new = [i for i in batch if not known[i] and i not in needed]
+        needed.update(batch)
+        if new:
+            batches.append(new)
+    missing = sum(len(batch) for batch in batches)
+    if not missing:
+        logger.info("reference log-probs: cache hit, %s (%d examples)", path, len(needed))
     else:
         if separate:
             loaded = loaded if loaded is not None else _load_reference(config, tokenizer)
@@ -468,19 +491,79 @@ def precompute_reference(
         else:
             reference = ReferenceModel.policy(model)  # initial weights, or adapter disabled
         start = time.perf_counter()
-        values = compute_reference_logps(
-            reference, loader, len(examples), device, autocast, progress=config.progress
-        )
+        with Progress(
+            "reference log-probs", missing, "examples", enabled=config.progress
+        ) as progress:
+            computed = compute_reference_logps(
+                reference,
+                (collate([examples[i] for i in batch]) for batch in batches),
+                len(examples),
+                device,
+                autocast,
+                on_batch=progress.update,
+            )
+        rows = ~computed.isnan().any(1)
+        values[rows] = computed[rows]
         write_cache(path, values, fingerprint)
         logger.info(
-            "reference log-probs: computed for %d examples in %.1f s, cached in %s",
-            len(examples), time.perf_counter() - start, path,
+            "reference log-probs: computed for %d of the %d examples the run reads (%d in "
+            "the data) in %.1f s, cached in %s",
+            missing, len(needed), len(examples), time.perf_counter() - start, path,
         )  # fmt: skip
         reference = None
     if loaded is not None and kept is None:  # free a reference loaded for this pass alone
         loaded = None
         release_memory()
     return values
+
+
+def reference_plan(
+    loader: ResumableLoader,
+    eval_batches: Sequence[Sequence[int]],
+    trainer: Trainer,
+    checkpoint: Path | None,
+) -> list[list[int]]:
+    """The batches (example indices) the run will read, in order: the training batches from
+    step 0 to the last step, then the held-out ones.
+
+    Resuming, the checkpoint's loader position adds the batches from there (the same ones
+    unless ``resume.allow_changes`` let the batch size change); a run already at its last
+    step reads nothing. Planning from step 0 also on resume keeps every example in the batch
+    an uninterrupted run computes it in, so a resumed run's losses equal that run's.
+    """
+    per_step = trainer.config.grad_accum
+    state = read_trainer_state(checkpoint) if checkpoint is not None else None
+    if state is None:
+        return [*loader.upcoming(trainer.total_steps * per_step), *map(list, eval_batches)]
+    steps_left = trainer.total_steps - int(state["step"])
+    if steps_left <= 0:
+        return []
+    resumed = dict(state["loader"])
+    start = {"epoch": 0, "position": 0, "seed": resumed["seed"]}
+    return [
+        *loader.upcoming(trainer.total_steps * per_step, start),
+        *loader.upcoming(steps_left * per_step, resumed),
+        *map(list, eval_batches),
+    ]
+
+
+def _with_reference_check(collate: Callable[[list[PairExample]], PairBatch], table: LogpTable):
+    """``collate`` that refuses a batch whose reference log-probs were never computed (a
+    wrong plan must stop the run, not train on NaN)."""
+
+    def checked(examples: list[PairExample]) -> PairBatch:
+        batch = collate(examples)
+        if table.values is not None and batch.ref_logps is not None:
+            lacking = batch.index[batch.ref_logps.isnan().any(1)]
+            if lacking.numel():
+                raise RuntimeError(
+                    f"no reference log-probs for examples {lacking.tolist()}: the reference "
+                    "pass did not plan for them (a bug); reference.precompute=false runs the "
+                    "reference in every step instead"
+                )
+        return batch
+
+    return checked
 
 
 def live_reference(config: Any, model: torch.nn.Module, tokenizer: Any) -> ReferenceModel:
@@ -538,6 +621,8 @@ def train_offline(
         pad_token_id=tokenizer.pad_token_id,
         reference=table,
     )
+    if table is not None:
+        collate = _with_reference_check(collate, table)
     lengths = [example.length for example in train_examples] if data.group_by_length else None
     batch_size = config.train.batch_size
     train_loader = ResumableLoader(
@@ -548,6 +633,10 @@ def train_offline(
         return ResumableLoader(list(items), batch_size, collate, shuffle=False, drop_last=False)
 
     eval_loader = ordered(eval_examples) if eval_examples else None
+    eval_batches = [
+        [example.index for example in eval_examples[start : start + batch_size]]
+        for start in range(0, len(eval_examples), batch_size)
+    ]  # eval_loader's batches
     logger.info(
         "%d training examples, %d held-out; %s layout",
         len(train_examples), len(eval_examples),
@@ -583,7 +672,13 @@ def train_offline(
             batch_size=config.eval.batch_size,
         )
     evaluate = held_out_evaluation(
-        eval_loader, objective, summarise, device, None if precompute else reference, kl
+        eval_loader,
+        objective,
+        summarise,
+        device,
+        None if precompute else reference,
+        kl,
+        progress=config.progress,
     )
     export = exporter(model, tokenizer)
     trainer = Trainer(
@@ -602,10 +697,14 @@ def train_offline(
     if reference is not None and reference.module is not model:
         reference.to(trainer.device)
 
-    # reference log-probs: once, before the first update, from the cache when it has them
+    # reference log-probs: once, before the first update, for the rows the run reads (the
+    # schedule is seeded, so known now); from the cache when it has them. Computing them all
+    # up front rather than per batch lets the default reference, the initial policy itself,
+    # be run with no second model in memory, and a separate reference be freed.
     if table is not None:
+        plan = reference_plan(train_loader, eval_batches, trainer, checkpoint)
         table.values = precompute_reference(
-            config, model, tokenizer, examples, ordered(examples), trainer, reference
+            config, model, tokenizer, examples, plan, collate, trainer, reference
         )
 
     result = trainer.train(resume_from=checkpoint)
