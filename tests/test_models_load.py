@@ -242,18 +242,19 @@ def test_stories260k_load_save_reload_round_trip(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = load_tokenizer(STORIES)
-    # stories260K has no pad token: one is added, distinct from EOS (and from <unk>)
-    assert tokenizer.pad_token == "<|pad|>"
-    assert len(tokenizer) == 513 and tokenizer.pad_token_id == 512
-    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.unk_token_id)
+    # stories260K has no pad token: it pads with <unk>, a special token that is neither EOS
+    # nor BOS, so its vocabulary stays the base's 512 tokens
+    assert tokenizer.pad_token == "<unk>"
+    assert len(tokenizer) == 512 and tokenizer.pad_token_id == 0
+    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
     # its LlamaTokenizer writes <s> by itself, whatever add_bos_token says
     assert tokenizer_adds_bos(tokenizer)
     encoded = tokenizer("Once upon a time")["input_ids"]
     assert encoded[0] == tokenizer.bos_token_id and encoded.count(tokenizer.bos_token_id) == 1
 
     model = load_model(STORIES, tokenizer=tokenizer)
-    assert model.get_input_embeddings().weight.shape[0] == 513
-    assert model.config.pad_token_id == 512 and model.generation_config.pad_token_id == 512
+    assert model.get_input_embeddings().weight.shape[0] == 512
+    assert model.config.pad_token_id == 0 and model.generation_config.pad_token_id == 0
     input_ids = torch.tensor([encoded])
     before = logits_of(model, input_ids)
 
@@ -262,7 +263,9 @@ def test_stories260k_load_save_reload_round_trip(tmp_path):
     plain_tokenizer = AutoTokenizer.from_pretrained(saved)
     plain_model = AutoModelForCausalLM.from_pretrained(saved)
     assert plain_tokenizer("Once upon a time")["input_ids"] == encoded
-    assert plain_tokenizer.pad_token_id == 512
+    assert plain_tokenizer.pad_token_id == 0
+    assert AutoModelForCausalLM.from_pretrained(STORIES).config.vocab_size == 512
+    assert plain_model.config.vocab_size == 512
     torch.testing.assert_close(logits_of(plain_model, input_ids), before)
     generated = plain_model.generate(
         input_ids, max_new_tokens=8, do_sample=False, pad_token_id=plain_tokenizer.pad_token_id
@@ -271,5 +274,5 @@ def test_stories260k_load_save_reload_round_trip(tmp_path):
     assert plain_tokenizer.decode(generated[0], skip_special_tokens=True).startswith(
         "Once upon a time"
     )
-    # and our loader reads our own output back without growing it again
-    assert len(load_tokenizer(saved)) == 513
+    # and our loader reads our own output back as it is
+    assert len(load_tokenizer(saved)) == 512

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlhf.models.forward import cache_argument as forward_cache_argument
 from rlhf.models.forward import unwrap
 
 logger = logging.getLogger("rlhf")
@@ -75,18 +76,24 @@ def _decode_step(
     position_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     cache: object,
+    cache_argument: str | None = None,
 ) -> torch.Tensor:
     """One token per row through ``model`` with a static KV cache -> [b, V] next-token logits.
 
-    input_ids / position_ids [b, 1], attention_mask [b, C] over the cache's C columns.
+    input_ids / position_ids [b, 1], attention_mask [b, C] over the cache's C columns;
+    ``cache_argument``: the forward's keyword for the cache (default:
+    :func:`rlhf.models.forward.cache_argument`; :func:`compiled_decode_step` resolves it
+    outside the compiled graph).
     """
+    if cache_argument is None:
+        cache_argument = forward_cache_argument(model)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_argument: cache},
     )
     return out.logits[:, -1]
 
@@ -103,4 +110,18 @@ def compiled_decode_step() -> Callable[..., torch.Tensor]:
     many small element-wise ops of a one-token forward (RMSNorm, rotary embedding, SwiGLU, the
     cache write and mask), which dominate a small model's decode step when run eagerly.
     """
-    return torch.compile(_decode_step, dynamic=False)
+    compiled = torch.compile(_decode_step, dynamic=False)
+
+    def step(
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: object,
+    ) -> torch.Tensor:
+        # the cache's keyword is found by inspecting the model's forward: done here, eagerly
+        # (a constant string to the graph), not traced by dynamo
+        keyword = forward_cache_argument(model)
+        return compiled(model, input_ids, position_ids, attention_mask, cache, keyword)
+
+    return step

@@ -11,6 +11,8 @@ scale or soft-cap logits (Gemma 2/3, Cohere, ...) take the ordinary full forward
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -43,6 +45,23 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    forward = getattr(model_class, "forward", None)
+    try:
+        parameters = inspect.signature(forward).parameters if forward is not None else {}
+    except (TypeError, ValueError):
+        parameters = {}
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword under which ``model``'s forward, and ``generate``, take a KV cache:
+    ``cache`` where the forward has it (transformers 5.2x renamed ``past_key_values``, which
+    then warns that it is deprecated), else ``past_key_values``."""
+    return _cache_argument(type(unwrap(model)))
 
 
 def position_limit(model: torch.nn.Module) -> int | None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -127,11 +128,14 @@ def load_tokenizer(
     """Load a tokenizer with a pad token distinct from EOS and right padding.
 
     Padding with EOS would mask out, or teach the model to ignore, the very token that ends a
-    response; when the tokenizer has no pad token, or pads with EOS, a ``<|pad|>`` token is
-    added. The tokenizer may then be longer than the model's embedding table:
-    :func:`load_model` given this tokenizer grows the table to match. Padding is on the right;
-    collators that need left padding (generation) set it themselves. Whether the tokenizer
-    writes BOS by itself is left as it is: see :func:`tokenizer_adds_bos`.
+    response. The pad token is chosen by :func:`choose_pad_token` among the tokens the
+    vocabulary already has (SmolLM2, which pads with its EOS ``<|im_end|>``, pads with
+    ``<|endoftext|>``), so the model's vocabulary, and the exported model's, stay the base's.
+    Only when none is usable is a ``<|pad|>`` token added; the tokenizer may then be longer
+    than the model's embedding table, and :func:`load_model` given this tokenizer grows the
+    table to match (not under LoRA). The choice is logged. Padding is on the right; collators
+    that need left padding (generation) set it themselves. Whether the tokenizer writes BOS by
+    itself is left as it is: see :func:`tokenizer_adds_bos`.
     """
     from transformers import AutoTokenizer
 
@@ -151,11 +155,120 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
     except Exception as exc:
         raise ModelLoadError(label, f"could not load the tokenizer ({_describe(exc)})") from exc
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+    pad, why = choose_pad_token(tokenizer, _generation_stop_ids(source))
+    if pad is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-        logger.info("%s: added pad token %s (id %d)", label, PAD_TOKEN, tokenizer.pad_token_id)
+        why = f"added: {why}; the model's embedding table grows by a row"
+    elif pad != tokenizer.pad_token:
+        tokenizer.pad_token = pad
+    _log_once(label, f"pad token {tokenizer.pad_token} (id {tokenizer.pad_token_id}): {why}")
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(label: str, message: str) -> None:
+    """Log a loading decision once per model and process (tokenizers load several times)."""
+    line = f"{label}: {message}"
+    if line not in _LOGGED:
+        _LOGGED.add(line)
+        logger.info("%s", line)
+
+
+# Names of special tokens that may pad, in the order they are preferred after the
+# tokenizer's own pad token; the unknown token comes between the first and the second.
+_PAD_NAME = re.compile(r"pad", re.IGNORECASE)
+_END_OF_TEXT_NAME = re.compile(r"end_?of_?text", re.IGNORECASE)
+_RESERVED_NAME = re.compile(r"reserved|unused", re.IGNORECASE)
+
+
+def choose_pad_token(
+    tokenizer: PreTrainedTokenizerBase, stop_ids: Iterable[int] = ()
+) -> tuple[str | None, str]:
+    """The token to pad with and why: ``(token, reason)``, or ``(None, reason)`` when the
+    vocabulary has none that may pad and one must be added.
+
+    A token may pad when it is a special (or added) token that is not EOS, not BOS, not one of
+    ``stop_ids`` (the generation config's end tokens: sampling stops at them, so a pad among
+    them would end or hide responses) and not written by the chat template (its text does not
+    occur in the template's source), so it never stands for a real token of a training
+    sequence. Preferred, in order: the tokenizer's own pad token, a token named for padding
+    (Qwen's ``<|fim_pad|>``, Llama 3.1's ``<|finetune_right_pad_id|>``), the unknown token, an
+    end-of-text token (SmolLM2's ``<|endoftext|>``), a reserved or unused one; the lowest id
+    first among equals. Collators mask padding by the attention mask, and a sequence
+    classifier reads the last token that is not the pad (the EOS or the template's end), so a
+    token that exists in the vocabulary pads as well as a new one, without a new embedding row.
+    """
+    from rlhf.data.chat import chat_template_of
+
+    template = chat_template_of(tokenizer)
+    template_text = template if isinstance(template, str) else json.dumps(template)
+    refused = {tokenizer.eos_token_id, tokenizer.bos_token_id, *stop_ids} - {None}
+    candidates: dict[int, str] = {
+        index: token.content for index, token in tokenizer.added_tokens_decoder.items()
+    }
+    for token, index in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True):
+        candidates.setdefault(index, token)
+    usable = {
+        index: token
+        for index, token in sorted(candidates.items())
+        if index not in refused and token and token not in template_text
+    }
+    own = tokenizer.pad_token_id
+    if own is not None and own in usable:
+        return usable[own], "the tokenizer's own pad token"
+    unk = tokenizer.unk_token_id
+    tiers = (
+        (lambda index, token: bool(_PAD_NAME.search(token)), "a special token named for padding"),
+        (lambda index, token: index == unk, "the unknown token"),
+        (lambda index, token: bool(_END_OF_TEXT_NAME.search(token)), "an end-of-text token"),
+        (lambda index, token: bool(_RESERVED_NAME.search(token)), "a reserved special token"),
+    )
+    if own is None:
+        before = "the tokenizer has no pad token"
+    elif own == tokenizer.eos_token_id:
+        before = "the tokenizer pads with EOS"
+    else:
+        before = f"the tokenizer's pad token {tokenizer.pad_token} may not pad"
+    for matches, what in tiers:
+        for index, token in usable.items():
+            if matches(index, token):
+                return token, (
+                    f"{what}, not EOS, BOS, a stop token or written by the chat template ({before})"
+                )
+    return None, (
+        "no special token of the vocabulary may pad (each is EOS, BOS, a stop token or written "
+        "by the chat template)"
+    )
+
+
+def _generation_stop_ids(source: str) -> list[int]:
+    """The end-of-sequence ids the model's ``generation_config.json`` / ``config.json`` name
+    (chat models list their end-of-turn token there); [] when neither says or can be read."""
+    from transformers.utils import cached_file
+
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        try:
+            path = cached_file(
+                source,
+                name,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+            eos = (
+                json.loads(Path(path).read_text(encoding="utf-8")).get("eos_token_id")
+                if path
+                else None
+            )
+        except (OSError, ValueError):
+            continue
+        for token in [eos] if isinstance(eos, int) else list(eos or []):
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return ids
 
 
 def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -232,15 +345,18 @@ def load_model(
     trust_remote_code: bool = False,
     auto_class: Any = None,
     model_kwargs: dict[str, Any] | None = None,
+    grow_embeddings: bool = True,
+    loading_info: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM by hub name or local folder, ready for training or inference.
 
     ``dtype``: "float32", "bfloat16", "float16" or "auto" (the checkpoint's own).
     ``attn_implementation``: "sdpa", "eager", "flash_attention_2", or None for transformers'
-    choice. ``gguf_file``: a GGUF file inside the folder (or pass the ``.gguf`` path itself);
-    transformers dequantises it to ``dtype``. ``tokenizer``: when given (from
-    :func:`load_tokenizer`), the embedding table grows to its length if it added tokens, and
-    the model's pad id becomes the tokenizer's. ``disable_dropout`` turns off the base model's
+    choice. ``gguf_file``: a GGUF file inside the folder (or pass the ``.gguf`` path itself),
+    dequantised to ``dtype`` into a plain model (see :func:`_gguf_options`) that trains, saves
+    and exports like any other. ``tokenizer``: when given (from :func:`load_tokenizer`), the
+    embedding table grows to its length if it added a token (refused under LoRA: see
+    :func:`_match_tokenizer`), and the model's pad id becomes the tokenizer's. ``disable_dropout`` turns off the base model's
     dropout (see :func:`disable_dropout`) before the LoRA adapters are added, so a LoRA dropout
     asked for in ``lora`` is kept. With ``lora`` the result is a ``peft.PeftModel`` whose base
     weights are frozen.
@@ -249,7 +365,10 @@ def load_model(
     ``.train()``. Any failure is a :class:`ModelLoadError` naming the model and the cause.
     ``auto_class`` loads another head than the causal LM's (e.g.
     ``AutoModelForSequenceClassification`` for reward models) and ``model_kwargs`` go to its
-    ``from_pretrained`` (e.g. ``num_labels=1``).
+    ``from_pretrained`` (e.g. ``num_labels=1``). ``grow_embeddings=False`` refuses to grow the
+    embedding table, as ``lora`` does (for callers that add adapters themselves).
+    ``loading_info``, a dict, receives transformers' account of the load (``missing_keys``,
+    ``unexpected_keys``, ``mismatched_keys``: ``from_pretrained(output_loading_info=True)``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -262,12 +381,19 @@ def load_model(
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
     if gguf_file is not None:
-        options["gguf_file"] = gguf_file
+        options.update(_gguf_options(gguf_file))
     options.update(model_kwargs or {})
+    if loading_info is not None:
+        options["output_loading_info"] = True
     try:
         model = (auto_class or AutoModelForCausalLM).from_pretrained(source, **options)
+        if loading_info is not None:
+            model, info = model
+            loading_info.update(info)
     except Exception as exc:
         raise ModelLoadError(label, f"could not load the model ({_describe(exc)})") from exc
+    if gguf_file is not None:
+        _forget_quantization(model)
     try:
         model = model.to(device)
     except Exception as exc:
@@ -276,7 +402,7 @@ def load_model(
         ) from exc
 
     if tokenizer is not None:
-        _match_tokenizer(model, tokenizer)
+        _match_tokenizer(model, tokenizer, label, grow=lora is None and grow_embeddings)
     if disable_dropout:
         _turn_off_dropout(model)
     if lora is not None:
@@ -289,13 +415,64 @@ def load_model(
     return model
 
 
-def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Grow the embedding table to the tokenizer and adopt its pad id."""
+def _gguf_options(gguf_file: str) -> dict[str, Any]:
+    """``from_pretrained`` options that load a GGUF file as a plain float model.
+
+    transformers 5 loads a GGUF file through a GGUF "quantizer": it dequantises the tensors
+    (or keeps some in packed blocks where a kernel for them is installed) yet marks the model
+    quantized (``hf_quantizer``, ``config.quantization_config``), so ``save_pretrained``
+    refuses it ("quantized with gguf and is not serializable") and no checkpoint or export is
+    written. ``GgufConfig(dequantize=True)`` unpacks every weight and drops those marks once
+    the weights are in (``HfQuantizer.postprocess_model``). Older transformers have no GGUF
+    quantizer and always dequantise.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {"gguf_file": gguf_file}
+    return {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+
+
+def _forget_quantization(model: PreTrainedModel) -> None:
+    """Drop whatever still marks a model dequantised from GGUF as quantized (a no-op where
+    transformers already did: see :func:`_gguf_options`), so that it saves as the plain model
+    it is."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_is_quantized", False):
+            config._is_quantized = False
+        if getattr(config, "quantization_config", None) is not None:
+            del config.quantization_config
+
+
+def _match_tokenizer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, label: str, *, grow: bool
+) -> None:
+    """Grow the embedding table to the tokenizer (when it added a pad token) and adopt its
+    pad id.
+
+    Never under LoRA (``grow=False``): the adapters neither train nor save new rows, so the
+    saved adapters would not fit their base model; a :class:`ModelLoadError` says what to do.
+    A table already long enough (many checkpoints pad it beyond the tokenizer for speed) is
+    used as it is, never shrunk.
+    """
     rows = model.get_input_embeddings().weight.shape[0]
-    # Never shrink: many checkpoints pad the table beyond the tokenizer for speed.
     if len(tokenizer) > rows:
+        if not grow:
+            raise ModelLoadError(
+                label,
+                f"the tokenizer has {len(tokenizer)} tokens (a pad token was added: no token "
+                f"of the vocabulary may pad) but the model {rows} embedding rows, and LoRA "
+                "cannot grow the table (the adapters would neither train nor save the new "
+                "row); train without LoRA, or give the tokenizer a pad token of its vocabulary "
+                "that is not EOS (tokenizer.pad_token = ...; tokenizer.save_pretrained(...))",
+            )
         # New rows start at the mean of the old ones (Hewitt 2021), a near-uniform guess.
         model.resize_token_embeddings(len(tokenizer))
+        _log_once(label, f"embedding table grown from {rows} to {len(tokenizer)} rows")
     pad = tokenizer.pad_token_id
     if pad is not None:
         model.config.pad_token_id = pad

@@ -9,9 +9,12 @@ transformers, TRL and vLLM read it as they read any reward model::
 * **Decoders** (Llama, Qwen, GPT-2, ...): ``*ForSequenceClassification`` applies the head to
   every position and reads the *rightmost token that is not the pad token* (transformers 5.23,
   ``GenericForSequenceClassification.forward``). Sequences are right-padded with a pad token
-  distinct from EOS (``load_tokenizer`` adds one when needed) and ``config.pad_token_id`` is
-  that token, so the score is read at the last real token, the response's EOS. We score
-  through the same forward, so our rewards are transformers' to the last bit.
+  distinct from EOS (``load_tokenizer`` chooses a special token of the vocabulary that no
+  sequence ends with, or adds one) and ``config.pad_token_id`` is that token, so the score is
+  read at the last real token, the response's EOS or the chat template's end. We score
+  through the same forward, so our rewards are transformers' to the last bit; a row whose last
+  real token is the pad token itself (text that ends in it) is read where it ends instead
+  (:func:`reward_logits`).
 * **Encoders** (BERT, MiniLM, DeBERTa, ...) pool in their own way (BERT: a dense layer on the
   ``[CLS]`` token); padding is handled by the attention mask. "The last real token" is a
   decoder's rule.
@@ -26,12 +29,13 @@ transformers, TRL and vLLM read it as they read any reward model::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,26 +110,34 @@ def init_reward_model(
 
     ``name_or_path``: a causal LM (its LM head is dropped and a scalar head added), an encoder
     such as BERT / MiniLM, or a reward model already (its head is kept, to train further).
-    A new head is initialised N(0, 1/√(d + 1)) from ``seed``. ``tokenizer`` (from
-    :func:`~rlhf.models.load.load_tokenizer`: pad ≠ EOS, right padding) sets
-    ``config.pad_token_id`` and grows the embeddings if it added a pad token. Dropout is off;
-    ``lora`` trains adapters plus the (fully trained) head, through peft's ``SEQ_CLS`` task.
+    A new head is initialised N(0, 1/√(d + 1)) from ``seed`` and said so in one log line
+    (transformers' load report, which lists it as missing, is held back unless it lists
+    anything else). ``tokenizer`` (from :func:`~rlhf.models.load.load_tokenizer`: pad ≠ EOS,
+    right padding) sets ``config.pad_token_id`` and grows the embeddings if it added a pad
+    token (never under ``lora``). Dropout is off; ``lora`` trains adapters plus the (fully
+    trained) head, through peft's ``SEQ_CLS`` task.
     """
     from transformers import AutoModelForSequenceClassification
 
-    model = load_model(
-        name_or_path,
-        dtype=dtype,
-        device=device,
-        attn_implementation=attn_implementation,
-        gguf_file=gguf_file,
-        tokenizer=tokenizer,
-        auto_class=AutoModelForSequenceClassification,
-        model_kwargs={"num_labels": 1},
-    )
+    info: dict[str, Any] = {}
+    with _held_load_reports() as reports:
+        model = load_model(
+            name_or_path,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            gguf_file=gguf_file,
+            tokenizer=tokenizer,
+            auto_class=AutoModelForSequenceClassification,
+            model_kwargs={"num_labels": 1},
+            grow_embeddings=lora is None,
+            loading_info=info,
+        )
     model.config.use_cache = False  # a scorer never generates: no KV cache in its forward
-    if not is_reward_model(model.config):
+    new_head = not is_reward_model(model.config)
+    if new_head:
         init_reward_head(reward_head(model), seed)
+    _report_load(model, name_or_path, gguf_file, info, reports, new_head, seed)
     if lora is not None:
         from peft import get_peft_model
 
@@ -138,15 +150,90 @@ def init_reward_model(
     return model
 
 
+# Keys of a causal or masked LM checkpoint's own output layer, which a sequence classifier
+# built from it drops (transformers reports them "unexpected"): expected here.
+_DROPPED_OUTPUT_LAYERS = ("lm_head.", "cls.")
+
+
+@contextlib.contextmanager
+def _held_load_reports() -> Iterator[list[logging.LogRecord]]:
+    """Hold back transformers' "LOAD REPORT" log records made inside (yields the list)."""
+    held: list[logging.LogRecord] = []
+    target = logging.getLogger("transformers.modeling_utils")
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    target.addFilter(hold)
+    try:
+        yield held
+    finally:
+        target.removeFilter(hold)
+
+
+def _report_load(
+    model: torch.nn.Module,
+    name_or_path: str | os.PathLike[str],
+    gguf_file: str | None,
+    info: dict[str, Any],
+    reports: list[logging.LogRecord],
+    new_head: bool,
+    seed: int,
+) -> None:
+    """Say once, in our words, what transformers' load report says of a new scoring head;
+    let the report through as it was when it lists keys a new head does not explain."""
+    head = reward_head(model)
+    head_name = next(name for name, module in model.named_modules() if module is head)
+    missing = sorted(info.get("missing_keys", ()))
+    explained = (
+        new_head
+        and all(key.startswith(head_name.split(".")[0] + ".") for key in missing)
+        and all(key.startswith(_DROPPED_OUTPUT_LAYERS) for key in info.get("unexpected_keys", ()))
+        and not info.get("mismatched_keys")
+    )
+    if not explained:
+        target = logging.getLogger("transformers.modeling_utils")
+        for record in reports:
+            target.handle(record)
+    if new_head:
+        label = str(name_or_path) if gguf_file is None else f"{name_or_path} ({gguf_file})"
+        logger.info(
+            "%s: new scoring head %s (%d × %d), initialised N(0, 1/√(%d + 1)) with seed %d; "
+            "the checkpoint's output layer is not used",
+            label, ", ".join(missing) or head_name, head.out_features, head.in_features,
+            head.in_features, seed,
+        )  # fmt: skip
+
+
 def reward_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Raw rewards [N] (float32) of right-padded sequences ``input_ids`` [N, T].
 
     The model's own forward, so the reward is read where transformers reads it (see the
-    module docstring); training and scoring both come through here.
+    module docstring); training and scoring both come through here. A decoder reads the last
+    token that is not ``config.pad_token_id``: a row whose last real token *is* that id (text
+    ending in the pad token, with no EOS or template end after it) would be read early, so
+    such rows are read at their last real token from the decoder's hidden states.
     """
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    base = unwrap(model)
+    pad, head = getattr(base.config, "pad_token_id", None), getattr(base, "score", None)
+    if pad is None or not isinstance(head, torch.nn.Module):
+        return logits  # an encoder pools in its own way
+    last = attention_mask.long().sum(-1) - 1  # [N] the last real token (right padding)
+    rows = input_ids.gather(1, last[:, None])[:, 0].eq(pad).nonzero()[:, 0]  # [n]
+    if rows.numel():
+        hidden = decoder_hidden_states(
+            model, input_ids=input_ids[rows], attention_mask=attention_mask[rows]
+        )  # [n, T, H]
+        at_end = hidden[torch.arange(rows.numel(), device=rows.device), last[rows]]  # [n, H]
+        logits = logits.clone()
+        logits[rows] = head(at_end)[:, 0].float()
+    return logits
 
 
 def packed_reward_logits(

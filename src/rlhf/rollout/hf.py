@@ -61,6 +61,7 @@ from rlhf.data.records import Text
 from rlhf.data.tokenize import adds_bos, cut_text, messages_as_dicts
 from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import (
+    cache_argument,
     decoder_hidden_states,
     has_plain_head,
     position_limit,
@@ -388,10 +389,12 @@ def shared_prompt_cache(
     prompt_index: torch.Tensor,
     max_new_tokens: int,
 ) -> dict[str, Any]:
-    """``generate``'s ``past_key_values`` for a chunk of rows: a KV cache that grows in place
-    (:func:`growing_kv_layer`) and, when rows repeat a prompt (a rollout's K samples), holds
-    each distinct prompt's keys and values computed once and repeated for its rows. ``{}``
-    (``generate`` builds its own cache) for models other than plain decoders.
+    """``generate``'s KV cache keyword argument for a chunk of rows (``{"cache": cache}``, or
+    ``past_key_values`` in older transformers: :func:`~rlhf.models.forward.cache_argument`):
+    a KV cache that grows in place (:func:`growing_kv_layer`) and, when rows repeat a prompt
+    (a rollout's K samples), holds each distinct prompt's keys and values computed once and
+    repeated for its rows. ``{}`` (``generate`` builds its own cache) for models other than
+    plain decoders.
 
     ids / mask [b, p] left-padded rows, prompt_index [b] which prompt each row is (equal
     prompts on consecutive rows, as :meth:`HFGenerationEngine.generate` lays them out). The
@@ -412,13 +415,13 @@ def shared_prompt_cache(
     cache.layers = [layer(ids.shape[1] + max_new_tokens) for _ in cache.layers]
     _, counts = torch.unique_consecutive(prompt_index, return_counts=True)
     if ids.shape[1] < 2 or len(counts) == len(prompt_index):
-        return {"past_key_values": cache}
+        return {cache_argument(model): cache}
     firsts = torch.cumsum(counts, 0) - counts  # [g] the first row of each prompt
     distinct, distinct_mask = ids[firsts, :-1], mask[firsts, :-1]  # [g, p - 1]
     prefill(base, distinct, distinct_mask, cache)
     rows = torch.arange(len(counts)).repeat_interleave(counts).to(ids.device)  # [b]
     cache.batch_select_indices(rows)
-    return {"past_key_values": cache}
+    return {cache_argument(model): cache}
 
 
 def prefill(base: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> None:
@@ -435,8 +438,8 @@ def prefill(base: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache:
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument(base): cache},
         )
 
 
@@ -565,7 +568,9 @@ def compiled_generate(
     if {type(layer) for layer in cache.layers} != {StaticLayer}:
         return None  # sliding-window or other special layers: generate's own cache
     if p >= 2:
-        prefix = shared_prompt_cache(model, ids, mask, prompt_index, steps).get("past_key_values")
+        prefix = shared_prompt_cache(model, ids, mask, prompt_index, steps).get(
+            cache_argument(model)
+        )
         if prefix is None:
             return None
         if prefix.get_seq_length() == 0:  # no prompt repeats: prefill every row
