@@ -309,6 +309,7 @@ def test_a_huge_prompt_keeps_its_end_within_the_model_positions(eos_engine, capl
     assert len(kept) == room
     whole = prompt_token_ids(tokenizer, huge[-20_000:])  # the same end, tokenised whole
     assert kept[-50:] == whole[-50:]
-    assert "1 of 2 prompts fill the 250 tokens" in caplog.text
+    assert "1 of 2 prompts are longer than the 250 tokens" in caplog.text
+    assert batch.truncated_prompts == 1
     with pytest.raises(ValueError, match="max_new_tokens=300 leaves no room"):
         eos_engine.generate(["Hi"], SamplingParams(max_new_tokens=300))

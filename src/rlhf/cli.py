@@ -257,8 +257,18 @@ def data_check(
         str | None, typer.Option(help="Rating scale low,high when rows do not state one, e.g. 1,5.")
     ] = None,
     examples: Annotated[int, typer.Option(help="Example rows to show.")] = 3,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="With --model: count the rows that data.max_length=N would truncate, and by "
+            "how much [default: data.max_length's default].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Read a dataset, count rows per kind, list the first errors (file:line) and show examples."""
+    """Read a dataset, count rows per kind, list the first errors (file:line) and show examples;
+    with --model, also what truncation to --max-length tokens would cut."""
     try:
         from rlhf.data.check import check_data
 
@@ -269,6 +279,12 @@ def data_check(
             from rlhf.models.load import load_tokenizer
 
             tokenizer = load_tokenizer(model)
+            if max_length is None:
+                from rlhf.recipes.common import DataConfig
+
+                max_length = DataConfig.model_fields["max_length"].default
+        elif max_length is not None:
+            raise typer.BadParameter("--max-length needs --model (the tokenizer that counts)")
         report = check_data(
             path,
             kind,
@@ -276,6 +292,7 @@ def data_check(
             columns=columns or None,
             rating_scale=scale,
             examples=examples,
+            max_length=max_length,
         )
     except Exception as error:
         _fail(error)

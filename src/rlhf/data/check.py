@@ -6,13 +6,35 @@ import dataclasses
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.data.errors import DataError
 from rlhf.data.readers import read_records
-from rlhf.data.records import Message, Record, RecordKind, Text
+from rlhf.data.records import (
+    BinaryRecord,
+    CompletionRecord,
+    ConversationRecord,
+    EditRecord,
+    Message,
+    PreferenceRecord,
+    PromptRecord,
+    RankingRecord,
+    RatingRecord,
+    Record,
+    RecordKind,
+    Text,
+    TextRecord,
+)
+from rlhf.data.tokenize import (
+    NO_CUT,
+    Cut,
+    TruncationReport,
+    tokenize_prompt,
+    tokenize_prompt_response_cut,
+    tokenize_record,
+)
 
 # An example shows at most this much of a row, whatever its size: rendering a 50 MB field
 # takes rich many minutes, and tokenising it with --model gigabytes.
@@ -29,6 +51,8 @@ class CheckReport:
     skipped: Counter[str] = field(default_factory=Counter)  # bad rows per DataError.reason
     errors: list[DataError] = field(default_factory=list)  # the first bad rows, file:line
     examples: list[tuple[str, str]] = field(default_factory=list)  # (kind, text as shown)
+    # what truncation to max_length would cut (with a tokenizer)
+    truncation: TruncationReport | None = None
 
     @property
     def loaded(self) -> int:
@@ -54,6 +78,8 @@ class CheckReport:
         for kind, count in self.kind_counts.most_common():
             counts.add_row(kind, f"{count:,}")
         console.print(counts)
+        if self.truncation is not None:
+            console.print(f"truncation: {self.truncation.describe()}", highlight=False)
         if self.skipped:
             reasons = Table("reason", "rows", title="bad rows per reason", title_justify="left")
             for reason, count in self.skipped.most_common():
@@ -76,12 +102,15 @@ def check_data(
     split: str = "train",
     examples: int = 3,
     max_errors: int = 10,
+    max_length: int | None = None,
 ) -> CheckReport:
     """Read ``source`` skipping bad rows, and report counts, the first ``max_errors`` errors and
     ``examples`` rows: as the model sees them when a ``tokenizer`` is given (chat template
     applied, trained-on parts in ``[[...]]``), else as their canonical JSON. An example shows
     the first :data:`SHOWN_CHARS` characters of each text and :data:`SHOWN_ITEMS` messages or
-    responses, with a note of what is left out.
+    responses, with a note of what is left out. With a ``tokenizer`` and ``max_length``, every
+    row is tokenised as training would and the report counts what truncation would cut
+    (:func:`truncation_report`).
 
     A problem with the source as a whole (missing file, unreadable JSON, no rows) raises
     :class:`DataError`.
@@ -91,9 +120,52 @@ def check_data(
         max_errors=max_errors,
     )  # fmt: skip
     report = CheckReport(result.source, result.kind_counts, result.skipped, result.errors)
+    if tokenizer is not None and max_length is not None:
+        report.truncation = truncation_report(tokenizer, result.records, max_length)
     for record in result.records[:examples]:
         report.examples.append((record.kind, _show(record, tokenizer)))
     return report
+
+
+def truncation_report(
+    tokenizer: Any, records: Iterable[Record], max_length: int
+) -> TruncationReport:
+    """What ``data.max_length=max_length`` with the default ``truncate`` policy would cut of
+    each row, tokenised as the recipes do (a row of several sequences, a pair or a ranking,
+    counts its most cut one). Rows that cannot be tokenised count as dropped."""
+    report = TruncationReport(max_length, "rows")
+    for record in records:
+        try:
+            report.add(record_cut(tokenizer, record, max_length))
+        except ValueError as error:  # an empty response, a template that refuses the row
+            report.drop(f"cannot be tokenised ({error})"[:80])
+    return report
+
+
+def record_cut(tokenizer: Any, record: Record, max_length: int) -> Cut:
+    """What truncation to ``max_length`` cuts of ``record``'s sequences (the largest cut)."""
+
+    def pair(prompt: Text, *responses: Text) -> Cut:
+        cut = NO_CUT
+        for response in responses:
+            cut |= tokenize_prompt_response_cut(tokenizer, prompt, response, max_length)[2]
+        return cut
+
+    if isinstance(record, CompletionRecord | ConversationRecord | TextRecord):
+        return tokenize_record(tokenizer, record, max_length).cut
+    if isinstance(record, PromptRecord):
+        return tokenize_prompt(tokenizer, record.prompt, max_length)[1]
+    if isinstance(record, PreferenceRecord):
+        return pair(record.prompt, record.chosen, record.rejected)
+    if isinstance(record, RankingRecord):
+        return pair(record.prompt, *record.responses)
+    if isinstance(record, RatingRecord):
+        return pair(record.prompt, record.response)
+    if isinstance(record, BinaryRecord):
+        return pair(record.prompt, record.completion)
+    if isinstance(record, EditRecord):
+        return pair(record.prompt, record.edited, record.original)
+    return NO_CUT
 
 
 def _show(record: Record, tokenizer: Any) -> str:

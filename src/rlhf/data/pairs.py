@@ -21,7 +21,6 @@ their own way (BERT: the ``[CLS]`` token).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,15 @@ from typing import Any
 import torch
 
 from rlhf.data.records import PreferenceRecord, Text
-from rlhf.data.tokenize import TooLongError, Truncation, adds_bos, tokenize_prompt_response
+from rlhf.data.tokenize import (
+    NO_CUT,
+    Cut,
+    TooLongError,
+    Truncation,
+    TruncationReport,
+    adds_bos,
+    tokenize_prompt_response_cut,
+)
 
 logger = logging.getLogger("rlhf.data")
 
@@ -110,13 +117,24 @@ def tokenize_for_reward(
     :func:`_sequence_markers`). Raises :class:`~rlhf.data.tokenize.TooLongError` under
     ``truncation="drop"``.
     """
+    return tokenize_for_reward_cut(tokenizer, prompt, response, max_length, truncation)[0]
+
+
+def tokenize_for_reward_cut(
+    tokenizer: Any,
+    prompt: Text,
+    response: Text,
+    max_length: int | None = None,
+    truncation: Truncation = "truncate",
+) -> tuple[list[int], Cut]:
+    """:func:`tokenize_for_reward` and what truncation took from the sequence."""
     prefix, suffix = _sequence_markers(tokenizer)
     extra = len(prefix) + len(suffix)
     budget = None if max_length is None else max_length - extra
     if budget is not None and budget < 2:
         raise ValueError(f"max_length {max_length} leaves no room for a prompt and a response")
-    ids, _ = tokenize_prompt_response(tokenizer, prompt, response, budget, truncation)
-    return [*prefix, *ids, *suffix] if extra else ids
+    ids, _, cut = tokenize_prompt_response_cut(tokenizer, prompt, response, budget, truncation)
+    return ([*prefix, *ids, *suffix] if extra else ids), cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,32 +160,45 @@ def tokenize_groups(
     groups: Iterable[PreferenceGroup],
     max_length: int | None,
     truncation: Truncation = "truncate",
+    *,
+    report: TruncationReport | None = None,
 ) -> list[TokenizedGroup]:
     """Tokenise every response of every group once, counting (and logging) what is dropped.
 
     Dropped: responses longer than ``max_length`` under ``truncation="drop"`` (with their
     pairs), and pairs whose two sequences are identical once truncated (a comparison the model
     cannot see; it would only add ln 2 to the loss). A group left with no pair is dropped.
+    ``report`` (when given) counts every pair: truncated (the larger cut of its two
+    sequences) or dropped.
     """
-    tokenized, dropped = [], Counter()
+    tokenized = []
+    if report is None:
+        report = TruncationReport(max_length, "pairs")
+    before = report.dropped.copy()
     for group in groups:
         sequences: list[tuple[int, ...] | None] = []
+        cuts: list[Cut] = []
         for response in group.responses:
             try:
-                ids = tokenize_for_reward(tokenizer, group.prompt, response, max_length, truncation)
+                ids, cut = tokenize_for_reward_cut(
+                    tokenizer, group.prompt, response, max_length, truncation
+                )
             except TooLongError:
                 sequences.append(None)
+                cuts.append(NO_CUT)
                 continue
             sequences.append(tuple(ids))
+            cuts.append(cut)
         kept = []
         for chosen, rejected, margin in zip(
             group.chosen, group.rejected, group.margins, strict=True
         ):
             if sequences[chosen] is None or sequences[rejected] is None:
-                dropped["pairs longer than max_length"] += 1
+                report.drop("longer than max_length")
             elif sequences[chosen] == sequences[rejected]:
-                dropped["pairs identical after truncation"] += 1
+                report.drop("identical after truncation")
             else:
+                report.add(cuts[chosen] | cuts[rejected])
                 kept.append((chosen, rejected, 0.0 if margin is None else float(margin)))
         if not kept:
             continue
@@ -182,6 +213,7 @@ def tokenize_groups(
                 tuple(margin for _, _, margin in kept),
             )
         )
+    dropped = report.dropped - before
     if dropped:
         logger.warning("dropped %d pairs: %s", sum(dropped.values()), dict(dropped))
     return tokenized

@@ -29,7 +29,6 @@ Shapes: P pairs, R rows (P shared-prompt rows, 2P plain rows), L columns.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,12 @@ import torch
 from rlhf.data.collate import IGNORE_INDEX
 from rlhf.data.pairs import pad_right, shared_prefix_rows
 from rlhf.data.records import Text
-from rlhf.data.tokenize import TooLongError, Truncation, tokenize_prompt_response
+from rlhf.data.tokenize import (
+    TooLongError,
+    Truncation,
+    TruncationReport,
+    tokenize_prompt_response_cut,
+)
 
 logger = logging.getLogger("rlhf.data")
 
@@ -86,6 +90,7 @@ def tokenize_pairs(
     *,
     first_index: int = 0,
     drop_identical: bool = True,
+    report: TruncationReport | None = None,
 ) -> list[PairExample]:
     """Tokenise each pair's two sequences, counting (and logging) what is dropped.
 
@@ -93,24 +98,28 @@ def tokenize_pairs(
     with ``drop_identical``, pairs whose two sequences are identical once truncated (a
     comparison the model cannot see). Over-long sequences otherwise lose the prompt's start
     first (each sequence on its own, so a long completion may keep less of the prompt than its
-    partner). ``index`` counts the kept examples from ``first_index``.
+    partner). ``index`` counts the kept examples from ``first_index``. ``report`` (when given)
+    counts every pair: truncated (the larger cut of its two sequences) or dropped.
     """
     examples: list[PairExample] = []
-    dropped: Counter[str] = Counter()
+    if report is None:
+        report = TruncationReport(max_length, "pairs")
+    dropped = report.dropped.copy()
     for pair in pairs:
         try:
-            first = tokenize_prompt_response(
+            first = tokenize_prompt_response_cut(
                 tokenizer, pair.prompt, pair.first, max_length, truncation
             )
-            second = tokenize_prompt_response(
+            second = tokenize_prompt_response_cut(
                 tokenizer, pair.prompt, pair.second, max_length, truncation
             )
         except TooLongError:
-            dropped["longer than max_length"] += 1
+            report.drop("longer than max_length")
             continue
         if drop_identical and first[0] == second[0]:
-            dropped["identical after truncation"] += 1
+            report.drop("identical after truncation")
             continue
+        report.add(first[2] | second[2])
         examples.append(
             PairExample(
                 (tuple(first[0]), tuple(second[0])),
@@ -119,6 +128,7 @@ def tokenize_pairs(
                 pair.desirable,
             )
         )
+    dropped = report.dropped - dropped
     if dropped:
         logger.warning("dropped %d pairs: %s", sum(dropped.values()), dict(dropped))
     return examples

@@ -14,7 +14,10 @@ Rules every recipe relies on:
   prompt→completion pair first loses the *start of the prompt* (the part furthest from the
   response), and only when the completion alone is too long is the completion cut at its end,
   leaving at least :data:`MIN_PROMPT_TOKENS` of the prompt. ``truncation="drop"`` skips
-  over-long examples instead; the recipes log how many.
+  over-long examples instead.
+* Nothing is cut silently: each tokenising function knows what it cut (a :class:`Cut`: how
+  many tokens, on which side) and a :class:`TruncationReport` per split sums it up for the
+  recipes' log line and ``metrics.jsonl`` row and for ``rlhf data check --model``.
 * Cost bounded by ``max_length``, not by the row: before rendering and tokenising, each text
   (each message's content) is cut to the characters that ``max_length`` tokens can come from
   (:func:`cut_text`), on the side truncation drops anyway: the prompt's start, the response's
@@ -25,8 +28,10 @@ Rules every recipe relies on:
 
 from __future__ import annotations
 
+import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlhf.data.chat import render_chat
@@ -45,12 +50,44 @@ MIN_PROMPT_TOKENS = 8
 CUT_MARGIN_TOKENS = 32
 
 
+Side = Literal["prompt start", "response end", "text end"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """What truncation to ``max_length`` took from one sequence (or from one row of several
+    sequences, merged with ``|``). Falsy when nothing was cut."""
+
+    tokens: int = 0  # tokens of the whole text that are not in the sequence
+    sides: frozenset[Side] = frozenset()  # where they were taken from
+    # ``tokens`` is a lower bound: the text was cut before tokenisation (:func:`cut_text`), so
+    # the tokens of the part cut off there were never counted
+    at_least: bool = False
+
+    def __bool__(self) -> bool:
+        return self.tokens > 0
+
+    def __or__(self, other: Cut) -> Cut:
+        """The cut of a row of two sequences (a pair's completions): the larger one, every
+        side; a lower bound when either count is one."""
+        return Cut(
+            max(self.tokens, other.tokens),
+            self.sides | other.sides,
+            self.at_least or other.at_least,
+        )
+
+
+NO_CUT = Cut()
+
+
 @dataclass(frozen=True, slots=True)
 class TokenizedExample:
     """One training sequence."""
 
     input_ids: list[int]  # [T] token ids, no padding
     loss_mask: list[bool]  # [T] True where the token is a prediction target
+    # what truncation took from the example (not part of its identity: equal ids, equal example)
+    cut: Cut = field(default=NO_CUT, compare=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -62,6 +99,91 @@ class TokenizedExample:
 
 class TooLongError(ValueError):
     """An example longer than ``max_length`` under ``truncation="drop"``."""
+
+
+@dataclass
+class TruncationReport:
+    """What truncation and dropping did to the rows of one split.
+
+    The tokenising functions of the data layer fill it (:meth:`add` per tokenised row,
+    :meth:`drop` per dropped one); recipes log :meth:`log_line` and write :meth:`metrics` to
+    ``metrics.jsonl``, and ``rlhf data check --model`` prints :meth:`describe`. A row is what the
+    recipe trains on: an SFT example, a preference pair (truncated when either completion's
+    sequence is; the larger cut counts), a reward model's pair.
+    """
+
+    max_length: int | None
+    unit: str = "examples"  # what a row is, for the log line: examples, pairs, rows
+    rows: int = 0  # rows seen, dropped ones included
+    cuts: list[int] = field(default_factory=list)  # tokens cut from each truncated row
+    sides: Counter[str] = field(default_factory=Counter)  # truncated rows per side cut
+    lower_bounds: int = 0  # truncated rows whose count is a lower bound (Cut.at_least)
+    dropped: Counter[str] = field(default_factory=Counter)  # dropped rows per reason
+
+    def add(self, cut: Cut) -> None:
+        """One row kept, with what truncation took from it."""
+        self.rows += 1
+        if cut:
+            self.cuts.append(cut.tokens)
+            self.sides.update(cut.sides)
+            self.lower_bounds += cut.at_least
+
+    def drop(self, reason: str) -> None:
+        """One row dropped (``"longer than max_length"``, ...)."""
+        self.rows += 1
+        self.dropped[reason] += 1
+
+    @property
+    def truncated(self) -> int:
+        return len(self.cuts)
+
+    def summary(self) -> dict[str, float]:
+        """Rows, truncated rows, the median and largest number of tokens cut, dropped rows."""
+        return {
+            "rows": float(self.rows),
+            "truncated": float(self.truncated),
+            "truncated_median_tokens": float(statistics.median(self.cuts)) if self.cuts else 0.0,
+            "truncated_max_tokens": float(max(self.cuts, default=0)),
+            "dropped": float(self.dropped.total()),
+        }
+
+    def describe(self, setting: str = "max_length") -> str:
+        """``54 of 200 examples truncated to max_length=512 (prompt start cut; median 37
+        tokens, max 410 cut); 0 dropped``; ``setting`` names the limit as the reader sets it."""
+        text = f"{self.truncated:,} of {self.rows:,} {self.unit} truncated to {setting}={self.max_length}"
+        if self.cuts:
+            sides = [
+                side for side in ("prompt start", "response end", "text end") if self.sides[side]
+            ]
+            where = (
+                f"{sides[0]} cut"
+                if len(sides) == 1
+                else f"{sides[0]} cut in {self.sides[sides[0]]:,}, "
+                + ", ".join(f"{side} in {self.sides[side]:,}" for side in sides[1:])
+            )
+            summary = self.summary()
+            text += (
+                f" ({where}; median {summary['truncated_median_tokens']:g} tokens, "
+                f"max {summary['truncated_max_tokens']:g} cut"
+            )
+            if self.lower_bounds:
+                text += (
+                    f"; {self.lower_bounds:,} too long to tokenise in full, "
+                    "their counts are lower bounds"
+                )
+            text += ")"
+        text += f"; {self.dropped.total():,} dropped"
+        if self.dropped:
+            text += " (" + ", ".join(f"{reason}: {n:,}" for reason, n in self.dropped.items()) + ")"
+        return text
+
+    def log_line(self, split: str, setting: str = "data.max_length") -> str:
+        """:meth:`describe` for one split of a run: ``train: 54 of 200 examples ...``."""
+        return f"{split}: {self.describe(setting)}"
+
+    def metrics(self, split: str) -> dict[str, float]:
+        """The summary as ``metrics.jsonl`` keys: ``data_train_truncated``, ...."""
+        return {f"data_{split}_{key}": value for key, value in self.summary().items()}
 
 
 def messages_as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -190,20 +312,57 @@ def tokenize_prompt_response(
     Applies the truncation policy of this module's docstring; the response always keeps at
     least one token. Used by SFT (loss on the response) and by preference recipes.
     """
+    ids, boundary, _ = tokenize_prompt_response_cut(
+        tokenizer, prompt, response, max_length, truncation
+    )
+    return ids, boundary
+
+
+def tokenize_prompt_response_cut(
+    tokenizer: Any,
+    prompt: Text,
+    response: Text,
+    max_length: int | None = None,
+    truncation: Truncation = "truncate",
+) -> tuple[list[int], int, Cut]:
+    """:func:`tokenize_prompt_response` and what truncation took: the prompt's start, the
+    response's end, how many tokens."""
+    sides: set[Side] = set()  # sides cut before tokenisation, then also after it
     if max_length is not None:
-        prompt = _cut_or_drop(tokenizer, prompt, max_length, "end", truncation)
-        response = _cut_or_drop(tokenizer, response, max_length, "start", truncation)
+        cut_prompt = _cut_or_drop(tokenizer, prompt, max_length, "end", truncation)
+        cut_response = _cut_or_drop(tokenizer, response, max_length, "start", truncation)
+        if cut_prompt is not prompt:
+            sides.add("prompt start")
+        if cut_response is not response:
+            sides.add("response end")
+        prompt, response = cut_prompt, cut_response
+    precut = bool(sides)
     text, response_start = render_prompt_and_response(tokenizer, prompt, response)
     ids, ends = _encode_with_offsets(tokenizer, text)
     # first token whose last character is response text
     boundary = next((i for i, end in enumerate(ends) if end > response_start), len(ids))
     if boundary >= len(ids):
         raise ValueError("the response is empty after tokenisation")
-    if max_length is not None and len(ids) > max_length:
-        if truncation == "drop":
-            raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
-        ids, boundary = _truncate_pair(ids, boundary, max_length, adds_bos(tokenizer))
-    return ids, boundary
+    if max_length is None or len(ids) <= max_length:
+        return ids, boundary, NO_CUT
+    if truncation == "drop":
+        raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
+    kept, kept_boundary = _truncate_pair(ids, boundary, max_length, adds_bos(tokenizer))
+    if kept_boundary < boundary:
+        sides.add("prompt start")
+    if len(kept) - kept_boundary < len(ids) - boundary:
+        sides.add("response end")
+    return kept, kept_boundary, _cut(len(ids) - len(kept), sides, precut)
+
+
+def _cut(tokens: int, sides: Iterable[Side], precut: bool) -> Cut:
+    """The :class:`Cut` of ``tokens`` tokens dropped from an encoding. ``precut``: the text was
+    cut before it was encoded (:func:`cut_text`), so the part cut off then is not among the
+    ``tokens``; the count is a lower bound, one token less in case that part's last characters
+    would have merged with the first encoded ones into one token."""
+    if precut:
+        return Cut(max(tokens - 1, 1), frozenset(sides), at_least=True)
+    return Cut(tokens, frozenset(sides))
 
 
 def _truncate_pair(
@@ -228,17 +387,18 @@ def tokenize_record(
     max_length: int | None = None,
     truncation: Truncation = "truncate",
 ) -> TokenizedExample:
-    """Tokenise a demonstration for SFT / pretraining with its loss mask."""
+    """Tokenise a demonstration for SFT / pretraining with its loss mask (and its :class:`Cut`)."""
     if isinstance(record, CompletionRecord):
-        ids, boundary = tokenize_prompt_response(
+        ids, boundary, cut = tokenize_prompt_response_cut(
             tokenizer, record.prompt, record.completion, max_length, truncation
         )
-        return TokenizedExample(ids, [False] * boundary + [True] * (len(ids) - boundary))
+        return TokenizedExample(ids, [False] * boundary + [True] * (len(ids) - boundary), cut)
     if not isinstance(record, ConversationRecord | TextRecord):
         raise TypeError(f"cannot build a demonstration from a {type(record).__name__}")
-    text = record.messages if isinstance(record, ConversationRecord) else record.text
+    whole = record.messages if isinstance(record, ConversationRecord) else record.text
+    text = whole
     if max_length is not None:
-        text = _cut_or_drop(tokenizer, text, max_length, "start", truncation)
+        text = _cut_or_drop(tokenizer, whole, max_length, "start", truncation)
     if isinstance(text, str):
         ids, _ = _encode_with_offsets(tokenizer, text)
         if tokenizer.eos_token_id is not None:
@@ -249,11 +409,41 @@ def tokenize_record(
         if isinstance(record, TextRecord):
             # a conversation as plain language-modelling text: every token is a target
             mask = [True] * len(ids)
-    if max_length is not None and len(ids) > max_length:
-        if truncation == "drop":
-            raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
-        ids, mask = ids[:max_length], mask[:max_length]
-    return TokenizedExample(ids, mask)
+    if max_length is None or len(ids) <= max_length:
+        return TokenizedExample(ids, mask)
+    if truncation == "drop":
+        raise TooLongError(f"{len(ids)} tokens > max_length {max_length}")
+    cut = _cut(len(ids) - max_length, ("text end",), precut=text is not whole)
+    return TokenizedExample(ids[:max_length], mask[:max_length], cut)
+
+
+def tokenize_prompt(
+    tokenizer: Any, prompt: Text, max_tokens: int | None = None
+) -> tuple[list[int], Cut]:
+    """The token ids a response is generated after, matching training's tokenisation, and
+    what truncation took from them.
+
+    A string is encoded as it is; a message list is rendered with the chat template and its
+    assistant generation prompt. BOS is written once when the tokenizer's convention has it.
+    With ``max_tokens``, a longer prompt keeps its last tokens (after BOS), as training
+    truncates prompts, and its text is cut before it is tokenised (:func:`cut_text`), so the
+    cost is bounded by ``max_tokens`` whatever the prompt's size.
+    """
+    whole = prompt
+    if max_tokens is not None:
+        prompt = cut_text(tokenizer, prompt, max_tokens, "end")
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids.insert(0, tokenizer.bos_token_id)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids, NO_CUT
+    head = ids[:1] if adds_bos(tokenizer) else []
+    kept = head + ids[len(ids) - (max_tokens - len(head)) :]
+    return kept, _cut(len(ids) - len(kept), ("prompt start",), precut=prompt is not whole)
 
 
 def _tokenize_conversation(

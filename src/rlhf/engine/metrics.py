@@ -35,6 +35,7 @@ class JsonlSink:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
+        self.kept_rows: dict[str, dict[str, Any]] = {}  # the last row kept on resume per split
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
             kept = []
@@ -52,6 +53,7 @@ class JsonlSink:
                     continue
                 if isinstance(step, int | float) and step <= resume_step:
                     kept.append(line)
+                    self.kept_rows[str(row.get("split"))] = row
             path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         elif resume_step is None:
             path.write_text("", encoding="utf-8")

@@ -282,6 +282,7 @@ class Trainer:
         wandb_project: str | None = None,
         run_config: Mapping[str, Any] | None = None,
         progress: bool = True,
+        data_metrics: Mapping[str, float] | None = None,
     ) -> None:
         self.model, self.config, self.loader, self.loss_fn = model, config, loader, loss_fn
         self.out_dir = Path(out_dir)
@@ -331,6 +332,8 @@ class Trainer:
         self._tensorboard, self._wandb_project = tensorboard, wandb_project
         self._run_config = dict(run_config or {})
         self._progress = progress
+        # figures about the data (rows truncated, dropped), a ``data`` row at the run's start
+        self.data_metrics = dict(data_metrics or {})
 
     def _autocast_dtype(self) -> torch.dtype | None:
         wanted = self.config.mixed_precision
@@ -561,6 +564,22 @@ class Trainer:
             sinks.append(WandbSink(self._wandb_project, self.out_dir.name, self._run_config))
         return sinks
 
+    def _log_data_metrics(self, sinks: Sequence[MetricsSink], resumed: bool) -> None:
+        """:attr:`data_metrics` as the ``data`` row of ``metrics.jsonl`` (step 0, before the
+        first training row). A resumed run keeps the row its first start wrote, and writes
+        one (at the resume step) only when the figures differ from it (the data changed)."""
+        if not self.data_metrics:
+            return
+        if resumed:
+            jsonl = next((sink for sink in sinks if isinstance(sink, JsonlSink)), None)
+            before = None if jsonl is None else jsonl.kept_rows.get("data")
+            if before is not None and all(
+                before.get(key) == value for key, value in self.data_metrics.items()
+            ):
+                return
+        for sink in sinks:
+            sink.log(self.step, self.data_metrics, prefix="data")
+
     def _last_good(self) -> str:
         if self.last_checkpoint is None:
             return "no checkpoint was saved yet"
@@ -686,6 +705,7 @@ class Trainer:
         else:
             seed_everything(self.config.seed)
         sinks = self._sinks(resumed=resume_from is not None)
+        self._log_data_metrics(sinks, resumed=resume_from is not None)
         history: list[dict[str, float]] = []
         bar = _progress_bar(self.total_steps, self.step, enabled=self._progress)
         start = time.perf_counter()

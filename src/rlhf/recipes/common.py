@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,13 @@ from pydantic import Field, field_validator, model_validator
 
 from rlhf.config import ConfigError, StrictModel, config_changes, config_text, read_yaml
 from rlhf.data.records import Record
-from rlhf.data.tokenize import TokenizedExample, TooLongError, Truncation, tokenize_record
+from rlhf.data.tokenize import (
+    TokenizedExample,
+    TooLongError,
+    Truncation,
+    TruncationReport,
+    tokenize_record,
+)
 from rlhf.engine.trainer import RUN_CONFIG_FILE, latest_checkpoint
 from rlhf.sim.builtin import is_builtin, load_builtin
 
@@ -287,23 +292,45 @@ def tokenize_records(
     records: Iterable[Record],
     data: DataConfig,
     convert: Callable[[Record], Iterable[Record]],
+    report: TruncationReport | None = None,
 ) -> list[TokenizedExample]:
-    """Tokenise records for next-token training, counting (not hiding) what is dropped."""
-    examples, dropped = [], Counter()
+    """Tokenise records for next-token training, counting (not hiding) what is dropped and,
+    in ``report`` when given, what is truncated."""
+    examples = []
+    if report is None:
+        report = TruncationReport(data.max_length)
+    before = report.dropped.copy()
     for record in records:
         for item in convert(record):
             try:
                 example = tokenize_record(tokenizer, item, data.max_length, data.truncation)
             except TooLongError:
-                dropped["longer than max_length"] += 1
+                report.drop("longer than max_length")
                 continue
             if example.num_loss_tokens == 0:
-                dropped["no target tokens left"] += 1
+                report.drop("no target tokens left")
                 continue
+            report.add(example.cut)
             examples.append(example)
+    dropped = report.dropped - before
     if dropped:
         logger.warning("dropped %d examples: %s", sum(dropped.values()), dict(dropped))
     return examples
+
+
+def report_truncation(reports: dict[str, TruncationReport]) -> dict[str, float]:
+    """Log one line per split (``train: 54 of 200 examples truncated to data.max_length=512
+    (prompt start cut; median 37 tokens, max 410 cut); 0 dropped``; a warning when rows were
+    truncated or dropped) and return the counts as ``data_<split>_*`` metrics for the run's
+    ``metrics.jsonl`` (:class:`~rlhf.engine.trainer.Trainer`'s ``data_metrics``)."""
+    metrics: dict[str, float] = {}
+    for split, report in reports.items():
+        if not report.rows:  # no such split (no held-out data)
+            continue
+        level = logging.WARNING if report.truncated or report.dropped else logging.INFO
+        logger.log(level, "%s", report.log_line(split))
+        metrics |= report.metrics(split)
+    return metrics
 
 
 # A tokenizer learns its merges from word frequencies, which a text's first few thousand

@@ -46,6 +46,7 @@ from rlhf.data.preference import (
     tokenize_pairs,
 )
 from rlhf.data.records import Record, Text
+from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.progress import Progress
 from rlhf.engine.trainer import TrainConfig, Trainer, read_trainer_state, resolve_device
@@ -80,6 +81,7 @@ from rlhf.recipes.common import (
     load_records,
     prepare_out_dir,
     reference_dtype_field,
+    report_truncation,
     split_train_eval,
     training_texts,
 )
@@ -600,10 +602,12 @@ def train_offline(
     needs_reference: bool,
     summarise: Callable[[Mapping[str, float]], dict[str, float]],
     kl_prompts: Sequence[Text],
+    data_metrics: Mapping[str, float] | None = None,
 ) -> RunResult:
     """Train on two-completion examples through the engine (DPO family and KTO alike).
 
-    ``eval_examples`` are indexed after ``train_examples`` (one reference table for both).
+    ``eval_examples`` are indexed after ``train_examples`` (one reference table for both);
+    ``data_metrics`` (truncation counts) open the run's ``metrics.jsonl``.
     """
     data, seed = config.data, config.train.seed
     if not train_examples:
@@ -693,6 +697,7 @@ def train_offline(
         wandb_project=config.wandb_project,
         run_config=config.model_dump(mode="json"),
         progress=config.progress,
+        data_metrics=data_metrics,
     )
     if reference is not None and reference.module is not model:
         reference.to(trainer.device)
@@ -739,10 +744,14 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> RunResult:
     check_fits_positions(model, data.max_length)
 
     # tokenise: prompt and completion together, both completions of a pair
-    train_examples = tokenize_pairs(tokenizer, train_pairs, data.max_length, data.truncation)
-    eval_examples = tokenize_pairs(
-        tokenizer, eval_pairs, data.max_length, data.truncation, first_index=len(train_examples)
+    reports = {split: TruncationReport(data.max_length, "pairs") for split in ("train", "eval")}
+    train_examples = tokenize_pairs(
+        tokenizer, train_pairs, data.max_length, data.truncation, report=reports["train"]
     )
+    eval_examples = tokenize_pairs(
+        tokenizer, eval_pairs, data.max_length, data.truncation,
+        first_index=len(train_examples), report=reports["eval"],
+    )  # fmt: skip
     return train_offline(
         config,
         model,
@@ -755,4 +764,5 @@ def run_dpo(config: DPOConfig, resume: bool = False) -> RunResult:
         needs_reference=config.loss.needs_reference,
         summarise=pair_summary,
         kl_prompts=unique_prompts(eval_pairs, config.eval.kl_prompts),
+        data_metrics=report_truncation(reports),
     )

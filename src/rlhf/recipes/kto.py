@@ -37,6 +37,7 @@ from rlhf.data.convert import as_preferences, preference_to_binary
 from rlhf.data.errors import DataError
 from rlhf.data.preference import PairBatch, PairText, tokenize_pairs
 from rlhf.data.records import BinaryRecord, Record, Text
+from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.trainer import TrainConfig
 from rlhf.losses.preference import LossOutput, UnpairedLogps, kto_loss
 from rlhf.recipes.common import (
@@ -47,6 +48,7 @@ from rlhf.recipes.common import (
     check_fits_positions,
     load_records,
     prepare_out_dir,
+    report_truncation,
     training_texts,
 )
 from rlhf.recipes.dpo import (
@@ -229,8 +231,9 @@ def run_kto(config: KTOConfig, resume: bool = False) -> RunResult:
         truncation=data.truncation,
         drop_identical=False,
     )
-    train_examples = tokenize(train_items)
-    eval_examples = tokenize(eval_items, first_index=len(train_examples))
+    reports = {split: TruncationReport(data.max_length) for split in ("train", "eval")}
+    train_examples = tokenize(train_items, report=reports["train"])
+    eval_examples = tokenize(eval_items, first_index=len(train_examples), report=reports["eval"])
     return train_offline(
         config,
         model,
@@ -243,4 +246,5 @@ def run_kto(config: KTOConfig, resume: bool = False) -> RunResult:
         needs_reference=True,
         summarise=kto_summary,
         kl_prompts=unique_prompts(eval_items, config.eval.kl_prompts),
+        data_metrics=report_truncation(reports),
     )

@@ -11,7 +11,7 @@ import torch
 
 from rlhf.data.collate import IGNORE_INDEX, LMBatch, collate_packed, collate_padded, pack_examples
 from rlhf.data.records import Record
-from rlhf.data.tokenize import TokenizedExample
+from rlhf.data.tokenize import TokenizedExample, TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.trainer import Trainer, resolve_device
 from rlhf.losses.sft import nll_loss_sum
@@ -22,6 +22,7 @@ from rlhf.recipes.common import (
     check_fits_positions,
     load_records,
     prepare_out_dir,
+    report_truncation,
     split_train_eval,
     tokenize_records,
     training_texts,
@@ -109,10 +110,22 @@ def train_language_model(
     )
     check_fits_positions(model, config.data.max_length)
 
-    train_examples = tokenize_records(tokenizer, train_records, config.data, to_examples)
-    eval_examples = tokenize_records(tokenizer, eval_records, config.data, to_examples)
+    reports = {split: TruncationReport(config.data.max_length) for split in ("train", "eval")}
+    train_examples = tokenize_records(
+        tokenizer, train_records, config.data, to_examples, reports["train"]
+    )
+    eval_examples = tokenize_records(
+        tokenizer, eval_records, config.data, to_examples, reports["eval"]
+    )
     return train_on_examples(
-        config, model, tokenizer, out, checkpoint, train_examples, eval_examples
+        config,
+        model,
+        tokenizer,
+        out,
+        checkpoint,
+        train_examples,
+        eval_examples,
+        data_metrics=report_truncation(reports),
     )
 
 
@@ -124,11 +137,13 @@ def train_on_examples(
     checkpoint: Path | None,
     train_examples: Sequence[TokenizedExample],
     eval_examples: Sequence[TokenizedExample],
+    data_metrics: Mapping[str, float] | None = None,
 ) -> RunResult:
     """Train on tokenised examples through the engine; export the final model to <out>/model.
 
     ``config`` needs the ``data`` (packing, max_length), ``train`` and sink fields of an SFT
-    config; recipes that make their own examples (RAFT) call this directly.
+    config; recipes that make their own examples (RAFT) call this directly. ``data_metrics``
+    (:func:`~rlhf.recipes.common.report_truncation`) open the run's ``metrics.jsonl``.
     """
     options = dict(
         pad_token_id=tokenizer.pad_token_id,
@@ -156,6 +171,7 @@ def train_on_examples(
         wandb_project=config.wandb_project,
         run_config=config.model_dump(mode="json"),
         progress=config.progress,
+        data_metrics=data_metrics,
     )
     result = trainer.train(resume_from=checkpoint)
     model_dir = out / "model"

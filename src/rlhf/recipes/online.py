@@ -49,7 +49,8 @@ order, sampling, minibatch order) is seeded by (seed, iteration), so a resumed r
 exactly as if it had never stopped.
 
 Rollout metrics (``rollout_*``: reward and its components, KL to the reference, response
-length, EOS rate, tied groups, ...) ride on the first micro-batch of each iteration and are
+length, EOS rate, tied groups, prompts cut at their start to fit beside the response
+(``rollout_truncated_prompts``), ...) ride on the first micro-batch of each iteration and are
 returned by the loss function, so they reach ``metrics.jsonl`` in that step's row.
 """
 
@@ -730,6 +731,8 @@ def rollout_metrics(rollout: Rollout) -> Metrics:
         "rollout_response_tokens": float(batch.response_lengths.float().mean()),
         "rollout_eos_rate": float(batch.ended_with_eos.float().mean()),
         "rollout_kl_coef": rollout.kl_coef,
+        # prompts whose start was cut to leave room for the response in the model's positions
+        "rollout_truncated_prompts": float(batch.truncated_prompts),
     }
     if rollout.ref_logps is not None and batch.logps is not None:
         # the k1 sequence KL (unbiased) whatever the estimator, and the configured one

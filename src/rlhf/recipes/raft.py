@@ -15,7 +15,8 @@ A run folder holds ``init-sft/`` (when ``init_sft`` trains the starting policy f
 ``rounds/round-R/`` (the kept samples ``selected.jsonl``, that round's SFT metrics and
 ``model/``), ``metrics.jsonl`` and ``model/`` (the final policy). ``metrics.jsonl`` has, for
 round R, a ``rollout`` row (the mean and best-of-N reward of the samples drawn, i.e. of the
-policy before the round's update; how many were kept; SFT steps and loss) and an ``eval`` row:
+policy before the round's update; prompts cut to fit (``truncated_prompts``); how many were
+kept and how many of those truncation cut (``data_train_*``); SFT steps and loss) and an ``eval`` row:
 the mean reward after the round on a fixed set of ``eval_prompts`` prompts, sampled with the
 same seed every time, so rounds compare like with like (step 0: the starting policy).
 ``--resume`` continues after the last completed round; an interrupted round is redone from
@@ -37,7 +38,7 @@ from pydantic import Field, model_validator
 
 from rlhf.config import StrictModel
 from rlhf.data.records import CompletionRecord, Text
-from rlhf.data.tokenize import Truncation
+from rlhf.data.tokenize import Truncation, TruncationReport
 from rlhf.engine.metrics import JsonlSink
 from rlhf.engine.trainer import TrainConfig, latest_checkpoint, resolve_device
 from rlhf.recipes.best_of_n import rewards_per_prompt, score_rollout, top_k_per_prompt
@@ -49,6 +50,7 @@ from rlhf.recipes.common import (
     build_model_and_tokenizer,
     check_fits_positions,
     record_config,
+    report_truncation,
     tokenize_records,
 )
 from rlhf.recipes.lm import exporter, train_on_examples
@@ -208,6 +210,7 @@ class _Run:
             "reward_best_mean": float(rewards.max(-1).values.mean()),
             "finished_rate": float(batch.ended_with_eos.float().mean()),
             "response_tokens_mean": float(batch.response_lengths.float().mean()),
+            "truncated_prompts": float(batch.truncated_prompts),
         }
         return rewards, texts, metrics
 
@@ -221,9 +224,11 @@ class _Run:
         selected = folder / "selected.jsonl"
         write_records(selected, records)
         data = DataConfig(train=str(selected), eval_fraction=0.0, **config.data.model_dump())
-        examples = tokenize_records(tokenizer, records, data, as_demonstration)
+        report = TruncationReport(data.max_length)
+        examples = tokenize_records(tokenizer, records, data, as_demonstration, report)
+        data_metrics = report_truncation({"train": report})
         if not examples:
-            return {"sft_steps": 0.0}
+            return {"sft_steps": 0.0, **data_metrics}
         # a round may keep fewer samples than a batch holds
         train = config.train.model_copy(
             update={"batch_size": min(config.train.batch_size, len(examples))}
@@ -237,10 +242,12 @@ class _Run:
             data=data,
             train=train,
         )
-        result = train_on_examples(sft, model, tokenizer, folder, None, examples, [])
+        result = train_on_examples(
+            sft, model, tokenizer, folder, None, examples, [], data_metrics=data_metrics
+        )
         self.state["policy"] = str(result.model_dir)
         losses = [row["loss"] for row in result.metrics if "loss" in row]
-        return {"sft_steps": float(result.final_step), "sft_loss": losses[-1]}
+        return {"sft_steps": float(result.final_step), "sft_loss": losses[-1], **data_metrics}
 
 
 def _check_out(config: RAFTConfig, resume: bool) -> Path:

@@ -46,6 +46,7 @@ from rlhf.data.pairs import (
     tokenize_groups,
 )
 from rlhf.data.records import CompletionRecord, Record, Text
+from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.progress import Progress
 from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
@@ -71,6 +72,7 @@ from rlhf.recipes.common import (
     load_records,
     model_source,
     prepare_out_dir,
+    report_truncation,
     split_train_eval,
     training_texts,
 )
@@ -346,8 +348,14 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
     check_fits_positions(model, data.max_length)
 
     # tokenise: every response of a group once
-    train_tokens = tokenize_groups(tokenizer, train_groups, data.max_length, data.truncation)
-    eval_tokens = tokenize_groups(tokenizer, eval_groups, data.max_length, data.truncation)
+    reports = {split: TruncationReport(data.max_length, "pairs") for split in ("train", "eval")}
+    train_tokens = tokenize_groups(
+        tokenizer, train_groups, data.max_length, data.truncation, report=reports["train"]
+    )
+    eval_tokens = tokenize_groups(
+        tokenizer, eval_groups, data.max_length, data.truncation, report=reports["eval"]
+    )
+    data_metrics = report_truncation(reports)
     if not train_tokens:
         raise ValueError(f"{data.train}: no comparison left to train on (see the log)")
     pad = tokenizer.pad_token_id
@@ -385,6 +393,7 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
         wandb_project=config.wandb_project,
         run_config=config.model_dump(mode="json"),
         progress=config.progress,
+        data_metrics=data_metrics,
     )
     result = trainer.train(resume_from=checkpoint)
 

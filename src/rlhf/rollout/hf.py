@@ -55,10 +55,9 @@ from typing import Any
 
 import torch
 
-from rlhf.data.chat import render_chat
 from rlhf.data.collate import IGNORE_INDEX, collate_prompts_left
 from rlhf.data.records import Text
-from rlhf.data.tokenize import adds_bos, cut_text, messages_as_dicts
+from rlhf.data.tokenize import tokenize_prompt
 from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import (
     cache_argument,
@@ -75,27 +74,9 @@ logger = logging.getLogger("rlhf.rollout")
 
 
 def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None) -> list[int]:
-    """The token ids a response is generated after, matching training's tokenisation.
-
-    A string is encoded as it is; a message list is rendered with the chat template and its
-    assistant generation prompt. BOS is written once when the tokenizer's convention has it.
-    With ``max_tokens``, a longer prompt keeps its last tokens (after BOS), as training
-    truncates prompts, and its text is cut before it is tokenised (:func:`cut_text`), so the
-    cost is bounded by ``max_tokens`` whatever the prompt's size.
-    """
-    if max_tokens is not None:
-        prompt = cut_text(tokenizer, prompt, max_tokens, "end")
-    if isinstance(prompt, str):
-        text = prompt
-    else:
-        text = render_chat(tokenizer, messages_as_dicts(prompt), add_generation_prompt=True)
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
-        ids.insert(0, tokenizer.bos_token_id)
-    if max_tokens is not None and len(ids) > max_tokens:
-        head = ids[:1] if adds_bos(tokenizer) else []
-        ids = head + ids[len(ids) - (max_tokens - len(head)) :]
-    return ids
+    """The token ids a response is generated after (:func:`rlhf.data.tokenize.tokenize_prompt`:
+    training's tokenisation; with ``max_tokens``, a longer prompt keeps its last tokens)."""
+    return tokenize_prompt(tokenizer, prompt, max_tokens)[0]
 
 
 def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
@@ -780,15 +761,21 @@ class HFGenerationEngine:
             raise ValueError("no prompts to sample from")
         check_finite_weights(self.model, "sampling")
         room = self.prompt_room(params.max_new_tokens)
-        encoded = [prompt_token_ids(self.tokenizer, prompt, room) for prompt in prompts]
-        if room is not None:
-            cut = sum(len(ids) == room for ids in encoded)
-            if cut:
-                logger.warning(
-                    "%d of %d prompts fill the %d tokens the model's positions leave beside "
-                    "max_new_tokens=%d: longer ones lost their start",
-                    cut, len(prompts), room, params.max_new_tokens,
-                )  # fmt: skip
+        encoded, cuts = zip(
+            *(tokenize_prompt(self.tokenizer, p, room) for p in prompts), strict=True
+        )
+        truncated = sum(map(bool, cuts))
+        # warned once per tokenizer, that is per run (a recipe builds several engines on one:
+        # training, each evaluation); then counted in RolloutBatch.truncated_prompts
+        if truncated and not getattr(self.tokenizer, "_rlhf_warned_prompt_cut", False):
+            self.tokenizer._rlhf_warned_prompt_cut = True
+            logger.warning(
+                "%d of %d prompts are longer than the %d tokens the model's positions leave "
+                "beside max_new_tokens=%d: their start was cut (up to %d tokens); from now on "
+                "counted (an online run's rollout_truncated_prompts) without this warning",
+                truncated, len(prompts), room, params.max_new_tokens,
+                max(cut.tokens for cut in cuts),
+            )  # fmt: skip
         empty = [index for index, ids in enumerate(encoded) if not ids]
         if empty:
             raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
@@ -860,6 +847,7 @@ class HFGenerationEngine:
             ended_with_eos=ended,
             prompt_index=prompt_index,
             response_texts=texts,
+            truncated_prompts=truncated,
         )
 
     def _cut_at_first_eos(

@@ -117,6 +117,7 @@ class RolloutBatch:
     ended_with_eos: torch.Tensor  # [B] bool: stopped at EOS (False: cut at max_new_tokens)
     prompt_index: torch.Tensor  # [B] long: which of the input prompts the row answers
     response_texts: list[str]  # [B] decoded responses, special tokens (EOS) removed
+    truncated_prompts: int = 0  # input prompts whose start was cut to fit the model's positions
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
