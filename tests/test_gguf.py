@@ -101,3 +101,21 @@ def test_a_reward_model_starts_from_a_gguf_file(gguf_folder, tmp_path):
     plain = AutoModelForSequenceClassification.from_pretrained(saved)
     assert plain.config.num_labels == 1 and plain.config.vocab_size == 400
     assert plain.config.pad_token_id == tokenizer.pad_token_id == 0
+
+
+def test_no_token_beyond_the_files_vocabulary(tiny_model_dir, tmp_path):
+    # transformers builds a byte-level GGUF tokenizer that lacks <|endoftext|> (Llama 3's
+    # files, or this tiny model's) with that token added after the file's vocabulary
+    from transformers import AutoTokenizer
+
+    from rlhf.models.load import load_model, load_tokenizer, save_model
+
+    size = len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    write_llama_gguf(tiny_model_dir, tmp_path / "tiny.gguf")
+    assert len(AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")) == size + 1
+    tokenizer = load_tokenizer(tmp_path / "tiny.gguf")
+    assert len(tokenizer) == size and "<|endoftext|>" not in tokenizer.get_vocab()
+    model = load_model(tmp_path / "tiny.gguf", tokenizer=tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == size
+    saved = save_model(model, tokenizer, tmp_path / "plain")
+    assert len(AutoTokenizer.from_pretrained(saved)) == size

@@ -155,6 +155,8 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
     except Exception as exc:
         raise ModelLoadError(label, f"could not load the tokenizer ({_describe(exc)})") from exc
+    if gguf_file is not None:
+        _drop_tokens_beyond_gguf(tokenizer, source, gguf_file, label)
     pad, why = choose_pad_token(tokenizer, _generation_stop_ids(source))
     if pad is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -164,6 +166,39 @@ def load_tokenizer(
     _log_once(label, f"pad token {tokenizer.pad_token} (id {tokenizer.pad_token_id}): {why}")
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _drop_tokens_beyond_gguf(
+    tokenizer: PreTrainedTokenizerBase, source: str, gguf_file: str, label: str
+) -> None:
+    """Remove the added tokens whose ids lie beyond the GGUF file's vocabulary.
+
+    transformers (5.x) builds a GGUF file's byte-level BPE tokenizer as a ``GPT2Tokenizer``,
+    whose default special token ``<|endoftext|>`` is added when the file has none (Llama 3's
+    files, for one): the tokenizer is then one token longer than the model, whose embedding
+    table would have to grow. The token is not the model's, so it goes.
+    """
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(source, gguf_file)
+        field = GGUFReader(path).fields.get("tokenizer.ggml.tokens") if path else None
+    except Exception:  # the tokenizer has loaded; this only refines it
+        return
+    if field is None or len(tokenizer) <= len(field.data):
+        return
+    size = len(field.data)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        return
+    state = json.loads(backend.to_str())
+    stray = [token for token in state["added_tokens"] if token["id"] >= size]
+    state["added_tokens"] = [token for token in state["added_tokens"] if token["id"] < size]
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    names = ", ".join(f"{token['content']} (id {token['id']})" for token in stray)
+    _log_once(label, f"dropped {names}: not among the file's {size} tokens")
 
 
 _LOGGED: set[str] = set()
