@@ -88,6 +88,16 @@ def test_data_check_reports_file_line_and_counts(tmp_path):
     result = invoke("data", "check", str(ok), "--kind", "preference")
     assert result.exit_code == 0, result.output
     assert "preference" in result.output
+    assert "examples as read" in result.output and "[[" not in result.output
+
+
+def test_data_check_with_a_model_explains_its_markers(tmp_path, tiny_model_dir):
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    result = invoke("data", "check", str(ok), "--model", str(tiny_model_dir))
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps the legend at the terminal's width
+    assert output.index("[[...]] marks the tokens trained on") < output.index("[[Hello!")
 
 
 @pytest.mark.parametrize("bad", ["train.lr=-1", "train.batch_size=zero"])

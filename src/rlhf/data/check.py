@@ -40,6 +40,11 @@ from rlhf.data.tokenize import (
 # takes rich many minutes, and tokenising it with --model gigabytes.
 SHOWN_CHARS = 2000  # characters of each text (each message's content)
 SHOWN_ITEMS = 20  # messages of a conversation, responses of a ranking
+EXAMPLES_AS_SEEN = (
+    "examples as the model sees them (chat template applied); [[...]] marks the tokens "
+    "trained on or compared: a completion, an assistant turn, each response of a pair"
+)
+EXAMPLES_AS_JSON = "examples as read (--model PATH shows them as that model will see them)"
 
 
 @dataclass
@@ -53,6 +58,7 @@ class CheckReport:
     examples: list[tuple[str, str]] = field(default_factory=list)  # (kind, text as shown)
     # what truncation to max_length would cut (with a tokenizer)
     truncation: TruncationReport | None = None
+    rendered: bool = False  # examples as the model sees them (with a tokenizer), not as JSON
 
     @property
     def loaded(self) -> int:
@@ -88,6 +94,8 @@ class CheckReport:
             console.print("[bold]first errors[/]")
             for error in self.errors:
                 console.print(Text(f"  {error}", style="red"))
+        if self.examples:
+            console.print(EXAMPLES_AS_SEEN if self.rendered else EXAMPLES_AS_JSON, highlight=False)
         for index, (kind, text) in enumerate(self.examples, 1):
             console.print(Panel(Text(text), title=f"example {index} ({kind})", title_align="left"))
 
@@ -120,6 +128,7 @@ def check_data(
         max_errors=max_errors,
     )  # fmt: skip
     report = CheckReport(result.source, result.kind_counts, result.skipped, result.errors)
+    report.rendered = tokenizer is not None
     if tokenizer is not None and max_length is not None:
         report.truncation = truncation_report(tokenizer, result.records, max_length)
     for record in result.records[:examples]:
