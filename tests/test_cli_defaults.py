@@ -11,23 +11,10 @@ from typer.testing import CliRunner
 
 from rlhf.cli import app
 from rlhf.config import load_config
+from tests.recipe_configs import RECIPE_CONFIGS, config_class
 
 runner = CliRunner()
 
-# every training command and the config class it resolves
-RECIPES = {
-    "sft": "rlhf.recipes.sft:SFTConfig",
-    "pretrain": "rlhf.recipes.pretrain:PretrainConfig",
-    "rm": "rlhf.recipes.reward_model:RewardModelConfig",
-    "raft": "rlhf.recipes.raft:RAFTConfig",
-    "dpo": "rlhf.recipes.dpo:DPOConfig",
-    "kto": "rlhf.recipes.kto:KTOConfig",
-    "grpo": "rlhf.recipes.grpo:GRPOConfig",
-    "rloo": "rlhf.recipes.rloo:RLOOConfig",
-    "reinforce": "rlhf.recipes.reinforce:ReinforceConfig",
-    "remax": "rlhf.recipes.remax:ReMaxConfig",
-    "ppo": "rlhf.recipes.ppo:PPOConfig",
-}
 # the least a run needs: a model and its data
 REQUIRED = {
     "sft": ["data.train=d.jsonl"],
@@ -43,13 +30,6 @@ ONLINE = ["data.prompts=d.jsonl", "reward.rule=arithmetic"]
 
 def invoke(*args):
     return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
-
-
-def config_class(recipe):
-    import importlib
-
-    module, name = RECIPES[recipe].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def help_defaults(recipe):
@@ -70,7 +50,7 @@ def flatten(data, prefix=""):
     return flat
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(RECIPE_CONFIGS))
 def test_help_prints_the_defaults_a_run_resolves(recipe, tmp_path):
     shown = help_defaults(recipe)
     assert len(shown) > 20
