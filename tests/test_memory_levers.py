@@ -73,6 +73,30 @@ def test_checkpointing_gives_the_loss_and_gradients_of_the_plain_model(tiny_mode
     assert_same_loss_and_gradients(plain, checkpointed, lambda m: loss_and_grads(m, ids, mask))
 
 
+def test_sft_loss_under_checkpointing_is_the_plain_one(tiny_model_dir, tiny_tokenizer, examples):
+    """The SFT loss checkpoints its output layer too (chunks recomputed in the backward
+    pass): the same NLL and gradients."""
+    from rlhf.recipes.lm import lm_loss, make_loader
+
+    loader = make_loader(
+        examples, batch_size=8, pad_token_id=tiny_tokenizer.pad_token_id, packing=False,
+        max_length=128, seed=0,
+    )  # fmt: skip
+    batch = loader.next_batch()
+
+    def forward(model):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss, metrics = lm_loss(model, batch)
+        loss.backward()
+        assert metrics["nll_sum"] == pytest.approx(float(loss))
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = fresh_model(tiny_model_dir), fresh_model(tiny_model_dir)
+    enable_activation_checkpointing(checkpointed)
+    assert_same_loss_and_gradients(plain, checkpointed, forward)
+
+
 def test_checkpointing_reaches_lora_adapters(tiny_model_dir):
     from rlhf.models.load import LoraSpec, load_model
 
@@ -395,3 +419,50 @@ def test_resuming_without_optimiser_state_warns_and_restarts_the_moments(
     assert [row["lr"] for row in history] == pytest.approx([row["lr"] for row in expected[3:]])
     assert history[1]["loss"] != pytest.approx(expected[4]["loss"], rel=1e-7)
     assert all(math.isfinite(row["loss"]) for row in history)
+
+
+# ------------------------------------------------------------------ through the CLI
+
+ONLINE_SMOKE = (
+    "init_sft.train.max_steps=5",
+    "data.prompts=builtin:arithmetic?n=48",
+    "rollout.iterations=2",
+    "rollout.prompts_per_iteration=8",
+    "rollout.samples_per_prompt=4",
+    "rollout.minibatch_size=16",
+    "train.batch_size=16",
+    "eval.prompts=8",
+    "sampling.max_new_tokens=8",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipe", "extra"),
+    [
+        ("rm", ["train.max_steps=3"]),
+        # policy + critic trained with checkpointing, a bf16 frozen reference
+        ("ppo", [*ONLINE_SMOKE, "reference.dtype=bfloat16"]),
+    ],
+)
+def test_recipes_run_with_every_lever_through_the_cli(recipe, extra, tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+
+    out = tmp_path / recipe
+    levers = [
+        "train.gradient_checkpointing=true",
+        "train.optimizer=adamw_foreach",
+        "train.save_optimizer=except_final",
+    ]
+    result = CliRunner().invoke(
+        app,
+        [recipe, "--preset", "tiny", f"out={out}", "progress=false", "tensorboard=false",
+         *extra, *levers],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    final = latest_checkpoint(out)
+    assert final is not None and not (final / "optimizer.pt").exists()
+    assert (out / "model" / "config.json").is_file()

@@ -112,9 +112,10 @@ class TrainConfig(StrictModel):
         False,
         description="Activation checkpointing: keep only each transformer block's input in the "
         "forward pass and recompute the block in the backward pass (about a third more compute "
-        "per step, activations down to about one hidden state per layer and token). Covers "
-        "LoRA, reward and value models (every Hugging Face model in the trained module); the "
-        "loss and gradients are those without it.",
+        "per step, activations down to about one hidden state per layer and token; SFT's "
+        "output layer is then applied in chunks recomputed in the backward pass as well). "
+        "Covers LoRA, reward and value models (every Hugging Face model in the trained "
+        "module); the loss and gradients are those without it, within float rounding.",
     )
     optimizer: OptimizerName = Field(
         "adamw_fused",

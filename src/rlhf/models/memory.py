@@ -56,6 +56,11 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     return count
 
 
+def activations_checkpointed(model: torch.nn.Module) -> bool:
+    """Whether :func:`enable_activation_checkpointing` switched ``model`` (or a model in it)."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
 def frozen_copy(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A deep copy of ``model`` for inference only (e.g. the reference π_ref), its floating
     point parameters cast to ``dtype`` when given, as ``from_pretrained(dtype=...)`` would load

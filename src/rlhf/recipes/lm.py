@@ -15,7 +15,8 @@ from rlhf.data.tokenize import TokenizedExample, TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.trainer import Trainer, resolve_device
 from rlhf.losses.sft import nll_loss_sum
-from rlhf.models.forward import logits_at
+from rlhf.models.forward import has_plain_head, label_logprobs, logits_at
+from rlhf.models.memory import activations_checkpointed
 from rlhf.recipes.common import (
     RunResult,
     build_model_and_tokenizer,
@@ -30,7 +31,20 @@ from rlhf.recipes.common import (
 
 
 def lm_loss(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Mapping[str, float]]:
-    """Summed NLL of the batch's target tokens; the output layer runs on those positions only."""
+    """Summed NLL of the batch's target tokens; the output layer runs on those positions only.
+
+    Under activation checkpointing (``train.gradient_checkpointing``) the output layer is
+    checkpointed too: applied to 1,024 positions at a time and recomputed in the backward
+    pass (:func:`~rlhf.models.forward.label_logprobs`), so the ``[N, V]`` logits, their
+    log-softmax and its gradient (three times 400 MB for 2,048 tokens of a 49k vocabulary) are
+    never held at once. The same NLL within float rounding, for one more pass of the output
+    layer."""
+    if activations_checkpointed(model) and has_plain_head(model):
+        logps = label_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.labels
+        )  # [B, T], 0 where there is no target
+        loss_sum = -logps.sum()
+        return loss_sum, {"nll_sum": loss_sum.item()}
     select = batch.labels != IGNORE_INDEX  # [B, T]
     logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.position_ids, select)
     return nll_loss_sum(logits, batch.labels[select])  # logits [N, V], targets [N]
