@@ -89,7 +89,8 @@ def test_the_sampling_prefill_never_compiles_the_blocks(tiny_model_dir):
     counters.clear()
     with torch.no_grad():
         cache = shared_prompt_cache(model, ids, mask, torch.tensor([0, 0, 1, 1]), 4)
-    assert cache["past_key_values"].get_seq_length() == 5  # all prompt columns but the last
+    (kv_cache,) = cache.values()  # under `cache` or `past_key_values` (cache_argument)
+    assert kv_cache.get_seq_length() == 5  # all prompt columns but the last
     assert sum(counters["frames"].values()) == 0  # no frame went to dynamo
 
 
