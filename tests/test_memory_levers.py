@@ -15,6 +15,7 @@ import torch
 
 from rlhf.engine.trainer import latest_checkpoint
 from rlhf.models.memory import enable_activation_checkpointing, frozen_copy
+from tests.test_cli_online import SHRINK
 from tests.test_dpo import config as dpo_config
 from tests.test_engine import StopAt, fresh_model, make_trainer
 
@@ -423,18 +424,6 @@ def test_resuming_without_optimiser_state_warns_and_restarts_the_moments(
 
 # ------------------------------------------------------------------ through the CLI
 
-ONLINE_SMOKE = (
-    "init_sft.train.max_steps=5",
-    "data.prompts=builtin:arithmetic?n=48",
-    "rollout.iterations=2",
-    "rollout.prompts_per_iteration=8",
-    "rollout.samples_per_prompt=4",
-    "rollout.minibatch_size=16",
-    "train.batch_size=16",
-    "eval.prompts=8",
-    "sampling.max_new_tokens=8",
-)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -442,7 +431,7 @@ ONLINE_SMOKE = (
     [
         ("rm", ["train.max_steps=3"]),
         # policy + critic trained with checkpointing, a bf16 frozen reference
-        ("ppo", [*ONLINE_SMOKE, "reference.dtype=bfloat16"]),
+        ("ppo", [*SHRINK, "reference.dtype=bfloat16"]),
     ],
 )
 def test_recipes_run_with_every_lever_through_the_cli(recipe, extra, tmp_path):
