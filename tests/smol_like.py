@@ -32,23 +32,14 @@ CHATML_TEMPLATE = (  # SmolLM2-135M-Instruct's, without its default system promp
 def make_smol_like(out: Path, texts: list[str], **sizes: int) -> Path:
     """Save a tiny Llama with a SmolLM2-like tokenizer (pad = EOS = ``<|im_end|>``, an unused
     ``<|endoftext|>``) trained on ``texts`` to ``out``; ``sizes`` go to ``build_tiny_llama``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-    from rlhf.models.tiny import build_tiny_llama
+    from rlhf.models.tiny import build_tiny_llama, train_byte_level_bpe
 
     vocab_size = sizes.pop("vocab_size", 400)
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[ENDOFTEXT, IM_START, IM_END],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    backend = train_byte_level_bpe(
+        texts, vocab_size, [ENDOFTEXT, IM_START, IM_END], min_frequency=0
     )
-    backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=IM_START,

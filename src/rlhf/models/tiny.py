@@ -12,13 +12,14 @@ The defaults are the benchmarks' tiny Llama: hidden 256, 4 layers, 4 heads, MLP 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|pad|>"
@@ -44,7 +45,6 @@ def train_bpe_tokenizer(
     Its ``chat_template`` is :data:`rlhf.data.chat.DEFAULT_CHAT_TEMPLATE`; the role markers in
     it (``<|user|>`` ...) are ordinary text, not special tokens. Padding is on the right.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from rlhf.data.chat import DEFAULT_CHAT_TEMPLATE
@@ -55,20 +55,7 @@ def train_bpe_tokenizer(
             f"vocab_size: {vocab_size} is too small; a byte-level BPE vocabulary needs at least "
             f"{smallest} entries (3 special tokens + 256 bytes)"
         )
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    # trim_offsets=False keeps each token's character span exact (a leading space belongs to
-    # the token that carries it); tokenisation finds the prompt/response seam through offsets.
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer = train_byte_level_bpe(texts, vocab_size, SPECIAL_TOKENS, min_frequency)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD_TOKEN,
@@ -79,6 +66,30 @@ def train_bpe_tokenizer(
     )
     wrapped.chat_template = DEFAULT_CHAT_TEMPLATE
     return wrapped
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str], min_frequency: int
+) -> Tokenizer:
+    """The ``tokenizers`` backend of a byte-level BPE tokenizer trained on ``texts``: the
+    ``special_tokens`` first (ids 0, 1, ...), the 256 byte symbols, then learnt merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # trim_offsets=False keeps each token's character span exact (a leading space belongs to
+    # the token that carries it); tokenisation finds the prompt/response seam through offsets.
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
 
 
 def build_tiny_llama(
