@@ -258,15 +258,17 @@ def test_prompts_come_from_any_rows_with_a_prompt(tmp_path):
 
 
 def test_response_logprobs_same_on_the_full_logits_path_and_differentiable(eos_engine, monkeypatch):
-    import rlhf.rollout.hf as hf
+    import rlhf.models.teacher_forcing as teacher_forcing
 
     batch = eos_engine.generate(PROMPTS, SamplingParams(max_new_tokens=6, num_samples=2))
     tensors = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
-    monkeypatch.setattr(hf, "has_plain_head", lambda model: False)
-    full = hf.response_logprobs(eos_engine.model, *tensors, temperature=1.0, batch_size=3)
+    monkeypatch.setattr(teacher_forcing, "has_plain_head", lambda model: False)
+    full = teacher_forcing.response_logprobs(
+        eos_engine.model, *tensors, temperature=1.0, batch_size=3
+    )
     torch.testing.assert_close(full, batch.logps, atol=1e-4, rtol=0)
     monkeypatch.undo()
-    logps = hf.response_logprobs(eos_engine.model, *tensors, temperature=1.0)
+    logps = teacher_forcing.response_logprobs(eos_engine.model, *tensors, temperature=1.0)
     logps.sum().backward()
     grad = eos_engine.model.lm_head.weight.grad
     assert grad is not None and grad.abs().sum() > 0

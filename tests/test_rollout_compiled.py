@@ -15,6 +15,7 @@ import dataclasses
 import pytest
 import torch
 
+import rlhf.models.teacher_forcing as teacher_forcing
 import rlhf.rollout.hf as hf
 from rlhf.models.compile import compiled_decode_step
 from rlhf.rollout import SamplingParams
@@ -75,7 +76,7 @@ def test_compiled_sampling_is_seeded_and_cut_at_the_first_eos(eos_engine, settin
         assert not torch.isin(ids[: length - 1], stops).any()  # cut at the first EOS
         assert bool(torch.isin(ids[length - 1], stops)) == bool(first.ended_with_eos[row])
     # log-probs are the teacher-forced pass's over the sampled tokens
-    forced = hf.response_logprobs(
+    forced = teacher_forcing.response_logprobs(
         eos_engine.model,
         first.prompt_ids,
         first.prompt_mask,

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+import rlhf.models.teacher_forcing as teacher_forcing
 import rlhf.rollout.hf as hf
 from rlhf.recipes.grpo import GRPOEstimator, GRPOSettings
 from rlhf.recipes.online import (
@@ -98,13 +99,13 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_unshared_ones(eos_engine
 
     def run(**kwargs):
         model.zero_grad(set_to_none=True)
-        logps = hf.response_logprobs(*args, temperature=0.7, **kwargs)
+        logps = teacher_forcing.response_logprobs(*args, temperature=0.7, **kwargs)
         (logps * weights).sum().backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         model.zero_grad(set_to_none=True)
         return logps.detach(), grads
 
-    assert hf.shared_prompt_chunks(model, groups, 16) is not None
+    assert teacher_forcing.shared_prompt_chunks(model, groups, 16) is not None
     plain, plain_grads = run(batch_size=16)
     shared, shared_grads = run(batch_size=16, groups=groups)
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
@@ -119,7 +120,7 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_unshared_ones(eos_engine
 
 def test_rollout_logps_use_the_shared_pass_and_match_the_plain_one(eos_engine):
     batch = sampled(eos_engine)
-    plain = hf.response_logprobs(eos_engine.model, *tensors(batch), temperature=0.8)
+    plain = teacher_forcing.response_logprobs(eos_engine.model, *tensors(batch), temperature=0.8)
     torch.testing.assert_close(batch.logps, plain, atol=1e-5, rtol=0)
 
 
@@ -146,10 +147,10 @@ def test_shared_prompt_values_equal_the_unshared_ones(eos_engine, tiny_model_dir
 
 def test_models_that_cannot_read_packed_rows_take_the_plain_pass(eos_engine, monkeypatch):
     batch = sampled(eos_engine)
-    monkeypatch.setattr(hf, "shares_prompt_prefix", lambda model: False)
-    assert hf.shared_prompt_chunks(eos_engine.model, batch.prompt_index, 8) is None
+    monkeypatch.setattr(teacher_forcing, "shares_prompt_prefix", lambda model: False)
+    assert teacher_forcing.shared_prompt_chunks(eos_engine.model, batch.prompt_index, 8) is None
     # no group of two rows: nothing to share
-    assert hf.shared_prompt_chunks(eos_engine.model, torch.arange(5), 8) is None
+    assert teacher_forcing.shared_prompt_chunks(eos_engine.model, torch.arange(5), 8) is None
 
 
 # ------------------------------------------------------------------ skipping old log-probs

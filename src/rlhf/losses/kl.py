@@ -111,3 +111,11 @@ def per_token_kl(
     if max_kl is not None:
         kl = kl.clamp(-max_kl, max_kl)
     return kl
+
+
+def sequence_kl(logps: Tensor, ref_logps: Tensor, mask: Tensor) -> Tensor:
+    """[B] the k1 estimate of each response's sequence-level KL(π‖π_ref):
+    ``Σ_t (log π − log π_ref) · mask`` over its tokens, for responses sampled from π
+    (unbiased; Schulman 2020). ``logps``, ``ref_logps`` [B, T]; ``mask`` [B, T] nonzero on real
+    tokens (padding, even −inf, never enters)."""
+    return (logps - ref_logps).masked_fill(mask == 0, 0.0).sum(-1)

@@ -15,7 +15,7 @@ response positions instead. The choice buys:
   so the first values are about unit scale and carry no preference.
 * A critic saved this way is a valid reward-model folder, readable by plain transformers.
 
-Position convention (the one :func:`rlhf.rollout.hf.response_logprobs` uses): the hidden
+Position convention (the one :func:`rlhf.models.teacher_forcing.response_logprobs` uses): the hidden
 state at ``first + t`` has read the prompt and response tokens ``< t``; its logits predict
 token t, and the value head there gives ``V(s_t)``, the value of the state *before* token t.
 So ``values[:, t]`` pairs with ``logps[:, t]`` and ``rewards[:, t]`` in GAE
@@ -39,7 +39,7 @@ import torch
 from rlhf.models.forward import decoder_hidden_states, unwrap
 from rlhf.models.load import LoraSpec, ModelLoadError, load_tokenizer
 from rlhf.models.reward import init_reward_model, is_reward_model
-from rlhf.rollout.hf import SharedPromptForced, TeacherForced, per_response_token
+from rlhf.models.teacher_forcing import SharedPromptForced, TeacherForced, per_response_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -129,10 +129,10 @@ def response_values(
     prompt_ids / prompt_mask [B, P] left-padded, response_ids / response_mask [B, R]
     right-padded, as in a :class:`~rlhf.rollout.types.RolloutBatch`. One forward of the
     decoder stack per ``batch_size`` rows (the layout of
-    :func:`~rlhf.rollout.hf.response_logprobs`), the head applied at the response positions
+    :func:`~rlhf.models.teacher_forcing.response_logprobs`), the head applied at the response positions
     only; 0 at padding. Differentiable: under ``torch.no_grad()`` at rollout time, with
     gradients in the update. ``groups`` [B] (rows answering one prompt) reads each prompt
-    once (:class:`~rlhf.rollout.hf.SharedPromptForced`): the same values up to rounding.
+    once (:class:`~rlhf.models.teacher_forcing.SharedPromptForced`): the same values up to rounding.
     """
     head = value_head(model)
 

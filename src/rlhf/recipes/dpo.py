@@ -351,7 +351,8 @@ def sampled_kl(
     Σ_t log π(y_t|·) − log π_ref(y_t|·) (the k1 estimator, unbiased for the sequence-level KL;
     Schulman, 2020, "Approximating KL divergence"). Returns ``kl``, its standard error and the
     mean response length."""
-    from rlhf.rollout.hf import HFGenerationEngine, response_logprobs
+    from rlhf.models.teacher_forcing import response_logprobs
+    from rlhf.rollout.hf import HFGenerationEngine
 
     rollout = HFGenerationEngine(policy, tokenizer, batch_size=batch_size).generate(prompts, params)
     with reference.active() as module:

@@ -451,7 +451,7 @@ def reference_logps(
     reference: ReferenceModel, batch: RolloutBatch, temperature: float, batch_size: int
 ) -> torch.Tensor:
     """[N, R] log π_ref of a rollout's sampled tokens at ``temperature`` (0 on padding)."""
-    from rlhf.rollout.hf import response_logprobs
+    from rlhf.models.teacher_forcing import response_logprobs
 
     with reference.active() as module:
         return response_logprobs(
@@ -751,7 +751,7 @@ def rollout_metrics(rollout: Rollout) -> Metrics:
 
 def policy_logps(model: torch.nn.Module, batch: Experience) -> torch.Tensor:
     """[n, R] log π_θ of the batch's response tokens at its temperature, with gradients."""
-    from rlhf.rollout.hf import response_logprobs
+    from rlhf.models.teacher_forcing import response_logprobs
 
     return response_logprobs(
         model,

@@ -50,6 +50,7 @@ from rlhf.losses.policy import entropy_from_logits, entropy_loss, value_loss
 from rlhf.models.forward import logits_at, unwrap
 from rlhf.models.load import LoraSpec
 from rlhf.models.logprobs import selective_log_softmax
+from rlhf.models.teacher_forcing import TeacherForced
 from rlhf.models.value import load_value_model, response_values
 from rlhf.recipes.common import RunResult
 from rlhf.recipes.online import (
@@ -65,7 +66,6 @@ from rlhf.recipes.online import (
     policy_logps,
     run_online,
 )
-from rlhf.rollout.hf import TeacherForced
 
 logger = logging.getLogger("rlhf")
 

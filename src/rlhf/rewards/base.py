@@ -199,6 +199,22 @@ def rollout_metadata(
     return rows
 
 
+def score_rollout(
+    reward: RewardFunction,
+    prompts: Sequence[Text],
+    batch: RolloutBatch,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
+) -> RewardOutput:
+    """The reward of each of a rollout's responses ([N] ``scores`` and the components).
+    ``prompts`` are the P prompts the batch was sampled from (row ``i`` answers
+    ``prompts[batch.prompt_index[i]]``); the reward sees each row's metadata
+    (:func:`rollout_metadata`: EOS reached, token count, plus ``prompt_metadata`` of its prompt,
+    e.g. the ground-truth ``answer``)."""
+    rows = [prompts[i] for i in batch.prompt_index.tolist()]
+    metadata = rollout_metadata(batch, prompt_metadata)
+    return score_reward(reward, rows, batch.response_texts, metadata)
+
+
 def response_token_counts(metadata: Metadata, size: int, needed_by: str) -> list[int]:
     return [int(metadata_value(metadata, row, RESPONSE_TOKENS, needed_by)) for row in range(size)]
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         read_candidates,
         write_candidates,
     )
-    from rlhf.rollout.hf import HFGenerationEngine, prompt_token_ids, response_logprobs
+    from rlhf.rollout.hf import HFGenerationEngine, prompt_token_ids
     from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
 
 _EXPORTS = {
@@ -34,7 +34,6 @@ _EXPORTS = {
     "write_candidates": "candidates",
     "HFGenerationEngine": "hf",
     "prompt_token_ids": "hf",
-    "response_logprobs": "hf",
     "GenerationEngine": "types",
     "RolloutBatch": "types",
     "SamplingConfig": "types",
@@ -52,7 +51,6 @@ __all__ = [
     "prompt_of",
     "prompt_token_ids",
     "read_candidates",
-    "response_logprobs",
     "write_candidates",
 ]
 

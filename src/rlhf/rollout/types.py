@@ -127,6 +127,14 @@ class RolloutBatch:
         """[B] real response tokens per row (EOS included)."""
         return self.response_mask.sum(-1)
 
+    def response_stats(self, prefix: str = "") -> dict[str, float]:
+        """``{prefix}response_tokens`` (mean response length) and ``{prefix}eos_rate`` (share
+        of responses that stopped at EOS rather than at max_new_tokens)."""
+        return {
+            f"{prefix}response_tokens": float(self.response_lengths.float().mean()),
+            f"{prefix}eos_rate": float(self.ended_with_eos.float().mean()),
+        }
+
     @property
     def sequence_logps(self) -> torch.Tensor:
         """[B] log π(response | prompt): the sum of ``logps`` over the response."""

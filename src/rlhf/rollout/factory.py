@@ -1,0 +1,57 @@
+"""The one place that builds a generation engine.
+
+Every sampling site (``rlhf sample``, best-of-N, RAFT, the online recipes, the pipeline's
+feedback stage, the evaluations, the feedback app's sampler) asks :func:`build_engine` (a
+model in memory) or :func:`load_engine` (a model folder or hub name) and then talks to the
+:class:`~rlhf.rollout.types.GenerationEngine` protocol only. Adding an engine is one class
+implementing the protocol plus one entry in :data:`ENGINES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rlhf.rollout.types import GenerationEngine
+
+EngineKind = Literal["hf"]
+
+# kind -> "module:class"; imported on first use so the types never pull in transformers
+ENGINES: dict[str, str] = {"hf": "rlhf.rollout.hf:HFGenerationEngine"}
+
+
+def engine_class(kind: str) -> Any:
+    """The class registered under ``kind`` (a clear error naming the known kinds)."""
+    if kind not in ENGINES:
+        raise ValueError(f"engine kind {kind!r}: expected one of {sorted(ENGINES)}")
+    module, name = ENGINES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_engine(
+    model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 64, kind: str = "hf"
+) -> GenerationEngine:
+    """An engine sampling from ``model`` as it is now (it sees every later update)."""
+    return engine_class(kind)(model, tokenizer, batch_size=batch_size)
+
+
+def load_engine(
+    path: str | Path,
+    *,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str | None = "sdpa",
+    kind: str = "hf",
+) -> GenerationEngine:
+    """An engine over the model saved at ``path`` (a folder or hub name) and its tokenizer."""
+    return engine_class(kind).from_pretrained(
+        path,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        batch_size=batch_size,
+    )
