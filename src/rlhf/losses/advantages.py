@@ -10,7 +10,13 @@ depend on the response itself, broadcast to its tokens with :func:`expand_to_tok
 - REINFORCE with a moving-average baseline (:func:`reinforce_advantages`);
 - RLOO, the mean reward of the *other* K − 1 samples of the prompt (:func:`rloo_advantages`);
 - GRPO, the group mean, optionally divided by the group std (:func:`grpo_advantages`);
-- ReMax, the reward of the greedy response (:func:`remax_advantages`).
+- ReMax, the reward of the greedy response (:func:`remax_advantages`);
+- REINFORCE++ (optionally with the group mean as baseline), normalised over the whole batch's
+  tokens rather than per group (:func:`reinforce_pp_advantages`).
+
+DAPO's dynamic sampling keeps only the groups whose rewards do not all tie
+(:func:`informative_groups`) and samples more until the batch is full
+(:func:`dynamic_sampling_refill`).
 
 Layout conventions: B sequences, T tokens, right-padded, ``mask`` [B, T] nonzero at the real
 (response) tokens. Group estimators take rewards [B] with ``B = N · K``: the K samples of each
@@ -347,6 +353,90 @@ def tied_groups(rewards: Tensor, group_size: int) -> Tensor:
     return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
+def informative_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """[N] True for the prompts whose K rewards do *not* all tie: ``~tied_groups``.
+
+    The groups that carry a group-relative gradient; DAPO's dynamic sampling (Yu et al., 2025,
+    eq. 11: ``0 < |{o_i : is_equivalent(a, o_i)}| < G``) keeps only these.
+
+    Args:
+        rewards: [B] with B = N · K, each prompt's K samples contiguous.
+        group_size: K ≥ 1.
+    """
+    return ~tied_groups(rewards, group_size)
+
+
+def dynamic_sampling_refill(
+    kept_groups: int,
+    target_groups: int,
+    *,
+    rounds_done: int,
+    max_rounds: int,
+    sampled_groups: int | None = None,
+    max_prompts: int | None = None,
+) -> int:
+    """How many more prompts DAPO's dynamic sampling draws next (Yu et al., 2025, Algorithm 1).
+
+    A recipe samples, drops tied groups (:func:`informative_groups`), and asks this function
+    how many prompts to sample in the next round; 0 means stop::
+
+        kept, sampled, rounds, n = [], 0, 0, target
+        while n:
+            groups = rollout(next n prompts)                   # n prompts · K samples
+            kept += informative ones; sampled += n; rounds += 1
+            n = dynamic_sampling_refill(len(kept), target, rounds_done=rounds,
+                                        max_rounds=max_rounds, sampled_groups=sampled)
+        batch = kept[:target]                                  # DAPO trims the overshoot
+
+    The answer is 0 once ``kept_groups ≥ target_groups`` or ``rounds_done ≥ max_rounds`` (the
+    batch then trains short; the caller logs it). Otherwise it is the shortfall
+    ``target − kept``, divided by the fraction of informative groups seen so far when
+    ``sampled_groups`` is given and that fraction is known and positive::
+
+        ⌈(target − kept) · sampled / kept⌉      (at least the shortfall)
+
+    so that one more round is expected to fill the batch, and at most ``max_prompts`` when
+    given (the memory limit on one round's generation).
+
+    Args:
+        kept_groups: informative groups kept so far (≥ 0).
+        target_groups: informative groups the batch should hold (≥ 1), e.g.
+            ``prompts_per_iteration``.
+        rounds_done: sampling rounds done so far (≥ 0).
+        max_rounds: the most rounds allowed (≥ 1).
+        sampled_groups: prompts sampled so far, all rounds (≥ ``kept_groups``); None or 0:
+            refill the bare shortfall.
+        max_prompts: cap on one round's prompts (≥ 1), or None.
+
+    Returns:
+        The number of prompts to sample next, 0 to stop.
+    """
+    for name, value, minimum in (
+        ("kept_groups", kept_groups, 0),
+        ("target_groups", target_groups, 1),
+        ("rounds_done", rounds_done, 0),
+        ("max_rounds", max_rounds, 1),
+        ("sampled_groups", sampled_groups, 0),
+        ("max_prompts", max_prompts, 1),
+    ):
+        if value is None and name in ("sampled_groups", "max_prompts"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    if sampled_groups is not None and sampled_groups < kept_groups:
+        raise ValueError(
+            f"sampled_groups ({sampled_groups}) must be ≥ kept_groups ({kept_groups}): "
+            "only sampled groups can be kept"
+        )
+    if kept_groups >= target_groups or rounds_done >= max_rounds:
+        return 0
+    shortfall = target_groups - kept_groups
+    prompts = shortfall
+    if sampled_groups and kept_groups:
+        prompts = -(-shortfall * sampled_groups // kept_groups)  # ⌈shortfall / rate⌉, exact
+    return prompts if max_prompts is None else min(prompts, max_prompts)
+
+
 def grpo_advantages(
     rewards: Tensor,
     group_size: int,
@@ -386,6 +476,60 @@ def grpo_advantages(
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     advantages = torch.where(tied[:, None], 0.0, centred).flatten()
     return advantages, {"groups": float(tied.numel()), "tied_groups": float(tied.sum())}
+
+
+def reinforce_pp_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    *,
+    group_size: int | None = None,
+    unbiased: bool = True,
+    eps: float = 1e-8,
+) -> Tensor:
+    """REINFORCE++ advantages (Hu, 2025, eq. 8–10): normalised over the *global* batch.
+
+    Each response's reward (minus its group's mean reward when ``group_size`` is given: the
+    "REINFORCE++-baseline" variant) on each of its real tokens, then standardised with the mean
+    and std of *all real tokens of all rows* (:func:`masked_whiten`)::
+
+        A_i     = r_i                       (group_size None)
+        A_i     = r_i − mean_{j ∈ g(i)} r_j   (group_size K: the K samples of i's prompt)
+        Â_{i,t} = (A_i − μ) / sqrt(σ² + eps)  μ, σ² over {A_{i,t} : mask[i, t] = 1}
+
+    Unlike GRPO there is no per-group std: one batch-wide scale, so a group whose rewards
+    barely differ is not blown up (the paper's argument against per-prompt normalisation). The
+    statistics are token-weighted: a long response counts once per token. Padding never enters
+    them. A tied group's centred reward is 0 but its normalised advantage is ``−μ/σ``, not 0
+    (drop such groups with :func:`tied_groups` if that matters). The KL is *not* in here:
+    REINFORCE++ puts k2 in the loss (:func:`rlhf.losses.policy.kl_penalty_loss` with
+    ``estimator="k2"``).
+
+    Args:
+        rewards: [N] sequence rewards; with ``group_size`` K, N = P · K with each prompt's K
+            samples contiguous.
+        mask: [N, R] nonzero at real response tokens.
+        group_size: K ≥ 2 for the baseline variant, None for plain REINFORCE++.
+        unbiased: the variance with Bessel's n − 1 (as :func:`masked_whiten`), else n.
+        eps: added to the variance.
+
+    Returns:
+        [N, R] float32, 0 at padding; over the real tokens mean 0 and std 1 (up to eps).
+        The statistics are of this batch: give the whole rollout at once, not a micro-batch.
+    """
+    _check_2d("mask", mask)
+    if group_size is None:
+        _check_groups(rewards, 1)
+    else:
+        _check_groups(rewards, group_size, minimum=2)
+    if rewards.shape != mask.shape[:1]:
+        raise ValueError(f"rewards must be [N] = ({mask.shape[0]},), got {tuple(rewards.shape)}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be ≥ 0, got {eps}")
+    centred = rewards.detach().float()
+    if group_size is not None:
+        grouped = centred.view(-1, group_size)  # [P, K]
+        centred = (grouped - grouped.mean(dim=1, keepdim=True)).flatten()  # [N]
+    return masked_whiten(expand_to_tokens(centred, mask), mask, unbiased=unbiased, eps=eps)
 
 
 def remax_advantages(rewards: Tensor, greedy_rewards: Tensor) -> Tensor:

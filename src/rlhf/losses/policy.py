@@ -8,18 +8,23 @@ by ``loss_units`` summed over the optimiser step's micro-batches (``Trainer`` co
 ``loss_units`` (:func:`loss_units`) so that the update is the same for any micro-batch ×
 accumulation split of the step::
 
-    "sequence"  Σ_b (Σ_t L·m / n_b)          loss_units = sequences   mean per response, then
+    "sequence"  Σ_b (Σ_t L·m / n_b)          loss_units = sequences*  mean per response, then
                                                                       over responses (GRPO)
     "token"     Σ_b Σ_t L·m                  loss_units = real tokens every token weighs the
                                                                       same (DAPO, Yu et al. 2025)
-    "constant"  Σ_b Σ_t L·m / max_length     loss_units = sequences   Σ / (B · max_length),
+    "constant"  Σ_b Σ_t L·m / max_length     loss_units = sequences*  Σ / (B · max_length),
                                                                       Dr. GRPO (Liu et al. 2025)
 
-with ``n_b`` the real tokens of response b. All three are exactly split-invariant: a response
-never straddles micro-batches, so each micro-batch's sum is its share of the step's numerator,
-and ``Σ loss_units`` is the step's denominator (the engine sums it over micro-batches *before*
-the backward passes; data-parallel ranks would all-reduce it). What is not invariant, and is
-avoided here, is dividing each micro-batch by its *own* token count. Under "token" the
+with ``n_b`` the real tokens of response b, and ``sequences*`` the rows with at least one real
+token (a row with none adds nothing to the sum, so nothing to the divisor). GSPO
+(:func:`gspo_policy_loss`) is not a per-token loss: its ratio, clip and objective are per
+sequence, summed over sequences, so its ``loss_units`` are those of "sequence".
+
+All of these are exactly split-invariant: a response never straddles micro-batches, so each
+micro-batch's sum is its share of the step's numerator, and ``Σ loss_units`` is the step's
+denominator (the engine sums it over micro-batches *before* the backward passes; data-parallel
+ranks would all-reduce it). What is not invariant, and is avoided here, is dividing each
+micro-batch by its *own* token count. Under "token" the
 per-token weight still varies between optimiser steps (PPO minibatches of unequal length);
 "constant" is the aggregation whose per-token weight never changes. Losses combined into one
 objective (policy + value + entropy + KL) must share an aggregation, since the engine applies
@@ -118,14 +123,18 @@ def aggregate(
 def loss_units(mask: Tensor, aggregation: str) -> int:
     """What a batch with this ``mask`` [B, T] contributes to the step's ``loss_units``.
 
-    The number of real tokens for "token", the number of sequences B for "sequence" and
-    "constant".
+    The number of real tokens for "token"; for "sequence" and "constant" the number of rows
+    with at least one real token. A row with none (all padding, or dropped by an estimator,
+    e.g. a tied GRPO group) adds 0 to every aggregation's sum, so it must not add to the
+    divisor either. This is the one definition: recipes' batches report ``loss_units`` through
+    it. :func:`gspo_policy_loss` is a sum over sequences: ``loss_units(mask, "sequence")``.
     """
     _check_2d("mask", mask)
     _check_aggregation(aggregation, 1)
+    real = mask.bool()
     if aggregation == "token":
-        return int(mask.bool().sum())
-    return int(mask.shape[0])
+        return int(real.sum())
+    return int(real.any(dim=1).sum())
 
 
 def _counts(real: Tensor) -> Metrics:
@@ -199,6 +208,117 @@ def ppo_policy_loss(
             "clipped_tokens": float(((clipped > unclipped) & real).sum()),
             "ratio_sum": float(ratio.detach()[real].sum()),
             "approx_kl_sum": float((torch.expm1(log_ratio) - log_ratio)[real].sum()),
+        }
+    return loss_sum, metrics
+
+
+def _sequence_advantages(advantages: Tensor, real: Tensor) -> Tensor:
+    """[N] or [N, R] advantages → [N] one per sequence (0 for a row with no real token).
+
+    An [N, R] tensor must hold one value on each row's real tokens (as
+    :func:`rlhf.losses.advantages.expand_to_tokens` or ``reinforce_pp_advantages`` give);
+    per-token advantages (GAE) have no sequence-level meaning and are refused.
+    """
+    if not isinstance(advantages, Tensor):
+        raise ValueError(f"advantages must be a tensor, got {type(advantages).__name__}")
+    if advantages.shape == real.shape[:1]:
+        return torch.where(real.any(dim=1), advantages.float(), 0.0)
+    _check_like({"advantages": advantages}, real, "logps (or [N])")
+    values = advantages.float()
+    high = torch.where(real, values, -torch.inf).amax(dim=1)  # [N]
+    low = torch.where(real, values, torch.inf).amin(dim=1)  # [N]
+    rows = real.any(dim=1)
+    varying = rows & (high != low)
+    if varying.any():
+        row = int(varying.nonzero()[0])
+        raise ValueError(
+            f"advantages [N, R] must be constant over each row's real tokens (GSPO's advantage "
+            f"is per sequence); row {row} ranges from {float(low[row])} to {float(high[row])}"
+        )
+    return torch.where(rows, high, 0.0)
+
+
+def gspo_policy_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps: float,
+    clip_eps_high: float | None = None,
+) -> LossOutput:
+    """GSPO's sequence-level clipped objective (Zheng et al., 2025, eq. 5 and 7), as a loss.
+
+    With the length-normalised sequence importance ratio (eq. 7)::
+
+        s_i = (π_θ(y_i|x) / π_old(y_i|x))^{1/|y_i|} = exp( (1/|y_i|) Σ_t (log π_θ − log π_old) )
+
+    the loss of response i is (eq. 5, negated)::
+
+        L_i = −min(s_i · Â_i, clip(s_i, 1 − ε, 1 + ε_high) · Â_i)
+
+    and the returned loss is ``Σ_i L_i`` over the rows with at least one real token. Its units
+    are *sequences*: divide by ``loss_units(mask, "sequence")`` summed over the step's
+    micro-batches to get eq. 5's mean over the G responses (split-invariant, as a response
+    never straddles micro-batches). There is no ``aggregation`` argument: the length
+    normalisation lives inside s_i, so every token of a response gets the same weight
+    ``Â_i · s_i / |y_i|`` in the gradient (eq. 10), and a whole response is clipped or not.
+
+    ε is on the scale of a *per-token geometric mean* ratio and so much smaller than PPO's: the
+    paper uses ε = 3e-4, ε_high = 4e-4.
+
+    Args:
+        logps: [N, R] log-probs of the sampled tokens under the policy being trained (with
+            gradient).
+        old_logps: [N, R] the same under the policy that sampled them (detached here).
+        advantages: [N] one per response (GSPO uses GRPO's group-normalised Â, eq. 6), or
+            [N, R] holding that value on each real token (detached here).
+        mask: [N, R] nonzero at real response tokens; a row with none is left out (0 loss,
+            not counted).
+        clip_eps: ε > 0.
+        clip_eps_high: ε_high > 0, or None for ε.
+
+    Returns:
+        ``(loss_sum, metrics)``; metrics are sums that add over micro-batches:
+        ``sequences`` (rows with a real token: the loss units), ``tokens``, ``policy_loss_sum``
+        (the returned loss), ``clipped_sequences`` (responses where the clipped term is taken
+        and the gradient is 0; ``/ sequences``), ``clipped_tokens`` (the tokens of those
+        responses; ``/ tokens`` is the clip fraction the paper plots in Fig. 4, comparable with
+        :func:`ppo_policy_loss`'s), ``ratio_sum`` (Σ_i |y_i| · s_i, each token carrying its
+        response's ratio; ``/ tokens``), ``sequence_ratio_sum`` (Σ_i s_i; ``/ sequences``) and
+        ``approx_kl_sum`` (Σ over real tokens of the per-token k3 ``(ρ_t − 1) − log ρ_t``,
+        exactly as :func:`ppo_policy_loss`; ``/ tokens``). So the keys the two losses share mean
+        the same thing divided by ``tokens``.
+    """
+    _check_2d("logps", logps)
+    _check_like({"old_logps": old_logps, "mask": mask}, logps, "logps")
+    for name, value in (("clip_eps", clip_eps), ("clip_eps_high", clip_eps_high)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    real = mask.bool()
+    rows = real.any(dim=1)  # [N] responses in the loss
+    lengths = real.sum(dim=1)  # [N] |y_i|
+    adv = _sequence_advantages(advantages, real).detach()  # [N]
+    log_ratio = _zero_padding(logps, real) - _zero_padding(old_logps, real).detach()  # [N, R]
+    seq_log_ratio = log_ratio.sum(dim=1) / lengths.clamp(min=1)  # [N]; 0 for an empty row
+    ratio = torch.exp(seq_log_ratio)  # [N] s_i
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_eps, 1 + high)
+    per_sequence = torch.where(rows, torch.maximum(unclipped, clipped), 0.0)  # [N]
+    loss_sum = per_sequence.sum()
+    with torch.no_grad():
+        is_clipped = (clipped > unclipped) & rows  # [N]
+        token_log_ratio = log_ratio.detach()
+        ratio = ratio.detach()
+        metrics = _counts(real) | {
+            "sequences": float(rows.sum()),
+            "policy_loss_sum": float(loss_sum.detach()),
+            "clipped_sequences": float(is_clipped.sum()),
+            "clipped_tokens": float(lengths[is_clipped].sum()),
+            "ratio_sum": float((lengths * ratio)[rows].sum()),
+            "sequence_ratio_sum": float(ratio[rows].sum()),
+            "approx_kl_sum": float((torch.expm1(token_log_ratio) - token_log_ratio)[real].sum()),
         }
     return loss_sum, metrics
 
