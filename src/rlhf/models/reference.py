@@ -104,6 +104,62 @@ def is_lora(model: torch.nn.Module) -> bool:
     return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
 
 
+def load_reference(
+    path: str,
+    tokenizer: Any,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+) -> torch.nn.Module:
+    """The model at ``reference.path`` (folder or hub name), loaded in ``dtype``."""
+    from rlhf.models.load import load_model
+
+    logger.info("loading the reference model %s (%s)", path, dtype)
+    return load_model(
+        path, dtype=dtype, attn_implementation=attn_implementation, tokenizer=tokenizer
+    )
+
+
+def live_reference(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    path: str | None = None,
+    dtype: str | None = None,
+    model_dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+) -> ReferenceModel:
+    """π_ref kept in memory for the whole run (per-step reference log-probs, the online
+    recipes' KL, the sampled-KL evaluation).
+
+    ``path`` set: that model, loaded in ``dtype`` (``reference.dtype``; None: ``model_dtype``,
+    the policy's ``model.dtype``). Else a LoRA ``model`` with its adapter disabled (no second
+    model; ``dtype`` unused). Else a frozen copy of ``model``'s current (initial) weights, a
+    second model in memory, cast to ``dtype`` (None: the policy's own dtype).
+    """
+    from rlhf.models.load import DTYPES
+    from rlhf.models.memory import frozen_copy
+
+    if path is not None:
+        return ReferenceModel.frozen(
+            load_reference(
+                path,
+                tokenizer,
+                dtype=dtype or model_dtype,
+                attn_implementation=attn_implementation,
+            )
+        )
+    if is_lora(model):
+        if dtype is not None:
+            logger.info("reference.dtype: unused, the reference is the LoRA policy's base model")
+        return ReferenceModel.policy(model)
+    logger.info(
+        "keeping a frozen copy of the initial policy as the reference (%s)",
+        dtype or "the policy's dtype",
+    )
+    return ReferenceModel.frozen(frozen_copy(model, DTYPES[dtype] if dtype else None))
+
+
 def release_memory() -> None:
     """Return freed tensors' memory now (after dropping a reference loaded for one pass)."""
     gc.collect()
