@@ -21,6 +21,7 @@ from rlhf.data.records import (
     TextRecord,
 )
 from rlhf.eval.policies import gold_ceiling
+from rlhf.rewards.world_gold import WorldGold
 from rlhf.sim import world
 from rlhf.sim.annotators import (
     AnnotatorPool,
@@ -29,7 +30,7 @@ from rlhf.sim.annotators import (
     label_groups,
 )
 from rlhf.sim.builtin import load_builtin
-from rlhf.sim.gold import GOLD_WEIGHTS, WorldGold, gold_components, gold_score
+from rlhf.sim.gold import GOLD_WEIGHTS, gold_components, gold_score
 
 CAT = "Tell me about the cat.\n"
 # seven distinct, well-formed sentences about cats sharing no word 4-gram

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,8 +39,11 @@ from rlhf.config import StrictModel
 from rlhf.data.records import CompletionRecord, Text
 from rlhf.data.tokenize import Truncation, TruncationReport
 from rlhf.engine.metrics import JsonlSink
-from rlhf.engine.trainer import TrainConfig, latest_checkpoint, resolve_device
-from rlhf.recipes.best_of_n import rewards_per_prompt, score_rollout, top_k_per_prompt
+from rlhf.engine.trainer import TrainConfig, resolve_device
+
+# TODO(cli helper): top_k_per_prompt is a component living in the best_of_n recipe; once it
+# moves below the recipes (e.g. rlhf.rewards or rlhf.rollout), import it from there
+from rlhf.recipes.best_of_n import top_k_per_prompt
 from rlhf.recipes.common import (
     DataConfig,
     ModelConfig,
@@ -51,26 +53,25 @@ from rlhf.recipes.common import (
     check_fits_positions,
     record_config,
     report_truncation,
+    round_prompts,
     tokenize_records,
 )
-from rlhf.recipes.lm import exporter, train_on_examples
-from rlhf.recipes.sft import SFTConfig, as_demonstration, run_sft
-from rlhf.rewards.base import RewardFunction, RewardSpec, build_reward, response_as_text
+from rlhf.recipes.lm import (
+    InitSFTConfig,
+    SFTConfig,
+    as_demonstration,
+    exporter,
+    initial_policy,
+    train_on_examples,
+)
+from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
+from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.candidates import load_prompts_and_answers
-from rlhf.rollout.hf import HFGenerationEngine
-from rlhf.rollout.types import SamplingConfig
+from rlhf.rollout.factory import build_engine
+from rlhf.rollout.types import GenerationEngine, SamplingConfig
 
 logger = logging.getLogger("rlhf")
 STATE_FILE = "raft_state.json"
-
-
-class InitSFTConfig(StrictModel):
-    """An SFT phase that trains the starting policy before the first round."""
-
-    data: DataConfig = Field(description="Demonstrations (as for `rlhf sft`).")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(lr=2e-5), description="Its optimisation (as SFT's)."
-    )
 
 
 class RAFTSettings(StrictModel):
@@ -136,40 +137,6 @@ class RAFTConfig(RecipeConfig):
         return self
 
 
-def round_prompts(prompts: Sequence[Text], count: int, offset: int, seed: int) -> list[Text]:
-    """``count`` prompts from position ``offset`` of a seeded shuffle, wrapping around."""
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    return [prompts[order[(offset + i) % len(order)]] for i in range(count)]
-
-
-def initial_policy(
-    config: RecipeConfig, init_sft: InitSFTConfig | None, out: Path, resume: bool
-) -> str:
-    """The starting policy's path: ``config.model.path``, or, with ``init_sft``, the model an
-    SFT phase trains first in ``<out>/init-sft`` (reused as it is when resuming after it
-    finished). ``config`` holds ``model`` and the logging keys (any recipe with init_sft)."""
-    model = config.model  # type: ignore[attr-defined]
-    if init_sft is None:
-        return str(model.path)
-    folder = out / "init-sft"
-    if resume and (folder / "model" / "config.json").is_file():
-        return str(folder / "model")  # written once the init SFT has finished
-    sft = SFTConfig(
-        out=str(folder),
-        overwrite=True,
-        tensorboard=config.tensorboard,
-        wandb_project=config.wandb_project,
-        progress=config.progress,
-        model=model,
-        data=init_sft.data,
-        train=init_sft.train,
-    )
-    logger.info("init SFT: training the starting policy in %s", folder)
-    resume_sft = resume and latest_checkpoint(folder) is not None
-    return str(run_sft(sft, resume=resume_sft).model_dir)
-
-
 class _Run:
     """The state of one RAFT run; the phases are its methods, in order."""
 
@@ -192,24 +159,25 @@ class _Run:
         return initial_policy(self.config, self.config.init_sft, self.out, resume)
 
     def sample_and_score(
-        self, engine: HFGenerationEngine, prompts: Sequence[Text], seed: int
+        self, engine: GenerationEngine, prompts: Sequence[Text], seed: int
     ) -> tuple[torch.Tensor, list[list[str]], dict[str, float]]:
         """rollout → score: rewards [P, N], responses [P][N] and summary metrics."""
         raft = self.config.raft
         params = self.config.sampling.params(num_samples=raft.num_samples, seed=seed)
-        batch = engine.generate(prompts, params)
+        batch = engine.generate(prompts, params)  # prompt-major: row p·N + n
         metadata = None if self.metadata is None else [self.metadata[p] for p in prompts]
-        scores = score_rollout(prompts, batch, self.reward, metadata)
-        rewards = rewards_per_prompt(batch, scores)  # [P, N]
+        scores = score_rollout(self.reward, prompts, batch, metadata).scores  # [P·N]
+        rewards = scores.reshape(len(prompts), raft.num_samples)  # [P, N]
         texts = [
             batch.response_texts[row : row + raft.num_samples]
             for row in range(0, len(batch), raft.num_samples)
         ]
+        stats = batch.response_stats()
         metrics = {
             "reward_mean": float(rewards.mean()),
             "reward_best_mean": float(rewards.max(-1).values.mean()),
-            "finished_rate": float(batch.ended_with_eos.float().mean()),
-            "response_tokens_mean": float(batch.response_lengths.float().mean()),
+            "finished_rate": stats["eos_rate"],
+            "response_tokens_mean": stats["response_tokens"],
             "truncated_prompts": float(batch.truncated_prompts),
         }
         return rewards, texts, metrics
@@ -287,7 +255,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     model, tokenizer = build_model_and_tokenizer(model_config, out, lambda: [], config.train.seed)
     check_fits_positions(model, config.data.max_length)
     model.to(resolve_device(config.train.device))  # sampling and training share the device
-    engine = HFGenerationEngine(model, tokenizer, batch_size=config.sampling.batch_size)
+    engine = build_engine(model, tokenizer, batch_size=config.sampling.batch_size)
 
     raft, seed = config.raft, config.train.seed
     done = run.state["completed_rounds"]

@@ -12,9 +12,6 @@ name one with a :class:`RewardSpec` (see :mod:`rlhf.rewards.spec` and docs/rewar
 from __future__ import annotations
 
 from rlhf.rewards.base import (
-    ANSWER,
-    FINISHED,
-    RESPONSE_TOKENS,
     Metadata,
     Reward,
     RewardFunction,
@@ -41,6 +38,8 @@ from rlhf.rewards.rules import (
     response_answer,
 )
 from rlhf.rewards.spec import JudgeSpec, RewardSpec, build_reward, parse_reward_spec
+from rlhf.rewards.world_gold import WorldGold
+from rlhf.rollout.types import ANSWER, FINISHED, RESPONSE_TOKENS
 
 __all__ = [
     "ANSWER",
@@ -64,6 +63,7 @@ __all__ = [
     "RewardModelReward",
     "RewardOutput",
     "RewardSpec",
+    "WorldGold",
     "arithmetic_answer",
     "build_reward",
     "call_reward",

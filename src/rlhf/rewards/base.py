@@ -11,7 +11,8 @@ optimisers alike. Responses are the assistant's text; for message-list prompts
 in one format.
 
 ``metadata`` is optional: ``None``, or one mapping per row holding what the text alone does not
-say. The keys rewards read (see :data:`ANSWER`, :data:`FINISHED`, :data:`RESPONSE_TOKENS`):
+say. The keys rewards read (``ANSWER``, ``FINISHED``, ``RESPONSE_TOKENS`` of
+:mod:`rlhf.rollout.types`, which sits below both the rollouts that write them and the rewards):
 
 * ``"answer"``: the ground truth of a verifiable task (a data row's ``answer`` field, e.g. a
   GSM8K reference solution ending ``#### 72``, or just ``72``);
@@ -27,7 +28,7 @@ Rewards built here (subclasses of :class:`Reward`) also answer :meth:`Reward.sco
 :class:`RewardOutput`: the scores, each named component of a composite on its own, and
 optionally per-token rewards.
 
-Configs name a reward with a :class:`~rlhf.rewards.spec.RewardSpec` (re-exported here).
+Configs name a reward with a :class:`~rlhf.rewards.spec.RewardSpec`.
 """
 
 from __future__ import annotations
@@ -35,21 +36,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from rlhf.data.records import Message, Text
-
-if TYPE_CHECKING:
-    from rlhf.rollout.types import RolloutBatch
+from rlhf.rollout.types import ANSWER, FINISHED, RESPONSE_TOKENS, RolloutBatch
 
 Metadata = Sequence[Mapping[str, Any]] | None
 """Per-row metadata: ``None`` or one mapping per response (see the module docstring)."""
-
-ANSWER = "answer"  # metadata key: the ground-truth answer of a verifiable task
-FINISHED = "finished"  # metadata key: bool, the response ended with EOS
-RESPONSE_TOKENS = "response_tokens"  # metadata key: int, response tokens (EOS included)
 
 
 @runtime_checkable
@@ -241,23 +236,15 @@ def dense_token_rewards(
     return dense[:, :width]
 
 
-from rlhf.rewards.spec import RewardSpec, build_reward, parse_reward_spec  # noqa: E402
-
 __all__ = [
-    "ANSWER",
-    "FINISHED",
-    "RESPONSE_TOKENS",
     "Metadata",
     "Reward",
     "RewardFunction",
     "RewardOutput",
-    "RewardSpec",
-    "build_reward",
     "call_reward",
     "check_lengths",
     "dense_token_rewards",
     "metadata_value",
-    "parse_reward_spec",
     "response_as_text",
     "rollout_metadata",
     "score_reward",

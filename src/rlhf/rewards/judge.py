@@ -38,7 +38,8 @@ from typing import Any, Literal
 import torch
 
 from rlhf.data.records import Text
-from rlhf.rewards.base import ANSWER, Metadata, Reward, RewardOutput, check_lengths
+from rlhf.rewards.base import Metadata, Reward, RewardOutput, check_lengths
+from rlhf.rollout.types import ANSWER
 
 logger = logging.getLogger("rlhf.rewards")
 

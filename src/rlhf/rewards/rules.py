@@ -13,7 +13,7 @@ Each scores 1.0 or 0.0. Rules are registered by name in :data:`RULES`, which con
 as ``reward: {rule: NAME}``; :class:`RegexFormat` is ``reward: {regex: PATTERN}``.
 
 :data:`RULES` also names the embedded world's gold reward, ``world_gold``
-(:class:`rlhf.sim.gold.WorldGold`): not a 0/1 check but a continuous score, about 0 to 1,
+(:class:`rlhf.rewards.world_gold.WorldGold`): not a 0/1 check but a continuous score, about 0 to 1,
 with its components reported on their own (docs/world.md).
 """
 
@@ -28,7 +28,6 @@ import torch
 
 from rlhf.data.records import Text
 from rlhf.rewards.base import (
-    ANSWER,
     Metadata,
     Reward,
     RewardFunction,
@@ -36,6 +35,8 @@ from rlhf.rewards.base import (
     check_lengths,
     metadata_value,
 )
+from rlhf.rewards.world_gold import WorldGold
+from rlhf.rollout.types import ANSWER
 
 _QUESTION = re.compile(r"What is (-?\d+) ([+-]) (-?\d+)\?")
 _INTEGER = re.compile(r"-?\d+")
@@ -213,19 +214,12 @@ class RegexFormat(Reward):
         return f"RegexFormat({self.pattern.pattern!r}{full})"
 
 
-def _world_gold() -> RewardFunction:
-    # imported here: rlhf.sim.gold imports rlhf.rewards, which imports this module
-    from rlhf.sim.gold import WorldGold
-
-    return WorldGold()
-
-
 RULES: dict[str, Callable[[], RewardFunction]] = {
     "arithmetic": ArithmeticCorrectness,
     "gsm8k": MathAnswer,
     "gsm8k_strict": lambda: MathAnswer(strict=True),
     "gsm8k_format": AnswerFormat,
-    "world_gold": _world_gold,
+    "world_gold": WorldGold,
 }
 """Rule rewards by name: ``arithmetic`` (builtin arithmetic prompts), ``gsm8k`` (final
 number against ``metadata["answer"]``), ``gsm8k_strict`` (only an answer after ``####`` or in

@@ -32,7 +32,7 @@ from typing import Any
 
 from rlhf.data.errors import DataError
 from rlhf.data.records import ROLES, ConversationRecord, Message, Record, Text, text_to_json
-from rlhf.rollout.types import RolloutBatch
+from rlhf.rollout.types import ANSWER, RolloutBatch
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,6 @@ def load_prompts_and_answers(
     conversation's turns before its last answer). Every prompt must have the field: a
     :class:`ValueError`, naming ``option`` (where the field was given), says which does not.
     """
-    from rlhf.rewards.base import ANSWER
-
     name = os.fspath(source)
     if answer_field is None:
         return load_prompts(source, columns=columns, limit=limit), None

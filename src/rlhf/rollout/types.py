@@ -19,6 +19,14 @@ from pydantic import Field
 from rlhf.config import StrictModel
 from rlhf.data.records import Text
 
+# Keys of the per-row metadata a rollout's rows carry to their reward (rlhf.rewards.base's
+# Metadata, whose docstring says what each means): rollouts and prompt loading write them
+# (rlhf.rewards.base.rollout_metadata, rlhf.rollout.candidates.load_prompts_and_answers) and
+# rewards read them, so they live here, below both.
+ANSWER = "answer"  # the ground-truth answer of a verifiable task (a data row's `answer`)
+FINISHED = "finished"  # bool: the response ended with EOS
+RESPONSE_TOKENS = "response_tokens"  # int: response tokens, EOS included
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -20,7 +20,7 @@ scale τ (the difference of two Gumbels) on the utility, then quantise it.
 :func:`label_groups` labels K responses per prompt as pairs, rankings, ratings or thumbs.
 How often labelled pairs agree with gold (what a reward model that had learnt gold exactly
 would score on them, the noise ceiling of reward-model accuracy on such labels) is
-:func:`rlhf.eval.policies.gold_ceiling` with :class:`rlhf.sim.gold.WorldGold`.
+:func:`rlhf.eval.policies.gold_ceiling` with :class:`rlhf.rewards.world_gold.WorldGold`.
 
 Everything is deterministic given the seeds (and the order of the calls).
 """

@@ -33,16 +33,16 @@ evidence of what lies beyond; gold turns them around there: a fourth sentence is
 sixth much worse, repeating an on-topic sentence is penalised, and so is a second polite
 closing. A policy pushed hard against the reward model drifts exactly there (longer, repeated
 topic sentences, more politeness): its proxy reward rises while gold peaks and falls.
+
+Plain functions of text, like the rest of :mod:`rlhf.sim` (which imports only :mod:`rlhf.data`,
+so rewards, rollouts and recipes can all read the world): the reward configs name,
+``reward: {rule: world_gold}``, is :class:`rlhf.rewards.world_gold.WorldGold`, which wraps
+:func:`gold_components` and :func:`combine`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
 from rlhf.data.records import Text
-from rlhf.rewards.base import Metadata, Reward, RewardOutput, check_lengths
 from rlhf.sim.world import (
     is_cut_off,
     is_polite,
@@ -133,25 +133,3 @@ def combine(components: dict[str, float]) -> float:
 def gold_score(prompt: Text, response: str) -> float:
     """The gold reward of one response to one prompt (about 0 to 1; see the module docstring)."""
     return combine(gold_components(prompt, response))
-
-
-class WorldGold(Reward):
-    """The embedded world's gold reward as a :class:`~rlhf.rewards.base.Reward`: scores are
-    :func:`gold_score`, ``components`` each named part before its weight
-    (:data:`GOLD_WEIGHTS`). Metadata is not needed: a response that hit ``max_new_tokens``
-    mid-sentence reads as cut off from its text alone. Configs: ``reward: {rule: world_gold}``."""
-
-    def score(
-        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
-    ) -> RewardOutput:
-        check_lengths(prompts, responses, metadata)
-        rows = [gold_components(p, r) for p, r in zip(prompts, responses, strict=True)]
-        components = {
-            name: torch.tensor([row[name] for row in rows], dtype=torch.float32)
-            for name in GOLD_WEIGHTS
-        }
-        scores = torch.tensor([combine(row) for row in rows], dtype=torch.float32)
-        return RewardOutput(scores, components)
-
-    def __repr__(self) -> str:
-        return "WorldGold()"
