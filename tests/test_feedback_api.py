@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,13 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from starlette.routing import BaseRoute
 
-import rlhf.feedback.app as app_module
 from rlhf.data.readers import read_records
-from rlhf.feedback import service
+from rlhf.feedback.api import state as state_module
 from rlhf.feedback.app import create_app
-from rlhf.feedback.db import SCHEMA_VERSION, SchemaError, database_url, make_engine
+from rlhf.feedback.db import SCHEMA_VERSION, SchemaError, database_url, make_engine, utcnow
+from rlhf.feedback.service.assignments import ASSIGNMENT_TIMEOUT
 
 # --------------------------------------------------------------------------------- helpers
 
@@ -234,7 +236,7 @@ def alternating_order(monkeypatch: pytest.MonkeyPatch) -> None:
             if next(calls) % 2:
                 order.reverse()
 
-    monkeypatch.setattr(service.random, "SystemRandom", Alternating)
+    monkeypatch.setattr(random, "SystemRandom", Alternating)  # the service shuffles with it
 
 
 def by_prompt(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -374,11 +376,21 @@ def concrete(path: str) -> str:
     return re.sub(r"\{\w+\}", "1", path)
 
 
+def api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
+    """The app's routes, its routers' included: newer FastAPI keeps an included router as
+    one entry of ``app.routes`` (holding ``original_router``) instead of copying its routes."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (router := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(router.routes)
+
+
 def test_endpoint_lists_cover_the_app(api: Api) -> None:
     routes = {
         (method, route.path)
-        for route in api.app.routes
-        if isinstance(route, APIRoute) and route.path.startswith("/api")
+        for route in api_routes(api.app.routes)
+        if route.path.startswith("/api")
         for method in route.methods
     }
     listed = {(method, path) for method, path, _ in ANNOTATOR_ENDPOINTS + ADMIN_ENDPOINTS}
@@ -1264,13 +1276,13 @@ def test_labels_survive_a_restart(db_url: str, monkeypatch: pytest.MonkeyPatch) 
         api.label_all(annotator, campaign["id"], lambda _: {"rating": 2})
         before = api.export(campaign["id"])
     found_versions = []
-    real_migrate = app_module.migrate
+    real_migrate = state_module.migrate
 
     def spy(engine: Any) -> int:
         found_versions.append(real_migrate(engine))
         return found_versions[-1]
 
-    monkeypatch.setattr(app_module, "migrate", spy)
+    monkeypatch.setattr(state_module, "migrate", spy)
     with serve(db_url) as api:
         assert found_versions == [SCHEMA_VERSION]  # found the schema, created nothing
         assert api.app.state.feedback.admin_token is None  # no second admin
@@ -1641,7 +1653,7 @@ def test_a_conversation_under_way_does_not_expire(api: Api) -> None:
         with engine.begin() as connection:  # three hours pass
             connection.execute(
                 text("UPDATE assignments SET created_at = :t WHERE id = :id"),
-                {"t": service.utcnow() - service.ASSIGNMENT_TIMEOUT * 1.5, "id": aid},
+                {"t": utcnow() - ASSIGNMENT_TIMEOUT * 1.5, "id": aid},
             )
     finally:
         engine.dispose()

@@ -3,7 +3,7 @@
 Each is far above real use and far below what lets one request fill the server's memory or
 the database: an annotator once stored a 20 MB edit, and an unauthenticated 200 MB login
 body was read in full. A request body over its limit is refused with a 413 while it is read
-(:class:`rlhf.feedback.app.BodyLimit`), a text over its limit with a 422 naming the field.
+(:class:`rlhf.feedback.api.middleware.BodyLimit`), a text over its limit with a 422 naming the field.
 """
 
 from __future__ import annotations
