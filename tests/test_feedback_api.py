@@ -1694,3 +1694,171 @@ def test_finishing_while_the_model_writes_keeps_the_conversation_closed(db_url: 
         response = client.post(f"/api/assignments/{aid}/chat", json=say, headers=me)
         assert response.status_code == 409 and "finished" in response.json()["detail"]
         other_tab.close()
+
+
+# ------------------------------------------------------------------------------- OpenAPI
+
+PAGES = {"/", "/login", "/annotate", "/admin"}
+
+
+def test_every_route_documents_its_answer(tmp_path: Path) -> None:
+    """Each route is in the OpenAPI schema with its success answer's schema (a named model
+    for JSON), its refusals as ``{"detail"}``, and 401 / 403 where it needs a login / an
+    admin. The schema is built without a database."""
+    app = create_app(str(tmp_path / "fb.db"))
+    schema = app.openapi()
+    routes = list(api_routes(app.routes))
+    assert {route.path for route in routes} == set(schema["paths"])
+    for route in routes:
+        for method in route.methods:
+            where = (method, route.path)
+            assert route.include_in_schema, where
+            answers = schema["paths"][route.path][method.lower()]["responses"]
+            success = str(route.status_code or 200)
+            assert success in answers, where
+            if route.path == "/":
+                assert success == "303" and answers[success]["description"], where
+                continue
+            ((media, content),) = answers[success]["content"].items()
+            if media == "application/json":
+                model = content["schema"].get("items", content["schema"])
+                assert model["$ref"].startswith("#/components/schemas/"), where
+            else:
+                assert media in ("text/html", "application/x-ndjson"), where
+                assert content["schema"] == {"type": "string"}, where
+            for status, answer in answers.items():
+                if status.startswith(("4", "5")):
+                    refusal = answer["content"]["application/json"]["schema"]
+                    assert refusal == {"$ref": "#/components/schemas/Detail"}, (where, status)
+            if route.path.startswith("/api") and where not in PUBLIC:
+                assert "401" in answers, where
+            if route.path.startswith("/api/admin"):
+                assert "403" in answers, where
+            if route.path in PAGES:
+                assert route.path == "/" or media == "text/html", where
+    assert {route.path for route in routes if not route.path.startswith("/api")} == PAGES
+    # the refusals' schema is this app's one message, not FastAPI's default error list
+    assert schema["components"]["schemas"]["Detail"]["required"] == ["detail"]
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def problems(value: Any, schema: dict[str, Any], models: dict[str, Any], at: str = "") -> list[str]:
+    """Where ``value`` (a JSON answer) departs from its OpenAPI ``schema``: a missing required
+    field, a field the schema does not name, or a value of the wrong type."""
+    if "$ref" in schema:
+        return problems(value, models[schema["$ref"].rsplit("/", 1)[1]], models, at)
+    if "anyOf" in schema:
+        fits = any(not problems(value, option, models, at) for option in schema["anyOf"])
+        return [] if fits else [f"{at}: {value!r} fits none of {schema['anyOf']}"]
+    kind = schema.get("type")
+    types = {
+        "null": type(None), "boolean": bool, "string": str, "integer": int,
+        "number": (int, float), "array": list, "object": dict,
+    }  # fmt: skip
+    if kind is None:
+        return []  # Any
+    if not isinstance(value, types[kind]) or (kind in ("integer", "number") and value is True):
+        return [f"{at}: {value!r} is not {kind}"]
+    if kind == "array":
+        return [
+            p
+            for i, v in enumerate(value)
+            for p in problems(v, schema["items"], models, f"{at}[{i}]")
+        ]
+    if kind != "object" or "properties" not in schema:
+        return []
+    found = [f"{at}.{name}: missing" for name in schema.get("required", []) if name not in value]
+    for name, field_value in value.items():
+        if name not in schema["properties"]:
+            found.append(f"{at}.{name}: not in the schema")
+        else:
+            found += problems(field_value, schema["properties"][name], models, f"{at}.{name}")
+    return found
+
+
+def test_answers_are_what_their_schemas_say(api: Api) -> None:
+    """Real answers of every kind of JSON route, checked against the OpenAPI schema: the
+    documented models are the answers, field for field (none missing, none extra)."""
+    schema = api.app.openapi()
+    models = schema["components"]["schemas"]
+    thumbs = api.campaign("thumbs", [{"prompt": "p", "response": "r"}])
+    chat = api.campaign("chat", [{"prompt": "Hello"}])
+    annotator = api.annotator()
+    aid = api.next(annotator, thumbs["id"])["id"]
+    chat_aid = api.next(annotator, chat["id"])["id"]
+    skipped_aid = api.next(annotator, api.campaign("rate", rows_of(1))["id"])["id"]
+    turn = {"client_id": new_client_id(), "turn": 0, "choice": 1}
+    checked = [
+        ("GET", "/api/health", "/api/health", None, None, 200),
+        ("GET", "/api/me", "/api/me", annotator, None, 200),
+        ("GET", "/api/campaigns", "/api/campaigns", annotator, None, 200),
+        ("GET", "/api/campaigns/{campaign_id}/next", f"/api/campaigns/{thumbs['id']}/next",
+         annotator, None, 200),
+        ("GET", "/api/campaigns/{campaign_id}/next", f"/api/campaigns/{chat['id']}/next",
+         annotator, None, 200),
+        ("POST", "/api/assignments/{assignment_id}/label", f"/api/assignments/{aid}/label",
+         annotator, {"client_id": new_client_id(), "up": True}, 200),
+        ("POST", "/api/assignments/{assignment_id}/chat", f"/api/assignments/{chat_aid}/chat",
+         annotator, {"client_id": new_client_id(), "message": ""}, 200),
+        ("POST", "/api/assignments/{assignment_id}/choose",
+         f"/api/assignments/{chat_aid}/choose", annotator, turn, 200),
+        ("POST", "/api/assignments/{assignment_id}/finish",
+         f"/api/assignments/{chat_aid}/finish", annotator, None, 200),
+        ("GET", "/api/me/labels", "/api/me/labels", annotator, None, 200),
+        ("GET", "/api/campaigns/{campaign_id}/next", f"/api/campaigns/{thumbs['id']}/next",
+         annotator, None, 200),
+        ("POST", "/api/assignments/{assignment_id}/skip", f"/api/assignments/{skipped_aid}/skip",
+         annotator, {"reason": "unclear"}, 200),
+        ("GET", "/api/campaigns/{campaign_id}/next", f"/api/campaigns/{thumbs['id']}/next",
+         annotator, None, 200),  # nothing left: the answer with its own progress
+        ("GET", "/api/admin/users", "/api/admin/users", api.admin, None, 200),
+        ("POST", "/api/admin/users/{user_id}/token", f"/api/admin/users/{annotator.id}/token",
+         api.admin, None, 200),
+        ("PATCH", "/api/admin/users/{user_id}", f"/api/admin/users/{annotator.id}", api.admin,
+         {"active": True}, 200),
+        ("GET", "/api/admin/campaigns", "/api/admin/campaigns", api.admin, None, 200),
+        ("GET", "/api/admin/campaigns/{campaign_id}", f"/api/admin/campaigns/{thumbs['id']}",
+         api.admin, None, 200),
+        ("PATCH", "/api/admin/campaigns/{campaign_id}", f"/api/admin/campaigns/{chat['id']}",
+         api.admin, {"status": "paused"}, 200),
+        ("GET", "/api/admin/campaigns/{campaign_id}", "/api/admin/campaigns/999", api.admin,
+         None, 404),
+        ("GET", "/api/me", "/api/me", None, None, 401),
+        ("POST", "/api/assignments/{assignment_id}/skip", f"/api/assignments/{aid}/skip",
+         annotator, {"reason": "x", "extra": 1}, 422),
+    ]  # fmt: skip
+    for method, path, url, who, body, status in checked:
+        answer = api.call(method, url, who, status, json=body).json()
+        documented = schema["paths"][path][method.lower()]["responses"][str(status)]
+        found = problems(answer, documented["content"]["application/json"]["schema"], models)
+        assert not found, (method, url, found)
+
+
+def test_an_assignment_answer_names_its_fields(api: Api) -> None:
+    """The assignment model lists the fields an item is shown with; the chat-only ones are
+    optional and left out of other tasks' answers (not sent as null)."""
+    models = api.app.openapi()["components"]["schemas"]
+    view = models["AssignmentView"]
+    common = {
+        "id", "campaign_id", "campaign", "task_type", "guidelines", "status", "prompt",
+        "responses", "progress",
+    }  # fmt: skip
+    assert set(view["required"]) == common
+    assert set(view["properties"]) == common | {"opening", "turns"}
+    assert models["Progress"]["required"] == ["done", "remaining"]
+    assert set(models["Rendered"]["required"]) == {"text", "html"}
+    campaign = api.campaign("pairwise", rows_of(1, 2))
+    annotator = api.annotator()
+    assignment = api.next(annotator, campaign["id"])
+    assert set(assignment) == common
+    assert [set(response) for response in assignment["responses"]] == [{"text", "html"}] * 2
+    assert set(assignment["prompt"][0]) == {"role", "text", "html"}
+    next_url = f"/api/campaigns/{campaign['id']}/next"
+    assert set(api.call("GET", next_url, annotator, 200).json()) == {"assignment", "message"}
+    api.label(annotator, assignment["id"], choice=1)
+    empty = api.call("GET", next_url, annotator, 200).json()
+    assert empty == {
+        "assignment": None,
+        "message": "nothing left to label here, thank you",
+        "progress": {"done": 1, "remaining": 0},
+    }

@@ -17,7 +17,7 @@ from rlhf.feedback.db import User
 from rlhf.feedback.service.campaigns import get_campaign
 from rlhf.feedback.service.export import export_rows
 
-router = APIRouter(tags=["admin: campaigns"], responses=refusals(401, 403))
+router = APIRouter(tags=["admin: campaigns"])
 
 
 class JSONLines(Response):
@@ -30,7 +30,7 @@ class JSONLines(Response):
     response_class=JSONLines,
     responses={
         200: {"description": "one record per line, as a download named after the campaign"},
-        **refusals(404, 422),
+        **refusals(401, 403, 404, 422, json_route=False),
     },
 )
 def export(

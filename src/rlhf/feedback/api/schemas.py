@@ -42,11 +42,19 @@ REFUSALS = {
 }
 
 
-def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def refusals(*statuses: int, json_route: bool = True) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route that may answer with these statuses. Naming 422 also
     replaces FastAPI's default validation-error schema, which is not what this app answers
-    (its handler turns every validation error into one ``detail`` message)."""
-    return {status: {"model": Detail, "description": REFUSALS[status]} for status in statuses}
+    (its handler turns every validation error into one ``detail`` message).
+
+    A route whose success is not JSON (``json_route=False``) names the JSON media type itself:
+    FastAPI would file a ``model`` under the route's own media type. Its ``$ref`` resolves
+    because the JSON routes register :class:`Detail`.
+    """
+    if json_route:
+        return {status: {"model": Detail, "description": REFUSALS[status]} for status in statuses}
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Detail"}}}
+    return {status: {"description": REFUSALS[status], "content": content} for status in statuses}
 
 
 class Rendered(BaseModel):
