@@ -27,7 +27,7 @@ alternating, and keeps each side's best run.
 
 Each side also runs a compiled variant and its figure is the best of its variants (as
 ``bench_dpo``): ours with ``sampling.compile`` (decoding through a ``torch.compile``'d one-token
-step over a static KV cache, :func:`rlhf.rollout.hf.compiled_generate`) and ``train.compile``
+step over a static KV cache, :func:`rlhf.rollout.compiled.compiled_generate`) and ``train.compile``
 (the blocks of the policy, the reference and the reward model compiled, regionally),
 TRL with what its API offers for the same, ``cache_implementation="static"`` (its
 ``generate`` call's cache) and ``torch_compile=True`` (the Trainer compiles the model; TRL's
@@ -112,7 +112,7 @@ def build_workload(work_dir: Path, num_prompts: int = NUM_PROMPTS) -> dict[str, 
     from rlhf.models.load import load_tokenizer, save_model
     from rlhf.models.reward import init_reward_model, set_normalization
     from rlhf.models.tiny import count_parameters, make_tiny_model
-    from rlhf.rollout.hf import prompt_token_ids
+    from rlhf.rollout.tokens import prompt_token_ids
 
     model_dir = make_tiny_model(
         work_dir / "model", synthetic_sentences(TOKENIZER_SENTENCES, SEED), vocab_size=VOCAB_SIZE

@@ -38,7 +38,7 @@ def test_online_runs_compile_the_reference_and_reward_models_too(tiny_model_dir)
     for compilation (nothing compiles until the first call, so this is instant)."""
     from rlhf.models.load import load_model
     from rlhf.models.reference import ReferenceModel
-    from rlhf.recipes.online import compile_scoring_models
+    from rlhf.online.phases import compile_scoring_models
     from rlhf.rewards.composite import CompositeReward, LengthPenalty
     from rlhf.rewards.model import RewardModelReward
 
@@ -79,7 +79,7 @@ def test_the_sampling_prefill_never_compiles_the_blocks(tiny_model_dir):
     from torch._dynamo.utils import counters
 
     from rlhf.models.load import load_model
-    from rlhf.rollout.hf import shared_prompt_cache
+    from rlhf.rollout.compiled import shared_prompt_cache
 
     model = load_model(str(tiny_model_dir)).eval()
     assert compile_blocks(model)

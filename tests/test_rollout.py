@@ -278,7 +278,7 @@ def test_response_logprobs_same_on_the_full_logits_path_and_differentiable(eos_e
 def test_response_text_keeps_the_space_a_sentencepiece_tokenizer_puts_on_its_first_word():
     """Decoding "▁loved" alone gives "loved"; as the prompt's continuation it is " loved"."""
     from rlhf.models.load import load_tokenizer
-    from rlhf.rollout.hf import decode_continuation
+    from rlhf.rollout.tokens import decode_continuation
 
     from .conftest import STORIES, require_shared
 

@@ -1,7 +1,7 @@
 """Opt-in compiled decoding (``SamplingParams.compile``): a ``torch.compile``'d one-token step
 over a static KV cache must decode what ``generate`` decodes greedily (same tokens, up to a
 float-rounding flip of a near-tie), sample from the same distribution (with its own, faster
-draw: :func:`rlhf.rollout.hf.exponential_race`, so a seed gives other tokens than
+draw: :func:`rlhf.rollout.compiled.exponential_race`, so a seed gives other tokens than
 ``generate``'s), cut and pad responses the same way, and compile once per batch shape, never
 per generated token.
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rlhf.models.teacher_forcing as teacher_forcing
-import rlhf.rollout.hf as hf
+import rlhf.rollout.compiled as compiled
 from rlhf.models.compile import compiled_decode_step
 from rlhf.rollout import SamplingParams
 from rlhf.rollout.types import SamplingConfig
@@ -91,7 +91,7 @@ def test_exponential_race_draws_each_token_with_its_probability():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.049, 0.001, 0.0])
     draws = 200_000
     torch.manual_seed(0)
-    counts = torch.bincount(hf.exponential_race(probs.expand(draws, -1)), minlength=6)
+    counts = torch.bincount(compiled.exponential_race(probs.expand(draws, -1)), minlength=6)
     assert counts[5] == 0, "a token of probability 0 was drawn"
     expected = probs[:5] * draws
     chi_square = float(((counts[:5] - expected) ** 2 / expected).sum())
@@ -103,7 +103,7 @@ def test_exponential_race_never_draws_a_token_of_probability_zero(monkeypatch):
     # would return column 0, a filtered-out token): the clamp keeps E finite
     monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.zeros(*args, **kwargs))
     probs = torch.tensor([[0.0, 0.2, 0.8], [0.0, 1.0, 0.0]])
-    assert hf.exponential_race(probs).tolist() == [2, 1]
+    assert compiled.exponential_race(probs).tolist() == [2, 1]
 
 
 def test_compiled_logits_match_eager_step_by_step(eos_engine):
@@ -150,10 +150,10 @@ def test_compiled_step_compiles_once_per_shape_not_per_token(eos_engine):
 
 
 def test_models_without_a_static_cache_fall_back_to_generate(eos_engine, monkeypatch):
-    monkeypatch.setattr(hf, "has_plain_head", lambda model: False)
+    monkeypatch.setattr(compiled, "has_plain_head", lambda model: False)
     params = SamplingParams(max_new_tokens=6, temperature=0.0, compile=True)
     ids = torch.ones((1, 3), dtype=torch.long)
-    cannot = hf.compiled_generate(eos_engine.model, ids, ids, ids[0], params, [2], 0)
+    cannot = compiled.compiled_generate(eos_engine.model, ids, ids, ids[0], params, [2], 0)
     assert cannot is None
     eager = eos_engine.generate(PROMPTS, dataclasses.replace(params, compile=False))
     assert_same_batch(eager, eos_engine.generate(PROMPTS, params))

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
         read_candidates,
         write_candidates,
     )
-    from rlhf.rollout.hf import HFGenerationEngine, prompt_token_ids
+    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.tokens import prompt_token_ids
     from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
 
 _EXPORTS = {
@@ -33,7 +34,7 @@ _EXPORTS = {
     "read_candidates": "candidates",
     "write_candidates": "candidates",
     "HFGenerationEngine": "hf",
-    "prompt_token_ids": "hf",
+    "prompt_token_ids": "tokens",
     "GenerationEngine": "types",
     "RolloutBatch": "types",
     "SamplingConfig": "types",

@@ -39,7 +39,7 @@ class SamplingParams:
     (then None), for a caller that never reads them: an online recipe taking one optimiser
     step per rollout, whose old log-probs are the update's own, detached. ``compile`` decodes
     with a ``torch.compile``'d single-token step over a fixed-size KV cache
-    (:func:`rlhf.rollout.hf.compiled_generate`): greedy decoding gives the same tokens up to
+    (:func:`rlhf.rollout.compiled.compiled_generate`): greedy decoding gives the same tokens up to
     float rounding, sampling the same distribution with a faster draw (so a seed gives other
     tokens than uncompiled); faster per step once compiled (seconds to compile, once per batch
     shape).

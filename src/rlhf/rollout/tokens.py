@@ -1,0 +1,58 @@
+"""Tokens in and out of a generation engine: prompt ids, stop ids, response text.
+
+Correctness details (see the design notes):
+
+* Prompts are tokenised exactly as training tokenises the prompt part of an example (BOS by
+  the tokenizer's convention, the chat template with its generation prompt for message
+  lists): :func:`prompt_token_ids`. The engine left-pads them, so every row's next token sits
+  in the same column.
+* A response ends at EOS: the tokenizer's and any the model's generation config lists
+  (:func:`stop_token_ids`). PAD is never an EOS id (the engine refuses a tokenizer that pads
+  with one), so padding can never be mistaken for a stop.
+* A response's text is decoded as it continues its prompt (:func:`decode_continuation`), so a
+  SentencePiece tokenizer keeps the space before its first word.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhf.data.records import Text
+from rlhf.data.tokenize import tokenize_prompt
+from rlhf.models.forward import unwrap
+
+
+def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None) -> list[int]:
+    """The token ids a response is generated after (:func:`rlhf.data.tokenize.tokenize_prompt`:
+    training's tokenisation; with ``max_tokens``, a longer prompt keeps its last tokens)."""
+    return tokenize_prompt(tokenizer, prompt, max_tokens)[0]
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """EOS ids that end a response: the tokenizer's and those of the model's generation config
+    (chat models often list their end-of-turn token there)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    config = getattr(unwrap(model), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    for token in [extra] if isinstance(extra, int) else list(extra or []):
+        if token not in ids:
+            ids.append(int(token))
+    return ids
+
+
+def decode_continuation(tokenizer: Any, prompt_ids: list[int], response_ids: list[int]) -> str:
+    """The response's text as it continues the prompt (special tokens skipped).
+
+    Decoding the response tokens alone loses what depends on their left context: a
+    SentencePiece tokenizer drops the leading space of the first word ("▁loved" decodes to
+    "loved", so prompt + response would read "Sheloved"). Decoding prompt and response together
+    and removing the decoded prompt keeps it; where that is not prefix-stable, the response is
+    decoded alone.
+    """
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=True)
+    if whole.startswith(head):
+        return whole[len(head) :]
+    return tokenizer.decode(response_ids, skip_special_tokens=True)
