@@ -25,9 +25,12 @@ quickstart: $(STAMP)
 services:
 	@bash scripts/test_services.sh
 
+# lint-imports: the layers of docs/design.md as contracts (pyproject.toml [tool.importlinter]);
+# an import going up a layer, or a recipe importing another, fails here before any test runs.
 test: $(STAMP) services
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
