@@ -152,14 +152,15 @@ def test_every_loss_runs_a_step_through_the_recipe(name, tiny_model_dir, tmp_pat
 
 
 def test_simpo_never_loads_or_runs_a_reference(tiny_model_dir, tmp_path, monkeypatch):
-    import rlhf.recipes.dpo as dpo
+    import rlhf.recipes.offline_common as offline
+    from rlhf.models.reference import ReferenceModel
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a reference-free loss touched the reference")
 
-    for helper in ("precompute_reference", "live_reference", "_load_reference"):
-        monkeypatch.setattr(dpo, helper, forbidden)
-    monkeypatch.setattr(dpo.ReferenceModel, "__init__", forbidden)
+    for helper in ("precompute_reference", "kept_reference", "_load_reference"):
+        monkeypatch.setattr(offline, helper, forbidden)
+    monkeypatch.setattr(ReferenceModel, "__init__", forbidden)
     result = run_dpo(
         config(
             tmp_path,
@@ -172,12 +173,12 @@ def test_simpo_never_loads_or_runs_a_reference(tiny_model_dir, tmp_path, monkeyp
 
 
 def test_lora_uses_the_disabled_adapter_as_reference(tiny_model_dir, tmp_path, monkeypatch):
-    import rlhf.recipes.dpo as dpo
+    from rlhf.models.reference import ReferenceModel
 
     def no_second_model(*args, **kwargs):
         raise AssertionError("LoRA needs no second model")
 
-    monkeypatch.setattr(dpo.ReferenceModel, "frozen", no_second_model)
+    monkeypatch.setattr(ReferenceModel, "frozen", no_second_model)
     cfg = config(
         tmp_path,
         tiny_model_dir,

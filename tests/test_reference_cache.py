@@ -43,12 +43,27 @@ def config(tmp_path, model_dir, out="run", **overrides):
 
 
 def forbid(monkeypatch, name):
-    import rlhf.recipes.dpo as dpo
+    import rlhf.recipes.offline_common as offline
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"{name} ran on a cache hit")
 
-    monkeypatch.setattr(dpo, name, forbidden)
+    monkeypatch.setattr(offline, name, forbidden)
+
+
+def count_loads(monkeypatch, path, loads: list[int] | None = None) -> None:
+    """Count loads of the model at ``path`` in ``loads`` (None: a load fails the test)."""
+    import rlhf.models.load
+
+    load = rlhf.models.load.load_model
+
+    def counted(name_or_path, *args, **kwargs):
+        if str(name_or_path) == str(path):
+            assert loads is not None, f"{path} was loaded on a cache hit"
+            loads.append(1)
+        return load(name_or_path, *args, **kwargs)
+
+    monkeypatch.setattr(rlhf.models.load, "load_model", counted)
 
 
 def test_second_run_reads_the_cache_and_runs_no_reference(
@@ -116,11 +131,8 @@ def test_separate_reference_model_is_loaded_once_then_cached(
             parameter.add_(0.05 * torch.randn_like(parameter))
     reference_dir = save_model(other, tiny_tokenizer, tmp_path / "reference")
     overrides = {"reference.path": str(reference_dir)}
-    import rlhf.recipes.dpo as dpo
-
-    loads = []
-    load = dpo._load_reference
-    monkeypatch.setattr(dpo, "_load_reference", lambda *a: loads.append(1) or load(*a))
+    loads: list[int] = []
+    count_loads(monkeypatch, reference_dir, loads)
     first = run_dpo(
         config(tmp_path, tiny_model_dir, out="a", **overrides, **{"eval.kl_prompts": 2})
     )
@@ -128,7 +140,8 @@ def test_separate_reference_model_is_loaded_once_then_cached(
     assert math.isfinite(first.metrics[-1]["eval_kl"]) and first.metrics[-1]["eval_kl"] > 0
     assert len(loads) == 1  # kept for the KL evaluation and reused for the reference pass
     monkeypatch.undo()
-    forbid(monkeypatch, "_load_reference")  # a hit neither loads nor runs it
+    count_loads(monkeypatch, reference_dir)  # a hit neither loads nor runs it
+    forbid(monkeypatch, "compute_reference_logps")
     second = run_dpo(config(tmp_path, tiny_model_dir, out="b", **overrides))
     assert second.metrics[0]["loss"] == pytest.approx(first.metrics[0]["loss"], abs=1e-6)
     # the policy's own folder as reference.path is the default reference: ln 2 at step 0

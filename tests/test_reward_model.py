@@ -14,14 +14,16 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.data.convert import as_preferences
+from rlhf.data.errors import DataError
 from rlhf.data.pairs import (
     collate_groups,
     group_pairs,
     pad_right,
+    preference_groups,
     tokenize_for_reward,
     tokenize_groups,
 )
-from rlhf.data.records import PreferenceRecord, RankingRecord
+from rlhf.data.records import CompletionRecord, PreferenceRecord, RankingRecord
 from rlhf.models.load import LoraSpec, ModelLoadError, load_tokenizer, save_model
 from rlhf.models.reward import (
     NORMALIZATION_FILE,
@@ -77,6 +79,13 @@ def test_groups_hold_each_response_once_and_every_pair():
     assert ("Hello!", "What.") in pairs and ("Yo.", "What.") in pairs
     assert sums.responses == ("4", "5", "22") and sums.margins == (2.0, None)
     assert bye.num_pairs == 1
+
+
+def test_preference_groups_convert_then_group_and_name_the_source_of_a_bad_record():
+    assert preference_groups([RANKING, *PAIRS]) == group_pairs(as_preferences([RANKING, *PAIRS]))
+    with pytest.raises(DataError) as caught:
+        preference_groups([CompletionRecord("Hi", "Hello!")], "demos.jsonl")
+    assert "demos.jsonl" in str(caught.value)
 
 
 def test_tokenized_groups_collate_to_indices_into_the_rows(tiny_tokenizer):
@@ -282,7 +291,7 @@ def test_normalised_rewards_of_the_reference_set_have_mean_0_std_1(ranking_run):
     reward_model = load_reward_model(result.model_dir)
     # the reference set: every response of the held-out prompts (the same seeded split)
     from rlhf.recipes.common import split_train_eval
-    from rlhf.recipes.reward_model import preference_groups, reference_responses
+    from rlhf.recipes.reward_model import reference_responses
 
     groups = preference_groups(load_builtin(config.data.train))
     _, held_out = split_train_eval(groups, config.data, config.train.seed)

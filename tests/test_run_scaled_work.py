@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import rlhf.engine.progress as progress_module
 import rlhf.models.reward as reward_module
-import rlhf.recipes.dpo as dpo
+import rlhf.recipes.offline_common as offline
 import rlhf.recipes.reward_model as rm
 from rlhf.config import load_config
 from rlhf.engine.progress import Progress
@@ -51,7 +51,7 @@ class Counted:
     def __init__(self, monkeypatch):
         self.computed: list[int] = []  # one entry per row the reference model ran on
         self.read: set[int] = set()  # rows a training step or the evaluation read
-        compute, loss = dpo.compute_reference_logps, dpo.offline_loss
+        compute, loss = offline.compute_reference_logps, offline.offline_loss
 
         def counting_compute(reference, batches, *args, **kwargs):
             def seen(batches):
@@ -65,8 +65,8 @@ class Counted:
             self.read.update(batch.index.tolist())
             return loss(model, batch, *args, **kwargs)
 
-        monkeypatch.setattr(dpo, "compute_reference_logps", counting_compute)
-        monkeypatch.setattr(dpo, "offline_loss", reading_loss)
+        monkeypatch.setattr(offline, "compute_reference_logps", counting_compute)
+        monkeypatch.setattr(offline, "offline_loss", reading_loss)
 
 
 def full_precompute(monkeypatch):
@@ -77,7 +77,7 @@ def full_precompute(monkeypatch):
         size = loader.batch_size
         return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
-    monkeypatch.setattr(dpo, "reference_plan", every_row)
+    monkeypatch.setattr(offline, "reference_plan", every_row)
 
 
 def cached(folder):

@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from rlhf.data.records import PreferenceRecord, Text
+from rlhf.data.convert import as_preferences
+from rlhf.data.errors import DataError
+from rlhf.data.records import PreferenceRecord, Record, Text
 from rlhf.data.tokenize import (
     NO_CUT,
     Cut,
@@ -74,6 +76,16 @@ def group_pairs(pairs: Iterable[PreferenceRecord]) -> list[PreferenceGroup]:
         chosen, rejected, margins = zip(*comparisons, strict=True)
         groups.append(PreferenceGroup(prompt, tuple(responses), chosen, rejected, margins))
     return groups
+
+
+def preference_groups(records: Sequence[Record], source: str = "data") -> list[PreferenceGroup]:
+    """Records of any comparing kind (pairs, rankings, ratings, thumbs, edits) as one group of
+    pairs per prompt; a record that compares nothing (e.g. a demonstration) is a
+    :class:`DataError` naming ``source``."""
+    try:
+        return group_pairs(as_preferences(records))
+    except DataError as error:  # e.g. demonstrations given where comparisons belong
+        raise DataError(source, None, error.field, error.message, reason=error.reason) from None
 
 
 # ------------------------------------------------------------------------------ tokenisation

@@ -13,7 +13,8 @@ preparation (seeded), with the completion of another example under its own promp
 KTO's update depends a little on how a step is split into micro-batches, as in the paper).
 The rated and the mismatched completion share the prompt, so an example is batched exactly
 like a DPO pair (:mod:`rlhf.data.preference`): one row, the prompt once. Reference log-probs of
-both are computed once and cached, as for DPO (:mod:`rlhf.recipes.dpo`).
+both are computed once and cached, in the loop DPO runs too
+(:func:`rlhf.recipes.offline_common.train_offline`).
 
 Reads binary feedback (``{"prompt", "completion", "label"}``); preference pairs, rankings,
 ratings and edits are first made pairs, then split into a thumbs up for the chosen completion
@@ -51,7 +52,7 @@ from rlhf.recipes.common import (
     report_truncation,
     training_texts,
 )
-from rlhf.recipes.dpo import (
+from rlhf.recipes.offline_common import (
     Objective,
     PreferenceDataConfig,
     PreferenceEvalConfig,

@@ -34,7 +34,6 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhf.config import StrictModel
-from rlhf.data.convert import as_preferences
 from rlhf.data.errors import DataError
 from rlhf.data.pairs import (
     PreferenceGroup,
@@ -42,10 +41,10 @@ from rlhf.data.pairs import (
     TokenizedGroup,
     collate_groups,
     collate_groups_shared_prefix,
-    group_pairs,
+    preference_groups,
     tokenize_groups,
 )
-from rlhf.data.records import CompletionRecord, Record, Text
+from rlhf.data.records import CompletionRecord, Text
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.progress import Progress
@@ -217,14 +216,6 @@ def held_out_metrics(
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def preference_groups(records: Sequence[Record], source: str = "data") -> list[PreferenceGroup]:
-    """Records of any comparing kind as one group of pairs per prompt."""
-    try:
-        return group_pairs(as_preferences(records))
-    except DataError as error:  # e.g. demonstrations given where comparisons belong
-        raise DataError(source, None, error.field, error.message, reason=error.reason) from None
 
 
 def reference_responses(groups: Sequence[PreferenceGroup], limit: int) -> list[tuple[Text, Text]]:
