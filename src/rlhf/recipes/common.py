@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -27,6 +27,8 @@ from rlhf.engine.trainer import RUN_CONFIG_FILE, latest_checkpoint
 from rlhf.sim.builtin import is_builtin, load_builtin
 
 logger = logging.getLogger("rlhf")
+
+Item = TypeVar("Item")
 
 
 class TinyModelSpec(StrictModel):
@@ -285,6 +287,16 @@ def split_train_eval(
     train = [record for index, record in enumerate(records) if index not in held]
     held_out = [records[index] for index in sorted(held)]
     return train, held_out[: data.eval_max_examples]
+
+
+def round_prompts(items: Sequence[Item], count: int, offset: int, seed: int) -> list[Item]:
+    """``count`` items from position ``offset`` of a seeded shuffle of ``items``, wrapping
+    around: round r of a run that reads ``count`` prompts a round takes ``offset = r * count``,
+    so every prompt is read once before any is read twice (RAFT's rounds, the online recipes'
+    iterations, their fixed evaluation set)."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[order[(offset + i) % len(order)]] for i in range(count)]
 
 
 def tokenize_records(

@@ -1,23 +1,32 @@
-"""Next-token training shared by SFT and pretraining: loss, evaluation, loaders, export."""
+"""Next-token training shared by SFT, pretraining and RAFT: loss, evaluation, loaders,
+export, SFT's config, and the init-SFT phase that trains a starting policy first (RAFT and the
+online recipes)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from pydantic import Field
 
+from rlhf.config import StrictModel
 from rlhf.data.collate import IGNORE_INDEX, LMBatch, collate_packed, collate_padded, pack_examples
+from rlhf.data.convert import as_demonstrations
 from rlhf.data.records import Record
 from rlhf.data.tokenize import TokenizedExample, TruncationReport
 from rlhf.engine.loader import ResumableLoader
-from rlhf.engine.trainer import Trainer, resolve_device
+from rlhf.engine.trainer import TrainConfig, Trainer, latest_checkpoint, resolve_device
 from rlhf.losses.sft import nll_loss_sum
 from rlhf.models.forward import has_plain_head, label_logprobs, logits_at
 from rlhf.models.memory import activations_checkpointed
 from rlhf.recipes.common import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
     check_fits_positions,
@@ -28,6 +37,24 @@ from rlhf.recipes.common import (
     tokenize_records,
     training_texts,
 )
+
+logger = logging.getLogger("rlhf")
+
+
+class SFTConfig(RecipeConfig):
+    """Supervised fine-tuning."""
+
+    model: ModelConfig = Field(description="The model to fine-tune.")
+    data: DataConfig = Field(description="Demonstrations.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=2e-5),
+        description="Optimisation (lr 2e-5: full fine-tuning of a pretrained model).",
+    )
+
+
+def as_demonstration(record: Record) -> list[Record]:
+    """The demonstrations a record holds (SFT's ``to_examples``)."""
+    return as_demonstrations([record])
 
 
 def lm_loss(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Mapping[str, float]]:
@@ -191,3 +218,55 @@ def train_on_examples(
     model_dir = out / "model"
     export(model_dir)
     return RunResult(out, result.final_step, model_dir, result.history)
+
+
+# ------------------------------------------------------------------------------ init SFT
+
+
+class InitSFTConfig(StrictModel):
+    """An SFT phase that trains the starting policy before the first round."""
+
+    data: DataConfig = Field(description="Demonstrations (as for `rlhf sft`).")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=2e-5), description="Its optimisation (as SFT's)."
+    )
+
+
+class StartsFromModel(Protocol):
+    """A recipe config naming its starting model (RAFT's, the online recipes'): the model to
+    start from and the logging keys the init-SFT phase inherits."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def tensorboard(self) -> bool: ...
+    @property
+    def wandb_project(self) -> str | None: ...
+    @property
+    def progress(self) -> bool: ...
+
+
+def initial_policy(
+    config: StartsFromModel, init_sft: InitSFTConfig | None, out: Path, resume: bool
+) -> str:
+    """The starting policy's path: ``config.model.path``, or, with ``init_sft``, the model an
+    SFT phase trains first in ``<out>/init-sft`` (reused as it is when resuming after it
+    finished; resumed from its checkpoint when it was interrupted)."""
+    if init_sft is None:
+        return str(config.model.path)
+    folder = out / "init-sft"
+    if resume and (folder / "model" / "config.json").is_file():
+        return str(folder / "model")  # written once the init SFT has finished
+    sft = SFTConfig(
+        out=str(folder),
+        overwrite=True,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        progress=config.progress,
+        model=config.model,
+        data=init_sft.data,
+        train=init_sft.train,
+    )
+    logger.info("init SFT: training the starting policy in %s", folder)
+    resume_sft = resume and latest_checkpoint(folder) is not None
+    return str(train_language_model(sft, as_demonstration, resume_sft).model_dir)

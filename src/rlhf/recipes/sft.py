@@ -10,28 +10,13 @@ response). The loss covers completion / assistant tokens only.
 
 from __future__ import annotations
 
-from pydantic import Field
+from rlhf.recipes.common import RunResult
 
-from rlhf.data.convert import as_demonstrations
-from rlhf.data.records import Record
-from rlhf.engine.trainer import TrainConfig
-from rlhf.recipes.common import DataConfig, ModelConfig, RecipeConfig, RunResult
-from rlhf.recipes.lm import train_language_model
+# SFT's config and conversion live with the shared next-token trainer, which RAFT's rounds and
+# the init-SFT phase of RAFT and the online recipes run too
+from rlhf.recipes.lm import SFTConfig, as_demonstration, train_language_model
 
-
-class SFTConfig(RecipeConfig):
-    """Supervised fine-tuning."""
-
-    model: ModelConfig = Field(description="The model to fine-tune.")
-    data: DataConfig = Field(description="Demonstrations.")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(lr=2e-5),
-        description="Optimisation (lr 2e-5: full fine-tuning of a pretrained model).",
-    )
-
-
-def as_demonstration(record: Record) -> list[Record]:
-    return as_demonstrations([record])
+__all__ = ["SFTConfig", "as_demonstration", "run_sft"]
 
 
 def run_sft(config: SFTConfig, resume: bool = False) -> RunResult:
