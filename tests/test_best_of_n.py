@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.recipes.best_of_n import (
-    analytic_kl,
-    best_of_n_curve,
+from rlhf.eval.best_of_n import (
+    BestOfNReport,
+    best_of_n_estimates,
     best_of_n_sizes,
     evaluate_best_of_n,
     expected_best_of_n,
-    sample_candidates,
-    top_k_per_prompt,
-    write_report,
 )
+from rlhf.eval.sampling import sample_candidates, top_k_per_prompt
+from rlhf.eval.stats import best_of_n_kl
+from rlhf.recipes.best_of_n import write_report
 from rlhf.recipes.raft import RAFTConfig, round_prompts
-from rlhf.rollout import HFGenerationEngine, SamplingParams
+from rlhf.rollout import SamplingParams
+from rlhf.rollout.factory import load_engine
 
 
 def brute_force_best_of_n(rewards: list[float], values: list[float], n: int) -> float:
@@ -59,10 +60,10 @@ def test_expected_best_of_n_is_exact_for_large_sample_counts():
         expected_best_of_n(rewards, 65)
 
 
-def test_analytic_kl_and_sizes():
-    assert analytic_kl(1) == 0.0
-    assert analytic_kl(2) == pytest.approx(math.log(2) - 0.5)
-    assert analytic_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+def test_best_of_n_kl_and_sizes():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
     assert best_of_n_sizes(16) == [1, 2, 4, 8, 16]
     assert best_of_n_sizes(12) == [1, 2, 4, 8, 12]
     assert best_of_n_sizes(1) == [1]
@@ -78,7 +79,7 @@ def test_top_k_per_prompt_orders_keeps_ties_stable_and_filters():
 def test_curve_is_monotone_with_gold_following_the_picks():
     rewards = torch.rand(20, 16, generator=torch.Generator().manual_seed(1))
     gold = -rewards  # a gold reward that disagrees with the proxy entirely
-    points = best_of_n_curve(rewards, gold)
+    points = best_of_n_estimates(rewards, gold)
     assert [p.n for p in points] == [1, 2, 4, 8, 16]
     assert all(a.reward < b.reward for a, b in itertools.pairwise(points))
     assert all(a.gold > b.gold for a, b in itertools.pairwise(points))
@@ -92,7 +93,7 @@ def length_reward(prompts, responses):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return HFGenerationEngine.from_pretrained(tiny_model_dir, batch_size=32)
+    return load_engine(tiny_model_dir, batch_size=32)
 
 
 def test_evaluate_best_of_n_end_to_end(engine, tmp_path):
@@ -103,7 +104,7 @@ def test_evaluate_best_of_n_end_to_end(engine, tmp_path):
     assert all(a.reward <= b.reward for a, b in itertools.pairwise(report.points))
     assert report.points[-1].reward > report.points[0].reward
     assert all(p.gold == pytest.approx(p.reward) for p in report.points)
-    assert [p.kl for p in report.points] == [analytic_kl(n) for n in (1, 2, 4, 8)]
+    assert [p.kl for p in report.points] == [best_of_n_kl(n) for n in (1, 2, 4, 8)]
     assert len(report.samples) == 6 and all(len(s.extra["rewards"]) == 8 for s in report.samples)
     paths = write_report(report, tmp_path)
     rows = [json.loads(line) for line in paths["jsonl"].read_text().splitlines()]
@@ -146,8 +147,6 @@ def test_raft_config_needs_an_init_sft_for_a_tiny_model():
 
 def test_report_plot_when_matplotlib_is_installed(tmp_path):
     pytest.importorskip("matplotlib")
-    from rlhf.recipes.best_of_n import BestOfNReport
-
     rewards = torch.rand(4, 4, generator=torch.Generator().manual_seed(2))
-    report = BestOfNReport(best_of_n_curve(rewards, rewards), [], 4, 4, 1.0)
+    report = BestOfNReport(best_of_n_estimates(rewards, rewards), [], 4, 4, 1.0)
     assert write_report(report, tmp_path)["png"].stat().st_size > 0

@@ -15,12 +15,14 @@ import gc
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field
 
+from rlhf.config import StrictModel
 from rlhf.data.records import Record, Text, text_to_json
 from rlhf.eval.results import (
     BestOfNPoint,
@@ -32,13 +34,53 @@ from rlhf.eval.results import (
     RewardModelEval,
 )
 from rlhf.eval.stats import win_rate
+from rlhf.rewards.spec import RewardSpec
 
 if TYPE_CHECKING:
     from rlhf.models.reference import ReferenceModel
-    from rlhf.recipes.pipeline import PipelineConfig, Stages
     from rlhf.rewards.base import RewardFunction
-    from rlhf.rollout.hf import HFGenerationEngine
-    from rlhf.rollout.types import RolloutBatch, SamplingParams
+    from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
+
+
+class EvalConfig(StrictModel):
+    """The final evaluation of every policy on held-out prompts."""
+
+    prompts: str = Field(
+        "builtin:world-prompts?n=400&seed=99&split=eval", description="Held-out evaluation prompts."
+    )
+    count: int = Field(128, ge=1, description="Evaluation prompts used at most.")
+    samples_per_prompt: int = Field(2, ge=1, description="Sampled responses per prompt.")
+    best_of_n: int = Field(16, ge=1, description="Largest N of the SFT best-of-N curve (0: none).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(48, ge=1, description="Response tokens at most.")
+    batch_size: int = Field(256, ge=1, description="Sequences sampled together.")
+    gold: RewardSpec = Field(
+        default_factory=lambda: RewardSpec(rule="world_gold"),
+        description="What the report calls the gold reward (the world's by default).",
+    )
+    samples_shown: int = Field(3, ge=0, description="Sample responses shown per policy.")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A trained policy: its row in the report and the run folder it is read from."""
+
+    name: str  # the report's label, e.g. "PPO β=0.05"
+    out: Path  # the run's folder: model/, metrics.jsonl (online runs: eval_initial.json)
+    # an online run whose held-out evaluations while it trained make a reward-against-KL curve
+    # (PPO's): its KL coefficient β and the prompts of each of those evaluations
+    curve_kl_coef: float | None = None
+    curve_prompts: int | None = None
+
+
+@dataclass(frozen=True)
+class PipelineRuns:
+    """Where a pipeline's stages wrote what its evaluation reads."""
+
+    sft: str  # the SFT policy (folder or hub name): the baseline and the reference of every KL
+    reward_model: Path  # the reward model's run folder (model/, metrics.jsonl)
+    feedback: Path  # the labels: train.jsonl and heldout.jsonl
+    trained: list[TrainedRun] = field(default_factory=list)  # in the report's order
 
 
 @dataclass
@@ -48,11 +90,11 @@ class PolicySamples:
     batch: RolloutBatch
     gold: torch.Tensor  # [B] gold reward of each sample
     proxy: torch.Tensor  # [B] reward-model score of each sample
-    kl: torch.Tensor  # [B] summed log π/π_ref of each sample (0 for the reference itself)
+    kl: float  # KL(π‖π_ref): mean over samples of Σ_t log π/π_ref (0 for the reference)
 
 
 def sample_policy(
-    engine: HFGenerationEngine,
+    engine: GenerationEngine,
     prompts: Sequence[Text],
     params: SamplingParams,
     *,
@@ -62,19 +104,19 @@ def sample_policy(
     batch_size: int,
 ) -> PolicySamples:
     """Sample ``params.num_samples`` responses per prompt from the engine's policy, score them
-    with both rewards and measure each sample's log-ratio to ``reference``."""
-    from rlhf.recipes.best_of_n import score_rollout
-    from rlhf.recipes.online import reference_logps
+    with both rewards and measure KL(π‖π_ref) on them (0 without a ``reference``)."""
+    from rlhf.rewards.base import score_rollout
+    from rlhf.rollout.measure import sampled_kl
 
-    batch = engine.generate(prompts, params)
-    kl = torch.zeros(len(batch))
-    if reference is not None:
-        ref = reference_logps(reference, batch, params.logp_temperature, batch_size)
-        kl = ((batch.logps - ref) * batch.response_mask).sum(-1)
+    if reference is None:
+        batch, kl = engine.generate(prompts, params), 0.0
+    else:
+        batch, measured = sampled_kl(engine, reference, prompts, params, batch_size)
+        kl = measured["kl"]
     return PolicySamples(
         batch,
-        score_rollout(prompts, batch, gold),
-        score_rollout(prompts, batch, proxy),
+        score_rollout(gold, prompts, batch).scores,
+        score_rollout(proxy, prompts, batch).scores,
         kl,
     )
 
@@ -107,7 +149,7 @@ def policy_eval(
         gold_mean=float(samples.gold.mean()),
         gold_std=float(samples.gold.std(unbiased=False)),
         proxy_mean=float(samples.proxy.mean()),
-        kl_to_sft=float(samples.kl.double().mean()),
+        kl_to_sft=samples.kl,
         win_rate_vs_sft=None if rate is None else rate.rate,
         win_rate_se=None if rate is None else rate.se,
         proxy_std=float(samples.proxy.std(unbiased=False)),
@@ -167,44 +209,50 @@ def gold_ceiling(labels: Sequence[Record], gold: RewardFunction) -> float | None
     return float(wins(chosen - rejected).mean())
 
 
-def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
+def evaluate_pipeline(
+    settings: EvalConfig,
+    runs: PipelineRuns,
+    *,
+    seed: int,
+    label_kind: str,
+    config: Mapping[str, Any] | None = None,
+) -> Report:
     """Every policy the pipeline trained, evaluated on the held-out prompts (module docstring);
-    everything is read from the stages' folders, so a finished run can be evaluated again."""
+    everything is read from the runs' folders, so a finished run can be evaluated again.
+
+    ``seed``: the pipeline's (sampling uses seed + 1, best-of-N seed + 2); ``label_kind``: what
+    the annotators gave (pairs, rankings, ratings), for the report's notes; ``config``: the
+    pipeline's config as JSON, kept in the report."""
     from rlhf.data.readers import read_records
+    from rlhf.eval.best_of_n import evaluate_best_of_n
+    from rlhf.models.load import load_model, load_tokenizer
     from rlhf.models.reference import ReferenceModel
-    from rlhf.recipes.best_of_n import evaluate_best_of_n
-    from rlhf.rewards.spec import RewardSpec, build_reward
+    from rlhf.rewards.spec import build_reward
     from rlhf.rollout.candidates import load_prompts
-    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.factory import build_engine, load_engine
     from rlhf.rollout.types import SamplingParams
 
-    settings = config.eval
     prompts = load_prompts(settings.prompts, limit=settings.count)
     gold = build_reward(settings.gold)
-    proxy = build_reward(RewardSpec(model=str(Path(stages.reward_model.out) / "model")))
+    proxy = build_reward(RewardSpec(model=str(runs.reward_model / "model")))
     params = SamplingParams(
         settings.max_new_tokens,
         temperature=settings.temperature,
         num_samples=settings.samples_per_prompt,
-        seed=config.seed + 1,
+        seed=seed + 1,
     )
     # one SFT model: its samples, the reference of every KL, and its best-of-N
-    sft_engine = HFGenerationEngine.from_pretrained(
-        stages.policy_dir, batch_size=settings.batch_size
-    )
-    reference = ReferenceModel.frozen(sft_engine.model)
+    tokenizer = load_tokenizer(runs.sft)
+    sft_model = load_model(runs.sft, tokenizer=tokenizer)
+    sft_engine = build_engine(sft_model, tokenizer, batch_size=settings.batch_size)
+    reference = ReferenceModel.frozen(sft_model)
     common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
     sft = sample_policy(sft_engine, prompts, params, reference=None, **common)
     policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
-    trained = [(f"PPO β={coef:g}", ppo.out) for coef, ppo in stages.ppo.items()]
-    trained += [("DPO", stages.dpo.out)] if stages.dpo is not None else []
-    trained += [("GRPO", stages.grpo.out)] if stages.grpo is not None else []
-    for name, out in trained:
-        engine = HFGenerationEngine.from_pretrained(
-            Path(out) / "model", batch_size=settings.batch_size
-        )
+    for run in runs.trained:
+        engine = load_engine(run.out / "model", batch_size=settings.batch_size)
         samples = sample_policy(engine, prompts, params, reference=reference, **common)
-        policies.append(policy_eval(name, prompts, samples, sft, settings.samples_shown))
+        policies.append(policy_eval(run.name, prompts, samples, sft, settings.samples_shown))
         del engine
         gc.collect()  # one trained policy in memory at a time
 
@@ -214,7 +262,7 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
             settings.max_new_tokens,
             temperature=settings.temperature,
             num_samples=settings.best_of_n,
-            seed=config.seed + 2,
+            seed=seed + 2,
         )
         curve = evaluate_best_of_n(sft_engine, prompts, bon_params, proxy, gold)
         best_of_n = [
@@ -222,15 +270,15 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
             for p in curve.points
         ]
 
-    curves = [training_curve(f"PPO β={coef:g}", coef, ppo.out) for coef, ppo in stages.ppo.items()]
+    curving = [run for run in runs.trained if run.curve_kl_coef is not None]
+    curves = [training_curve(run.name, run.curve_kl_coef, run.out) for run in curving]
     rm_metrics = [
         {f"eval_{k}": v for k, v in row.items()}
-        for row in read_metrics(Path(stages.reward_model.out) / "metrics.jsonl")
+        for row in read_metrics(runs.reward_model / "metrics.jsonl")
         if row.get("split") == "eval"
     ]
     train_labels, heldout_labels = (
-        read_records(stages.feedback_dir / f"{split}.jsonl").records
-        for split in ("train", "heldout")
+        read_records(runs.feedback / f"{split}.jsonl").records for split in ("train", "heldout")
     )
     ceiling = gold_ceiling(heldout_labels, gold)
     reward_model = RewardModelEval(
@@ -242,7 +290,7 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
     # sample per prompt, no spread logged): a difference between two of them counts only past
     # z·√2·σ/√n, σ being the SFT samples' spread of each reward (Criteria's tolerances).
     sft_eval = policies[0]
-    count = min((ppo.eval.prompts for ppo in stages.ppo.values()), default=len(prompts))
+    count = min((run.curve_prompts or len(prompts) for run in curving), default=len(prompts))
     spread = 2.0 * math.sqrt(2.0 / max(count, 1))
     criteria = Criteria(
         gold_tolerance=spread * sft_eval.gold_std,
@@ -251,7 +299,7 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
     return Report(
         criteria=criteria,
         title="RLHF on the embedded world" if settings.gold.rule == "world_gold" else "RLHF run",
-        seed=config.seed,
+        seed=seed,
         policies=policies,
         curves=curves,
         best_of_n=best_of_n,
@@ -260,7 +308,7 @@ def evaluate_pipeline(config: PipelineConfig, stages: Stages) -> Report:
         notes=[
             f"{len(prompts)} held-out prompts, {settings.samples_per_prompt} samples each at "
             f"temperature {settings.temperature:g}; feedback: {len(train_labels)} training "
-            f"and {len(heldout_labels)} held-out labels ({config.feedback.kind}).",
+            f"and {len(heldout_labels)} held-out labels ({label_kind}).",
         ],
-        config=json.loads(config.model_dump_json()),
+        config=dict(config) if config is not None else {},
     )

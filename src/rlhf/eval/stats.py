@@ -84,12 +84,13 @@ def win_rate(
 
 def best_of_n_kl(n: int) -> float:
     """KL(best-of-n ‖ policy) = log n − (n − 1)/n nats (Stiennon et al. 2020, appendix G.3;
-    used as the x-axis by Gao et al. 2022). 0 for n = 1, log 2 − ½ for n = 2."""
-    # The formula lives once, with the best-of-N recipe; imported here, not at module level,
-    # so rendering a report does not load torch.
-    from rlhf.recipes.best_of_n import analytic_kl
+    used as the x-axis by Gao et al. 2022). 0 for n = 1, log 2 − ½ for n = 2.
 
-    return analytic_kl(n)
+    Exact for N samples with distinct rewards, an upper bound in general (tight when ties are
+    rare; Beirami et al. 2024)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return math.log(n) - (n - 1) / n
 
 
 def best_of_n_curve(points: Sequence[BestOfNPoint], label: str = "best-of-N") -> OptimisationCurve:

@@ -29,16 +29,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
 from rlhf.config import ConfigError, StrictModel, _deep_merge, validate_config
 from rlhf.data.records import Record, Text
+from rlhf.eval.policies import EvalConfig, PipelineRuns, TrainedRun
 from rlhf.recipes.common import ModelConfig, RecipeConfig, RunResult
+from rlhf.recipes.registry import stage_recipe
 from rlhf.rewards.spec import RewardSpec
 
+if TYPE_CHECKING:
+    from rlhf.eval.results import Report
+    from rlhf.rewards.base import RewardFunction
+
 logger = logging.getLogger("rlhf")
+C = TypeVar("C", bound=RecipeConfig)
 
 
 class AnnotatorsConfig(StrictModel):
@@ -77,25 +84,6 @@ class FeedbackConfig(StrictModel):
         description="Label with this reward (Bradley-Terry at annotators.temperature) instead "
         "of the embedded world's gold reward, e.g. a judge for real models.",
     )
-
-
-class EvalConfig(StrictModel):
-    """The final evaluation of every policy on held-out prompts."""
-
-    prompts: str = Field(
-        "builtin:world-prompts?n=400&seed=99&split=eval", description="Held-out evaluation prompts."
-    )
-    count: int = Field(128, ge=1, description="Evaluation prompts used at most.")
-    samples_per_prompt: int = Field(2, ge=1, description="Sampled responses per prompt.")
-    best_of_n: int = Field(16, ge=1, description="Largest N of the SFT best-of-N curve (0: none).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
-    max_new_tokens: int = Field(48, ge=1, description="Response tokens at most.")
-    batch_size: int = Field(256, ge=1, description="Sequences sampled together.")
-    gold: RewardSpec = Field(
-        default_factory=lambda: RewardSpec(rule="world_gold"),
-        description="What the report calls the gold reward (the world's by default).",
-    )
-    samples_shown: int = Field(3, ge=0, description="Sample responses shown per policy.")
 
 
 class PipelineConfig(StrictModel):
@@ -155,9 +143,7 @@ def _set_default(data: dict[str, Any], dotted: str, value: Any) -> None:
     data.setdefault(last, value)
 
 
-def _stage(
-    cls: type[RecipeConfig], name: str, section: Mapping[str, Any], defaults: Mapping[str, Any]
-) -> Any:
+def _stage(cls: type[C], name: str, section: Mapping[str, Any], defaults: Mapping[str, Any]) -> C:
     """A stage's recipe config: its section, with ``defaults`` (dotted keys) where unset."""
     data = _deep_merge({}, dict(section))
     for dotted, value in defaults.items():
@@ -170,13 +156,13 @@ class Stages:
     """Every stage's validated config and where its model lands."""
 
     out: Path
-    pretrain: Any | None
-    sft: Any | None
-    reward_model: Any
+    pretrain: RecipeConfig | None
+    sft: RecipeConfig | None
+    reward_model: RecipeConfig
     policy_dir: str  # the SFT policy (the base model when there is no SFT stage)
-    ppo: dict[float, Any] = field(default_factory=dict)
-    dpo: Any | None = None
-    grpo: Any | None = None
+    ppo: dict[float, RecipeConfig] = field(default_factory=dict)  # by KL coefficient β
+    dpo: RecipeConfig | None = None
+    grpo: RecipeConfig | None = None
 
     @property
     def feedback_dir(self) -> Path:
@@ -184,13 +170,11 @@ class Stages:
 
 
 def stage_configs(config: PipelineConfig) -> Stages:
-    """Each stage's recipe config, chained: the pipeline's defaults where a section is silent."""
-    from rlhf.recipes.dpo import DPOConfig
-    from rlhf.recipes.grpo import GRPOConfig
-    from rlhf.recipes.ppo import PPOConfig
-    from rlhf.recipes.pretrain import PretrainConfig
-    from rlhf.recipes.reward_model import RewardModelConfig
-    from rlhf.recipes.sft import SFTConfig
+    """Each stage's recipe config, chained: the pipeline's defaults where a section is silent.
+    A stage's config class is the one its recipe registers (:mod:`rlhf.recipes.registry`)."""
+
+    def config_class(stage: str) -> type[RecipeConfig]:
+        return stage_recipe(stage).config_class()
 
     out = Path(config.out)
     common = {"train.seed": config.seed, "progress": config.progress, "tensorboard": False}
@@ -199,7 +183,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
     pretrain = None
     if config.pretrain is not None:
         pretrain = _stage(
-            PretrainConfig,
+            config_class("pretrain"),
             "pretrain",
             config.pretrain,
             {"out": str(out / "pretrain"), "model": model, **common},
@@ -208,7 +192,10 @@ def stage_configs(config: PipelineConfig) -> Stages:
     sft = None
     if config.sft is not None:
         sft = _stage(
-            SFTConfig, "sft", config.sft, {"out": str(out / "sft"), "model.path": base, **common}
+            config_class("sft"),
+            "sft",
+            config.sft,
+            {"out": str(out / "sft"), "model.path": base, **common},
         )
     policy = str(out / "sft" / "model") if sft else base
     feedback = out / "feedback"
@@ -220,7 +207,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
         **common,
     }
     rm = _stage(
-        RewardModelConfig,
+        config_class("reward_model"),
         "reward_model",
         config.reward_model,
         {"out": str(out / "reward_model"), **on_labels},
@@ -239,16 +226,48 @@ def stage_configs(config: PipelineConfig) -> Stages:
     stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, policy_dir=policy)
     for coef in config.ppo_kl_coefs if config.ppo is not None else []:
         stages.ppo[coef] = _stage(
-            PPOConfig,
+            config_class("ppo"),
             f"ppo (kl.coef={coef:g})",
             _deep_merge(_deep_merge({}, config.ppo or {}), {"kl": {"coef": coef}}),
             {"out": str(out / f"ppo-kl{coef:g}"), **online},
         )
     if config.dpo is not None:
-        stages.dpo = _stage(DPOConfig, "dpo", config.dpo, {"out": str(out / "dpo"), **on_labels})
+        stages.dpo = _stage(
+            config_class("dpo"), "dpo", config.dpo, {"out": str(out / "dpo"), **on_labels}
+        )
     if config.grpo is not None:
-        stages.grpo = _stage(GRPOConfig, "grpo", config.grpo, {"out": str(out / "grpo"), **online})
+        stages.grpo = _stage(
+            config_class("grpo"), "grpo", config.grpo, {"out": str(out / "grpo"), **online}
+        )
     return stages
+
+
+def evaluated_runs(stages: Stages) -> PipelineRuns:
+    """Where the evaluation reads each policy from: SFT, then PPO at each β (each with its
+    training curve), DPO and GRPO."""
+    trained = [
+        TrainedRun(
+            f"PPO β={coef:g}",
+            Path(ppo.out),
+            curve_kl_coef=coef,
+            curve_prompts=_eval_prompts(ppo),
+        )
+        for coef, ppo in stages.ppo.items()
+    ]
+    trained += [TrainedRun("DPO", Path(stages.dpo.out))] if stages.dpo is not None else []
+    trained += [TrainedRun("GRPO", Path(stages.grpo.out))] if stages.grpo is not None else []
+    return PipelineRuns(
+        sft=stages.policy_dir,
+        reward_model=Path(stages.reward_model.out),
+        feedback=stages.feedback_dir,
+        trained=trained,
+    )
+
+
+def _eval_prompts(online: RecipeConfig) -> int:
+    """An online recipe's ``eval.prompts``: the held-out prompts of each evaluation while it
+    trains (the section every online config has; RecipeConfig does not declare it)."""
+    return int(online.model_dump(include={"eval": {"prompts"}})["eval"]["prompts"])
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -272,7 +291,7 @@ def _write_records(path: Path, records: Sequence[Record]) -> Path:
 
 
 def reward_annotator_labels(
-    reward: Any,
+    reward: RewardFunction,
     prompts: Sequence[Text],
     groups: Sequence[Sequence[str]],
     settings: FeedbackConfig,
@@ -307,15 +326,15 @@ def collect_feedback(
 ) -> FeedbackResult:
     """Sample K responses per prompt from the policy and have them labelled; held-out prompts'
     labels go to their own file."""
-    from rlhf.recipes.best_of_n import sample_to_file
+    from rlhf.eval.sampling import sample_to_file
     from rlhf.rewards.spec import build_reward
     from rlhf.rollout.candidates import load_prompts, read_candidates
-    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.factory import load_engine
     from rlhf.rollout.types import SamplingParams
 
     settings = config.feedback
     prompts = load_prompts(settings.prompts)
-    engine = HFGenerationEngine.from_pretrained(policy_dir, batch_size=settings.batch_size)
+    engine = load_engine(policy_dir, batch_size=settings.batch_size)
     params = SamplingParams(
         settings.max_new_tokens,
         temperature=settings.temperature,
@@ -373,7 +392,7 @@ def world_labels(
 class PipelineResult:
     out_dir: Path
     report_dir: Path
-    report: Any  # rlhf.eval.report.Report
+    report: Report
     timings: dict[str, float]
 
 
@@ -389,12 +408,6 @@ def run_pipeline(
     ``reward_model`` after changing its settings); their rows stay in ``metrics.jsonl``."""
     from rlhf.eval.policies import evaluate_pipeline
     from rlhf.eval.report import write_report
-    from rlhf.recipes.dpo import run_dpo
-    from rlhf.recipes.grpo import run_grpo
-    from rlhf.recipes.ppo import run_ppo
-    from rlhf.recipes.pretrain import run_pretrain
-    from rlhf.recipes.reward_model import run_reward_model
-    from rlhf.recipes.sft import run_sft
 
     stages = stage_configs(config)
     out = stages.out
@@ -407,7 +420,10 @@ def run_pipeline(
     plan: list[tuple[str, Callable[[], Any]]] = []
     results: dict[str, Any] = {}
 
-    def recipe(name: str, run: Callable[[Any, bool], RunResult], stage_config: Any) -> None:
+    def recipe(name: str, stage: str, stage_config: RecipeConfig) -> None:
+        """Plan stage ``name``: the recipe registered for ``stage`` on ``stage_config``."""
+        run = stage_recipe(stage).run_function()
+
         def go() -> RunResult:
             stage_config.overwrite = True
             return run(stage_config, False)
@@ -415,9 +431,9 @@ def run_pipeline(
         plan.append((name, go))
 
     if stages.pretrain is not None:
-        recipe("pretrain", run_pretrain, stages.pretrain)
+        recipe("pretrain", "pretrain", stages.pretrain)
     if stages.sft is not None:
-        recipe("sft", run_sft, stages.sft)
+        recipe("sft", "sft", stages.sft)
     plan.append(
         (
             "feedback",
@@ -426,14 +442,25 @@ def run_pipeline(
             ),
         )
     )
-    recipe("reward_model", run_reward_model, stages.reward_model)
+    recipe("reward_model", "reward_model", stages.reward_model)
     for coef, ppo in stages.ppo.items():
-        recipe(f"ppo-kl{coef:g}", run_ppo, ppo)
+        recipe(f"ppo-kl{coef:g}", "ppo", ppo)
     if stages.dpo is not None:
-        recipe("dpo", run_dpo, stages.dpo)
+        recipe("dpo", "dpo", stages.dpo)
     if stages.grpo is not None:
-        recipe("grpo", run_grpo, stages.grpo)
-    plan.append(("evaluate", lambda: evaluate_pipeline(config, stages)))
+        recipe("grpo", "grpo", stages.grpo)
+    evaluation = (config.eval, evaluated_runs(stages))
+    plan.append(
+        (
+            "evaluate",
+            lambda: evaluate_pipeline(
+                *evaluation,
+                seed=config.seed,
+                label_kind=config.feedback.kind,
+                config=json.loads(config.model_dump_json()),
+            ),
+        )
+    )
 
     names = [name for name, _ in plan]
     if start is not None and start not in names:

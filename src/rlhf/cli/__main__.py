@@ -1,0 +1,5 @@
+"""``python -m rlhf.cli``: the same as the ``rlhf`` command."""
+
+from rlhf.cli import main
+
+main()

@@ -1,0 +1,244 @@
+"""``rlhf feedback``: the human-feedback web app (serve it, add accounts and campaigns,
+export labels; docs/feedback.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import rich.markup
+import typer
+
+from rlhf.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    MaxNewTokensOption,
+    SeedOption,
+    TemperatureOption,
+    TopPOption,
+    console,
+    fail,
+    policy_engine,
+    setup_logging,
+)
+from rlhf.feedback.limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES
+
+app = typer.Typer(
+    help="The human-feedback web app: serve it, add accounts and campaigns, export labels "
+    "(docs/feedback.md).",
+    no_args_is_help=True,
+)
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db", help="SQLite file path (created if missing) or a database URL, e.g. "
+        "postgresql+psycopg://user@host/db."
+    ),
+]  # fmt: skip
+
+
+def feedback_sampler(
+    model: str, dtype: str, device: str, max_new_tokens: int, temperature: float, top_p: float,
+    seed: int,
+) -> Callable[[list[Any], int], list[list[str]]]:  # fmt: skip
+    """The web app's model: ``sample(prompts, n)`` gives n replies per prompt, a fresh seed
+    per call so that a repeated prompt gets new candidates."""
+    import itertools
+
+    from rlhf.eval.sampling import sample_candidates
+    from rlhf.feedback.tasks import as_text
+    from rlhf.rollout import SamplingParams
+
+    engine = policy_engine(model, dtype, device, batch_size=16)
+    calls = itertools.count(seed)
+
+    def sample(prompts: list[Any], n: int) -> list[list[str]]:
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            num_samples=n, seed=next(calls),
+        )  # fmt: skip
+        candidates = sample_candidates(engine, [as_text(p) for p in prompts], params)
+        return [list(candidate.responses) for candidate in candidates]
+
+    return sample
+
+
+@app.command("serve")
+def feedback_serve(
+    db: DbOption = "feedback.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Checkpoint or hub name to sample candidates and chat replies from."),
+    ] = None,
+    max_new_tokens: MaxNewTokensOption = 128,
+    temperature: TemperatureOption = 1.0,
+    top_p: TopPOption = 1.0,
+    seed: SeedOption = 0,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "auto",
+    secure_cookies: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-cookies/--no-secure-cookies",
+            help="Force the Secure cookie flag (default: set when reached over HTTPS).",
+            show_default=False,
+        ),
+    ] = None,
+    max_body: Annotated[
+        int,
+        typer.Option(
+            min=1024, help="Largest request body in bytes (413 beyond it, refused unread)."
+        ),
+    ] = MAX_BODY_BYTES,
+    max_upload: Annotated[
+        int, typer.Option(min=1024, help="Largest campaign upload (its whole file) in bytes.")
+    ] = MAX_UPLOAD_BYTES,
+) -> None:
+    """Run the web app: annotators at /annotate, admins at /admin, the API under /api.
+
+    The schema is created or migrated at start. On a database with no admin, an admin
+    account is created and its token printed once.
+    """
+    try:
+        import socket
+
+        import uvicorn
+
+        from rlhf.feedback.app import create_app
+
+        with socket.socket() as probe:  # a taken port, said before a model loads
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        setup_logging(models=model is not None)
+        sampler = None
+        if model is not None:
+            sampler = feedback_sampler(
+                model, dtype, device, max_new_tokens, temperature, top_p, seed
+            )
+        web = create_app(
+            db,
+            sampler=sampler,
+            secure_cookies=secure_cookies,
+            max_body_bytes=max_body,
+            max_upload_bytes=max_upload,
+        )
+        token = web.state.feedback.start()  # the database's problems, said before serving
+        if token:
+            console.print(
+                f"created the admin account; its token (shown once): {token}", soft_wrap=True
+            )
+        console.print(f"serving [bold]http://{host}:{port}/[/] (database {db})")
+        uvicorn.run(
+            web, host=host, port=port, log_level="warning", proxy_headers=True,
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
+    except Exception as error:
+        fail(error)
+
+
+def _sessions(db: str) -> Any:
+    """A session factory on ``db``, its schema created or migrated first."""
+    from rlhf.feedback.db import database_url, make_engine, migrate, session_factory
+
+    engine = make_engine(database_url(db))
+    migrate(engine)
+    return session_factory(engine)
+
+
+@app.command("add-user")
+def feedback_add_user(
+    name: Annotated[str, typer.Argument(help="Account name (shown to admins only).")],
+    db: DbOption = "feedback.db",
+    role: Annotated[str, typer.Option(help="annotator or admin.")] = "annotator",
+) -> None:
+    """Create an account and print its login token (shown once; only its hash is kept)."""
+    from rlhf.feedback import service
+
+    try:
+        with _sessions(db)() as session:
+            _, token = service.create_user(session, name, role)
+            session.commit()
+    except Exception as error:
+        fail(getattr(error, "message", error))
+    print(token)
+    who = rich.markup.escape(f"{role} {name!r}")
+    console.print(f"[green]created[/] {who}; the token above is shown only now")
+
+
+@app.command("create-campaign")
+def feedback_create_campaign(
+    source: Annotated[
+        Path, typer.Argument(help="JSON Lines of prompts and responses, as `rlhf sample` writes.")
+    ],
+    name: Annotated[str, typer.Option(help="Campaign name.")],
+    task: Annotated[str, typer.Option(help="pairwise, rank, rate, thumbs, edit or chat.")],
+    db: DbOption = "feedback.db",
+    k: Annotated[int, typer.Option(help="Distinct annotators per item.")] = 1,
+    guidelines: Annotated[
+        Path | None, typer.Option(help="A text or markdown file of guidelines.")
+    ] = None,
+    render: Annotated[str, typer.Option(help="Show model text as text or markdown.")] = "text",
+) -> None:
+    """Create a campaign from a file (the admin page does the same by upload)."""
+    from rlhf.feedback import service
+    from rlhf.feedback.campaigns import parse_source
+
+    try:
+        items = parse_source(task, source.read_text(encoding="utf-8"))
+        notes = guidelines.read_text(encoding="utf-8") if guidelines else ""
+        spec = service.CampaignSpec(name, task, notes, k, render)
+        with _sessions(db)() as session:
+            service.create_campaign(session, spec, items)
+            session.commit()
+    except Exception as error:
+        message = getattr(error, "message", error)
+        fail(ValueError(f"{source}: {message}") if isinstance(error, ValueError) else error)
+    what = rich.markup.escape(f"{task} campaign {name!r}")
+    console.print(f"[green]created[/] {what}: {len(items)} items")
+
+
+@app.command("export")
+def feedback_export(
+    campaign: Annotated[str, typer.Argument(help="Campaign name or id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON Lines file to write.")],
+    db: DbOption = "feedback.db",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            help="Record kind; default by task: preference, ranking, rating, binary, "
+            "completion (edit), preference (chat)."
+        ),
+    ] = None,
+) -> None:
+    """Export a campaign's labels as data records that rm, dpo, kto and sft read."""
+    import json
+
+    from sqlalchemy import or_, select
+
+    from rlhf.feedback import service
+    from rlhf.feedback.db import Campaign
+
+    try:
+        with _sessions(db)() as session:
+            key = int(campaign) if campaign.isdigit() else -1
+            found = session.scalar(
+                select(Campaign).where(or_(Campaign.name == campaign, Campaign.id == key))
+            )
+            if found is None:
+                raise ValueError(f"no campaign {campaign!r} in {db}")
+            rows = list(service.export_rows(session, found, format))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except Exception as error:
+        fail(getattr(error, "message", error))
+    console.print(
+        f"[green]done[/]: {len(rows)} records → [bold]{rich.markup.escape(str(output))}[/]"
+    )

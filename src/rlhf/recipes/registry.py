@@ -1,0 +1,148 @@
+"""Every training recipe, one line each: what the command line, the pipeline and the tests read.
+
+A :class:`Recipe` names its command (``rlhf <name>``), the module holding it, its config class
+and its run function (``run(config, resume) -> RunResult``) by *name*: they are imported on
+first use (:meth:`Recipe.config_class`, :meth:`Recipe.run_function`), so this module imports no
+recipe and no recipe imports another through it.
+
+Adding a recipe is its file under ``rlhf/recipes/``, its preset ``presets/<name>_tiny.yaml``
+and one line in :data:`RECIPES`; ``rlhf <name>`` (with every config key in ``--help``), the
+smoke tests over every recipe and, with ``stage=``, the pipeline's stage then find it::
+
+    Recipe("dapo", "rlhf.recipes.dapo", "DAPOConfig", "run_dapo",
+           "DAPO: GRPO with decoupled clipping and dynamic sampling.", online=True),
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from rlhf.recipes.common import RecipeConfig, RunResult
+
+RunFunction: TypeAlias = "Callable[[RecipeConfig, bool], RunResult]"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe: where it lives and how the command line and pipeline show it."""
+
+    name: str  # the command, `rlhf <name>`, and the prefix of its presets' files
+    module: str  # the module holding the config class and the run function
+    config: str  # its config class (a RecipeConfig), by name
+    run: str  # its run function, run(config, resume) -> RunResult, by name
+    help: str  # one line: the command's summary in `rlhf --help`
+    presets: tuple[str, ...] = ("tiny",)  # packaged configs, presets/<name>_<preset>.yaml
+    online: bool = False  # samples from the policy it trains (rollouts, rewards, KL)
+    stage: str | None = None  # the pipeline stage (its PipelineConfig section) it runs as
+    loss_option: bool = False  # `--loss NAME` on the command line, short for loss.name=NAME
+
+    def config_class(self) -> type[RecipeConfig]:
+        """The config class, imported now."""
+        return getattr(importlib.import_module(self.module), self.config)
+
+    def run_function(self) -> RunFunction:
+        """``run(config, resume) -> RunResult``, imported now."""
+        return getattr(importlib.import_module(self.module), self.run)
+
+    def preset_file(self, preset: str) -> Path:
+        """``presets/<name>_<preset>.yaml`` (a ConfigError naming the presets there if none)."""
+        from rlhf.config import preset_path
+
+        return preset_path(self.name, preset)
+
+
+# In `rlhf --help` order.
+RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        "sft", "rlhf.recipes.sft", "SFTConfig", "run_sft",
+        "Supervised fine-tuning on demonstrations (loss on completion tokens only).",
+        stage="sft",
+    ),
+    Recipe(
+        "pretrain", "rlhf.recipes.pretrain", "PretrainConfig", "run_pretrain",
+        "Pretrain a (tiny) causal LM on raw text, from scratch or further.",
+        stage="pretrain",
+    ),
+    Recipe(
+        "rm", "rlhf.recipes.reward_model", "RewardModelConfig", "run_reward_model",
+        "Train a reward model (Bradley-Terry) on preference pairs, rankings or ratings.",
+        stage="reward_model",
+    ),
+    Recipe(
+        "raft", "rlhf.recipes.raft", "RAFTConfig", "run_raft",
+        "RAFT: rounds of sample N per prompt, keep the best by reward, fine-tune on them.",
+    ),
+    Recipe(
+        "dpo", "rlhf.recipes.dpo", "DPOConfig", "run_dpo",
+        "Offline preference optimisation on pairs: DPO, IPO, hinge, SimPO, ORPO, ... "
+        "(--loss NAME).",
+        stage="dpo", loss_option=True,
+    ),
+    Recipe(
+        "kto", "rlhf.recipes.kto", "KTOConfig", "run_kto",
+        "KTO on unpaired thumbs up/down (preference pairs are split into thumbs).",
+    ),
+    Recipe(
+        "grpo", "rlhf.recipes.grpo", "GRPOConfig", "run_grpo",
+        "GRPO: online RL with group-normalised rewards of K samples per prompt, KL as a loss "
+        "term.",
+        online=True, stage="grpo",
+    ),
+    Recipe(
+        "rloo", "rlhf.recipes.rloo", "RLOOConfig", "run_rloo",
+        "RLOO: online REINFORCE with a leave-one-out baseline over K samples per prompt.",
+        online=True,
+    ),
+    Recipe(
+        "reinforce", "rlhf.recipes.reinforce", "ReinforceConfig", "run_reinforce",
+        "REINFORCE: online policy gradient with a moving-average reward baseline.",
+        online=True,
+    ),
+    Recipe(
+        "remax", "rlhf.recipes.remax", "ReMaxConfig", "run_remax",
+        "ReMax: online REINFORCE with the greedy response's reward as the baseline.",
+        online=True,
+    ),
+    Recipe(
+        "ppo", "rlhf.recipes.ppo", "PPOConfig", "run_ppo",
+        "PPO: online RL with a learned critic (GAE), the KL to the reference in the reward.",
+        online=True, stage="ppo",
+    ),
+)  # fmt: skip
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe run as ``rlhf <name>`` (a ValueError naming the known ones if none)."""
+    for entry in RECIPES:
+        if entry.name == name:
+            return entry
+    raise ValueError(f"no recipe {name!r} (recipes: {', '.join(r.name for r in RECIPES)})")
+
+
+def stage_recipe(stage: str) -> Recipe:
+    """The recipe the pipeline runs as stage ``stage`` (its PipelineConfig section)."""
+    for entry in RECIPES:
+        if entry.stage == stage:
+            return entry
+    stages = ", ".join(r.stage for r in RECIPES if r.stage)
+    raise ValueError(f"no recipe runs as pipeline stage {stage!r} (stages: {stages})")
+
+
+def online_recipes() -> list[Recipe]:
+    """The recipes that sample from the policy they train."""
+    return [entry for entry in RECIPES if entry.online]
+
+
+def config_class(name: str) -> type[RecipeConfig]:
+    """``rlhf <name>``'s config class, imported now."""
+    return recipe(name).config_class()
+
+
+def run_function(name: str) -> RunFunction:
+    """``rlhf <name>``'s ``run(config, resume) -> RunResult``, imported now."""
+    return recipe(name).run_function()
