@@ -1,34 +1,22 @@
-"""The online RL loop: ExperienceLoader, Experience, the estimators, exact resume, learning."""
+"""The online RL phases: ExperienceBuffer, Experience, each algorithm's make_experience,
+exact resume, learning."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
 
-from rlhf.recipes.grpo import GRPOConfig, GRPOEstimator, GRPOSettings, run_grpo
-from rlhf.recipes.online import (
-    AdaptiveKLController,
-    Experience,
-    ExperienceLoader,
-    KLSettings,
-    PolicyLossSettings,
-    RolloutSettings,
-    policy_gradient_loss,
-    policy_logps,
-)
-from rlhf.recipes.reinforce import ReinforceEstimator
-from rlhf.recipes.remax import ReMaxEstimator
-from rlhf.recipes.rloo import RLOOEstimator
-from rlhf.rollout.types import SamplingConfig
+from rlhf.online.experience import Experience, ExperienceBuffer
+from rlhf.online.loss import policy_gradient_loss, policy_logps
+from rlhf.online.phases import AdaptiveKLController
+from rlhf.online.settings import KLSettings, PolicyLossSettings
+from rlhf.recipes import grpo, reinforce, remax, rloo
+from rlhf.recipes.grpo import GRPOConfig, GRPOSettings, run_grpo
 
-PROMPTS = [f"What is {a} + {b}?\n" for a, b in zip(range(10, 30), range(40, 60), strict=True)]
-
-
-def length_reward(prompts, responses):
-    """A cheap reward that varies between samples: the response's length mod 3."""
-    return torch.tensor([float(len(response) % 3) for response in responses])
+from .online_helpers import length_reward, make_buffer, make_run
 
 
 @pytest.fixture(scope="module")
@@ -39,32 +27,17 @@ def policy(tiny_model_dir):
     return load_model(str(tiny_model_dir), tokenizer=tokenizer), tokenizer
 
 
-def make_loader(policy, estimator, *, reference=None, kl=None, ppo_epochs=2, **rollout):
-    from rlhf.rollout.hf import HFGenerationEngine
-
-    model, tokenizer = policy
-    settings = dict(prompts_per_iteration=4, samples_per_prompt=4, ppo_epochs=ppo_epochs)
-    return ExperienceLoader(
-        engine=HFGenerationEngine(model, tokenizer, batch_size=64),
-        reward=length_reward,
-        estimator=estimator,
-        prompts=PROMPTS,
-        prompt_metadata=None,
-        reference=reference,
-        sampling=SamplingConfig(max_new_tokens=8, temperature=1.0),
-        rollout=RolloutSettings(**(settings | rollout)),
-        kl=kl or KLSettings(coef=0.0),
-        micro_batch_size=4,
-        seed=3,
-    )
+def grpo_buffer(policy, settings=None, **options):
+    run = make_run(policy, GRPOConfig, **options)
+    return run, make_buffer(run, partial(grpo.make_experience, run, settings or GRPOSettings()))
 
 
-def test_loader_yields_each_episode_once_per_epoch_then_collects_anew(policy):
-    loader = make_loader(policy, GRPOEstimator(GRPOSettings()))
-    assert len(loader) == 2 * 16 // 4  # ppo_epochs × episodes / micro-batch
-    first = [loader.next_batch() for _ in range(len(loader))]
-    assert loader.iteration == 1 and loader.epoch == 0 and loader.position == len(loader)
-    experience = loader.experience
+def test_buffer_yields_each_episode_once_per_epoch_then_collects_anew(policy):
+    _, buffer = grpo_buffer(policy)
+    assert len(buffer) == 2 * 16 // 4  # ppo_epochs × episodes / micro-batch
+    first = [buffer.next_batch() for _ in range(len(buffer))]
+    assert buffer.iteration == 1 and buffer.epoch == 0 and buffer.position == len(buffer)
+    experience = buffer.experience
     assert experience is not None and len(experience) == 16
     # rollout metrics ride on the first micro-batch only
     assert "rollout_reward" in first[0].metrics and not first[1].metrics
@@ -75,19 +48,29 @@ def test_loader_yields_each_episode_once_per_epoch_then_collects_anew(policy):
     # group-normalised advantages on real tokens only; the old log-probs 0 on padding
     assert torch.all(experience.advantages[experience.mask == 0] == 0)
     assert torch.all(experience.old_logps[experience.mask == 0] == 0)
-    loader.next_batch()
-    assert loader.iteration == 2 and loader.position == 1
+    buffer.next_batch()
+    assert buffer.iteration == 2 and buffer.position == 1
+
+
+def test_buffer_refuses_experience_of_the_wrong_size(policy):
+    run = make_run(policy, GRPOConfig)
+    whole = grpo.make_experience(run, GRPOSettings(), 1)
+    short = make_buffer(run, lambda iteration: whole.select(range(8)))
+    with pytest.raises(ValueError, match="returned 8 rows, expected 16"):
+        short.next_batch()
 
 
 def test_experience_select_and_loss_units(policy):
-    loader = make_loader(policy, GRPOEstimator(GRPOSettings()))
-    loader.next_batch()
-    experience = loader.experience
+    _, buffer = grpo_buffer(policy)
+    buffer.next_batch()
+    experience = buffer.experience
     part = experience.select([0, 5, 7])
     assert len(part) == 3 and torch.equal(part.response_ids[1], experience.response_ids[5])
     assert part.loss_units == int(experience.mask[[0, 5, 7]].sum())
     part.aggregation = "sequence"
     assert part.loss_units == 3
+    part.mask[1] = 0  # a row dropped from the loss is no unit of it
+    assert part.loss_units == 2
     moved = part.to("cpu")
     assert isinstance(moved, Experience) and moved.num_tokens > 0
 
@@ -101,45 +84,56 @@ def test_grpo_drops_tied_groups_from_the_loss(policy):
             ]
         )
 
-    loader = make_loader(policy, GRPOEstimator(GRPOSettings(tied_groups="drop")))
-    loader.reward = tied_reward
-    loader.next_batch()
-    experience = loader.experience
+    run, buffer = grpo_buffer(policy, GRPOSettings(tied_groups="drop"))
+    run.reward = tied_reward
+    buffer.next_batch()
+    experience = buffer.experience
     first = experience.group == 0
     assert experience.mask[first].sum() == 0 and experience.mask[~first].sum() > 0
     assert experience.metrics["rollout_tied_groups"] >= 1
 
 
 def test_reinforce_baseline_moves_and_is_checkpointed(policy):
-    loader = make_loader(policy, ReinforceEstimator(momentum=0.5), ppo_epochs=1)
-    for _ in range(len(loader)):
-        loader.next_batch()
-    state = loader.state_dict()
-    baseline = state["estimator"]["baseline"]
-    assert baseline == pytest.approx(float(loader.experience.scores.mean()))
-    fresh = make_loader(policy, ReinforceEstimator(momentum=0.5), ppo_epochs=1)
+    def reinforce_buffer():
+        run = make_run(policy, reinforce.ReinforceConfig, ppo_epochs=1)
+        baseline = reinforce.MovingBaseline(momentum=0.5)
+        make = partial(reinforce.make_experience, run, baseline)
+        return baseline, make_buffer(run, make, state={"estimator": baseline})
+
+    baseline, buffer = reinforce_buffer()
+    for _ in range(len(buffer)):
+        buffer.next_batch()
+    state = buffer.state_dict()
+    assert state["estimator"]["baseline"] == pytest.approx(float(buffer.experience.scores.mean()))
+    fresh_baseline, fresh = reinforce_buffer()
     fresh.load_state_dict(state)
-    assert fresh.estimator.baseline == baseline and fresh.iteration == 1
+    assert fresh_baseline.value == baseline.value and fresh.iteration == 1
     fresh.next_batch()
     assert fresh.iteration == 2  # a boundary checkpoint: the next call collects
+    with pytest.raises(ValueError, match="lacks"):
+        reinforce_buffer()[1].load_state_dict(
+            {key: state[key] for key in state if key != "estimator"}
+        )
 
 
 def test_resume_refuses_a_checkpoint_inside_an_iteration(policy):
-    loader = make_loader(policy, RLOOEstimator())
-    loader.next_batch()
+    run = make_run(policy, rloo.RLOOConfig)
+    buffer = make_buffer(run, partial(rloo.make_experience, run))
+    buffer.next_batch()
     with pytest.raises(ValueError, match="inside iteration 1"):
-        make_loader(policy, RLOOEstimator()).load_state_dict(loader.state_dict())
+        make_buffer(run, partial(rloo.make_experience, run)).load_state_dict(buffer.state_dict())
 
 
 def test_remax_scores_a_greedy_baseline_per_prompt(policy):
-    loader = make_loader(policy, ReMaxEstimator(), ppo_epochs=1)
-    loader.next_batch()
-    rollout = loader.last_rollout
-    greedy = rollout.greedy_scores
-    assert greedy is not None and greedy.shape == (16,)
-    assert torch.equal(greedy.view(4, 4), greedy.view(4, 4)[:, :1].expand(4, 4))
-    per_sequence = loader.experience.advantages.sum(-1) / loader.experience.mask.sum(-1)
-    assert torch.allclose(per_sequence, rollout.scores - greedy, atol=1e-5)
+    run = make_run(policy, remax.ReMaxConfig, ppo_epochs=1)
+    experience = remax.make_experience(run, 1)
+    per_sequence = experience.advantages.sum(-1) / experience.mask.sum(-1)  # [16]
+    greedy = experience.scores - per_sequence  # A = r − r(greedy) with β = 0
+    # one greedy baseline per prompt: equal within each group of 4 samples
+    assert torch.allclose(greedy.view(4, 4), greedy.view(4, 4)[:, :1].expand(4, 4), atol=1e-5)
+    assert experience.metrics["rollout_greedy_reward"] == pytest.approx(
+        float(greedy.mean()), abs=1e-5
+    )
 
 
 def test_kl_in_the_reward_and_the_adaptive_coefficient(policy):
@@ -157,14 +151,17 @@ def test_kl_in_the_reward_and_the_adaptive_coefficient(policy):
         for parameter in reference.module.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     kl = KLSettings(coef=0.1, estimator="k1", in_reward=True, target=0.01, horizon=100)
-    loader = make_loader(policy, RLOOEstimator(), reference=reference, kl=kl)
-    loader.next_batch()
-    rollout = loader.last_rollout
-    assert rollout.kl is not None and rollout.ref_logps is not None
-    sequence_kl = rollout.kl.sum(-1)
-    assert torch.allclose(rollout.sequence_rewards(), rollout.scores - 0.1 * sequence_kl)
+    run = make_run(policy, rloo.RLOOConfig, reference=reference, kl=kl)
+    batch = run.sample(run.prompts_for(1), 1)
+    term = run.reference_term(batch)
+    assert term.kl is not None and term.ref_logps is not None and term.coef == 0.1
+    scores = torch.arange(16.0)
+    assert torch.allclose(term.penalised(scores), scores - 0.1 * term.kl.sum(-1))
     # KL far above the target: β grows by the capped 20% × episodes / horizon
-    assert loader.controller.coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
+    assert run.kl_controller.coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
+    # RLOO's advantages see the penalised reward: leave-one-out over score − β·KL
+    experience = rloo.make_experience(run, 2)
+    assert experience.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
 
 
 def test_adaptive_controller_follows_ziegler():
@@ -181,10 +178,8 @@ def test_a_policy_step_raises_the_log_prob_of_positive_advantages(policy, tiny_m
 
     _, tokenizer = policy
     model = load_model(str(tiny_model_dir), tokenizer=tokenizer)
-    loader = make_loader((model, tokenizer), RLOOEstimator(), ppo_epochs=1)
-    batch = loader.next_batch()
-    loader.experience.advantages.zero_()
-    batch = loader.experience.select(range(16))
+    run = make_run((model, tokenizer), rloo.RLOOConfig, ppo_epochs=1)
+    batch = rloo.make_experience(run, 1).select(range(16))
     direction = torch.where(torch.arange(16) % 2 == 0, 1.0, -1.0)
     batch.advantages = direction[:, None] * batch.mask
     settings = dict(policy=PolicyLossSettings(), kl=KLSettings(coef=0.0))
@@ -227,13 +222,13 @@ def test_grpo_run_resumes_exactly_from_an_iteration_boundary(tmp_path, tiny_mode
     def length_rule(prompts, responses, metadata=None):  # not all tied on a random model
         return length_reward(prompts, responses)
 
-    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_rule)
+    monkeypatch.setattr("rlhf.recipes.online_common.build_reward", lambda spec: length_rule)
     straight = run_grpo(grpo_config(tmp_path, tiny_model_dir, "a"))
     assert straight.final_step == 3 * 4  # iterations × ppo_epochs × 16 / 8
     # save_every 3 is rounded up to whole iterations (4 steps)
     config = grpo_config(tmp_path, tiny_model_dir, "b")
     calls = {"n": 0}
-    original = ExperienceLoader._next_rollout
+    original = ExperienceBuffer._next_rollout
 
     def dies_in_the_third(self):
         calls["n"] += 1
@@ -241,11 +236,11 @@ def test_grpo_run_resumes_exactly_from_an_iteration_boundary(tmp_path, tiny_mode
             raise KeyboardInterrupt
         original(self)
 
-    monkeypatch.setattr(ExperienceLoader, "_next_rollout", dies_in_the_third)
+    monkeypatch.setattr(ExperienceBuffer, "_next_rollout", dies_in_the_third)
     with pytest.raises(KeyboardInterrupt):
         run_grpo(config)
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())[-1] == "step-0000008"
-    monkeypatch.setattr(ExperienceLoader, "_next_rollout", original)
+    monkeypatch.setattr(ExperienceBuffer, "_next_rollout", original)
     resumed = run_grpo(config, resume=True)
     assert resumed.final_step == straight.final_step
     expected = [row["loss"] for row in straight.metrics if "loss" in row][8:]
@@ -263,7 +258,7 @@ def test_grpo_run_resumes_exactly_from_an_iteration_boundary(tmp_path, tiny_mode
 
 
 def test_prompt_answers_reach_the_reward_as_metadata(tmp_path):
-    from rlhf.recipes.online import OnlineDataConfig, load_prompt_set, split_prompts
+    from rlhf.recipes.online_common import OnlineDataConfig, load_prompt_set, split_prompts
 
     rows = [{"question": f"Q{i}: 2 + {i}?", "answer": f"... #### {2 + i}"} for i in range(10)]
     path = tmp_path / "gsm.jsonl"
@@ -308,7 +303,7 @@ def test_lora_policy_uses_its_base_as_the_reference(tmp_path, tiny_model_dir, mo
     starts at zero, so the first rollout's KL to the reference is exactly 0."""
     from rlhf.models.reference import ReferenceModel
 
-    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_reward)
+    monkeypatch.setattr("rlhf.recipes.online_common.build_reward", lambda spec: length_reward)
     rollout = {"iterations": 2, "prompts_per_iteration": 4, "samples_per_prompt": 4}
     config = grpo_config(
         tmp_path,
@@ -336,7 +331,8 @@ def test_mixed_precision_reaches_the_rollouts(tmp_path, tiny_model_dir, monkeypa
     """With ``train.mixed_precision=bf16`` the rollout's reference and reward passes run under
     bf16 autocast like the loss (compiled sampling stays fp32: test_rollout_compiled.py)."""
     import rlhf.engine.trainer as trainer_module
-    import rlhf.recipes.online as online
+    import rlhf.online.phases as phases
+    import rlhf.recipes.grpo as grpo_module
 
     monkeypatch.setattr(trainer_module, "cpu_has_bf16_units", lambda: True)
     seen: dict[str, set] = {"reference": set(), "score": set()}
@@ -348,8 +344,8 @@ def test_mixed_precision_reaches_the_rollouts(tmp_path, tiny_model_dir, monkeypa
 
         return recorded
 
-    monkeypatch.setattr(online, "reference_logps", recorder("reference", online.reference_logps))
-    monkeypatch.setattr(ExperienceLoader, "score", recorder("score", ExperienceLoader.score))
+    monkeypatch.setattr(phases, "reference_logps", recorder("reference", phases.reference_logps))
+    monkeypatch.setattr(grpo_module, "score_rollout", recorder("score", grpo_module.score_rollout))
     config = grpo_config(
         tmp_path,
         tiny_model_dir,

@@ -4,6 +4,7 @@ loss, early stopping, exact resume, and the CLI preset."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -11,78 +12,71 @@ import torch
 from rlhf.losses.policy import entropy_from_logits
 from rlhf.models.load import load_model, load_tokenizer
 from rlhf.models.value import load_value_model, value_head
-from rlhf.recipes.online import ExperienceLoader, KLSettings, PolicyLossSettings, RolloutSettings
+from rlhf.online.experience import ExperienceBuffer
+from rlhf.online.loss import policy_logps
+from rlhf.online.phases import ReferenceTerm
+from rlhf.online.settings import KLSettings, PolicyLossSettings
 from rlhf.recipes.ppo import (
     ActorCritic,
     EarlyStop,
     PPOConfig,
-    PPOEstimator,
     PPOSettings,
     RunningMoments,
+    ScoreNormaliser,
     logps_and_entropy,
+    make_experience,
     ppo_loss,
     run_ppo,
 )
-from rlhf.rollout.types import SamplingConfig
 
-PROMPTS = [f"What is {a} + {b}?\n" for a, b in zip(range(10, 30), range(40, 60), strict=True)]
-
-
-def length_reward(prompts, responses, metadata=None):
-    """A cheap reward that varies between samples: the response's length mod 3."""
-    return torch.tensor([float(len(response) % 3) for response in responses])
+from .online_helpers import length_reward, make_buffer, make_run
 
 
 def make_parts(model_dir, settings=None, kl=None, *, ppo_epochs=1, micro_batch_size=16):
-    """A fresh policy + critic and an ExperienceLoader over them (16 episodes a rollout)."""
-    from rlhf.rollout.hf import HFGenerationEngine
-
+    """A fresh policy + critic, an OnlineRun and an ExperienceBuffer over them (16 episodes a
+    rollout)."""
     tokenizer = load_tokenizer(str(model_dir))
     policy = load_model(str(model_dir), tokenizer=tokenizer)
     critic = load_value_model(model_dir, tokenizer, seed=2)
-    kl = kl or KLSettings(coef=0.0)
-    estimator = PPOEstimator(settings or PPOSettings(), kl)
-    estimator.critic = critic
-    loader = ExperienceLoader(
-        engine=HFGenerationEngine(policy, tokenizer, batch_size=64),
-        reward=length_reward,
-        estimator=estimator,
-        prompts=PROMPTS,
-        prompt_metadata=None,
-        reference=None,
-        sampling=SamplingConfig(max_new_tokens=8, temperature=1.0),
-        rollout=RolloutSettings(
-            prompts_per_iteration=4, samples_per_prompt=4, ppo_epochs=ppo_epochs
-        ),
+    run = make_run(
+        (policy, tokenizer),
+        PPOConfig,
         kl=kl,
-        micro_batch_size=micro_batch_size,
-        seed=3,
+        ppo_epochs=ppo_epochs,
+        batch_size=micro_batch_size,
+        ppo=(settings or PPOSettings()).model_dump(),
     )
-    return ActorCritic(policy, critic), estimator, loader
+    make = partial(make_experience, run, critic, ScoreNormaliser(run.config.ppo))
+    return ActorCritic(policy, critic), run, make_buffer(run, make)
 
 
 def test_returns_are_the_score_minus_the_kl_still_to_come(tiny_model_dir):
     """γ = λ = 1, no whitening: R_t = score − β Σ_{t' ≥ t} k1_t' and Â_t = R_t − V(s_t)."""
     settings = PPOSettings(gamma=1.0, lam=1.0, whiten_advantages=False)
-    _, estimator, loader = make_parts(tiny_model_dir, settings)
-    rollout = loader.collect(1)
-    mask = rollout.mask
+    model, run, _ = make_parts(tiny_model_dir, settings)
     generator = torch.Generator().manual_seed(0)
-    rollout.ref_logps = rollout.batch.logps + 0.3 * torch.randn(mask.shape, generator=generator)
-    rollout.ref_logps = rollout.ref_logps * mask
-    rollout.kl_coef = 0.1
-    result = estimator(rollout)
-    k1 = (rollout.batch.logps - rollout.ref_logps) * mask
+    seen = {}
+
+    def perturbed_reference(batch):  # a reference 0.3-noisy around the sampling policy
+        mask = batch.response_mask.float()
+        noise = 0.3 * torch.randn(mask.shape, generator=generator)
+        seen["logps"], seen["ref"] = batch.logps, (batch.logps + noise) * mask
+        return ReferenceTerm(seen["ref"], None, coef=0.1, in_reward=True)
+
+    run.reference_term = perturbed_reference
+    result = make_experience(run, model.value, ScoreNormaliser(settings), 1)
+    mask = result.mask
+    k1 = (seen["logps"] - seen["ref"]) * mask
     to_come = k1.flip(-1).cumsum(-1).flip(-1)  # Σ_{t' ≥ t}
-    expected = (rollout.scores[:, None] - 0.1 * to_come) * mask
+    expected = (result.scores[:, None] - 0.1 * to_come) * mask
     torch.testing.assert_close(result.returns, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result.advantages, (result.returns - result.values) * mask)
     assert torch.all(result.values[mask == 0] == 0) and result.values[mask == 1].abs().sum() > 0
 
 
 def test_advantages_are_whitened_over_real_tokens_only(tiny_model_dir):
-    _, _, loader = make_parts(tiny_model_dir)
-    experience = loader.next_batch()
+    _, _, buffer = make_parts(tiny_model_dir)
+    experience = buffer.next_batch()
     real = experience.mask.bool()
     assert experience.advantages[real].mean().item() == pytest.approx(0.0, abs=1e-5)
     assert experience.advantages[real].std().item() == pytest.approx(1.0, abs=1e-3)
@@ -93,15 +87,15 @@ def test_advantages_are_whitened_over_real_tokens_only(tiny_model_dir):
 
 def test_reward_normalisation_and_clipping():
     scores = torch.tensor([1.0, 2.0, 3.0, 10.0])
-    batch = PPOEstimator(PPOSettings(reward_norm="batch"), KLSettings()).normalized_scores(scores)
+    batch = ScoreNormaliser(PPOSettings(reward_norm="batch"))(scores)
     assert batch.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert batch.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
-    clipped = PPOEstimator(PPOSettings(reward_norm="batch", reward_clip=1.0), KLSettings())
-    assert clipped.normalized_scores(scores).max().item() == 1.0
-    running = PPOEstimator(PPOSettings(reward_norm="running"), KLSettings())
-    running.normalized_scores(scores)
+    clipped = ScoreNormaliser(PPOSettings(reward_norm="batch", reward_clip=1.0))
+    assert clipped(scores).max().item() == 1.0
+    running = ScoreNormaliser(PPOSettings(reward_norm="running"))
+    running(scores)
     second = torch.tensor([0.0, -4.0])
-    out = running.normalized_scores(second)
+    out = running(second)
     everything = torch.cat([scores, second]).double()
     assert running.moments.mean == pytest.approx(float(everything.mean()))
     assert running.moments.std == pytest.approx(float(everything.std(unbiased=False)))
@@ -113,10 +107,8 @@ def test_reward_normalisation_and_clipping():
 
 
 def test_logps_and_entropy_match_a_full_forward(tiny_model_dir):
-    from rlhf.recipes.online import policy_logps
-
-    model, _, loader = make_parts(tiny_model_dir)
-    batch = loader.next_batch()
+    model, _, buffer = make_parts(tiny_model_dir)
+    batch = buffer.next_batch()
     logps, entropy = logps_and_entropy(model.policy, batch)
     with torch.no_grad():
         torch.testing.assert_close(logps, policy_logps(model.policy, batch), atol=1e-5, rtol=1e-5)
@@ -132,8 +124,8 @@ def test_logps_and_entropy_match_a_full_forward(tiny_model_dir):
 
 def test_a_ppo_update_lowers_the_loss_on_its_own_batch(tiny_model_dir):
     settings = PPOSettings(entropy_coef=0.01)
-    model, _, loader = make_parts(tiny_model_dir, settings)
-    batch = loader.next_batch()
+    model, _, buffer = make_parts(tiny_model_dir, settings)
+    batch = buffer.next_batch()
     options = dict(settings=settings, policy=PolicyLossSettings(), kl=KLSettings(coef=0.0))
 
     def loss_and_metrics():
@@ -207,12 +199,12 @@ def ppo_config(tmp_path, model_dir, name, **extra):
 def test_ppo_run_resumes_exactly_and_exports_the_policy_alone(
     tmp_path, tiny_model_dir, monkeypatch
 ):
-    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_reward)
+    monkeypatch.setattr("rlhf.recipes.online_common.build_reward", lambda spec: length_reward)
     straight = run_ppo(ppo_config(tmp_path, tiny_model_dir, "a"))
     assert straight.final_step == 3 * 4  # iterations × ppo_epochs × 8 episodes / 4
     config = ppo_config(tmp_path, tiny_model_dir, "b")
     calls = {"n": 0}
-    original = ExperienceLoader._next_rollout
+    original = ExperienceBuffer._next_rollout
 
     def dies_in_the_third(self):
         calls["n"] += 1
@@ -220,7 +212,7 @@ def test_ppo_run_resumes_exactly_and_exports_the_policy_alone(
             raise KeyboardInterrupt
         original(self)
 
-    monkeypatch.setattr(ExperienceLoader, "_next_rollout", dies_in_the_third)
+    monkeypatch.setattr(ExperienceBuffer, "_next_rollout", dies_in_the_third)
     with pytest.raises(KeyboardInterrupt):
         run_ppo(config)
     checkpoint = sorted((tmp_path / "b" / "checkpoints").iterdir())[-1]
@@ -231,7 +223,7 @@ def test_ppo_run_resumes_exactly_and_exports_the_policy_alone(
     assert any(k.startswith("value.") for k in saved) and any(
         k.startswith("policy.") for k in saved
     )
-    monkeypatch.setattr(ExperienceLoader, "_next_rollout", original)
+    monkeypatch.setattr(ExperienceBuffer, "_next_rollout", original)
     resumed = run_ppo(config, resume=True)
     assert resumed.final_step == straight.final_step
     for key in ("loss", "value_loss", "rollout_kl_coef"):
@@ -258,14 +250,16 @@ def test_value_path_loads_a_reward_model_folder_as_the_critic(
         value_head(reward_model).weight.fill_(0.01)
     folder = save_model(reward_model, tokenizer, tmp_path / "rm")
     seen = {}
-    original = PPOEstimator.__call__
+    import rlhf.recipes.ppo as ppo_module
 
-    def spy(self, rollout):
-        seen["head"] = value_head(self.critic).weight.detach().clone()
-        return original(self, rollout)
+    original = ppo_module.make_experience
 
-    monkeypatch.setattr(PPOEstimator, "__call__", spy)
-    monkeypatch.setattr("rlhf.recipes.online.build_reward", lambda spec: length_reward)
+    def spy(run, critic, normalise, iteration):
+        seen["head"] = value_head(critic).weight.detach().clone()
+        return original(run, critic, normalise, iteration)
+
+    monkeypatch.setattr(ppo_module, "make_experience", spy)
+    monkeypatch.setattr("rlhf.recipes.online_common.build_reward", lambda spec: length_reward)
     config = ppo_config(
         tmp_path,
         tiny_model_dir,

@@ -5,24 +5,23 @@ shortcut must give the numbers of the long way, up to float rounding."""
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
 
 import rlhf.models.teacher_forcing as teacher_forcing
-import rlhf.rollout.hf as hf
-from rlhf.recipes.grpo import GRPOEstimator, GRPOSettings
-from rlhf.recipes.online import (
-    Experience,
-    ExperienceLoader,
-    KLSettings,
-    RolloutSettings,
-    needs_old_logps,
-    policy_gradient_loss,
-)
-from rlhf.recipes.online import PolicyLossSettings as LossSettings
+import rlhf.rollout.compiled as compiled
+from rlhf.online.experience import Experience
+from rlhf.online.loss import policy_gradient_loss
+from rlhf.online.phases import needs_old_logps
+from rlhf.online.settings import KLSettings, RolloutSettings
+from rlhf.online.settings import PolicyLossSettings as LossSettings
+from rlhf.recipes import grpo
+from rlhf.recipes.grpo import GRPOConfig, GRPOSettings
 from rlhf.rollout import HFGenerationEngine, SamplingParams
-from rlhf.rollout.types import SamplingConfig
+
+from .online_helpers import make_buffer, make_run
 
 PROMPTS = [
     "What is 12 + 30?\n",
@@ -45,17 +44,17 @@ def test_shared_prefill_samples_the_tokens_of_plain_generate(eos_engine, monkeyp
     # the same seed gives the same tokens with and without the once-per-prompt prefill (exact
     # here; in general up to the rounding of a smaller prefill batch flipping a sample)
     calls = []
-    original = hf.shared_prompt_cache
+    original = compiled.shared_prompt_cache
 
     def counted(*args):
         cache = original(*args)
         calls.append(bool(cache))
         return cache
 
-    monkeypatch.setattr(hf, "shared_prompt_cache", counted)
+    monkeypatch.setattr(compiled, "shared_prompt_cache", counted)
     shared = sampled(eos_engine)
     assert calls == [True]
-    monkeypatch.setattr(hf, "shared_prompt_cache", lambda *args: {})
+    monkeypatch.setattr(compiled, "shared_prompt_cache", lambda *args: {})
     plain = sampled(eos_engine)
     assert torch.equal(shared.response_ids, plain.response_ids)
     assert torch.equal(shared.ended_with_eos, plain.ended_with_eos)
@@ -66,7 +65,7 @@ def test_shared_prefill_follows_chunks_that_split_a_prompts_rows(eos_engine, mon
     # 3 prompts x 4 samples in chunks of 5 rows: groups cut across chunks still line up
     engine = HFGenerationEngine(eos_engine.model, eos_engine.tokenizer, batch_size=5)
     shared = sampled(engine)
-    monkeypatch.setattr(hf, "shared_prompt_cache", lambda *args: {})
+    monkeypatch.setattr(compiled, "shared_prompt_cache", lambda *args: {})
     plain = sampled(engine)
     assert torch.equal(shared.response_ids, plain.response_ids)
 
@@ -157,45 +156,39 @@ def test_models_that_cannot_read_packed_rows_take_the_plain_pass(eos_engine, mon
 
 
 def test_when_old_logps_are_needed():
-    grpo = GRPOEstimator(GRPOSettings())
     loss_kl = KLSettings(coef=0.04, estimator="k3", in_reward=False)
     one = RolloutSettings(prompts_per_iteration=2, samples_per_prompt=4, ppo_epochs=1)
-    assert not needs_old_logps(one, loss_kl, grpo, episodes=8, minibatch_size=8)
+    assert not needs_old_logps(one, loss_kl, episodes=8, minibatch_size=8)
     # several steps per rollout: the ratio moves away from 1
-    assert needs_old_logps(one, loss_kl, grpo, episodes=8, minibatch_size=4)
+    assert needs_old_logps(one, loss_kl, episodes=8, minibatch_size=4)
     two_epochs = one.model_copy(update={"ppo_epochs": 2})
-    assert needs_old_logps(two_epochs, loss_kl, grpo, episodes=8, minibatch_size=8)
+    assert needs_old_logps(two_epochs, loss_kl, episodes=8, minibatch_size=8)
     # the KL in the reward and the adaptive coefficient read the rollout's KL
-    assert needs_old_logps(one, KLSettings(coef=0.05), grpo, episodes=8, minibatch_size=8)
-    assert not needs_old_logps(one, KLSettings(coef=0.0), grpo, episodes=8, minibatch_size=8)
+    assert needs_old_logps(one, KLSettings(coef=0.05), episodes=8, minibatch_size=8)
+    assert not needs_old_logps(one, KLSettings(coef=0.0), episodes=8, minibatch_size=8)
     adaptive = loss_kl.model_copy(update={"target": 1.0})
-    assert needs_old_logps(one, adaptive, grpo, episodes=8, minibatch_size=8)
-
-    class Reads(GRPOEstimator):
-        needs_logps = True
-
-    assert needs_old_logps(one, loss_kl, Reads(GRPOSettings()), episodes=8, minibatch_size=8)
+    assert needs_old_logps(one, adaptive, episodes=8, minibatch_size=8)
+    # advantages that read them (PPO's per-token KL rewards)
+    assert needs_old_logps(one, loss_kl, episodes=8, minibatch_size=8, advantages_read_them=True)
 
 
-def make_loader(engine, reference, *, old_logps, kl):
+def make_grpo_buffer(engine, reference, *, old_logps, kl):
     def reward(prompts, responses):
         return torch.tensor([float(len(r) % 3) for r in responses])
 
-    return ExperienceLoader(
-        engine=engine,
-        reward=reward,
-        estimator=GRPOEstimator(GRPOSettings()),
-        prompts=PROMPTS,
-        prompt_metadata=None,
+    run = make_run(
+        (engine.model, engine.tokenizer),
+        GRPOConfig,
         reference=reference,
-        sampling=SamplingConfig(max_new_tokens=10, temperature=0.8),
-        rollout=RolloutSettings(prompts_per_iteration=3, samples_per_prompt=4, ppo_epochs=1),
         kl=kl,
-        micro_batch_size=12,
-        aggregation="sequence",
-        seed=1,
-        old_logps=old_logps,
+        ppo_epochs=1,
+        batch_size=12,
+        sampling={"max_new_tokens": 10, "temperature": 0.8},
+        rollout={"prompts_per_iteration": 3, "samples_per_prompt": 4, "ppo_epochs": 1},
+        policy={"aggregation": "sequence"},
     )
+    run.prompts, run.reward, run.old_logps = (PROMPTS, None), reward, old_logps
+    return make_buffer(run, partial(grpo.make_experience, run, GRPOSettings()))
 
 
 def test_skipping_old_logps_gives_the_same_loss_gradients_and_kl_metrics(eos_engine):
@@ -210,8 +203,8 @@ def test_skipping_old_logps_gives_the_same_loss_gradients_and_kl_metrics(eos_eng
     kl = KLSettings(coef=0.1, estimator="k3", in_reward=False)
     batches = {}
     for old_logps in (True, False):
-        loader = make_loader(eos_engine, frozen, old_logps=old_logps, kl=kl)
-        batches[old_logps] = loader.next_batch()
+        buffer = make_grpo_buffer(eos_engine, frozen, old_logps=old_logps, kl=kl)
+        batches[old_logps] = buffer.next_batch()
     kept, skipped = batches[True], batches[False]
     assert isinstance(skipped, Experience) and skipped.old_logps is None
     assert kept.old_logps is not None
@@ -240,9 +233,13 @@ def test_skipping_old_logps_gives_the_same_loss_gradients_and_kl_metrics(eos_eng
         assert metrics_b[key] == pytest.approx(metrics_a[key], abs=1e-4)
 
 
-def test_the_loader_refuses_to_skip_old_logps_it_needs(eos_engine):
-    with pytest.raises(ValueError, match="old_logps=False"):
-        make_loader(eos_engine, None, old_logps=False, kl=KLSettings(coef=0.05))
+def test_the_kl_in_the_reward_refuses_a_rollout_without_old_logps(eos_engine):
+    from rlhf.models.reference import ReferenceModel
+
+    reference = ReferenceModel.frozen(copy.deepcopy(eos_engine.model))
+    buffer = make_grpo_buffer(eos_engine, reference, old_logps=False, kl=KLSettings(coef=0.05))
+    with pytest.raises(ValueError, match="needs the sampling policy's log-probs"):
+        buffer.next_batch()
 
 
 def test_reward_model_reads_repeated_prompts_once_with_the_same_scores(tiny_model_dir, monkeypatch):
@@ -267,7 +264,7 @@ def test_reward_model_reads_repeated_prompts_once_with_the_same_scores(tiny_mode
 
 
 def test_growing_kv_layer_holds_what_concatenation_would():
-    layer = hf.growing_kv_layer()(capacity=3)
+    layer = compiled.growing_kv_layer()(capacity=3)
     keys, values = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 2, 4)
     out_k, out_v = layer.update(keys, values)
     assert torch.equal(out_k, keys) and layer.get_seq_length() == 2

@@ -12,27 +12,25 @@ out of the loss altogether (their KL term too), as DAPO's dynamic sampling filte
     rlhf grpo --preset tiny
     rlhf grpo --config grpo.yaml model.path=runs/sft/model data.prompts=gsm8k.jsonl \\
         data.answer_field=answer reward.rule=gsm8k
-
-Everything else (rollouts, reference, evaluation, resume) is :mod:`rlhf.recipes.online`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from rlhf.config import StrictModel
 from rlhf.losses.advantages import grpo_advantages, tied_groups
+from rlhf.online.experience import Experience, build_experience
+from rlhf.online.phases import rollout_metrics
+from rlhf.online.settings import KLSettings
 from rlhf.recipes.common import RunResult
-from rlhf.recipes.online import (
-    Advantages,
-    KLSettings,
-    OnlineConfig,
-    Rollout,
-    StatelessEstimator,
-    run_online,
-)
+from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
+from rlhf.rewards.base import score_rollout
+
+# ------------------------------------------------------------------------------ config
 
 
 class GRPOSettings(StrictModel):
@@ -63,27 +61,39 @@ class GRPOConfig(OnlineConfig):
         return self
 
 
-class GRPOEstimator(StatelessEstimator):
-    """Group-normalised sequence advantages; tied groups counted and optionally dropped."""
+# ------------------------------------------------------------------------------ experience
 
-    def __init__(self, settings: GRPOSettings) -> None:
-        self.settings = settings
 
-    def __call__(self, rollout: Rollout) -> Advantages:
-        rewards, k = rollout.sequence_rewards(), rollout.group_size
-        advantages, sums = grpo_advantages(
-            rewards, k, scale=self.settings.scale_rewards, eps=self.settings.eps
-        )
-        tied = tied_groups(rewards, k)  # [P]
-        keep = None
-        if self.settings.tied_groups == "drop":
-            keep = ~tied.repeat_interleave(k)  # [N]
-        metrics = {
-            "tied_groups": sums["tied_groups"],
-            "tied_fraction": sums["tied_groups"] / max(sums["groups"], 1.0),
-        }
-        return Advantages(advantages, keep=keep, metrics=metrics)
+def make_experience(run: OnlineRun, settings: GRPOSettings, iteration: int) -> Experience:
+    """One GRPO rollout, phase by phase."""
+    k = run.config.rollout.samples_per_prompt
+    prompts = run.prompts_for(iteration)  # [P]
+    batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major
+    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [P·K]
+    reference = run.reference_term(batch)  # log π_ref [P·K, R] and the KL, with β
+    rewards = reference.penalised(reward.scores)  # β·KL is a loss term by default: unchanged
+
+    # advantages: each sample against its own group (the one line GRPO adds)
+    advantages, sums = grpo_advantages(rewards, k, scale=settings.scale_rewards, eps=settings.eps)
+    keep = None
+    if settings.tied_groups == "drop":
+        keep = ~tied_groups(rewards, k).repeat_interleave(k)  # [P·K]
+    metrics = rollout_metrics(batch, reward, reference, iteration) | {
+        "rollout_tied_groups": sums["tied_groups"],
+        "rollout_tied_fraction": sums["tied_groups"] / max(sums["groups"], 1.0),
+    }
+    return build_experience(
+        batch,
+        advantages,
+        scores=reward.scores,
+        ref_logps=reference.ref_logps,
+        kl_coef=reference.coef,
+        keep=keep,
+        metrics=metrics,
+        **run.experience_options(),
+    )
 
 
 def run_grpo(config: GRPOConfig, resume: bool = False) -> RunResult:
-    return run_online(config, resume, estimator=GRPOEstimator(config.grpo))
+    run = prepare_online(config, resume)
+    return run_online(run, partial(make_experience, run, config.grpo))

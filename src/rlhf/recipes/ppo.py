@@ -22,8 +22,8 @@ with the details of Huang et al. (2024, "The N+ Implementation Details of RLHF w
   reward model folder (its head kept, as InstructGPT did) — or from the initial policy with
   a fresh N(0, 1/√(d + 1)) head.
 
-Everything else (rollouts, reference, rewards, evaluation, resume at iteration boundaries) is
-:mod:`rlhf.recipes.online`.
+The set-up, the evaluation and resume at iteration boundaries are
+:mod:`rlhf.recipes.online_common`'s.
 
     rlhf ppo --preset tiny
     rlhf ppo --config ppo.yaml model.path=runs/sft/model data.prompts=prompts.jsonl \\
@@ -52,20 +52,13 @@ from rlhf.models.load import LoraSpec
 from rlhf.models.logprobs import selective_log_softmax
 from rlhf.models.teacher_forcing import TeacherForced
 from rlhf.models.value import load_value_model, response_values
+from rlhf.online.experience import Experience, ExperienceBuffer, build_experience
+from rlhf.online.loss import policy_gradient_loss, policy_logps
+from rlhf.online.phases import rollout_metrics
+from rlhf.online.settings import KLSettings, PolicyLossSettings, RolloutSettings
 from rlhf.recipes.common import RunResult
-from rlhf.recipes.online import (
-    Advantages,
-    Experience,
-    ExperienceLoader,
-    KLSettings,
-    OnlineConfig,
-    PolicyLossSettings,
-    Rollout,
-    RolloutSettings,
-    policy_gradient_loss,
-    policy_logps,
-    run_online,
-)
+from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
+from rlhf.rewards.base import score_rollout
 
 logger = logging.getLogger("rlhf")
 
@@ -181,21 +174,15 @@ class RunningMoments:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
-class PPOEstimator:
-    """PPO's advantage hook: critic values, per-token rewards with the KL penalty, GAE, whitening.
+class ScoreNormaliser:
+    """``ppo.reward_norm`` and ``ppo.reward_clip``: scores normalised by the rollout's
+    statistics or by running ones (checkpointed), then clipped."""
 
-    ``critic`` is set once the value model exists (:func:`run_ppo` builds it with the policy).
-    """
-
-    needs_greedy = False
-    needs_logps = True  # the per-token KL rewards read the rollout's old log-probs
-
-    def __init__(self, settings: PPOSettings, kl: KLSettings, batch_size: int = 16) -> None:
-        self.settings, self.kl, self.batch_size = settings, kl, batch_size
-        self.critic: torch.nn.Module | None = None
+    def __init__(self, settings: PPOSettings) -> None:
+        self.settings = settings
         self.moments = RunningMoments()
 
-    def normalized_scores(self, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """[N] scores after ``reward_norm`` and ``reward_clip``."""
         scores = scores.float()
         if self.settings.reward_norm == "batch" and scores.numel() > 1:
@@ -207,55 +194,72 @@ class PPOEstimator:
             scores = scores.clamp(-self.settings.reward_clip, self.settings.reward_clip)
         return scores
 
-    def __call__(self, rollout: Rollout) -> Advantages:
-        if self.critic is None:
-            raise RuntimeError("PPOEstimator.critic is not set: build the value model first")
-        batch, mask = rollout.batch, rollout.mask  # mask [N, R]
-        with torch.no_grad():
-            values = response_values(
-                self.critic,
-                batch.prompt_ids,
-                batch.prompt_mask,
-                batch.response_ids,
-                batch.response_mask,
-                batch_size=self.batch_size,
-                groups=batch.prompt_index,
-            )  # [N, R] V(s_t), 0 on padding
-        scores = self.normalized_scores(rollout.scores)
-        in_reward = rollout.kl_in_reward and rollout.ref_logps is not None
-        rewards, sums = ppo_token_rewards(
-            scores,
-            batch.logps,
-            rollout.ref_logps if in_reward else batch.logps,  # no reference: no penalty
-            mask,
-            kl_coef=rollout.kl_coef if in_reward else 0.0,
-            estimator=self.kl.estimator,
-            clamp=self.kl.clamp,
-            max_kl=self.kl.max_kl,
-        )  # [N, R]
-        advantages, returns = gae(
-            rewards, values, mask, gamma=self.settings.gamma, lam=self.settings.lam
-        )
-        if self.settings.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        sequences = max(sums["sequences"], 1.0)
-        residual = masked_mean((returns - values).square(), mask)
-        variance = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
-        metrics = {
-            "score": sums["score_sum"] / sequences,
-            "kl_reward": sums["kl_reward_sum"] / sequences,
-            "value": float(masked_mean(values, mask)),
-            "return": float(masked_mean(returns, mask)),
-            # 1 − Var(R − V) / Var(R): how much of the returns the critic already predicts
-            "explained_variance": float(1 - residual / variance) if variance > 0 else 0.0,
-        }
-        return Advantages(advantages, returns=returns, values=values, metrics=metrics)
-
     def state_dict(self) -> dict[str, Any]:
         return {"reward_moments": self.moments.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.moments.load_state_dict(state["reward_moments"])
+
+
+def make_experience(
+    run: OnlineRun, critic: torch.nn.Module, normalise: ScoreNormaliser, iteration: int
+) -> Experience:
+    """One PPO rollout, phase by phase: samples, scores, π_ref, the critic's values,
+    per-token rewards with the KL penalty, GAE, whitening."""
+    config: PPOConfig = run.config  # type: ignore[assignment]
+    settings, kl = config.ppo, config.kl
+    prompts = run.prompts_for(iteration)  # [P]
+    batch = run.sample(prompts, iteration)  # [N] responses, with old log-probs
+    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [N]
+    reference = run.reference_term(batch)  # log π_ref [N, R] and the KL, with β
+    mask = batch.response_mask.float()  # [N, R]
+    with torch.no_grad():  # values: V(s_t) of the critic at rollout time, 0 on padding
+        values = response_values(
+            critic,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.response_ids,
+            batch.response_mask,
+            batch_size=config.sampling.batch_size,
+            groups=batch.prompt_index,
+        )  # [N, R]
+    scores = normalise(reward.scores)
+    in_reward = reference.in_reward and reference.ref_logps is not None
+    rewards, sums = ppo_token_rewards(
+        scores,
+        batch.logps,
+        reference.ref_logps if in_reward else batch.logps,  # no reference: no penalty
+        mask,
+        kl_coef=reference.coef if in_reward else 0.0,
+        estimator=kl.estimator,
+        clamp=kl.clamp,
+        max_kl=kl.max_kl,
+    )  # [N, R]: −β·KL per token, the score on the last
+    advantages, returns = gae(rewards, values, mask, gamma=settings.gamma, lam=settings.lam)
+    if settings.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    sequences = max(sums["sequences"], 1.0)
+    residual = masked_mean((returns - values).square(), mask)
+    variance = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
+    metrics = rollout_metrics(batch, reward, reference, iteration) | {
+        "rollout_score": sums["score_sum"] / sequences,
+        "rollout_kl_reward": sums["kl_reward_sum"] / sequences,
+        "rollout_value": float(masked_mean(values, mask)),
+        "rollout_return": float(masked_mean(returns, mask)),
+        # 1 − Var(R − V) / Var(R): how much of the returns the critic already predicts
+        "rollout_explained_variance": float(1 - residual / variance) if variance > 0 else 0.0,
+    }
+    return build_experience(
+        batch,
+        advantages,
+        scores=reward.scores,
+        ref_logps=reference.ref_logps,
+        kl_coef=reference.coef,
+        returns=returns,
+        values=values,
+        metrics=metrics,
+        **run.experience_options(),
+    )
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -302,12 +306,12 @@ def ppo_loss(
     """Clipped surrogate (+ a KL loss term if configured) + ``vf_coef`` · clipped value loss +
     ``entropy_coef`` · (−entropy), each reduced by the batch's aggregation (one divisor).
 
-    The policy part is :func:`rlhf.recipes.online.policy_gradient_loss` on log-probs computed
+    The policy part is :func:`rlhf.online.loss.policy_gradient_loss` on log-probs computed
     here; metrics are means over the micro-batch divided by ``grad_accum`` (the Trainer sums
     them over a step's micro-batches), the rollout's metrics on the first micro-batch.
     """
     if batch.values is None or batch.returns is None:
-        raise ValueError("PPO needs experience with values and returns (PPOEstimator)")
+        raise ValueError("PPO needs experience with values and returns (ppo.make_experience)")
     entropies = None
     if settings.entropy_coef > 0:
         logps, entropies = logps_and_entropy(model.policy, batch)
@@ -351,7 +355,7 @@ class EarlyStop:
     of the rollout's minibatches are skipped and the next step starts a new rollout
     (Schulman et al.'s baselines / OpenAI Spinning Up ``target_kl``)."""
 
-    def __init__(self, loader: ExperienceLoader, target: float) -> None:
+    def __init__(self, loader: ExperienceBuffer, target: float) -> None:
         self.loader, self.target, self.stopped = loader, target, 0
 
     def on_step_end(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -369,31 +373,33 @@ class EarlyStop:
 # ------------------------------------------------------------------------------ the recipe
 
 
+def load_critic(config: PPOConfig, run: OnlineRun) -> torch.nn.Module:
+    """The critic: from ``value.path``, else from the policy's starting weights (the folder
+    they were loaded from: the init SFT's output or model.path)."""
+    path = config.value.path or unwrap(run.policy).name_or_path
+    lora = LoraSpec(**config.model.lora.model_dump()) if config.model.lora else None
+    return load_value_model(
+        path,
+        run.tokenizer,
+        dtype=config.model.dtype,
+        device=next(run.policy.parameters()).device,
+        attn_implementation=config.model.attn_implementation,
+        lora=lora,
+        seed=config.value.seed,
+    )
+
+
 def run_ppo(config: PPOConfig, resume: bool = False) -> RunResult:
     """Train a policy with PPO (see the module docstring); export it to ``<out>/model``."""
-    estimator = PPOEstimator(config.ppo, config.kl, batch_size=config.sampling.batch_size)
+    # the per-token KL rewards read the rollout's old log-probs
+    run = prepare_online(config, resume, advantages_read_old_logps=True)
+    critic = load_critic(config, run)
+    normalise = ScoreNormaliser(config.ppo)
 
-    def wrap(policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
-        # the critic starts from value.path, else from the policy's starting weights (the
-        # folder they were loaded from: the init SFT's output or model.path)
-        path = config.value.path or unwrap(policy).name_or_path
-        lora = LoraSpec(**config.model.lora.model_dump()) if config.model.lora else None
-        critic = load_value_model(
-            path,
-            tokenizer,
-            dtype=config.model.dtype,
-            device=next(policy.parameters()).device,
-            attn_implementation=config.model.attn_implementation,
-            lora=lora,
-            seed=config.value.seed,
-        )
-        estimator.critic = critic
-        return ActorCritic(policy, critic)
-
-    def callbacks(loader: ExperienceLoader) -> Sequence[StepCallback]:
+    def callbacks(buffer: ExperienceBuffer) -> Sequence[StepCallback]:
         if config.ppo.target_kl is None:
             return ()
-        return (EarlyStop(loader, config.ppo.target_kl),)
+        return (EarlyStop(buffer, config.ppo.target_kl),)
 
     loss_fn = partial(
         ppo_loss,
@@ -403,10 +409,10 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> RunResult:
         grad_accum=config.grad_accum,
     )
     return run_online(
-        config,
-        resume,
-        estimator=estimator,
+        run,
+        partial(make_experience, run, critic, normalise),
+        state={"estimator": normalise},
         loss_fn=loss_fn,
-        wrap_model=wrap,
+        trained=ActorCritic(run.policy, critic),
         callbacks=callbacks,
     )

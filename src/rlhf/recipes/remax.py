@@ -9,31 +9,54 @@ greedy responses are not trained on. The KL to the reference goes into the rewar
 update is PPO's clipped surrogate on the rollout's old log-probs.
 
     rlhf remax --preset tiny
-
-Everything else (rollouts, reference, evaluation, resume) is :mod:`rlhf.recipes.online`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 from rlhf.losses.advantages import remax_advantages
+from rlhf.online.experience import Experience, build_experience
+from rlhf.online.phases import rollout_metrics
 from rlhf.recipes.common import RunResult
-from rlhf.recipes.online import Advantages, OnlineConfig, Rollout, StatelessEstimator, run_online
+from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
+from rlhf.rewards.base import score_rollout
 
 
 class ReMaxConfig(OnlineConfig):
     """ReMax: REINFORCE with the greedy response's reward as the baseline."""
 
 
-class ReMaxEstimator(StatelessEstimator):
-    """Sampled reward minus the greedy response's reward, per prompt."""
+def make_experience(run: OnlineRun, iteration: int) -> Experience:
+    """One ReMax rollout, phase by phase."""
+    k = run.config.rollout.samples_per_prompt
+    prompts = run.prompts_for(iteration)  # [P]
+    batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major
+    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [P·K]
+    reference = run.reference_term(batch)  # log π_ref and the KL, with β
+    rewards = reference.penalised(reward.scores)  # score − β·Σ KL (the KL is in the reward)
 
-    needs_greedy = True
+    # the baseline: each prompt decoded greedily once and scored (ReMax's Algorithm 1)
+    greedy_params = replace(run.sampling_params(iteration), temperature=0.0, num_samples=1)
+    greedy_batch = run.engine.generate(prompts.texts, greedy_params)  # [P]
+    greedy = score_rollout(run.reward, prompts.texts, greedy_batch, prompts.metadata).scores
+    baseline = greedy.repeat_interleave(k)  # [P·K]
 
-    def __call__(self, rollout: Rollout) -> Advantages:
-        assert rollout.greedy_scores is not None  # the loader adds them (needs_greedy)
-        advantages = remax_advantages(rollout.sequence_rewards(), rollout.greedy_scores)
-        return Advantages(advantages)
+    advantages = remax_advantages(rewards, baseline)
+    metrics = rollout_metrics(batch, reward, reference, iteration)
+    metrics["rollout_greedy_reward"] = float(baseline.mean())
+    return build_experience(
+        batch,
+        advantages,
+        scores=reward.scores,
+        ref_logps=reference.ref_logps,
+        kl_coef=reference.coef,
+        metrics=metrics,
+        **run.experience_options(),
+    )
 
 
 def run_remax(config: ReMaxConfig, resume: bool = False) -> RunResult:
-    return run_online(config, resume, estimator=ReMaxEstimator())
+    run = prepare_online(config, resume)
+    return run_online(run, partial(make_experience, run))

@@ -7,17 +7,20 @@ KL to the reference goes into the reward by default (``score − β Σ_t k1_t`` 
 ``rollout.ppo_epochs=1`` and one minibatch per rollout it is plain on-policy REINFORCE).
 
     rlhf rloo --preset tiny
-
-Everything else (rollouts, reference, evaluation, resume) is :mod:`rlhf.recipes.online`.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from pydantic import model_validator
 
 from rlhf.losses.advantages import rloo_advantages
+from rlhf.online.experience import Experience, build_experience
+from rlhf.online.phases import rollout_metrics
 from rlhf.recipes.common import RunResult
-from rlhf.recipes.online import Advantages, OnlineConfig, Rollout, StatelessEstimator, run_online
+from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
+from rlhf.rewards.base import score_rollout
 
 
 class RLOOConfig(OnlineConfig):
@@ -30,12 +33,26 @@ class RLOOConfig(OnlineConfig):
         return self
 
 
-class RLOOEstimator(StatelessEstimator):
-    """Leave-one-out baselines over each prompt's K samples."""
-
-    def __call__(self, rollout: Rollout) -> Advantages:
-        return Advantages(rloo_advantages(rollout.sequence_rewards(), rollout.group_size))
+def make_experience(run: OnlineRun, iteration: int) -> Experience:
+    """One RLOO rollout, phase by phase."""
+    prompts = run.prompts_for(iteration)  # [P]
+    batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major
+    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [P·K]
+    reference = run.reference_term(batch)  # log π_ref and the KL, with β
+    rewards = reference.penalised(reward.scores)  # score − β·Σ KL (the KL is in the reward)
+    # advantages: each sample against the mean of the other K − 1
+    advantages = rloo_advantages(rewards, run.config.rollout.samples_per_prompt)
+    return build_experience(
+        batch,
+        advantages,
+        scores=reward.scores,
+        ref_logps=reference.ref_logps,
+        kl_coef=reference.coef,
+        metrics=rollout_metrics(batch, reward, reference, iteration),
+        **run.experience_options(),
+    )
 
 
 def run_rloo(config: RLOOConfig, resume: bool = False) -> RunResult:
-    return run_online(config, resume, estimator=RLOOEstimator())
+    run = prepare_online(config, resume)
+    return run_online(run, partial(make_experience, run))

@@ -1,0 +1,112 @@
+"""The critic-free policy loss of online RL, on a minibatch of :class:`Experience`.
+
+PPO's clipped surrogate on the advantages (:func:`rlhf.losses.policy.ppo_policy_loss`), plus
+``β · KL`` as a loss term (k2/k3) when the KL is not in the reward; PPO adds its value loss
+and entropy bonus to it, GSPO replaces the surrogate by its sequence-level one.
+
+Shapes: n rows of a micro-batch, R response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.losses.kl import per_token_kl, sequence_kl
+from rlhf.losses.policy import kl_penalty_loss, ppo_policy_loss
+from rlhf.models.teacher_forcing import response_logprobs
+from rlhf.online.experience import Experience
+from rlhf.online.settings import KLSettings, PolicyLossSettings
+
+Metrics = dict[str, float]
+
+
+def policy_logps(model: torch.nn.Module, batch: Experience) -> torch.Tensor:
+    """[n, R] log π_θ of the batch's response tokens at its temperature, with gradients."""
+    return response_logprobs(
+        model,
+        batch.prompt_ids,
+        batch.prompt_mask,
+        batch.response_ids,
+        batch.mask,
+        temperature=batch.temperature,
+        batch_size=len(batch),
+        groups=batch.group,
+    )
+
+
+def policy_gradient_loss(
+    model: torch.nn.Module,
+    batch: Experience,
+    *,
+    policy: PolicyLossSettings,
+    kl: KLSettings,
+    grad_accum: int = 1,
+    logps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """The critic-free methods' loss: PPO's clipped surrogate on the advantages
+    (:func:`rlhf.losses.policy.ppo_policy_loss`), plus ``β · KL`` (k2/k3,
+    :func:`rlhf.losses.policy.kl_penalty_loss`) when the KL is a loss term (GRPO, eq. 3).
+
+    Returns the summed loss over ``batch.loss_units`` (the Trainer divides by the step's
+    units) and metrics as means over the micro-batch divided by ``grad_accum``, so the
+    Trainer's sum over a step's micro-batches is their mean.
+
+    Experience without old log-probs (one optimiser step per rollout) takes ``logps``
+    detached as π_old: the ratio is exactly 1 and the gradient that of the recomputed ones.
+    The rollout's KL to the reference (``rollout_kl``, ``rollout_kl_estimate``) then comes
+    from these log-probs, over the rows in the loss.
+    """
+    if logps is None:  # PPO passes its own (computed with the entropy in one forward)
+        logps = policy_logps(model, batch)  # [n, R]
+    old_logps = logps.detach() if batch.old_logps is None else batch.old_logps
+    options = dict(aggregation=batch.aggregation, max_length=batch.max_length)
+    loss, sums = ppo_policy_loss(
+        logps,
+        old_logps,
+        batch.advantages,
+        batch.mask,
+        clip_eps=policy.clip_eps,
+        clip_eps_high=policy.clip_eps_high,
+        **options,
+    )
+    tokens = max(sums["tokens"], 1.0)
+    metrics = {
+        "policy_loss": sums["policy_loss_sum"] / max(batch.loss_units, 1),
+        "clip_frac": sums["clipped_tokens"] / tokens,
+        "ratio": sums["ratio_sum"] / tokens,
+        "approx_kl": sums["approx_kl_sum"] / tokens,
+    }
+    if not kl.in_reward and batch.kl_coef > 0 and batch.ref_logps is not None:
+        kl_loss, kl_sums = kl_penalty_loss(
+            logps,
+            batch.ref_logps,
+            batch.mask,
+            estimator=kl.estimator,
+            clamp=kl.clamp,
+            max_kl=kl.max_kl,
+            **options,
+        )
+        loss = loss + batch.kl_coef * kl_loss
+        metrics["kl_loss"] = kl_sums["kl_sum"] / tokens
+    if batch.old_logps is None and batch.ref_logps is not None:
+        metrics |= on_policy_kl_metrics(logps.detach(), batch, kl)
+    metrics = {key: value / grad_accum for key, value in metrics.items()}
+    return loss, metrics | batch.metrics
+
+
+def on_policy_kl_metrics(logps: torch.Tensor, batch: Experience, kl: KLSettings) -> Metrics:
+    """``rollout_kl`` (k1) and ``rollout_kl_estimate`` (``kl.estimator``): the mean sequence
+    KL to the reference of the rows in the loss, from log-probs [n, R] of the policy that
+    sampled them (what :func:`rlhf.online.phases.rollout_metrics` reads from ``batch.logps`` otherwise)."""
+    assert batch.ref_logps is not None
+    rows = max(int(batch.mask.bool().any(-1).sum()), 1)
+    k1 = sequence_kl(logps, batch.ref_logps, batch.mask).sum()
+    estimate = per_token_kl(
+        logps,
+        batch.ref_logps,
+        batch.mask,
+        estimator=kl.estimator,
+        clamp=kl.clamp,
+        max_kl=kl.max_kl,
+    ).sum()
+    return {"rollout_kl": float(k1) / rows, "rollout_kl_estimate": float(estimate) / rows}

@@ -1,0 +1,67 @@
+"""Settings every online algorithm shares: rollout sizes, the KL to the reference, the clipped
+policy loss. Each recipe's config holds them as sections (and may change their defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rlhf.config import StrictModel
+
+
+class RolloutSettings(StrictModel):
+    iterations: int = Field(10, ge=1, description="Rollouts collected (and trained on).")
+    prompts_per_iteration: int = Field(
+        64, ge=1, description="Prompts per rollout (cycling through a seeded shuffle)."
+    )
+    samples_per_prompt: int = Field(4, ge=1, description="K: responses sampled per prompt.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout's experience.")
+    minibatch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Episodes per optimiser step (default train.batch_size × train.grad_accum); "
+        "when set, grad_accum = minibatch_size / train.batch_size.",
+    )
+
+
+class KLSettings(StrictModel):
+    """The KL(π‖π_ref) regulariser: in the reward (k1, PPO style) or as a loss term (k2/k3)."""
+
+    coef: float = Field(0.05, ge=0, description="β (0: no KL term and no reference model).")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1",
+        description="Per-token estimator (Schulman 2020): k1 in the reward, k2/k3 in the loss.",
+    )
+    in_reward: bool = Field(
+        True, description="Subtract β·KL from the reward (true) or add β·KL to the loss (false)."
+    )
+    clamp: float | None = Field(None, gt=0, description="Clamp log(π_ref/π) to ±clamp first.")
+    max_kl: float | None = Field(None, gt=0, description="Clamp the per-token estimate to ±max_kl.")
+    target: float | None = Field(
+        None,
+        gt=0,
+        description="Adaptive β (Ziegler et al. 2019): the target sequence KL (null: fixed β).",
+    )
+    horizon: int = Field(10000, ge=1, description="Adaptive β: episodes over which β adapts.")
+
+    @model_validator(mode="after")
+    def _estimator_fits(self) -> KLSettings:
+        if not self.in_reward and self.estimator == "k1" and self.coef > 0:
+            raise ValueError(
+                "kl.estimator k1 has zero expected gradient as a loss term: with "
+                "kl.in_reward=false use k2 or k3"
+            )
+        return self
+
+
+class PolicyLossSettings(StrictModel):
+    clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="Upper ε (DAPO clip-higher); null: clip_eps."
+    )
+    aggregation: Literal["token", "sequence", "constant"] = Field(
+        "token",
+        description="Loss reduction: token (mean over the step's tokens), sequence (mean of "
+        "per-response means) or constant (sum / max_new_tokens per response, Dr. GRPO).",
+    )

@@ -1,0 +1,454 @@
+"""What every online recipe shares: its config's common sections, the set-up of a run
+(:func:`prepare_online`) and the loop around the algorithm's ``make_experience``
+(:func:`run_online`). Not a recipe: each algorithm's file (``grpo.py``, ``ppo.py``, ...)
+composes the phases of its experience itself and calls these two.
+
+One iteration: the next ``prompts_per_iteration`` prompts of a seeded shuffle (cycling) →
+``samples_per_prompt`` responses each from the *current* policy, seeded by the iteration →
+rewards → reference log-probs and the KL to π_ref → advantages (the algorithm's own) → an
+:class:`~rlhf.online.experience.Experience`; then ``ppo_epochs`` passes over it in shuffled
+minibatches of ``rollout.minibatch_size`` episodes, one Trainer step per minibatch
+(``train.batch_size`` rows per micro-batch, ``grad_accum`` = minibatch_size / batch_size).
+
+Rollout metrics (``rollout_*``) ride on the first micro-batch of each iteration and are
+returned by the loss, so they reach ``metrics.jsonl`` in that step's row. Resume is at
+iteration boundaries (``train.save_every`` is rounded up to whole iterations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+
+from rlhf.config import StrictModel
+from rlhf.data.records import Text
+from rlhf.engine.trainer import StepCallback, TrainConfig, Trainer
+from rlhf.models.device import resolve_device
+from rlhf.models.reference import ReferenceModel, is_lora, live_reference
+from rlhf.online.evaluate import OnlineEvalConfig, evaluate_policy
+from rlhf.online.experience import Experience, ExperienceBuffer, Stateful
+from rlhf.online.loss import policy_gradient_loss
+from rlhf.online.phases import (
+    AdaptiveKLController,
+    ReferenceTerm,
+    compile_scoring_models,
+    needs_old_logps,
+    reference_phase,
+)
+from rlhf.online.settings import KLSettings, PolicyLossSettings, RolloutSettings
+from rlhf.recipes.common import (
+    ModelConfig,
+    RecipeConfig,
+    ReferenceDtype,
+    RunResult,
+    build_model_and_tokenizer,
+    prepare_out_dir,
+    reference_dtype_field,
+    round_prompts,
+)
+from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
+from rlhf.rewards.base import RewardFunction
+from rlhf.rewards.spec import RewardSpec, build_reward
+from rlhf.rollout.factory import build_engine
+from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
+
+logger = logging.getLogger("rlhf")
+
+Metrics = dict[str, float]
+PromptSet = tuple[list[Text], list[dict[str, Any]] | None]  # prompts, per-prompt metadata
+LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
+
+# ------------------------------------------------------------------------------ config
+
+
+class OnlineDataConfig(StrictModel):
+    prompts: str = Field(
+        description="Training prompts: any file with a prompt field (or conversations), or "
+        "builtin:NAME."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map our field names to the prompt file's columns."
+    )
+    eval_prompts: str | None = Field(
+        None,
+        description="Held-out prompts (a file like `prompts`); default: `eval.prompts` of the "
+        "training prompts are held out (never trained on).",
+    )
+    answer_field: str | None = Field(
+        None,
+        description="A column of the prompt files holding each prompt's ground truth, passed to "
+        "the reward as metadata `answer` (e.g. answer for GSM8K and reward.rule=gsm8k).",
+    )
+
+
+class OnlineReferenceConfig(StrictModel):
+    path: str | None = Field(
+        None,
+        description="The reference π_ref (folder or hub name). Default: a frozen copy of the "
+        "initial policy (with LoRA: the base model, adapter disabled).",
+    )
+    dtype: ReferenceDtype | None = reference_dtype_field()
+
+
+class OnlineConfig(RecipeConfig):
+    """Settings every online recipe shares; each recipe adds its own section."""
+
+    model: ModelConfig = Field(description="The starting policy (or a tiny one for init_sft).")
+    init_sft: InitSFTConfig | None = Field(
+        None, description="Fine-tune the starting model on demonstrations first."
+    )
+    reference: OnlineReferenceConfig = Field(
+        default_factory=OnlineReferenceConfig, description="The reference policy π_ref."
+    )
+    data: OnlineDataConfig = Field(description="Prompts.")
+    reward: RewardSpec = Field(
+        description="{model: PATH}, {rule: NAME}, a judge or a composite (docs/rewards.md)."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings, description="Rollouts.")
+    kl: KLSettings = Field(default_factory=KLSettings, description="KL to the reference.")
+    policy: PolicyLossSettings = Field(
+        default_factory=PolicyLossSettings, description="The clipped policy loss."
+    )
+    # lr 1e-6: the policy update of DeepSeekMath's GRPO (Shao et al. 2024, §4.2)
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=1e-6), description="Optimisation."
+    )
+    eval: OnlineEvalConfig = Field(
+        default_factory=OnlineEvalConfig, description="Held-out evaluation."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnlineConfig:
+        if self.model.tiny is not None and self.init_sft is None:
+            raise ValueError("model.tiny starts from random weights: set init_sft to train it")
+        if self.train.max_steps is not None:
+            raise ValueError(
+                "train.max_steps: online recipes count rollout.iterations instead; leave it unset"
+            )
+        self.steps_per_iteration()  # raises on inconsistent sizes
+        return self
+
+    @property
+    def episodes_per_iteration(self) -> int:
+        return self.rollout.prompts_per_iteration * self.rollout.samples_per_prompt
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.rollout.minibatch_size or self.train.batch_size * self.train.grad_accum
+
+    @property
+    def grad_accum(self) -> int:
+        return self.minibatch_size // self.train.batch_size
+
+    def steps_per_iteration(self) -> int:
+        """Optimiser steps per rollout: ppo_epochs × episodes / minibatch_size."""
+        episodes, minibatch = self.episodes_per_iteration, self.minibatch_size
+        if minibatch % self.train.batch_size:
+            raise ValueError(
+                f"rollout.minibatch_size {minibatch} must be a multiple of train.batch_size "
+                f"{self.train.batch_size}"
+            )
+        if self.rollout.minibatch_size is not None and self.train.grad_accum not in (
+            1,
+            self.grad_accum,
+        ):
+            raise ValueError(
+                "train.grad_accum: with rollout.minibatch_size set it is minibatch_size / "
+                "batch_size; leave it at 1"
+            )
+        if episodes % minibatch:
+            raise ValueError(
+                f"rollout.prompts_per_iteration × samples_per_prompt = {episodes} episodes must "
+                f"be a multiple of the minibatch size {minibatch}"
+            )
+        return self.rollout.ppo_epochs * episodes // minibatch
+
+    def derived_train(self) -> TrainConfig:
+        """train with max_steps, grad_accum and save_every (whole iterations) filled in."""
+        per = self.steps_per_iteration()
+        save = self.train.save_every
+        return self.train.model_copy(
+            update={
+                "max_steps": per * self.rollout.iterations,
+                "grad_accum": self.grad_accum,
+                "save_every": math.ceil(save / per) * per if save else 0,
+            }
+        )
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def load_prompt_set(source: str, data: OnlineDataConfig) -> PromptSet:
+    """Distinct prompts of ``source`` and, with ``data.answer_field``, each one's ground truth
+    as metadata ``{"answer": ...}`` for the reward."""
+    from rlhf.rollout.candidates import load_prompts_and_answers
+
+    return load_prompts_and_answers(
+        source, data.answer_field, columns=data.columns or None, option="data.answer_field"
+    )
+
+
+def split_prompts(prompts: PromptSet, count: int, seed: int) -> tuple[PromptSet, PromptSet]:
+    """Training prompts and ``count`` held-out ones (a seeded draw, removed from training),
+    each with its metadata."""
+    texts, metadata = prompts
+    if count == 0:
+        return prompts, ([], None)
+    if count >= len(texts):
+        raise ValueError(
+            f"eval.prompts {count}: only {len(texts)} distinct prompts, none would be left "
+            "to train on (lower eval.prompts or give data.eval_prompts)"
+        )
+    held = set(round_prompts(list(range(len(texts))), count, 0, seed + 1))
+
+    def part(indices: list[int]) -> PromptSet:
+        kept = None if metadata is None else [metadata[i] for i in indices]
+        return [texts[i] for i in indices], kept
+
+    return part([i for i in range(len(texts)) if i not in held]), part(sorted(held))
+
+
+def training_and_held_out_prompts(config: OnlineConfig) -> tuple[PromptSet, PromptSet]:
+    """The training prompts and the held-out ones (``data.eval_prompts`` or a seeded draw)."""
+    data, count = config.data, config.eval.prompts
+    train, held = split_prompts(
+        load_prompt_set(data.prompts, data),
+        0 if data.eval_prompts is not None else count,
+        config.train.seed,
+    )
+    if data.eval_prompts is not None:
+        texts, metadata = load_prompt_set(data.eval_prompts, data)
+        held = texts[:count], None if metadata is None else metadata[:count]
+    logger.info("%d training prompts, %d held-out", len(train[0]), len(held[0]))
+    return train, held
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class IterationPrompts:
+    """The prompts of one rollout and their metadata (e.g. ground-truth answers)."""
+
+    texts: list[Text]  # [P]
+    metadata: list[dict[str, Any]] | None  # [P] or None
+
+
+@dataclass
+class OnlineRun:
+    """Everything an online recipe's phases work with, built once by :func:`prepare_online`."""
+
+    config: OnlineConfig
+    out: Path
+    checkpoint: Path | None  # the checkpoint resumed from (None: a fresh run)
+    train: TrainConfig  # config.derived_train()
+    prompts: PromptSet  # training prompts
+    eval_prompts: PromptSet  # held-out prompts
+    policy: torch.nn.Module
+    tokenizer: Any
+    reference: ReferenceModel | None  # π_ref (also kept with β = 0 for the evaluation's KL)
+    reward: RewardFunction
+    gold: RewardFunction | None
+    engine: GenerationEngine  # samples from the policy as it is trained
+    kl_controller: AdaptiveKLController
+    old_logps: bool  # whether rollouts recompute the sampling policy's log-probs
+
+    # ---------------------------------------------------------------- phases
+    def prompts_for(self, iteration: int) -> IterationPrompts:
+        """The prompts of rollout ``iteration`` (1-based): the next slice of a seeded shuffle
+        of the training prompts, wrapping around."""
+        texts, metadata = self.prompts
+        count = self.config.rollout.prompts_per_iteration
+        indices = round_prompts(
+            list(range(len(texts))), count, (iteration - 1) * count, self.config.train.seed
+        )
+        return IterationPrompts(
+            [texts[i] for i in indices],
+            None if metadata is None else [metadata[i] for i in indices],
+        )
+
+    def sampling_params(self, iteration: int) -> SamplingParams:
+        """The sampling of rollout ``iteration``: ``rollout.samples_per_prompt`` per prompt,
+        seeded by the iteration."""
+        return self.config.sampling.params(
+            num_samples=self.config.rollout.samples_per_prompt,
+            seed=self.config.train.seed + iteration,
+            return_logps=self.old_logps,
+        )
+
+    def sample(self, prompts: IterationPrompts, iteration: int) -> RolloutBatch:
+        """Responses to each prompt from the current policy (prompt-major rows)."""
+        return self.engine.generate(prompts.texts, self.sampling_params(iteration))
+
+    def reference_term(self, batch: RolloutBatch) -> ReferenceTerm:
+        """log π_ref and the per-token KL of a rollout (none with β = 0), with its β."""
+        sampling = self.config.sampling
+        return reference_phase(
+            self.reference if self.config.kl.coef > 0 else None,
+            batch,
+            temperature=1.0 if sampling.temperature == 0 else sampling.temperature,
+            batch_size=sampling.batch_size,
+            kl=self.config.kl,
+            controller=self.kl_controller,
+        )
+
+    def experience_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`rlhf.online.experience.build_experience` that come
+        from the config."""
+        return {
+            "aggregation": self.config.policy.aggregation,
+            "max_new_tokens": self.config.sampling.max_new_tokens,
+            "temperature": self.config.sampling.temperature,
+        }
+
+    def evaluate(self, _: torch.nn.Module | None = None) -> Metrics:
+        """Held-out metrics of the policy now (the Trainer's ``evaluate`` hook)."""
+        texts, metadata = self.eval_prompts
+        return evaluate_policy(
+            self.engine,
+            prompts=texts,
+            prompt_metadata=metadata,
+            reward=self.reward,
+            gold=self.gold,
+            reference=self.reference,
+            sampling=self.config.sampling,
+            settings=self.config.eval,
+            seed=self.config.train.seed + 1_000_003,
+        )
+
+
+def online_reference(
+    config: OnlineConfig, model: torch.nn.Module, tokenizer: Any
+) -> ReferenceModel | None:
+    """π_ref for the run, or None when neither the KL term nor the evaluation needs one."""
+    if config.kl.coef == 0 and (config.eval.prompts == 0 or config.eval.samples_per_prompt == 0):
+        return None
+    if config.kl.coef == 0 and config.reference.path is None and not is_lora(model):
+        logger.info("kl.coef is 0: a frozen reference copy is kept for the evaluation's KL only")
+    return live_reference(
+        model,
+        tokenizer,
+        path=config.reference.path,
+        dtype=config.reference.dtype,
+        model_dtype=config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+    )
+
+
+def prepare_online(
+    config: OnlineConfig, resume: bool, *, advantages_read_old_logps: bool = False
+) -> OnlineRun:
+    """Set up a run: prompts, the policy (after init SFT), π_ref, the reward, the engine.
+    ``advantages_read_old_logps``: the algorithm's advantages read the rollout's old
+    log-probs (PPO's per-token KL rewards), so sampling must compute them."""
+    out, checkpoint = prepare_out_dir(config, resume)
+    train = config.derived_train()
+    prompts, eval_prompts = training_and_held_out_prompts(config)
+
+    path = initial_policy(config, config.init_sft, out, resume)
+    model_config = config.model.model_copy(update={"path": path, "tiny": None})
+    policy, tokenizer = build_model_and_tokenizer(model_config, out, lambda: [], train.seed)
+    device = resolve_device(train.device)
+    policy.to(device)
+    # before any update (and before a checkpoint is loaded): the initial policy is π_ref
+    reference = online_reference(config, policy, tokenizer)
+    if reference is not None and reference.module is not policy:
+        reference.to(device)
+    reward = build_reward(config.reward)
+    gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
+    if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
+        compile_scoring_models(reference, reward, policy)
+    old_logps = needs_old_logps(
+        config.rollout,
+        config.kl,
+        episodes=config.episodes_per_iteration,
+        minibatch_size=config.minibatch_size,
+        advantages_read_them=advantages_read_old_logps,
+    )
+    return OnlineRun(
+        config=config,
+        out=out,
+        checkpoint=checkpoint,
+        train=train,
+        prompts=prompts,
+        eval_prompts=eval_prompts,
+        policy=policy,
+        tokenizer=tokenizer,
+        reference=reference,
+        reward=reward,
+        gold=gold,
+        engine=build_engine(policy, tokenizer, batch_size=config.sampling.batch_size),
+        kl_controller=AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon),
+        old_logps=old_logps,
+    )
+
+
+def run_online(
+    run: OnlineRun,
+    make_experience: Callable[[int], Experience],
+    *,
+    state: Mapping[str, Stateful] | None = None,
+    loss_fn: LossFn | None = None,
+    trained: torch.nn.Module | None = None,
+    callbacks: Callable[[ExperienceBuffer], Sequence[StepCallback]] | None = None,
+) -> RunResult:
+    """Train with the experience ``make_experience(iteration)`` makes, then export.
+
+    ``state``: the algorithm's stateful parts, checkpointed with the buffer (the KL
+    controller is added as ``kl_controller``). ``loss_fn(model, batch)`` defaults to
+    :func:`rlhf.online.loss.policy_gradient_loss` with the config's settings. ``trained``
+    is the module the Trainer optimises when it is more than the policy (PPO: policy +
+    critic); sampling, the reference and the export use the policy alone. ``callbacks(buffer)``
+    may return step callbacks (PPO's early stop).
+    """
+    config, train = run.config, run.train
+    buffer = ExperienceBuffer(
+        make_experience,
+        episodes=config.episodes_per_iteration,
+        micro_batch_size=train.batch_size,
+        ppo_epochs=config.rollout.ppo_epochs,
+        seed=train.seed,
+        state={**(state or {}), "kl_controller": run.kl_controller},
+    )
+    if loss_fn is None:
+        loss_fn = partial(
+            policy_gradient_loss, policy=config.policy, kl=config.kl, grad_accum=train.grad_accum
+        )
+    evaluate = run.evaluate if run.eval_prompts[0] else None
+    export = exporter(run.policy, run.tokenizer)
+    trainer = Trainer(
+        trained if trained is not None else run.policy,
+        train,
+        buffer,
+        loss_fn,
+        run.out,
+        evaluate=evaluate,
+        callbacks=callbacks(buffer) if callbacks is not None else (),
+        export=export,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config.model_dump(mode="json"),
+        progress=config.progress,
+    )
+    history: list[Metrics] = []
+    if evaluate is not None and config.eval.before and run.checkpoint is None:
+        with torch.no_grad():
+            initial = evaluate()
+        (run.out / "eval_initial.json").write_text(json.dumps(initial, indent=2), encoding="utf-8")
+        history.append({"step": 0.0, **{f"eval_{k}": v for k, v in initial.items()}})
+        logger.info("starting policy: %s", ", ".join(f"{k}={v:.4g}" for k, v in initial.items()))
+    result = trainer.train(resume_from=run.checkpoint)
+    model_dir = run.out / "model"
+    export(model_dir)
+    return RunResult(run.out, result.final_step, model_dir, history + result.history)
