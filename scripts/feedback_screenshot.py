@@ -10,6 +10,7 @@ headless Chromium (/usr/bin/chromium) capture the third item at 1280×880.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import sys
 import tempfile
@@ -22,7 +23,6 @@ import httpx
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-import rlhf.feedback.service as service
 from rlhf.feedback.app import create_app
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "feedback_annotator.png"
@@ -92,7 +92,7 @@ def serve(db: str) -> tuple[uvicorn.Server, threading.Thread, str, str]:
 
 
 def main(out: Path) -> None:
-    service.random.SystemRandom = Unshuffled  # this process only: a fixed display order
+    random.SystemRandom = Unshuffled  # this process only: a fixed display order
     with tempfile.TemporaryDirectory() as tmp:
         server, thread, url, admin = serve(str(Path(tmp) / "feedback.db"))
         try:
