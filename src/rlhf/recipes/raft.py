@@ -40,10 +40,7 @@ from rlhf.data.records import CompletionRecord, Text
 from rlhf.data.tokenize import Truncation, TruncationReport
 from rlhf.engine.metrics import JsonlSink
 from rlhf.engine.trainer import TrainConfig, resolve_device
-
-# TODO(cli helper): top_k_per_prompt is a component living in the best_of_n recipe; once it
-# moves below the recipes (e.g. rlhf.rewards or rlhf.rollout), import it from there
-from rlhf.recipes.best_of_n import top_k_per_prompt
+from rlhf.eval.sampling import rewards_per_prompt, top_k_per_prompt
 from rlhf.recipes.common import (
     DataConfig,
     ModelConfig,
@@ -164,10 +161,10 @@ class _Run:
         """rollout → score: rewards [P, N], responses [P][N] and summary metrics."""
         raft = self.config.raft
         params = self.config.sampling.params(num_samples=raft.num_samples, seed=seed)
-        batch = engine.generate(prompts, params)  # prompt-major: row p·N + n
+        batch = engine.generate(prompts, params)
         metadata = None if self.metadata is None else [self.metadata[p] for p in prompts]
         scores = score_rollout(self.reward, prompts, batch, metadata).scores  # [P·N]
-        rewards = scores.reshape(len(prompts), raft.num_samples)  # [P, N]
+        rewards = rewards_per_prompt(batch, scores)  # [P, N]
         texts = [
             batch.response_texts[row : row + raft.num_samples]
             for row in range(0, len(batch), raft.num_samples)
