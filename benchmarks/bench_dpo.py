@@ -97,6 +97,7 @@ def train_ours(
     import torch
 
     import rlhf.recipes.dpo as dpo
+    import rlhf.recipes.offline_common as offline
 
     config = dpo.DPOConfig.model_validate(
         {
@@ -126,11 +127,11 @@ def train_ours(
             "progress": False,
         }
     )
-    with timed_calls(dpo, REFERENCE_PASS) as reference_calls:
+    with timed_calls(offline, REFERENCE_PASS) as reference_calls:
         dpo.run_dpo(config)
     wall = time.perf_counter() - start
     if not reference_calls:
-        raise RuntimeError(f"rlhf.recipes.dpo.{REFERENCE_PASS} was never called")
+        raise RuntimeError(f"rlhf.recipes.offline_common.{REFERENCE_PASS} was never called")
     steps = engine_step_metrics(out_dir)
     return {
         "ref_s": sum(reference_calls),

@@ -226,13 +226,14 @@ def measure(
 ) -> tuple[Measurement, Samples]:
     """The word's rate in the policy's samples and KL(π‖π_ref) estimated on the same samples.
 
-    The KL is the recipe's own estimate (:func:`rlhf.recipes.dpo.sampled_kl`: y ~ π at
+    The KL is the recipe's own estimate (:func:`rlhf.rollout.measure.sampled_kl`: y ~ π at
     temperature 1, mean over samples of Σ_t log π − log π_ref, unbiased). It samples with the
     same engine batch size, parameters and seed as the rate's samples here, so both figures
     describe the very same stories (the seeded engine repeats them exactly).
     """
     from rlhf.models.reference import ReferenceModel
-    from rlhf.recipes.dpo import sampled_kl
+    from rlhf.rollout.factory import build_engine
+    from rlhf.rollout.measure import sampled_kl
 
     # the same stream for every policy (common random numbers) and distinct from the pairs'
     seed = settings.seed + 1
@@ -244,10 +245,9 @@ def measure(
         settings.max_new_tokens,
         seed,
     )
-    kl = sampled_kl(
-        policy,
+    _, kl = sampled_kl(
+        build_engine(policy, tokenizer, batch_size=ENGINE_BATCH),
         ReferenceModel.frozen(reference),
-        tokenizer,
         list(prompts),
         sampling_params(settings.eval_samples_per_prompt, settings.max_new_tokens, seed),
         ENGINE_BATCH,
