@@ -21,6 +21,7 @@ from rlhf.cli.common import (
     policy_engine,
     setup_logging,
 )
+from rlhf.data.records import Text
 
 PolicyOption = Annotated[
     str, typer.Option("--model", "-m", help="Policy: model folder or hub name.", show_default=False)
@@ -50,7 +51,7 @@ AnswerFieldOption = Annotated[
 
 def load_prompts(
     source: str, column: list[str] | None, limit: int | None, answer_field: str | None = None
-) -> tuple[list[Any], list[dict[str, Any]] | None]:
+) -> tuple[list[Text], list[dict[str, Any]] | None]:
     """The prompts and, with ``answer_field``, each one's ground truth for the reward."""
     from rlhf.rollout.candidates import load_prompts_and_answers
 

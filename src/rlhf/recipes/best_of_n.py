@@ -38,11 +38,6 @@ from rlhf.rollout.types import RolloutBatch
 
 logger = logging.getLogger("rlhf")
 
-# Until rlhf.recipes.raft and tests/test_rewards.py import them from their components
-# (rlhf.eval.sampling; rlhf.rewards.base.score_rollout(reward, ...).scores), they find these
-# here; then this block goes.
-from rlhf.eval.sampling import rewards_per_prompt, top_k_per_prompt  # noqa: E402, F401
-
 
 def score_rollout(
     prompts: Sequence[Text],
@@ -50,7 +45,10 @@ def score_rollout(
     reward: RewardFunction,
     prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> torch.Tensor:
-    """Rewards [B] of a rollout: :func:`rlhf.rewards.base.score_rollout`'s ``scores``."""
+    """Rewards [B] of a rollout: :func:`rlhf.rewards.base.score_rollout`'s ``scores``.
+
+    Kept only until tests/test_rewards.py calls ``rlhf.rewards.base.score_rollout(reward,
+    prompts, batch, metadata).scores`` itself; then it goes."""
     return base.score_rollout(reward, prompts, batch, prompt_metadata).scores
 
 

@@ -36,12 +36,12 @@ from pydantic import Field, model_validator
 from rlhf.config import ConfigError, StrictModel, _deep_merge, validate_config
 from rlhf.data.records import Record, Text
 from rlhf.eval.policies import EvalConfig, PipelineRuns, TrainedRun
+from rlhf.eval.results import Report, StageTiming
 from rlhf.recipes.common import ModelConfig, RecipeConfig, RunResult
 from rlhf.recipes.registry import stage_recipe
 from rlhf.rewards.spec import RewardSpec
 
 if TYPE_CHECKING:
-    from rlhf.eval.results import Report
     from rlhf.rewards.base import RewardFunction
 
 logger = logging.getLogger("rlhf")
@@ -495,13 +495,7 @@ def run_pipeline(
                     if line.strip():
                         file.write(json.dumps({"stage": name, **json.loads(line)}) + "\n")
     report = results["evaluate"]
-    report.timings = [_timing(name, seconds) for name, seconds in timings.items()]
+    report.timings = [StageTiming(name, round(seconds, 2)) for name, seconds in timings.items()]
     report_dir = out / "report"
     write_report(report, report_dir)
     return PipelineResult(out, report_dir, report, timings)
-
-
-def _timing(name: str, seconds: float) -> Any:
-    from rlhf.eval.results import StageTiming
-
-    return StageTiming(name, round(seconds, 2))
