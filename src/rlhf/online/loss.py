@@ -9,6 +9,9 @@ Shapes: n rows of a micro-batch, R response tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
 from rlhf.losses.kl import per_token_kl, sequence_kl
@@ -18,6 +21,10 @@ from rlhf.online.experience import Experience
 from rlhf.online.settings import KLSettings, PolicyLossSettings
 
 Metrics = dict[str, float]
+# (logps, old_logps, advantages, mask) [n, R] each -> (summed loss, sums)
+Surrogate = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]
+]
 
 
 def policy_logps(model: torch.nn.Module, batch: Experience) -> torch.Tensor:
@@ -42,6 +49,7 @@ def policy_gradient_loss(
     kl: KLSettings,
     grad_accum: int = 1,
     logps: torch.Tensor | None = None,
+    surrogate: Surrogate | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """The critic-free methods' loss: PPO's clipped surrogate on the advantages
     (:func:`rlhf.losses.policy.ppo_policy_loss`), plus ``β · KL`` (k2/k3,
@@ -55,20 +63,20 @@ def policy_gradient_loss(
     detached as π_old: the ratio is exactly 1 and the gradient that of the recomputed ones.
     The rollout's KL to the reference (``rollout_kl``, ``rollout_kl_estimate``) then comes
     from these log-probs, over the rows in the loss.
+
+    ``surrogate(logps, old_logps, advantages, mask) -> (loss_sum, sums)`` replaces PPO's
+    token-level clipped surrogate (GSPO's sequence-level one); its sums hold the keys of
+    :func:`rlhf.losses.policy.ppo_policy_loss`'s.
     """
     if logps is None:  # PPO passes its own (computed with the entropy in one forward)
         logps = policy_logps(model, batch)  # [n, R]
     old_logps = logps.detach() if batch.old_logps is None else batch.old_logps
     options = dict(aggregation=batch.aggregation, max_length=batch.max_length)
-    loss, sums = ppo_policy_loss(
-        logps,
-        old_logps,
-        batch.advantages,
-        batch.mask,
-        clip_eps=policy.clip_eps,
-        clip_eps_high=policy.clip_eps_high,
-        **options,
-    )
+    if surrogate is None:
+        surrogate = partial(
+            ppo_policy_loss, clip_eps=policy.clip_eps, clip_eps_high=policy.clip_eps_high, **options
+        )
+    loss, sums = surrogate(logps, old_logps, batch.advantages, batch.mask)
     tokens = max(sums["tokens"], 1.0)
     metrics = {
         "policy_loss": sums["policy_loss_sum"] / max(batch.loss_units, 1),

@@ -113,6 +113,22 @@ RECIPES: tuple[Recipe, ...] = (
         "PPO: online RL with a learned critic (GAE), the KL to the reference in the reward.",
         online=True, stage="ppo",
     ),
+    Recipe(
+        "dapo", "rlhf.recipes.dapo", "DAPOConfig", "run_dapo",
+        "DAPO: GRPO with clip-higher, dynamic sampling, a token-level loss and overlong "
+        "shaping.",
+        online=True,
+    ),
+    Recipe(
+        "gspo", "rlhf.recipes.gspo", "GSPOConfig", "run_gspo",
+        "GSPO: GRPO's advantages with a sequence-level, length-normalised importance ratio.",
+        online=True,
+    ),
+    Recipe(
+        "reinforce-pp", "rlhf.recipes.reinforce_pp", "ReinforcePPConfig", "run_reinforce_pp",
+        "REINFORCE++: advantages normalised over the global batch, k2 KL in the loss.",
+        online=True,
+    ),
 )  # fmt: skip
 
 

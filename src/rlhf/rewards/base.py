@@ -70,6 +70,39 @@ class RewardOutput:
     # None: the whole reward belongs to the last token (see dense_token_rewards)
     token_rewards: torch.Tensor | None = None
 
+    def select(self, rows: torch.Tensor) -> RewardOutput:
+        """The rewards of rows ``rows`` ([n] long indices)."""
+        return RewardOutput(
+            self.scores[rows],
+            {name: values[rows] for name, values in self.components.items()},
+            None if self.token_rewards is None else self.token_rewards[rows],
+        )
+
+    @staticmethod
+    def concatenate(outputs: Sequence[RewardOutput]) -> RewardOutput:
+        """The rows of ``outputs`` in order (per-token rewards right-padded with 0)."""
+        token_rewards = None
+        if all(output.token_rewards is not None for output in outputs):
+            width = max(output.token_rewards.shape[1] for output in outputs)  # type: ignore[union-attr]
+            token_rewards = torch.cat(
+                [
+                    torch.nn.functional.pad(
+                        output.token_rewards, (0, width - output.token_rewards.shape[1])
+                    )  # type: ignore[union-attr]
+                    for output in outputs
+                ]
+            )
+        names = [set(output.components) for output in outputs]
+        shared = set.intersection(*names) if names else set()
+        return RewardOutput(
+            torch.cat([output.scores for output in outputs]),
+            {
+                name: torch.cat([output.components[name] for output in outputs])
+                for name in sorted(shared)
+            },
+            token_rewards,
+        )
+
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Means to log: ``{prefix: mean score, f"{prefix}/{name}": mean of each component}``."""
         out = {prefix: float(self.scores.mean()) if self.scores.numel() else float("nan")}

@@ -160,6 +160,67 @@ class RolloutBatch:
         """[B, P + R] 1 on every real token of :attr:`input_ids`."""
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
+    def select_prompts(self, prompts: Sequence[int]) -> RolloutBatch:
+        """The rows answering ``prompts`` (indices into this batch's prompts), in that order,
+        their ``prompt_index`` renumbered 0 … len(prompts) − 1."""
+        order = {prompt: new for new, prompt in enumerate(prompts)}
+        index = self.prompt_index.tolist()
+        rows = [row for prompt in prompts for row in range(len(self)) if index[row] == prompt]
+        picked = torch.as_tensor(rows, dtype=torch.long)
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[picked],
+            prompt_mask=self.prompt_mask[picked],
+            response_ids=self.response_ids[picked],
+            response_mask=self.response_mask[picked],
+            logps=None if self.logps is None else self.logps[picked],
+            ended_with_eos=self.ended_with_eos[picked],
+            prompt_index=torch.as_tensor([order[index[row]] for row in rows], dtype=torch.long),
+            response_texts=[self.response_texts[row] for row in rows],
+            truncated_prompts=self.truncated_prompts,
+        )
+
+    @staticmethod
+    def concatenate(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+        """One batch of the rows of ``batches`` in order: prompts left-padded and responses
+        right-padded with ``pad_id`` to the widest, ``prompt_index`` continuing across them
+        (batch b's prompts come after those of batches 0 … b − 1)."""
+        if not batches:
+            raise ValueError("concatenate needs at least one batch")
+        with_logps = [batch.logps is not None for batch in batches]
+        if any(with_logps) and not all(with_logps):
+            raise ValueError("cannot concatenate batches sampled with and without log-probs")
+        prompt_width = max(batch.prompt_ids.shape[1] for batch in batches)
+        response_width = max(batch.response_ids.shape[1] for batch in batches)
+
+        def left(tensor: torch.Tensor, value: int) -> torch.Tensor:  # [B, P] → [B, prompt_width]
+            return torch.nn.functional.pad(tensor, (prompt_width - tensor.shape[1], 0), value=value)
+
+        def right(tensor: torch.Tensor, value: float) -> torch.Tensor:  # [B, R] → [B, width]
+            return torch.nn.functional.pad(
+                tensor, (0, response_width - tensor.shape[1]), value=value
+            )
+
+        offsets = [0]
+        for batch in batches[:-1]:
+            offsets.append(
+                offsets[-1] + int(batch.prompt_index.max()) + 1 if len(batch) else offsets[-1]
+            )
+        return RolloutBatch(
+            prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+            prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+            response_ids=torch.cat([right(b.response_ids, pad_id) for b in batches]),
+            response_mask=torch.cat([right(b.response_mask, 0) for b in batches]),
+            logps=torch.cat([right(b.logps, 0.0) for b in batches])  # type: ignore[arg-type]
+            if all(with_logps)
+            else None,
+            ended_with_eos=torch.cat([b.ended_with_eos for b in batches]),
+            prompt_index=torch.cat(
+                [b.prompt_index + offset for b, offset in zip(batches, offsets, strict=True)]
+            ),
+            response_texts=[text for b in batches for text in b.response_texts],
+            truncated_prompts=sum(b.truncated_prompts for b in batches),
+        )
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {
             f.name: value.to(device) if isinstance(value, torch.Tensor) else value
