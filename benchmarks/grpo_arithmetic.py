@@ -1,4 +1,4 @@
-"""GRPO, RLOO, REINFORCE and ReMax raise a tiny model's arithmetic accuracy on held-out problems.
+"""GRPO, RLOO, REINFORCE, ReMax, DAPO, GSPO and REINFORCE++ raise a tiny model's arithmetic accuracy on held-out problems.
 
 An experiment, not a timing benchmark. RL sharpens what a policy can already do: here it
 picks the right one of two answers the policy already gives, and what it learns transfers to
@@ -9,9 +9,9 @@ problems it never saw. One starting policy, then each algorithm from it:
    half of them, chosen at random, give a result exactly 10 too high. Having seen too many
    problems to memorise them, the model learns to add *and* the mistake: on fresh problems
    its answer is right or 10 too high about as often, and greedy decoding is about a coin flip.
-2. Each algorithm (``rlhf grpo|rloo|reinforce|remax`` through its ``run_*`` function) trains
-   that policy online on 2,000 of the SFT problems with the arithmetic rule reward (1 for the
-   right number, else 0): K = 8 samples per prompt at temperature 0.7, 120 iterations of 16
+2. Each algorithm (``rlhf grpo|rloo|reinforce|remax|dapo|gspo|reinforce-pp``, through the
+   recipe registry's run function) trains that policy online on 2,000 of the SFT problems
+   with the arithmetic rule reward (1 for the right number, else 0): K = 8 samples per prompt at temperature 0.7, 120 iterations of 16
    prompts (240 steps, lr 3e-4), the same for all.
 3. Before and after: exact-match accuracy on ``--heldout`` fresh problems that are in neither
    the SFT data nor the RL prompts, greedy and sampled (temperature 1, 4 samples per prompt),
@@ -43,7 +43,7 @@ from typing import Any
 
 from _harness import format_table, progress
 
-ALGORITHMS = ("grpo", "rloo", "reinforce", "remax")
+ALGORITHMS = ("grpo", "rloo", "reinforce", "remax", "dapo", "gspo", "reinforce-pp")
 SFT_PROBLEMS = 20_000
 NOISY_SFT = f"builtin:arithmetic-noisy?n={SFT_PROBLEMS}&wrong=0.5"
 RL_PROMPTS = "builtin:arithmetic?n=2000"  # the first 2,000 problems of the SFT data
@@ -72,17 +72,11 @@ RL = ["train.lr=3e-4", "rollout.iterations=120", f"data.prompts={RL_PROMPTS}"]
 
 
 def recipe(name: str) -> tuple[Any, Any]:
-    """(config class, run function) of the recipe ``name``."""
-    import importlib
+    """(config class, run function) of the recipe ``name`` (the registry's)."""
+    from rlhf.recipes.registry import recipe as registered
 
-    module = importlib.import_module(f"rlhf.recipes.{name}")
-    classes = {
-        "grpo": "GRPOConfig",
-        "rloo": "RLOOConfig",
-        "reinforce": "ReinforceConfig",
-        "remax": "ReMaxConfig",
-    }
-    return getattr(module, classes[name]), getattr(module, f"run_{name}")
+    entry = registered(name)
+    return entry.config_class(), entry.run_function()
 
 
 def heldout_prompts(count: int, seed: int = 777) -> list[str]:
@@ -104,11 +98,11 @@ def heldout_prompts(count: int, seed: int = 777) -> list[str]:
 def accuracy(model: Any, prompts: list[str], temperature: float, samples: int = 1) -> list[float]:
     """Per-prompt exact-match accuracy (the arithmetic rule) of ``samples`` responses each."""
     from rlhf.rewards.rules import ArithmeticCorrectness
-    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.factory import load_engine
     from rlhf.rollout.types import SamplingParams
 
-    if not isinstance(model, HFGenerationEngine):
-        model = HFGenerationEngine.from_pretrained(str(model), batch_size=512)
+    if isinstance(model, (str, Path)):
+        model = load_engine(str(model), batch_size=512)
     params = SamplingParams(max_new_tokens=16, temperature=temperature, num_samples=samples, seed=1)
     batch = model.generate(prompts, params)
     repeated = [prompt for prompt in prompts for _ in range(samples)]

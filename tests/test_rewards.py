@@ -362,14 +362,15 @@ def test_spec_with_penalties_builds_the_whole_reward_and_per_token_rewards_add_u
 
 
 def test_score_rollout_gives_rewards_the_rollout_metadata():
-    from rlhf.recipes.best_of_n import score_rollout
+    from rlhf.rewards.base import score_rollout
 
     batch = hand_made_rollout()
     reward = build_reward(RewardSpec(rule="gsm8k", missing_eos_penalty=2.0))
     prompts = ["What is 2 + 2?", "What is 3 * 3?"]
-    scores = score_rollout(prompts, batch, reward, [{"answer": "4"}, {"answer": "9"}])
+    scores = score_rollout(reward, prompts, batch, [{"answer": "4"}, {"answer": "9"}]).scores
     assert scores.tolist() == [1.0, -1.0, 0.0, -1.0]
-    assert score_rollout(prompts, batch, lambda p, r: torch.ones(len(r))).tolist() == [1.0] * 4
+    ones = score_rollout(lambda p, r: torch.ones(len(r)), prompts, batch).scores
+    assert ones.tolist() == [1.0] * 4
 
 
 # --- config ---------------------------------------------------------------------------------

@@ -23,33 +23,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from rlhf.data.records import Text
 from rlhf.eval.best_of_n import BestOfNReport
-from rlhf.rewards import base
-from rlhf.rewards.base import RewardFunction
-from rlhf.rollout.types import RolloutBatch
 
 logger = logging.getLogger("rlhf")
-
-
-def score_rollout(
-    prompts: Sequence[Text],
-    batch: RolloutBatch,
-    reward: RewardFunction,
-    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
-) -> torch.Tensor:
-    """Rewards [B] of a rollout: :func:`rlhf.rewards.base.score_rollout`'s ``scores``.
-
-    Kept only until tests/test_rewards.py calls ``rlhf.rewards.base.score_rollout(reward,
-    prompts, batch, metadata).scores`` itself; then it goes."""
-    return base.score_rollout(reward, prompts, batch, prompt_metadata).scores
 
 
 def write_report(report: BestOfNReport, out: str | Path) -> dict[str, Path]:
