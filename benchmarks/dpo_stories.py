@@ -6,7 +6,7 @@ model's own samples, so the only thing a pair says is "this story has the proper
 1. Prompts are story openings ("Once upon a time, there was a little girl named Lily. She"),
    split into training prompts and held-out prompts (disjoint).
 2. The base model (``../shared/models/stories260K``, a 260K-parameter Llama trained on
-   TinyStories) writes K stories per training prompt (:class:`HFGenerationEngine`, temperature
+   TinyStories) writes K stories per training prompt (``rlhf.rollout.factory.build_engine``, temperature
    1, no top-k / top-p, seeded). Candidate words' base rates (share of stories that contain
    the word, as a whole word, any case) are measured on these samples; the target is the
    candidate whose rate is nearest 25% within 10–40%.
@@ -201,9 +201,9 @@ def sample_stories(
     seed: int,
 ) -> Samples:
     """``per_prompt`` stories per prompt at temperature 1 (the policy itself, no filters)."""
-    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.factory import build_engine
 
-    engine = HFGenerationEngine(model, tokenizer, batch_size=ENGINE_BATCH)
+    engine = build_engine(model, tokenizer, batch_size=ENGINE_BATCH)
     batch = engine.generate(list(prompts), sampling_params(per_prompt, max_new_tokens, seed))
     return Samples(batch, batch.response_texts, per_prompt)
 
