@@ -99,16 +99,20 @@ class DAPOConfig(OnlineConfig):
 # ------------------------------------------------------------------------------ experience
 
 
-def shaped_rewards(run: OnlineRun, batch: RolloutBatch, reward: RewardOutput) -> torch.Tensor:
+def shaped_rewards(
+    run: OnlineRun[DAPOConfig], batch: RolloutBatch, reward: RewardOutput
+) -> torch.Tensor:
     """[N] the score plus the overlong penalty (eq. 13), before any KL."""
-    settings, budget = run.config.dapo, run.config.sampling.max_new_tokens  # type: ignore[attr-defined]
+    settings, budget = run.config.dapo, run.config.sampling.max_new_tokens
     if settings.overlong_cache == 0:
         return reward.scores
     penalty = overlong_penalty(batch.response_lengths, budget, settings.overlong_cache)
     return reward.scores + settings.overlong_factor * penalty
 
 
-def refill_prompts(run: OnlineRun, iteration: int, round_: int, count: int) -> IterationPrompts:
+def refill_prompts(
+    run: OnlineRun[DAPOConfig], iteration: int, round_: int, count: int
+) -> IterationPrompts:
     """``count`` more prompts for round ``round_`` (≥ 1) of iteration ``iteration``: a seeded
     draw of its own, so a resumed run draws the same ones."""
     texts, metadata = run.prompts
@@ -119,10 +123,10 @@ def refill_prompts(run: OnlineRun, iteration: int, round_: int, count: int) -> I
     )
 
 
-def make_experience(run: OnlineRun, iteration: int) -> Experience:
+def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
     """One DAPO rollout, phase by phase: sample and score until the batch holds enough groups
     with signal, then the reference, group advantages and the experience."""
-    config: DAPOConfig = run.config  # type: ignore[assignment]
+    config = run.config
     k, target = config.rollout.samples_per_prompt, config.rollout.prompts_per_iteration
     kept: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]] = []
     tied: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]] = []
@@ -203,7 +207,7 @@ def subset(
 
 
 def take_groups(
-    run: OnlineRun,
+    run: OnlineRun[DAPOConfig],
     parts: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]],
     target: int,
     k: int,

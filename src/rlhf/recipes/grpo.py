@@ -64,7 +64,9 @@ class GRPOConfig(OnlineConfig):
 # ------------------------------------------------------------------------------ experience
 
 
-def make_experience(run: OnlineRun, settings: GRPOSettings, iteration: int) -> Experience:
+def make_experience(
+    run: OnlineRun[GRPOConfig], settings: GRPOSettings, iteration: int
+) -> Experience:
     """One GRPO rollout, phase by phase."""
     k = run.config.rollout.samples_per_prompt
     prompts = run.prompts_for(iteration)  # [P]

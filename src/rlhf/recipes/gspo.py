@@ -56,7 +56,7 @@ class GSPOConfig(OnlineConfig):
         return self
 
 
-def make_experience(run: OnlineRun, iteration: int) -> Experience:
+def make_experience(run: OnlineRun[GSPOConfig], iteration: int) -> Experience:
     """One GSPO rollout, phase by phase (GRPO's: the difference is in the loss)."""
     k = run.config.rollout.samples_per_prompt
     prompts = run.prompts_for(iteration)  # [P]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from pydantic import Field, model_validator
@@ -245,11 +245,15 @@ class IterationPrompts:
     metadata: list[dict[str, Any]] | None  # [P] or None
 
 
-@dataclass
-class OnlineRun:
-    """Everything an online recipe's phases work with, built once by :func:`prepare_online`."""
+Config = TypeVar("Config", bound=OnlineConfig)
 
-    config: OnlineConfig
+
+@dataclass
+class OnlineRun(Generic[Config]):
+    """Everything an online recipe's phases work with, built once by :func:`prepare_online`;
+    ``config`` is the recipe's own (``OnlineRun[PPOConfig]`` holds a PPOConfig)."""
+
+    config: Config
     out: Path
     checkpoint: Path | None  # the checkpoint resumed from (None: a fresh run)
     train: TrainConfig  # config.derived_train()
@@ -347,8 +351,8 @@ def online_reference(
 
 
 def prepare_online(
-    config: OnlineConfig, resume: bool, *, advantages_read_old_logps: bool = False
-) -> OnlineRun:
+    config: Config, resume: bool, *, advantages_read_old_logps: bool = False
+) -> OnlineRun[Config]:
     """Set up a run: prompts, the policy (after init SFT), π_ref, the reward, the engine.
     ``advantages_read_old_logps``: the algorithm's advantages read the rollout's old
     log-probs (PPO's per-token KL rewards), so sampling must compute them."""
@@ -395,7 +399,7 @@ def prepare_online(
 
 
 def run_online(
-    run: OnlineRun,
+    run: OnlineRun[Any],
     make_experience: Callable[[int], Experience],
     *,
     state: Mapping[str, Stateful] | None = None,

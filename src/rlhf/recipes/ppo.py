@@ -202,11 +202,11 @@ class ScoreNormaliser:
 
 
 def make_experience(
-    run: OnlineRun, critic: torch.nn.Module, normalise: ScoreNormaliser, iteration: int
+    run: OnlineRun[PPOConfig], critic: torch.nn.Module, normalise: ScoreNormaliser, iteration: int
 ) -> Experience:
     """One PPO rollout, phase by phase: samples, scores, π_ref, the critic's values,
     per-token rewards with the KL penalty, GAE, whitening."""
-    config: PPOConfig = run.config  # type: ignore[assignment]
+    config = run.config
     settings, kl = config.ppo, config.kl
     prompts = run.prompts_for(iteration)  # [P]
     batch = run.sample(prompts, iteration)  # [N] responses, with old log-probs
@@ -373,7 +373,7 @@ class EarlyStop:
 # ------------------------------------------------------------------------------ the recipe
 
 
-def load_critic(config: PPOConfig, run: OnlineRun) -> torch.nn.Module:
+def load_critic(config: PPOConfig, run: OnlineRun[PPOConfig]) -> torch.nn.Module:
     """The critic: from ``value.path``, else from the policy's starting weights (the folder
     they were loaded from: the init SFT's output or model.path)."""
     path = config.value.path or unwrap(run.policy).name_or_path

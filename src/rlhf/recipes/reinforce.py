@@ -64,7 +64,9 @@ class MovingBaseline:
         self.value = state["baseline"]
 
 
-def make_experience(run: OnlineRun, baseline: MovingBaseline, iteration: int) -> Experience:
+def make_experience(
+    run: OnlineRun[ReinforceConfig], baseline: MovingBaseline, iteration: int
+) -> Experience:
     """One REINFORCE rollout, phase by phase."""
     prompts = run.prompts_for(iteration)  # [P]
     batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major

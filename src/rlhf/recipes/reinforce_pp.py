@@ -58,7 +58,9 @@ class ReinforcePPConfig(OnlineConfig):
         return self
 
 
-def make_experience(run: OnlineRun, settings: ReinforcePPSettings, iteration: int) -> Experience:
+def make_experience(
+    run: OnlineRun[ReinforcePPConfig], settings: ReinforcePPSettings, iteration: int
+) -> Experience:
     """One REINFORCE++ rollout, phase by phase."""
     prompts = run.prompts_for(iteration)  # [P]
     batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major

@@ -28,7 +28,7 @@ class ReMaxConfig(OnlineConfig):
     """ReMax: REINFORCE with the greedy response's reward as the baseline."""
 
 
-def make_experience(run: OnlineRun, iteration: int) -> Experience:
+def make_experience(run: OnlineRun[ReMaxConfig], iteration: int) -> Experience:
     """One ReMax rollout, phase by phase."""
     k = run.config.rollout.samples_per_prompt
     prompts = run.prompts_for(iteration)  # [P]

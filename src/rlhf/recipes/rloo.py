@@ -33,7 +33,7 @@ class RLOOConfig(OnlineConfig):
         return self
 
 
-def make_experience(run: OnlineRun, iteration: int) -> Experience:
+def make_experience(run: OnlineRun[RLOOConfig], iteration: int) -> Experience:
     """One RLOO rollout, phase by phase."""
     prompts = run.prompts_for(iteration)  # [P]
     batch = run.sample(prompts, iteration)  # [P·K] responses, prompt-major
