@@ -89,9 +89,7 @@ def policy_gradient_loss(
             logps,
             batch.ref_logps,
             batch.mask,
-            estimator=kl.estimator,
-            clamp=kl.clamp,
-            max_kl=kl.max_kl,
+            **kl.estimator_options(),
             **options,
         )
         loss = loss + batch.kl_coef * kl_loss
@@ -113,8 +111,6 @@ def on_policy_kl_metrics(logps: torch.Tensor, batch: Experience, kl: KLSettings)
         logps,
         batch.ref_logps,
         batch.mask,
-        estimator=kl.estimator,
-        clamp=kl.clamp,
-        max_kl=kl.max_kl,
+        **kl.estimator_options(),
     ).sum()
     return {"rollout_kl": float(k1) / rows, "rollout_kl_estimate": float(estimate) / rows}

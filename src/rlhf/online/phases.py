@@ -100,9 +100,7 @@ def reference_phase(
             batch.logps,
             ref_logps,
             batch.response_mask,
-            estimator=kl.estimator,
-            clamp=kl.clamp,
-            max_kl=kl.max_kl,
+            **kl.estimator_options(),
         )
     term = ReferenceTerm(ref_logps, kl_estimate, controller.coef, kl.in_reward)
     if kl_estimate is not None:

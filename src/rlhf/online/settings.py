@@ -3,7 +3,7 @@ policy loss. Each recipe's config holds them as sections (and may change their d
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -44,6 +44,10 @@ class KLSettings(StrictModel):
         description="Adaptive β (Ziegler et al. 2019): the target sequence KL (null: fixed β).",
     )
     horizon: int = Field(10000, ge=1, description="Adaptive β: episodes over which β adapts.")
+
+    def estimator_options(self) -> dict[str, Any]:
+        """The per-token estimator's keyword arguments (:func:`rlhf.losses.kl.per_token_kl`)."""
+        return {"estimator": self.estimator, "clamp": self.clamp, "max_kl": self.max_kl}
 
     @model_validator(mode="after")
     def _estimator_fits(self) -> KLSettings:

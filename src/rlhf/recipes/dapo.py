@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from rlhf.config import StrictModel
 from rlhf.losses.advantages import dynamic_sampling_refill, grpo_advantages, informative_groups
 from rlhf.losses.shaping import overlong_penalty
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings, PolicyLossSettings
 from rlhf.recipes.common import RunResult, round_prompts
@@ -173,15 +173,8 @@ def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
         "rollout_short_groups": float(max(target - informative_count, 0)),
         "rollout_overlong_penalty": overlong,
     }
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        keep=keep.repeat_interleave(k),
-        metrics=metrics,
-        **run.experience_options(),
+    return run.experience(
+        batch, reward, reference, advantages, keep=keep.repeat_interleave(k), metrics=metrics
     )
 
 

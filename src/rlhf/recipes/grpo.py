@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from rlhf.config import StrictModel
 from rlhf.losses.advantages import grpo_advantages, tied_groups
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings
 from rlhf.recipes.common import RunResult
@@ -84,16 +84,7 @@ def make_experience(
         "rollout_tied_groups": sums["tied_groups"],
         "rollout_tied_fraction": sums["tied_groups"] / max(sums["groups"], 1.0),
     }
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        keep=keep,
-        metrics=metrics,
-        **run.experience_options(),
-    )
+    return run.experience(batch, reward, reference, advantages, keep=keep, metrics=metrics)
 
 
 def run_grpo(config: GRPOConfig, resume: bool = False) -> RunResult:

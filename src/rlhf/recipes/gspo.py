@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from rlhf.losses.advantages import grpo_advantages
 from rlhf.losses.policy import gspo_policy_loss
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.loss import policy_gradient_loss
 from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings, PolicyLossSettings
@@ -67,15 +67,7 @@ def make_experience(run: OnlineRun[GSPOConfig], iteration: int) -> Experience:
     advantages, sums = grpo_advantages(rewards, k)  # each sample against its group [P·K]
     metrics = rollout_metrics(batch, reward, reference, iteration)
     metrics["rollout_tied_groups"] = sums["tied_groups"]
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        metrics=metrics,
-        **run.experience_options(),
-    )
+    return run.experience(batch, reward, reference, advantages, metrics=metrics)
 
 
 def run_gspo(config: GSPOConfig, resume: bool = False) -> RunResult:

@@ -35,7 +35,7 @@ from rlhf.engine.trainer import StepCallback, TrainConfig, Trainer
 from rlhf.models.device import resolve_device
 from rlhf.models.reference import ReferenceModel, is_lora, live_reference
 from rlhf.online.evaluate import OnlineEvalConfig, evaluate_policy
-from rlhf.online.experience import Experience, ExperienceBuffer, Stateful
+from rlhf.online.experience import Experience, ExperienceBuffer, Stateful, build_experience
 from rlhf.online.loss import policy_gradient_loss
 from rlhf.online.phases import (
     AdaptiveKLController,
@@ -56,7 +56,7 @@ from rlhf.recipes.common import (
     round_prompts,
 )
 from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
-from rlhf.rewards.base import RewardFunction
+from rlhf.rewards.base import RewardFunction, RewardOutput
 from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.factory import build_engine
 from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
@@ -307,14 +307,34 @@ class OnlineRun(Generic[Config]):
             controller=self.kl_controller,
         )
 
-    def experience_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`rlhf.online.experience.build_experience` that come
-        from the config."""
-        return {
-            "aggregation": self.config.policy.aggregation,
-            "max_new_tokens": self.config.sampling.max_new_tokens,
-            "temperature": self.config.sampling.temperature,
-        }
+    def experience(
+        self,
+        batch: RolloutBatch,
+        reward: RewardOutput,
+        reference: ReferenceTerm,
+        advantages: torch.Tensor,
+        *,
+        metrics: Metrics,
+        keep: torch.Tensor | None = None,
+        returns: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> Experience:
+        """The rollout's :class:`Experience` (:func:`rlhf.online.experience.build_experience`
+        with the scores, π_ref log-probs, β and the config's loss settings filled in)."""
+        return build_experience(
+            batch,
+            advantages,
+            scores=reward.scores,
+            ref_logps=reference.ref_logps,
+            kl_coef=reference.coef,
+            keep=keep,
+            returns=returns,
+            values=values,
+            metrics=metrics,
+            aggregation=self.config.policy.aggregation,
+            max_new_tokens=self.config.sampling.max_new_tokens,
+            temperature=self.config.sampling.temperature,
+        )
 
     def evaluate(self, _: torch.nn.Module | None = None) -> Metrics:
         """Held-out metrics of the policy now (the Trainer's ``evaluate`` hook)."""

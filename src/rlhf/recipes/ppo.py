@@ -52,7 +52,7 @@ from rlhf.models.load import LoraSpec
 from rlhf.models.logprobs import selective_log_softmax
 from rlhf.models.teacher_forcing import TeacherForced
 from rlhf.models.value import load_value_model, response_values
-from rlhf.online.experience import Experience, ExperienceBuffer, build_experience
+from rlhf.online.experience import Experience, ExperienceBuffer
 from rlhf.online.loss import policy_gradient_loss, policy_logps
 from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings, PolicyLossSettings, RolloutSettings
@@ -231,9 +231,7 @@ def make_experience(
         reference.ref_logps if in_reward else batch.logps,  # no reference: no penalty
         mask,
         kl_coef=reference.coef if in_reward else 0.0,
-        estimator=kl.estimator,
-        clamp=kl.clamp,
-        max_kl=kl.max_kl,
+        **kl.estimator_options(),
     )  # [N, R]: −β·KL per token, the score on the last
     advantages, returns = gae(rewards, values, mask, gamma=settings.gamma, lam=settings.lam)
     if settings.whiten_advantages:
@@ -249,16 +247,8 @@ def make_experience(
         # 1 − Var(R − V) / Var(R): how much of the returns the critic already predicts
         "rollout_explained_variance": float(1 - residual / variance) if variance > 0 else 0.0,
     }
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        returns=returns,
-        values=values,
-        metrics=metrics,
-        **run.experience_options(),
+    return run.experience(
+        batch, reward, reference, advantages, returns=returns, values=values, metrics=metrics
     )
 
 

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from rlhf.config import StrictModel
 from rlhf.losses.advantages import reinforce_advantages
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.recipes.common import RunResult
 from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
@@ -75,15 +75,7 @@ def make_experience(
     rewards = reference.penalised(reward.scores)  # score − β·Σ KL (the KL is in the reward)
     advantages, used = baseline.advantages(rewards)  # r − b
     metrics = rollout_metrics(batch, reward, reference, iteration) | {"rollout_baseline": used}
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        metrics=metrics,
-        **run.experience_options(),
-    )
+    return run.experience(batch, reward, reference, advantages, metrics=metrics)
 
 
 def run_reinforce(config: ReinforceConfig, resume: bool = False) -> RunResult:

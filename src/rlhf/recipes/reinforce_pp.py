@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from rlhf.config import StrictModel
 from rlhf.losses.advantages import reinforce_pp_advantages
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings
 from rlhf.recipes.common import RunResult
@@ -70,14 +70,12 @@ def make_experience(
     # advantages: normalised over every real token of the rollout, not per prompt
     group = run.config.rollout.samples_per_prompt if settings.baseline == "group" else None
     advantages = reinforce_pp_advantages(rewards, batch.response_mask.float(), group_size=group)
-    return build_experience(
+    return run.experience(
         batch,
+        reward,
+        reference,
         advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
         metrics=rollout_metrics(batch, reward, reference, iteration),
-        **run.experience_options(),
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from functools import partial
 
 from rlhf.losses.advantages import remax_advantages
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.recipes.common import RunResult
 from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
@@ -46,15 +46,7 @@ def make_experience(run: OnlineRun[ReMaxConfig], iteration: int) -> Experience:
     advantages = remax_advantages(rewards, baseline)
     metrics = rollout_metrics(batch, reward, reference, iteration)
     metrics["rollout_greedy_reward"] = float(baseline.mean())
-    return build_experience(
-        batch,
-        advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
-        metrics=metrics,
-        **run.experience_options(),
-    )
+    return run.experience(batch, reward, reference, advantages, metrics=metrics)
 
 
 def run_remax(config: ReMaxConfig, resume: bool = False) -> RunResult:

@@ -16,7 +16,7 @@ from functools import partial
 from pydantic import model_validator
 
 from rlhf.losses.advantages import rloo_advantages
-from rlhf.online.experience import Experience, build_experience
+from rlhf.online.experience import Experience
 from rlhf.online.phases import rollout_metrics
 from rlhf.recipes.common import RunResult
 from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
@@ -42,14 +42,12 @@ def make_experience(run: OnlineRun[RLOOConfig], iteration: int) -> Experience:
     rewards = reference.penalised(reward.scores)  # score − β·Σ KL (the KL is in the reward)
     # advantages: each sample against the mean of the other K − 1
     advantages = rloo_advantages(rewards, run.config.rollout.samples_per_prompt)
-    return build_experience(
+    return run.experience(
         batch,
+        reward,
+        reference,
         advantages,
-        scores=reward.scores,
-        ref_logps=reference.ref_logps,
-        kl_coef=reference.coef,
         metrics=rollout_metrics(batch, reward, reference, iteration),
-        **run.experience_options(),
     )
 
 
