@@ -20,7 +20,7 @@ problems it never saw. One starting policy, then each algorithm from it:
 Result (docs/online_rl.md): held-out greedy accuracy 0.49 ± 0.03 → 0.76–0.78 ± 0.02 for
 every algorithm, sampled 0.39 ± 0.015 → 0.52–0.56.
 
-    python benchmarks/grpo_arithmetic.py                  # about 2.5 minutes on 2 cores
+    python benchmarks/grpo_arithmetic.py                  # run time: docs/online_rl.md, Results
     python benchmarks/grpo_arithmetic.py --algorithms grpo --json-only
     python benchmarks/grpo_arithmetic.py --init runs/noisy-sft/model   # reuse a start policy
 
