@@ -412,7 +412,9 @@ def prepare_online(
         reference=reference,
         reward=reward,
         gold=gold,
-        engine=build_engine(policy, tokenizer, batch_size=config.sampling.batch_size),
+        engine=build_engine(
+            policy, tokenizer, batch_size=config.sampling.batch_size, kind=config.sampling.engine
+        ),
         kl_controller=AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon),
         old_logps=old_logps,
     )

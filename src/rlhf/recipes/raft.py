@@ -252,7 +252,9 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     model, tokenizer = build_model_and_tokenizer(model_config, out, lambda: [], config.train.seed)
     check_fits_positions(model, config.data.max_length)
     model.to(resolve_device(config.train.device))  # sampling and training share the device
-    engine = build_engine(model, tokenizer, batch_size=config.sampling.batch_size)
+    engine = build_engine(
+        model, tokenizer, batch_size=config.sampling.batch_size, kind=config.sampling.engine
+    )
 
     raft, seed = config.raft, config.train.seed
     done = run.state["completed_rounds"]

@@ -4,20 +4,19 @@ Every sampling site (``rlhf sample``, best-of-N, RAFT, the online recipes, the p
 feedback stage, the evaluations, the feedback app's sampler) asks :func:`build_engine` (a
 model in memory) or :func:`load_engine` (a model folder or hub name) and then talks to the
 :class:`~rlhf.rollout.types.GenerationEngine` protocol only. Adding an engine is one class
-implementing the protocol plus one entry in :data:`ENGINES`.
+implementing the protocol plus one entry in :data:`ENGINES`; a recipe then picks it with
+``sampling.engine=<kind>``.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from rlhf.rollout.types import GenerationEngine
-
-EngineKind = Literal["hf"]
 
 # kind -> "module:class"; imported on first use so the types never pull in transformers
 ENGINES: dict[str, str] = {"hf": "rlhf.rollout.hf:HFGenerationEngine"}

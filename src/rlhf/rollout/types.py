@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhf.config import StrictModel
 from rlhf.data.records import Text
@@ -101,8 +101,23 @@ class SamplingConfig(StrictModel):
         ),
     )
 
+    engine: str = Field(
+        "hf",
+        description="The generation engine, a key of rlhf.rollout.factory.ENGINES (hf: "
+        "transformers' generate).",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, kind: str) -> str:
+        from rlhf.rollout.factory import ENGINES  # the factory imports this module
+
+        if kind not in ENGINES:
+            raise ValueError(f"unknown engine {kind!r}: expected one of {sorted(ENGINES)}")
+        return kind
+
     def params(self, num_samples: int, seed: int, *, return_logps: bool = True) -> SamplingParams:
-        values = self.model_dump(exclude={"batch_size"})
+        values = self.model_dump(exclude={"batch_size", "engine"})
         return SamplingParams(
             **values, num_samples=num_samples, seed=seed, return_logps=return_logps
         )
