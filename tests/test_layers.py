@@ -87,3 +87,16 @@ def test_a_bad_import_breaks_its_contract(
     found = {_short(line) for line in report.splitlines() if " -> " in line}
     before = {_short(line) for line in baselines[contract].splitlines() if " -> " in line}
     assert violation in found - before, report
+
+
+def test_every_registered_recipe_is_in_the_recipes_contract():
+    """A recipe added to the registry but not to the independence contract could import
+    another recipe unnoticed: name the ones missing from pyproject.toml's list."""
+    import tomllib
+
+    from rlhf.recipes.registry import RECIPES
+
+    contracts = tomllib.loads(CONFIG.read_text(encoding="utf-8"))["tool"]["importlinter"]
+    listed = next(c for c in contracts["contracts"] if c["id"] == "recipes")["modules"]
+    missing = sorted({entry.module for entry in RECIPES} - set(listed))
+    assert not missing, f"add {missing} to the 'recipes' contract in pyproject.toml"
