@@ -41,7 +41,17 @@ from rlhf.recipes.common import (
 logger = logging.getLogger("rlhf")
 
 
-class SFTConfig(RecipeConfig):
+class NextTokenConfig(RecipeConfig):
+    """What a next-token recipe's config holds (SFT's, pretraining's): the keys
+    :func:`train_language_model` and :func:`train_on_examples` read. Each recipe's own config
+    narrows the sections and gives them its defaults and descriptions."""
+
+    model: ModelConfig = Field(description="The model.")
+    data: DataConfig = Field(description="The training text.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+
+
+class SFTConfig(NextTokenConfig):
     """Supervised fine-tuning."""
 
     model: ModelConfig = Field(description="The model to fine-tune.")
@@ -133,7 +143,7 @@ def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
 
 
 def train_language_model(
-    config: Any, to_examples: Callable[[Record], Iterable[Record]], resume: bool
+    config: NextTokenConfig, to_examples: Callable[[Record], Iterable[Record]], resume: bool
 ) -> RunResult:
     """The whole next-token recipe; SFT and pretraining differ only in ``to_examples``.
 
@@ -171,7 +181,7 @@ def train_language_model(
 
 
 def train_on_examples(
-    config: Any,
+    config: NextTokenConfig,
     model: torch.nn.Module,
     tokenizer: Any,
     out: Path,
@@ -182,8 +192,8 @@ def train_on_examples(
 ) -> RunResult:
     """Train on tokenised examples through the engine; export the final model to <out>/model.
 
-    ``config`` needs the ``data`` (packing, max_length), ``train`` and sink fields of an SFT
-    config; recipes that make their own examples (RAFT) call this directly. ``data_metrics``
+    ``config`` gives ``data`` (packing, max_length), ``train`` and the sinks; recipes that
+    make their own examples (RAFT) call this directly with an SFT config. ``data_metrics``
     (:func:`~rlhf.recipes.common.report_truncation`) open the run's ``metrics.jsonl``.
     """
     options = dict(

@@ -12,8 +12,8 @@ from pydantic import Field
 
 from rlhf.data.records import ConversationRecord, Record, TextRecord
 from rlhf.engine.trainer import TrainConfig
-from rlhf.recipes.common import DataConfig, ModelConfig, RecipeConfig, RunResult
-from rlhf.recipes.lm import train_language_model
+from rlhf.recipes.common import DataConfig, ModelConfig, RunResult
+from rlhf.recipes.lm import NextTokenConfig, train_language_model
 
 
 class PretrainDataConfig(DataConfig):
@@ -22,7 +22,7 @@ class PretrainDataConfig(DataConfig):
     )
 
 
-class PretrainConfig(RecipeConfig):
+class PretrainConfig(NextTokenConfig):
     """Causal-LM pretraining on raw text."""
 
     model: ModelConfig = Field(description="The model (usually `tiny`, built from scratch).")
