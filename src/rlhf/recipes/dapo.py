@@ -25,7 +25,7 @@ No KL term (β = 0), as in the paper.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -123,32 +123,57 @@ def refill_prompts(
     )
 
 
+@dataclass
+class Groups:
+    """Sampled groups of K rows each (prompt-major), with their rewards."""
+
+    batch: RolloutBatch  # [n·K] responses
+    reward: RewardOutput  # [n·K] the reward's scores and components
+    shaped: torch.Tensor  # [n·K] score + overlong penalty (what the groups are judged on)
+
+    def pick(self, groups: list[int], k: int) -> Groups:
+        """Groups ``groups`` (indices of this batch's prompts), in that order."""
+        rows = torch.tensor([g * k + i for g in groups for i in range(k)], dtype=torch.long)
+        return Groups(
+            self.batch.select_prompts(groups), self.reward.select(rows), self.shaped[rows]
+        )
+
+    @staticmethod
+    def join(parts: list[Groups], pad_id: int) -> Groups:
+        return Groups(
+            RolloutBatch.concatenate([part.batch for part in parts], pad_id),
+            RewardOutput.concatenate([part.reward for part in parts]),
+            torch.cat([part.shaped for part in parts]),
+        )
+
+
 def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
     """One DAPO rollout, phase by phase: sample and score until the batch holds enough groups
-    with signal, then the reference, group advantages and the experience."""
+    with signal (dynamic sampling), then the reference, group advantages and the experience."""
     config = run.config
     k, target = config.rollout.samples_per_prompt, config.rollout.prompts_per_iteration
-    kept: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]] = []
-    tied: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]] = []
-    prompts, rounds, sampled, informative_count = run.prompts_for(iteration), 0, 0, 0
+    kept: list[Groups] = []  # groups whose rewards differ, in the order sampled
+    tied: list[Groups] = []  # the others: fillers if the rounds run out
+    prompts, rounds, sampled, informative = run.prompts_for(iteration), 0, 0, 0
     while True:
-        params = run.sampling_params(iteration)
+        params = run.sampling_params(iteration)  # each round its own seed
         batch = run.engine.generate(
             prompts.texts, replace(params, seed=params.seed + rounds * 7_919)
         )
         reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [n·K]
-        rewards = shaped_rewards(run, batch, reward)
-        informative = informative_groups(rewards, k)  # [n]
+        groups = Groups(batch, reward, shaped_rewards(run, batch, reward))
+        signal = informative_groups(groups.shaped, k)  # [n]
         if not config.dapo.dynamic_sampling:
-            informative = torch.ones_like(informative)
-        for wanted, into in ((True, kept), (False, tied)):
-            chosen = [g for g in range(len(prompts.texts)) if bool(informative[g]) == wanted]
-            if chosen:
-                into.append(subset(batch, reward, rewards, prompts, chosen, k))
-        rounds, sampled = rounds + 1, sampled + len(prompts.texts)
-        informative_count += int(informative.sum())
+            signal = torch.ones_like(signal)
+        kept.append(groups.pick([g for g in range(len(signal)) if signal[g]], k))
+        tied.append(groups.pick([g for g in range(len(signal)) if not signal[g]], k))
+        rounds, sampled, informative = (
+            rounds + 1,
+            sampled + len(signal),
+            informative + int(signal.sum()),
+        )
         more = dynamic_sampling_refill(
-            informative_count,
+            informative,
             target,
             rounds_done=rounds,
             max_rounds=config.dapo.max_sampling_rounds,
@@ -158,63 +183,22 @@ def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
             break
         prompts = refill_prompts(run, iteration, rounds, more)
 
-    # the batch: the first `target` informative groups, topped up with tied ones if short
-    batch, reward, rewards, _ = take_groups(run, kept + tied, target, k)
-    keep = torch.zeros(target, dtype=torch.bool)
-    keep[: min(informative_count, target)] = True
-    overlong = float((rewards - reward.scores).mean())  # the shaping's mean, ≤ 0
+    # the rollout: the first `target` informative groups, topped up with tied ones if short
+    parts = [part for part in kept + tied if len(part.batch)]
+    rollout = Groups.join(parts, run.tokenizer.pad_token_id).pick(list(range(target)), k)
+    batch, reward = rollout.batch, rollout.reward
+    keep = (torch.arange(target) < informative).repeat_interleave(k)  # fillers: out of the loss
     reference = run.reference_term(batch)  # log π_ref and the KL, with β (none by default)
-    rewards = reference.penalised(rewards)
+    rewards = reference.penalised(rollout.shaped)
     advantages, _ = grpo_advantages(rewards, k)  # each sample against its group
     metrics = rollout_metrics(batch, reward, reference, iteration) | {
         "rollout_sampling_rounds": float(rounds),
         "rollout_sampled_prompts": float(sampled),
-        "rollout_informative_groups": float(informative_count),
-        "rollout_short_groups": float(max(target - informative_count, 0)),
-        "rollout_overlong_penalty": overlong,
+        "rollout_informative_groups": float(informative),
+        "rollout_short_groups": float(max(target - informative, 0)),
+        "rollout_overlong_penalty": float((rollout.shaped - reward.scores).mean()),  # ≤ 0
     }
-    return run.experience(
-        batch, reward, reference, advantages, keep=keep.repeat_interleave(k), metrics=metrics
-    )
-
-
-def subset(
-    batch: RolloutBatch,
-    reward: RewardOutput,
-    rewards: torch.Tensor,
-    prompts: IterationPrompts,
-    groups: list[int],
-    k: int,
-) -> tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]:
-    """The rows of prompts ``groups`` (K each) of one sampling round."""
-    rows = torch.tensor([g * k + i for g in groups for i in range(k)])
-    return (
-        batch.select_prompts(groups),
-        reward.select(rows),
-        rewards[rows],
-        IterationPrompts(
-            [prompts.texts[g] for g in groups],
-            None if prompts.metadata is None else [prompts.metadata[g] for g in groups],
-        ),
-    )
-
-
-def take_groups(
-    run: OnlineRun[DAPOConfig],
-    parts: list[tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]],
-    target: int,
-    k: int,
-) -> tuple[RolloutBatch, RewardOutput, torch.Tensor, IterationPrompts]:
-    """The first ``target`` groups of ``parts`` as one rollout."""
-    batch = RolloutBatch.concatenate([part[0] for part in parts], run.tokenizer.pad_token_id)
-    reward = RewardOutput.concatenate([part[1] for part in parts])
-    rewards = torch.cat([part[2] for part in parts])
-    texts = [text for part in parts for text in part[3].texts]
-    metadata = None
-    if parts[0][3].metadata is not None:
-        metadata = [entry for part in parts for entry in part[3].metadata or []]
-    chosen = list(range(target))
-    return subset(batch, reward, rewards, IterationPrompts(texts, metadata), chosen, k)
+    return run.experience(batch, reward, reference, advantages, keep=keep, metrics=metrics)
 
 
 def run_dapo(config: DAPOConfig, resume: bool = False) -> RunResult:
