@@ -116,6 +116,16 @@ def test_reinforce_baseline_moves_and_is_checkpointed(policy):
         )
 
 
+def test_resume_refuses_a_checkpoint_of_another_seed(policy):
+    run = make_run(policy, rloo.RLOOConfig)
+    state = make_buffer(run, partial(rloo.make_experience, run)).state_dict()
+    other = make_run(policy, rloo.RLOOConfig)
+    buffer = make_buffer(other, partial(rloo.make_experience, other))
+    buffer.seed = 4
+    with pytest.raises(ValueError, match=r"train\.seed 3, this run has 4"):
+        buffer.load_state_dict(state)
+
+
 def test_resume_refuses_a_checkpoint_inside_an_iteration(policy):
     run = make_run(policy, rloo.RLOOConfig)
     buffer = make_buffer(run, partial(rloo.make_experience, run))
@@ -125,15 +135,20 @@ def test_resume_refuses_a_checkpoint_inside_an_iteration(policy):
 
 
 def test_remax_scores_a_greedy_baseline_per_prompt(policy):
+    from dataclasses import replace
+
+    from rlhf.rewards.base import score_rollout
+
     run = make_run(policy, remax.ReMaxConfig, ppo_epochs=1)
     experience = remax.make_experience(run, 1)
+    # the baseline by hand: each prompt decoded greedily once, with the rollout's seed, scored
+    prompts = run.prompts_for(1)
+    greedy_params = replace(run.sampling_params(1), temperature=0.0, num_samples=1)
+    greedy_batch = run.engine.generate(prompts.texts, greedy_params)
+    greedy = score_rollout(run.reward, prompts.texts, greedy_batch).scores.repeat_interleave(4)
     per_sequence = experience.advantages.sum(-1) / experience.mask.sum(-1)  # [16]
-    greedy = experience.scores - per_sequence  # A = r − r(greedy) with β = 0
-    # one greedy baseline per prompt: equal within each group of 4 samples
-    assert torch.allclose(greedy.view(4, 4), greedy.view(4, 4)[:, :1].expand(4, 4), atol=1e-5)
-    assert experience.metrics["rollout_greedy_reward"] == pytest.approx(
-        float(greedy.mean()), abs=1e-5
-    )
+    torch.testing.assert_close(per_sequence, experience.scores - greedy)  # A = r − r(greedy)
+    assert experience.metrics["rollout_greedy_reward"] == pytest.approx(float(greedy.mean()))
 
 
 def test_kl_in_the_reward_and_the_adaptive_coefficient(policy):
@@ -159,9 +174,20 @@ def test_kl_in_the_reward_and_the_adaptive_coefficient(policy):
     assert torch.allclose(term.penalised(scores), scores - 0.1 * term.kl.sum(-1))
     # KL far above the target: β grows by the capped 20% × episodes / horizon
     assert run.kl_controller.coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
-    # RLOO's advantages see the penalised reward: leave-one-out over score − β·KL
+    # RLOO's advantages see the penalised reward: leave-one-out over score − β·KL, with the
+    # β this rollout recorded (the controller has moved on to the next one's)
+    from rlhf.losses.advantages import rloo_advantages
+
+    coef = run.kl_controller.coef
+    batch = run.sample(run.prompts_for(2), 2)
+    scores = length_reward(None, batch.response_texts)
+    kl_sum = run.reference_term(batch).kl.sum(-1)
+    run.kl_controller.coef = coef  # as if this second look at rollout 2 had not happened
     experience = rloo.make_experience(run, 2)
-    assert experience.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 16 / 100))
+    assert experience.kl_coef == pytest.approx(coef)
+    expected = rloo_advantages(scores - coef * kl_sum, 4)
+    per_sequence = experience.advantages.sum(-1) / experience.mask.sum(-1)
+    torch.testing.assert_close(per_sequence, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_adaptive_controller_follows_ziegler():
@@ -359,3 +385,31 @@ def test_mixed_precision_reaches_the_rollouts(tmp_path, tiny_model_dir, monkeypa
     assert seen["reference"] == {True} and seen["score"] == {True}
     losses = [row["loss"] for row in result.metrics if "loss" in row]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_step_with_every_group_dropped_leaves_the_policy_as_it_was(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """All rewards tie and grpo.tied_groups=drop: nothing enters the loss, so no backward runs
+    and the optimiser (AdamW, weight decay included) leaves every weight as it was."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(
+        "rlhf.recipes.online_common.build_reward",
+        lambda spec: lambda prompts, responses: torch.zeros(len(responses)),
+    )
+    config = grpo_config(
+        tmp_path,
+        tiny_model_dir,
+        "dropped",
+        grpo={"tied_groups": "drop"},
+        rollout={"iterations": 1, "prompts_per_iteration": 4, "samples_per_prompt": 4},
+        train={"batch_size": 4, "lr": 1e-2, "weight_decay": 0.1},
+        eval={"prompts": 0},
+    )
+    result = run_grpo(config)
+    losses = [row for row in result.metrics if "loss" in row]
+    assert losses and all(row["loss"] == 0 and row["loss_units"] == 0 for row in losses)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(tmp_path / "dropped" / "model" / "model.safetensors")
+    assert all(torch.equal(before[name], after[name]) for name in before)

@@ -54,15 +54,17 @@ def test_dapo_refills_tied_groups_with_freshly_sampled_prompts(policy):
     run = dapo_run(policy, max_sampling_rounds=5)
     # the sampling the recipe should do, by hand: round 1 the iteration's 4 prompts, then each
     # round ⌈(target − kept) · sampled / kept⌉ more (the shortfall over the rate seen so far)
+    # (at most 4 × target = 16 a round), each prompt not yet sampled in this iteration
     target, kept, sampled, rounds = 4, 0, 0, 0
     prompts = run.prompts_for(1).texts
+    used = set(prompts)
     while True:
         kept += sum(first_number(p) % 2 for p in prompts)
         sampled, rounds = sampled + len(prompts), rounds + 1
         if kept >= target or rounds == 5:
             break
         more = target - kept if kept == 0 else math.ceil((target - kept) * sampled / kept)
-        prompts = dapo.refill_prompts(run, 1, rounds, more).texts
+        prompts = dapo.refill_prompts(run, 1, rounds, min(more, 16), used).texts
     assert rounds >= 2, "the seed should give a first round with tied groups"
 
     experience = dapo.make_experience(run, 1)
@@ -84,8 +86,43 @@ def test_dapo_fills_a_short_batch_with_tied_groups_kept_out_of_the_loss(policy):
     assert informative < 4, "the seed should give a first round with tied groups"
     experience = dapo.make_experience(run, 1)
     assert experience.metrics["rollout_short_groups"] == 4 - informative
-    rows_in_loss = int(experience.mask.bool().any(-1).sum())
-    assert rows_in_loss <= informative * 4  # tied fillers carry no token into the loss
+    # the informative groups first, in the loss; the tied fillers after them, out of it
+    in_loss = experience.mask.bool().any(-1).view(4, 4).all(-1)
+    assert in_loss.tolist() == [g < informative for g in range(4)]
+    fillers = experience.group >= informative
+    assert torch.all(experience.advantages[fillers] == 0)
+    assert torch.all(experience.scores.view(4, 4)[informative:] == 0)  # they tied at 0
+
+
+def test_dapo_refills_with_prompts_the_iteration_has_not_sampled(policy):
+    run = dapo_run(policy)
+    first = run.prompts_for(1).texts
+    used = set(first)
+    refill = dapo.refill_prompts(run, 1, 1, 6, used).texts
+    assert len(refill) == 6 and not set(refill) & set(first) and len(set(refill)) == 6
+    assert used == set(first) | set(refill)
+    again = dapo.refill_prompts(run, 1, 1, 6, set(first)).texts
+    assert again == refill  # seeded by (seed, iteration, round): a resumed run draws the same
+    # once every prompt has been used, prompts repeat rather than run out
+    everything = dapo.refill_prompts(run, 1, 2, 30, set()).texts
+    assert len(everything) == 30 and len(set(everything)) == 20
+
+
+def test_dapo_judges_groups_on_the_score_not_the_length_shaping(policy):
+    run = make_run(
+        policy,
+        DAPOConfig,
+        ppo_epochs=1,
+        sampling={"max_new_tokens": 8, "temperature": 1.0},
+        dapo={"overlong_cache": 4, "max_sampling_rounds": 1},
+    )
+    run.reward = lambda prompts, responses: torch.zeros(len(responses))  # every group wrong
+    experience = dapo.make_experience(run, 1)
+    # length differences would make the shaped rewards differ, but no group has a right and a
+    # wrong answer: none is informative, all are fillers out of the loss
+    assert experience.metrics["rollout_informative_groups"] == 0
+    assert experience.metrics["rollout_overlong_penalty"] < 0
+    assert experience.mask.sum() == 0
 
 
 def test_dapo_without_dynamic_sampling_trains_on_the_iteration_prompts(policy):
@@ -93,9 +130,15 @@ def test_dapo_without_dynamic_sampling_trains_on_the_iteration_prompts(policy):
     experience = dapo.make_experience(run, 1)
     assert experience.metrics["rollout_sampling_rounds"] == 1
     assert experience.metrics["rollout_sampled_prompts"] == 4
-    # every group stays in the loss, tied or not (a tied group's advantage is simply 0)
-    assert experience.metrics["rollout_short_groups"] == 0
+    # every group stays in the loss, tied or not (a tied group's advantage is simply 0),
+    # while the log still counts the groups with signal
+    odd = sum(first_number(p) % 2 for p in run.prompts_for(1).texts)
+    assert experience.metrics["rollout_informative_groups"] == odd < 4
     assert bool(experience.mask.bool().any(-1).all())
+    texts = run.prompts_for(1).texts
+    assert torch.all(
+        experience.advantages[[first_number(texts[g]) % 2 == 0 for g in experience.group]] == 0
+    )
 
 
 def test_dapo_overlong_shaping_lowers_the_reward_of_long_responses(policy):
@@ -141,28 +184,59 @@ def test_dapo_config_checks_the_overlong_cache():
 
 
 def test_gspo_trains_on_sequences_with_a_length_normalised_ratio(policy):
+    from rlhf.losses.policy import gspo_policy_loss
+
     run = make_run(policy, GSPOConfig, ppo_epochs=1)
     experience = gspo.make_experience(run, 1)
     assert experience.aggregation == "sequence"
     assert experience.loss_units == int(experience.mask.bool().any(-1).sum())
-    # shift one response's old log-probs by δ per token: its sequence ratio is e^{−δ}
-    # whatever its length (the geometric mean of the token ratios)
     batch = experience.select(range(16))
+    row = int(batch.mask.sum(-1).argmax())  # a response of at least two tokens
+    assert batch.mask[row].sum() >= 2
+    # shift one token's old log-prob by +δ and another's by −δ: each token ratio moves
+    # (e^{∓δ}) but their geometric mean, GSPO's sequence ratio, stays exactly 1
+    delta = 0.3
     batch.old_logps = batch.old_logps.clone()
-    row, delta = 0, 0.1
-    batch.old_logps[row] += delta * batch.mask[row]
+    batch.old_logps[row, 0] += delta
+    batch.old_logps[row, 1] -= delta
+    options = dict(policy=run.config.policy, kl=run.config.kl)
+    surrogate = partial(gspo_policy_loss, clip_eps=3e-4, clip_eps_high=4e-4)
+    _, sequence = policy_gradient_loss(run.policy, batch, surrogate=surrogate, **options)
+    _, token = policy_gradient_loss(run.policy, batch, **options)  # PPO's token ratios
+    assert sequence["clip_frac"] == 0  # no sequence left the [1 − 3e-4, 1 + 4e-4] range
+    assert sequence["ratio"] == pytest.approx(1.0, abs=1e-5)
+    tokens = float(batch.mask.sum())
+    assert token["ratio"] == pytest.approx(1 + (math.exp(-delta) + math.exp(delta) - 2) / tokens)
+
+
+def test_run_gspo_trains_with_the_sequence_level_loss(tmp_path, tiny_model_dir, monkeypatch):
+    import rlhf.recipes.gspo as gspo_module
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return gspo_policy_loss(*args, **kwargs)
+
     from rlhf.losses.policy import gspo_policy_loss
 
-    surrogate = partial(gspo_policy_loss, clip_eps=3e-4, clip_eps_high=4e-4)
-    model = run.policy
-    _, metrics = policy_gradient_loss(
-        model, batch, policy=run.config.policy, kl=run.config.kl, surrogate=surrogate
+    monkeypatch.setattr(gspo_module, "gspo_policy_loss", spy)
+    config = GSPOConfig.model_validate(
+        {
+            "out": str(tmp_path / "gspo"),
+            "progress": False,
+            "tensorboard": False,
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"prompts": "builtin:arithmetic?n=12"},
+            "reward": {"rule": "arithmetic"},
+            "sampling": {"max_new_tokens": 4},
+            "rollout": {"iterations": 1, "prompts_per_iteration": 2, "samples_per_prompt": 2},
+            "train": {"batch_size": 4},
+            "eval": {"prompts": 0},
+        }
     )
-    tokens = float(batch.mask.sum())
-    length = float(batch.mask[row].sum())
-    # ratio is the token-weighted mean of the sequence ratios: 1 everywhere but row 0
-    expected = ((tokens - length) + length * math.exp(-delta)) / tokens
-    assert metrics["ratio"] == pytest.approx(expected, abs=1e-4)
+    gspo.run_gspo(config)
+    assert calls and calls[0] == {"clip_eps": 3e-4, "clip_eps_high": 4e-4}
 
 
 def test_gspo_refuses_a_token_level_loss():
@@ -196,6 +270,19 @@ def test_reinforce_pp_normalises_advantages_over_the_whole_rollout(policy, basel
         scores = scores - scores.view(4, 4).mean(-1).repeat_interleave(4)
     order = torch.argsort(scores)
     assert torch.all(per_row[order].diff() >= -1e-5)
+
+
+def test_reinforce_pp_refuses_the_kl_in_the_reward():
+    with pytest.raises(ValueError, match=r"kl\.in_reward: REINFORCE\+\+"):
+        ReinforcePPConfig.model_validate(
+            {
+                "out": "x",
+                "model": {"path": "x"},
+                "data": {"prompts": "x"},
+                "reward": {"rule": "arithmetic"},
+                "kl": {"in_reward": True, "estimator": "k1", "coef": 0.05},
+            }
+        )
 
 
 def test_reinforce_pp_keeps_k2_in_the_loss_by_default():
@@ -236,9 +323,21 @@ def test_rollout_batches_concatenate_and_select_whole_prompts(policy):
     with pytest.raises(ValueError, match="with and without log-probs"):
         unlogged = engine.generate(["Hi"], SamplingParams(max_new_tokens=4, return_logps=False))
         RolloutBatch.concatenate([first, unlogged], pad)
-    rewards = RewardOutput.concatenate(
-        [RewardOutput(torch.tensor([1.0, 2.0]), {"a": torch.tensor([1.0, 0.0])}),
-         RewardOutput(torch.tensor([3.0]), {"a": torch.tensor([5.0]), "b": torch.tensor([1.0])})]
-    )  # fmt: skip
+    first_part = RewardOutput(
+        torch.tensor([1.0, 2.0]), {"a": torch.tensor([1.0, 0.0])}, torch.tensor([[1.0, 0.0]] * 2)
+    )
+    second_part = RewardOutput(
+        torch.tensor([3.0]), {"a": torch.tensor([5.0])}, torch.tensor([[0.5, 0.5, 2.0]])
+    )
+    rewards = RewardOutput.concatenate([first_part, second_part])
     assert rewards.scores.tolist() == [1.0, 2.0, 3.0] and list(rewards.components) == ["a"]
-    assert rewards.select(torch.tensor([2, 0])).components["a"].tolist() == [5.0, 1.0]
+    assert rewards.token_rewards.tolist() == [[1, 0, 0], [1, 0, 0], [0.5, 0.5, 2]]
+    picked = rewards.select(torch.tensor([2, 0]))
+    assert picked.components["a"].tolist() == [5.0, 1.0]
+    assert picked.token_rewards.tolist() == [[0.5, 0.5, 2], [1, 0, 0]]
+    with pytest.raises(ValueError, match="different reward components"):
+        RewardOutput.concatenate([first_part, RewardOutput(torch.tensor([3.0]))])
+    with pytest.raises(ValueError, match="per-token rewards"):
+        RewardOutput.concatenate(
+            [first_part, RewardOutput(torch.tensor([3.0]), {"a": torch.tensor([1.0])})]
+        )

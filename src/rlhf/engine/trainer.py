@@ -617,7 +617,15 @@ class Trainer:
             with self.precision():
                 loss_sum, metrics = self.loss_fn(self.model, batch)
             loss = loss_sum / max(units, 1)
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+            elif batch.loss_units > 0:
+                raise RuntimeError(
+                    f"the loss of a micro-batch of {batch.loss_units} loss units has no gradient"
+                )
+            # else nothing of it enters the loss (e.g. groups an online algorithm dropped):
+            # no backward, and a step of such micro-batches only leaves the gradients None,
+            # which the optimiser skips (no update, momentum untouched)
             loss_total += loss.detach()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)

@@ -249,7 +249,14 @@ class ExperienceBuffer:
         missing = sorted(set(self.state) - set(state))
         if missing:
             raise ValueError(f"the checkpoint's loader state lacks {missing}")
-        self.iteration, self.seed = state["iteration"], state["seed"]
+        if state["seed"] != self.seed:
+            # prompt order and sampling follow the config's seed: a run resumed with another
+            # would continue on other prompts and samples than the checkpoint's
+            raise ValueError(
+                f"the checkpoint was taken with train.seed {state['seed']}, this run has "
+                f"{self.seed}: resume an online run with its own seed"
+            )
+        self.iteration = state["iteration"]
         self.position = total
         self.experience = None
         for name, part in self.state.items():

@@ -68,6 +68,8 @@ def policy_gradient_loss(
     token-level clipped surrogate (GSPO's sequence-level one); its sums hold the keys of
     :func:`rlhf.losses.policy.ppo_policy_loss`'s.
     """
+    if not batch.mask.any():  # every row left out of the loss (dropped tied groups, fillers)
+        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
     if logps is None:  # PPO passes its own (computed with the entropy in one forward)
         logps = policy_logps(model, batch)  # [n, R]
     old_logps = logps.detach() if batch.old_logps is None else batch.old_logps

@@ -53,10 +53,19 @@ from rlhf.rollout.types import RolloutBatch
 
 class DAPOSettings(StrictModel):
     dynamic_sampling: bool = Field(
-        True, description="Drop groups whose rewards all tie and sample more prompts instead."
+        True,
+        description="Drop groups whose scores all tie (all right or all wrong) and sample more "
+        "prompts instead.",
     )
     max_sampling_rounds: int = Field(
         3, ge=1, description="Sampling rounds per iteration at most (dynamic sampling)."
+    )
+    max_round_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Prompts one refill round samples at most (null: 4 × "
+        "rollout.prompts_per_iteration), so a round with few informative groups cannot ask "
+        "for a huge generation.",
     )
     overlong_cache: int = Field(
         4,
@@ -111,13 +120,18 @@ def shaped_rewards(
 
 
 def refill_prompts(
-    run: OnlineRun[DAPOConfig], iteration: int, round_: int, count: int
+    run: OnlineRun[DAPOConfig], iteration: int, round_: int, count: int, used: set[str]
 ) -> IterationPrompts:
-    """``count`` more prompts for round ``round_`` (≥ 1) of iteration ``iteration``: a seeded
-    draw of its own, so a resumed run draws the same ones."""
+    """``count`` more prompts for round ``round_`` (≥ 1) of iteration ``iteration``: the first
+    of a seeded shuffle of the training prompts (its own per iteration and round, so a resumed
+    run draws the same ones) that this iteration has not sampled yet (``used``: their texts,
+    updated); only when every prompt has been used do they repeat."""
     texts, metadata = run.prompts
     seed = run.config.train.seed * 1_000_003 + iteration * 1_009 + round_
-    indices = round_prompts(list(range(len(texts))), count, 0, seed)
+    order = round_prompts(list(range(len(texts))), len(texts), 0, seed)
+    fresh = [i for i in order if str(texts[i]) not in used]
+    indices = (fresh + order * count)[:count]  # repeats only once the fresh ones run out
+    used.update(str(texts[i]) for i in indices)
     return IterationPrompts(
         [texts[i] for i in indices], None if metadata is None else [metadata[i] for i in indices]
     )
@@ -150,11 +164,14 @@ class Groups:
 def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
     """One DAPO rollout, phase by phase: sample and score until the batch holds enough groups
     with signal (dynamic sampling), then the reference, group advantages and the experience."""
-    config = run.config
+    config, dapo = run.config, run.config.dapo
     k, target = config.rollout.samples_per_prompt, config.rollout.prompts_per_iteration
-    kept: list[Groups] = []  # groups whose rewards differ, in the order sampled
+    kept: list[Groups] = []  # groups whose scores differ, in the order sampled
     tied: list[Groups] = []  # the others: fillers if the rounds run out
-    prompts, rounds, sampled, informative = run.prompts_for(iteration), 0, 0, 0
+    scores: list[torch.Tensor] = []  # every sampled response's score, for the log
+    prompts = run.prompts_for(iteration)
+    used = {str(text) for text in prompts.texts}
+    rounds = sampled = informative = filled = truncated = 0  # filled: groups kept so far
     while True:
         params = run.sampling_params(iteration)  # each round its own seed
         batch = run.engine.generate(
@@ -162,43 +179,46 @@ def make_experience(run: OnlineRun[DAPOConfig], iteration: int) -> Experience:
         )
         reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [n·K]
         groups = Groups(batch, reward, shaped_rewards(run, batch, reward))
-        signal = informative_groups(groups.shaped, k)  # [n]
-        if not config.dapo.dynamic_sampling:
-            signal = torch.ones_like(signal)
-        kept.append(groups.pick([g for g in range(len(signal)) if signal[g]], k))
-        tied.append(groups.pick([g for g in range(len(signal)) if not signal[g]], k))
-        rounds, sampled, informative = (
-            rounds + 1,
-            sampled + len(signal),
-            informative + int(signal.sum()),
-        )
+        # eq. 11: a group carries signal when its K answers are neither all right nor all
+        # wrong, judged on the score (the overlong shaping only adjusts the reward after)
+        signal = informative_groups(reward.scores, k)  # [n]
+        keep = signal if dapo.dynamic_sampling else torch.ones_like(signal)
+        kept.append(groups.pick([g for g in range(len(keep)) if keep[g]], k))
+        tied.append(groups.pick([g for g in range(len(keep)) if not keep[g]], k))
+        scores.append(reward.scores)
+        rounds, sampled = rounds + 1, sampled + len(signal)
+        informative, filled = informative + int(signal.sum()), filled + int(keep.sum())
+        truncated += batch.truncated_prompts
         more = dynamic_sampling_refill(
-            informative,
+            filled,
             target,
             rounds_done=rounds,
-            max_rounds=config.dapo.max_sampling_rounds,
+            max_rounds=dapo.max_sampling_rounds,
             sampled_groups=sampled,
+            max_prompts=dapo.max_round_prompts or 4 * target,
         )
         if more == 0:
             break
-        prompts = refill_prompts(run, iteration, rounds, more)
+        prompts = refill_prompts(run, iteration, rounds, more, used)
 
     # the rollout: the first `target` informative groups, topped up with tied ones if short
     parts = [part for part in kept + tied if len(part.batch)]
     rollout = Groups.join(parts, run.tokenizer.pad_token_id).pick(list(range(target)), k)
     batch, reward = rollout.batch, rollout.reward
-    keep = (torch.arange(target) < informative).repeat_interleave(k)  # fillers: out of the loss
+    batch.truncated_prompts = truncated  # prompts cut in any of the rounds' sampling
+    in_loss = (torch.arange(target) < filled).repeat_interleave(k)  # fillers: out of the loss
     reference = run.reference_term(batch)  # log π_ref and the KL, with β (none by default)
     rewards = reference.penalised(rollout.shaped)
     advantages, _ = grpo_advantages(rewards, k)  # each sample against its group
     metrics = rollout_metrics(batch, reward, reference, iteration) | {
+        "rollout_sampled_reward": float(torch.cat(scores).mean()),  # before any filtering
         "rollout_sampling_rounds": float(rounds),
         "rollout_sampled_prompts": float(sampled),
         "rollout_informative_groups": float(informative),
-        "rollout_short_groups": float(max(target - informative, 0)),
+        "rollout_short_groups": float(max(target - filled, 0)),
         "rollout_overlong_penalty": float((rollout.shaped - reward.scores).mean()),  # ≤ 0
     }
-    return run.experience(batch, reward, reference, advantages, keep=keep, metrics=metrics)
+    return run.experience(batch, reward, reference, advantages, keep=in_loss, metrics=metrics)
 
 
 def run_dapo(config: DAPOConfig, resume: bool = False) -> RunResult:

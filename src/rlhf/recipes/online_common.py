@@ -296,7 +296,9 @@ class OnlineRun(Generic[Config]):
         return self.engine.generate(prompts.texts, self.sampling_params(iteration))
 
     def reference_term(self, batch: RolloutBatch) -> ReferenceTerm:
-        """log π_ref and the per-token KL of a rollout (none with β = 0), with its β."""
+        """log π_ref and the per-token KL of a rollout (none with β = 0), with its β. The
+        adaptive β moves on as this returns: read this rollout's from ``ReferenceTerm.coef``,
+        never from ``kl_controller`` (that is already the next rollout's)."""
         sampling = self.config.sampling
         return reference_phase(
             self.reference if self.config.kl.coef > 0 else None,
@@ -439,6 +441,16 @@ def run_online(
     may return step callbacks (PPO's early stop).
     """
     config, train = run.config, run.train
+    if not run.old_logps and needs_old_logps(
+        config.rollout,
+        config.kl,
+        episodes=config.episodes_per_iteration,
+        minibatch_size=config.minibatch_size,
+    ):
+        raise ValueError(
+            "this run trains several steps per rollout or reads the rollout's KL before the "
+            "update: it must sample with the old log-probs (OnlineRun.old_logps)"
+        )
     buffer = ExperienceBuffer(
         make_experience,
         episodes=config.episodes_per_iteration,

@@ -401,7 +401,7 @@ def run_ppo(config: PPOConfig, resume: bool = False) -> RunResult:
     return run_online(
         run,
         partial(make_experience, run, critic, normalise),
-        state={"estimator": normalise},
+        state={"estimator": normalise},  # the checkpoint key PPO's running moments always had
         loss_fn=loss_fn,
         trained=ActorCritic(run.policy, critic),
         callbacks=callbacks,

@@ -51,6 +51,13 @@ class ReinforcePPConfig(OnlineConfig):
 
     @model_validator(mode="after")
     def _groups(self) -> ReinforcePPConfig:
+        if self.kl.in_reward and self.kl.coef > 0:
+            # eq. 8 puts the KL into a per-token reward-to-go, which a sequence advantage
+            # spread over the tokens is not; the k2 loss term is the variant implemented
+            raise ValueError(
+                "kl.in_reward: REINFORCE++ here keeps the KL as a loss term; set "
+                "kl.in_reward=false (k2 by default)"
+            )
         if self.reinforce_pp.baseline == "group" and self.rollout.samples_per_prompt < 2:
             raise ValueError(
                 "reinforce_pp.baseline=group: the group mean needs rollout.samples_per_prompt ≥ 2"

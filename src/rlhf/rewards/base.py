@@ -80,26 +80,27 @@ class RewardOutput:
 
     @staticmethod
     def concatenate(outputs: Sequence[RewardOutput]) -> RewardOutput:
-        """The rows of ``outputs`` in order (per-token rewards right-padded with 0)."""
+        """The rows of ``outputs`` in order (per-token rewards right-padded with 0). They
+        must come from the same reward: the same components, per-token rewards in all or
+        none (a ValueError otherwise, rather than dropping any)."""
+        if not outputs:
+            raise ValueError("concatenate needs at least one RewardOutput")
+        names = [sorted(output.components) for output in outputs]
+        if any(other != names[0] for other in names):
+            raise ValueError(f"the outputs hold different reward components: {names}")
+        with_tokens = [output.token_rewards is not None for output in outputs]
+        if any(with_tokens) and not all(with_tokens):
+            raise ValueError("some outputs have per-token rewards and some do not")
         token_rewards = None
-        if all(output.token_rewards is not None for output in outputs):
-            width = max(output.token_rewards.shape[1] for output in outputs)  # type: ignore[union-attr]
+        if all(with_tokens):
+            parts = [output.token_rewards for output in outputs]
+            width = max(part.shape[1] for part in parts)  # type: ignore[union-attr]
             token_rewards = torch.cat(
-                [
-                    torch.nn.functional.pad(
-                        output.token_rewards, (0, width - output.token_rewards.shape[1])
-                    )  # type: ignore[union-attr]
-                    for output in outputs
-                ]
+                [torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in parts]  # type: ignore[union-attr,arg-type]
             )
-        names = [set(output.components) for output in outputs]
-        shared = set.intersection(*names) if names else set()
         return RewardOutput(
             torch.cat([output.scores for output in outputs]),
-            {
-                name: torch.cat([output.components[name] for output in outputs])
-                for name in sorted(shared)
-            },
+            {name: torch.cat([o.components[name] for o in outputs]) for name in names[0]},
             token_rewards,
         )
 
