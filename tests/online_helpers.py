@@ -7,7 +7,7 @@ import torch
 from rlhf.online.experience import ExperienceBuffer
 from rlhf.online.phases import AdaptiveKLController
 from rlhf.online.settings import KLSettings
-from rlhf.recipes.online_common import OnlineRun
+from rlhf.recipes.online_common import OnlineRun, Prompts
 from rlhf.rollout.factory import build_engine
 
 PROMPTS = [f"What is {a} + {b}?\n" for a, b in zip(range(10, 30), range(40, 60), strict=True)]
@@ -53,8 +53,8 @@ def make_run(
         out=None,
         checkpoint=None,
         train=config.derived_train(),
-        prompts=(PROMPTS, None),
-        eval_prompts=([], None),
+        prompts=Prompts(PROMPTS),
+        eval_prompts=Prompts([]),
         policy=model,
         tokenizer=tokenizer,
         reference=reference,

@@ -292,12 +292,12 @@ def test_prompt_answers_reach_the_reward_as_metadata(tmp_path):
     data = OnlineDataConfig(
         prompts=str(path), columns={"prompt": "question"}, answer_field="answer"
     )
-    prompts, metadata = load_prompt_set(str(path), data)
-    assert metadata == [{"answer": row["answer"]} for row in rows]
-    (train, train_meta), (held, held_meta) = split_prompts((prompts, metadata), 3, seed=0)
+    prompts = load_prompt_set(str(path), data)
+    assert prompts.metadata == [{"answer": row["answer"]} for row in rows]
+    train, held = split_prompts(prompts, 3, seed=0)
     assert len(held) == 3 and len(train) == 7
-    for texts, meta in ((train, train_meta), (held, held_meta)):
-        for text, entry in zip(texts, meta, strict=True):
+    for part in (train, held):
+        for text, entry in zip(part.texts, part.metadata, strict=True):
             assert entry["answer"].endswith(str(2 + int(text[1 : text.index(":")])))
     path.write_text(json.dumps({"question": "no answer here"}) + "\n")
     with pytest.raises(ValueError, match=r"data\.answer_field 'answer': 1 of 1"):

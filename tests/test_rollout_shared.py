@@ -19,6 +19,7 @@ from rlhf.online.settings import KLSettings, RolloutSettings
 from rlhf.online.settings import PolicyLossSettings as LossSettings
 from rlhf.recipes import grpo
 from rlhf.recipes.grpo import GRPOConfig, GRPOSettings
+from rlhf.recipes.online_common import Prompts
 from rlhf.rollout import HFGenerationEngine, SamplingParams
 
 from .online_helpers import make_buffer, make_run
@@ -187,7 +188,7 @@ def make_grpo_buffer(engine, reference, *, old_logps, kl):
         rollout={"prompts_per_iteration": 3, "samples_per_prompt": 4, "ppo_epochs": 1},
         policy={"aggregation": "sequence"},
     )
-    run.prompts, run.reward, run.old_logps = (PROMPTS, None), reward, old_logps
+    run.prompts, run.reward, run.old_logps = Prompts(PROMPTS), reward, old_logps
     return make_buffer(run, partial(grpo.make_experience, run, GRPOSettings()))
 
 

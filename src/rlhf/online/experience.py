@@ -96,7 +96,7 @@ def build_experience(
     ref_logps: torch.Tensor | None,
     kl_coef: float,
     max_new_tokens: int,
-    temperature: float,
+    logp_temperature: float,
     aggregation: str = "token",
     keep: torch.Tensor | None = None,
     returns: torch.Tensor | None = None,
@@ -107,7 +107,8 @@ def build_experience(
 
     ``advantages`` [N] per sequence (spread over its tokens) or [N, R] per token; ``keep`` [N]
     bool marks the rows that enter the loss (None: all; e.g. GRPO dropping tied groups).
-    ``temperature`` is the sampling temperature (0, greedy, takes log-probs at 1). The
+    ``logp_temperature`` is the temperature the log-probs are taken at
+    (:attr:`rlhf.rollout.types.SamplingConfig.logp_temperature`). The
     metrics gain the mean and std of the advantages over the tokens in the loss.
     """
     if aggregation not in AGGREGATIONS:
@@ -138,7 +139,7 @@ def build_experience(
         group=batch.prompt_index,
         aggregation=aggregation,
         max_length=max_new_tokens,
-        temperature=1.0 if temperature == 0 else temperature,
+        temperature=logp_temperature,
         kl_coef=kl_coef,
         metrics=metrics,
     )

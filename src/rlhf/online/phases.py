@@ -113,12 +113,9 @@ def rollout_metrics(
 ) -> Metrics:
     """What a rollout says about the policy that sampled it (logged as ``rollout_*``)."""
     metrics = reward.metrics(prefix="rollout_reward")
-    stats = batch.response_stats(prefix="rollout_")
+    metrics |= {"rollout_iteration": float(iteration), "rollout_episodes": float(len(batch))}
+    metrics |= batch.response_stats(prefix="rollout_")  # response tokens, EOS rate
     metrics |= {
-        "rollout_iteration": float(iteration),
-        "rollout_episodes": float(len(batch)),
-        "rollout_response_tokens": stats["rollout_response_tokens"],
-        "rollout_eos_rate": stats["rollout_eos_rate"],
         "rollout_kl_coef": reference.coef,
         # prompts whose start was cut to leave room for the response in the model's positions
         "rollout_truncated_prompts": float(batch.truncated_prompts),

@@ -39,9 +39,9 @@ from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings, PolicyLossSettings
 from rlhf.recipes.common import RunResult, round_prompts
 from rlhf.recipes.online_common import (
-    IterationPrompts,
     OnlineConfig,
     OnlineRun,
+    Prompts,
     prepare_online,
     run_online,
 )
@@ -121,20 +121,18 @@ def shaped_rewards(
 
 def refill_prompts(
     run: OnlineRun[DAPOConfig], iteration: int, round_: int, count: int, used: set[str]
-) -> IterationPrompts:
+) -> Prompts:
     """``count`` more prompts for round ``round_`` (≥ 1) of iteration ``iteration``: the first
     of a seeded shuffle of the training prompts (its own per iteration and round, so a resumed
     run draws the same ones) that this iteration has not sampled yet (``used``: their texts,
     updated); only when every prompt has been used do they repeat."""
-    texts, metadata = run.prompts
+    texts = run.prompts.texts
     seed = run.config.train.seed * 1_000_003 + iteration * 1_009 + round_
     order = round_prompts(list(range(len(texts))), len(texts), 0, seed)
     fresh = [i for i in order if str(texts[i]) not in used]
     indices = (fresh + order * count)[:count]  # repeats only once the fresh ones run out
     used.update(str(texts[i]) for i in indices)
-    return IterationPrompts(
-        [texts[i] for i in indices], None if metadata is None else [metadata[i] for i in indices]
-    )
+    return run.prompts.select(indices)
 
 
 @dataclass

@@ -64,7 +64,6 @@ from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, S
 logger = logging.getLogger("rlhf")
 
 Metrics = dict[str, float]
-PromptSet = tuple[list[Text], list[dict[str, Any]] | None]  # prompts, per-prompt metadata
 LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
 
 # ------------------------------------------------------------------------------ config
@@ -189,37 +188,52 @@ class OnlineConfig(RecipeConfig):
 # ------------------------------------------------------------------------------ prompts
 
 
-def load_prompt_set(source: str, data: OnlineDataConfig) -> PromptSet:
+@dataclass
+class Prompts:
+    """Prompts and, when the data gives them, each one's metadata (e.g. its ground truth as
+    ``{"answer": ...}``, which the reward reads)."""
+
+    texts: list[Text]  # [P]
+    metadata: list[dict[str, Any]] | None = None  # [P] or None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, indices: Sequence[int]) -> Prompts:
+        """The prompts at ``indices``, in that order, each with its metadata."""
+        return Prompts(
+            [self.texts[i] for i in indices],
+            None if self.metadata is None else [self.metadata[i] for i in indices],
+        )
+
+
+def load_prompt_set(source: str, data: OnlineDataConfig) -> Prompts:
     """Distinct prompts of ``source`` and, with ``data.answer_field``, each one's ground truth
     as metadata ``{"answer": ...}`` for the reward."""
     from rlhf.rollout.candidates import load_prompts_and_answers
 
-    return load_prompts_and_answers(
+    texts, metadata = load_prompts_and_answers(
         source, data.answer_field, columns=data.columns or None, option="data.answer_field"
     )
+    return Prompts(texts, metadata)
 
 
-def split_prompts(prompts: PromptSet, count: int, seed: int) -> tuple[PromptSet, PromptSet]:
+def split_prompts(prompts: Prompts, count: int, seed: int) -> tuple[Prompts, Prompts]:
     """Training prompts and ``count`` held-out ones (a seeded draw, removed from training),
     each with its metadata."""
-    texts, metadata = prompts
     if count == 0:
-        return prompts, ([], None)
-    if count >= len(texts):
+        return prompts, Prompts([])
+    if count >= len(prompts):
         raise ValueError(
-            f"eval.prompts {count}: only {len(texts)} distinct prompts, none would be left "
+            f"eval.prompts {count}: only {len(prompts)} distinct prompts, none would be left "
             "to train on (lower eval.prompts or give data.eval_prompts)"
         )
-    held = set(round_prompts(list(range(len(texts))), count, 0, seed + 1))
-
-    def part(indices: list[int]) -> PromptSet:
-        kept = None if metadata is None else [metadata[i] for i in indices]
-        return [texts[i] for i in indices], kept
-
-    return part([i for i in range(len(texts)) if i not in held]), part(sorted(held))
+    held = set(round_prompts(list(range(len(prompts))), count, 0, seed + 1))
+    train = [i for i in range(len(prompts)) if i not in held]
+    return prompts.select(train), prompts.select(sorted(held))
 
 
-def training_and_held_out_prompts(config: OnlineConfig) -> tuple[PromptSet, PromptSet]:
+def training_and_held_out_prompts(config: OnlineConfig) -> tuple[Prompts, Prompts]:
     """The training prompts and the held-out ones (``data.eval_prompts`` or a seeded draw)."""
     data, count = config.data, config.eval.prompts
     train, held = split_prompts(
@@ -228,21 +242,13 @@ def training_and_held_out_prompts(config: OnlineConfig) -> tuple[PromptSet, Prom
         config.train.seed,
     )
     if data.eval_prompts is not None:
-        texts, metadata = load_prompt_set(data.eval_prompts, data)
-        held = texts[:count], None if metadata is None else metadata[:count]
-    logger.info("%d training prompts, %d held-out", len(train[0]), len(held[0]))
+        held = load_prompt_set(data.eval_prompts, data)
+        held = held.select(range(min(count, len(held))))
+    logger.info("%d training prompts, %d held-out", len(train), len(held))
     return train, held
 
 
 # ------------------------------------------------------------------------------ the run
-
-
-@dataclass
-class IterationPrompts:
-    """The prompts of one rollout and their metadata (e.g. ground-truth answers)."""
-
-    texts: list[Text]  # [P]
-    metadata: list[dict[str, Any]] | None  # [P] or None
 
 
 Config = TypeVar("Config", bound=OnlineConfig)
@@ -257,8 +263,8 @@ class OnlineRun(Generic[Config]):
     out: Path
     checkpoint: Path | None  # the checkpoint resumed from (None: a fresh run)
     train: TrainConfig  # config.derived_train()
-    prompts: PromptSet  # training prompts
-    eval_prompts: PromptSet  # held-out prompts
+    prompts: Prompts  # training prompts
+    eval_prompts: Prompts  # held-out prompts
     policy: torch.nn.Module
     tokenizer: Any
     reference: ReferenceModel | None  # π_ref (also kept with β = 0 for the evaluation's KL)
@@ -269,18 +275,15 @@ class OnlineRun(Generic[Config]):
     old_logps: bool  # whether rollouts recompute the sampling policy's log-probs
 
     # ---------------------------------------------------------------- phases
-    def prompts_for(self, iteration: int) -> IterationPrompts:
+    def prompts_for(self, iteration: int) -> Prompts:
         """The prompts of rollout ``iteration`` (1-based): the next slice of a seeded shuffle
         of the training prompts, wrapping around."""
-        texts, metadata = self.prompts
         count = self.config.rollout.prompts_per_iteration
+        offset = (iteration - 1) * count
         indices = round_prompts(
-            list(range(len(texts))), count, (iteration - 1) * count, self.config.train.seed
+            list(range(len(self.prompts))), count, offset, self.config.train.seed
         )
-        return IterationPrompts(
-            [texts[i] for i in indices],
-            None if metadata is None else [metadata[i] for i in indices],
-        )
+        return self.prompts.select(indices)
 
     def sampling_params(self, iteration: int) -> SamplingParams:
         """The sampling of rollout ``iteration``: ``rollout.samples_per_prompt`` per prompt,
@@ -291,7 +294,7 @@ class OnlineRun(Generic[Config]):
             return_logps=self.old_logps,
         )
 
-    def sample(self, prompts: IterationPrompts, iteration: int) -> RolloutBatch:
+    def sample(self, prompts: Prompts, iteration: int) -> RolloutBatch:
         """Responses to each prompt from the current policy (prompt-major rows)."""
         return self.engine.generate(prompts.texts, self.sampling_params(iteration))
 
@@ -299,12 +302,11 @@ class OnlineRun(Generic[Config]):
         """log π_ref and the per-token KL of a rollout (none with β = 0), with its β. The
         adaptive β moves on as this returns: read this rollout's from ``ReferenceTerm.coef``,
         never from ``kl_controller`` (that is already the next rollout's)."""
-        sampling = self.config.sampling
         return reference_phase(
             self.reference if self.config.kl.coef > 0 else None,
             batch,
-            temperature=1.0 if sampling.temperature == 0 else sampling.temperature,
-            batch_size=sampling.batch_size,
+            temperature=self.config.sampling.logp_temperature,
+            batch_size=self.config.sampling.batch_size,
             kl=self.config.kl,
             controller=self.kl_controller,
         )
@@ -335,16 +337,15 @@ class OnlineRun(Generic[Config]):
             metrics=metrics,
             aggregation=self.config.policy.aggregation,
             max_new_tokens=self.config.sampling.max_new_tokens,
-            temperature=self.config.sampling.temperature,
+            logp_temperature=self.config.sampling.logp_temperature,
         )
 
     def evaluate(self, _: torch.nn.Module | None = None) -> Metrics:
         """Held-out metrics of the policy now (the Trainer's ``evaluate`` hook)."""
-        texts, metadata = self.eval_prompts
         return evaluate_policy(
             self.engine,
-            prompts=texts,
-            prompt_metadata=metadata,
+            prompts=self.eval_prompts.texts,
+            prompt_metadata=self.eval_prompts.metadata,
             reward=self.reward,
             gold=self.gold,
             reference=self.reference,
@@ -463,7 +464,7 @@ def run_online(
         loss_fn = partial(
             policy_gradient_loss, policy=config.policy, kl=config.kl, grad_accum=train.grad_accum
         )
-    evaluate = run.evaluate if run.eval_prompts[0] else None
+    evaluate = run.evaluate if len(run.eval_prompts) else None
     export = exporter(run.policy, run.tokenizer)
     trainer = Trainer(
         trained if trained is not None else run.policy,

@@ -28,6 +28,12 @@ FINISHED = "finished"  # bool: the response ended with EOS
 RESPONSE_TOKENS = "response_tokens"  # int: response tokens, EOS included
 
 
+def logp_temperature(temperature: float) -> float:
+    """The temperature log-probs are taken at when sampling at ``temperature``: itself, or 1
+    for greedy decoding (0), whose log-probs are the policy's own."""
+    return 1.0 if temperature == 0 else temperature
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample responses.
@@ -76,7 +82,7 @@ class SamplingParams:
     @property
     def logp_temperature(self) -> float:
         """The temperature the returned log-probs are taken at (1 for greedy decoding)."""
-        return 1.0 if self.greedy else self.temperature
+        return logp_temperature(self.temperature)
 
 
 class SamplingConfig(StrictModel):
@@ -115,6 +121,12 @@ class SamplingConfig(StrictModel):
         if kind not in ENGINES:
             raise ValueError(f"unknown engine {kind!r}: expected one of {sorted(ENGINES)}")
         return kind
+
+    @property
+    def logp_temperature(self) -> float:
+        """The temperature log-probs are taken at (1 for greedy decoding), as in every
+        :meth:`params`."""
+        return logp_temperature(self.temperature)
 
     def params(self, num_samples: int, seed: int, *, return_logps: bool = True) -> SamplingParams:
         values = self.model_dump(exclude={"batch_size", "engine"})
