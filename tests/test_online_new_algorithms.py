@@ -26,6 +26,12 @@ def policy(tiny_model_dir):
     return load_model(str(tiny_model_dir), tokenizer=tokenizer), tokenizer
 
 
+def config_of(config_class, **sections):
+    """A config of ``config_class`` with only the required keys, plus ``sections``."""
+    required = {"out": "x", "model": {"path": "x"}, "data": {"prompts": "x"}}
+    return config_class.model_validate(required | {"reward": {"rule": "arithmetic"}} | sections)
+
+
 def first_number(prompt: str) -> int:
     return int(prompt.split()[2])  # "What is {a} + {b}?"
 
@@ -171,16 +177,7 @@ def test_dapo_overlong_shaping_lowers_the_reward_of_long_responses(policy):
 
 def test_dapo_config_checks_the_overlong_cache():
     with pytest.raises(ValueError, match=r"dapo\.overlong_cache 16 must be below"):
-        DAPOConfig.model_validate(
-            {
-                "out": "x",
-                "model": {"path": "x"},
-                "data": {"prompts": "x"},
-                "reward": {"rule": "arithmetic"},
-                "sampling": {"max_new_tokens": 16},
-                "dapo": {"overlong_cache": 16},
-            }
-        )
+        config_of(DAPOConfig, sampling={"max_new_tokens": 16}, dapo={"overlong_cache": 16})
 
 
 def test_gspo_trains_on_sequences_with_a_length_normalised_ratio(policy):
@@ -241,15 +238,7 @@ def test_run_gspo_trains_with_the_sequence_level_loss(tmp_path, tiny_model_dir, 
 
 def test_gspo_refuses_a_token_level_loss():
     with pytest.raises(ValueError, match=r"policy\.aggregation: GSPO"):
-        GSPOConfig.model_validate(
-            {
-                "out": "x",
-                "model": {"path": "x"},
-                "data": {"prompts": "x"},
-                "reward": {"rule": "arithmetic"},
-                "policy": {"aggregation": "token"},
-            }
-        )
+        config_of(GSPOConfig, policy={"aggregation": "token"})
 
 
 @pytest.mark.parametrize("baseline", ["none", "group"])
@@ -274,26 +263,11 @@ def test_reinforce_pp_normalises_advantages_over_the_whole_rollout(policy, basel
 
 def test_reinforce_pp_refuses_the_kl_in_the_reward():
     with pytest.raises(ValueError, match=r"kl\.in_reward: REINFORCE\+\+"):
-        ReinforcePPConfig.model_validate(
-            {
-                "out": "x",
-                "model": {"path": "x"},
-                "data": {"prompts": "x"},
-                "reward": {"rule": "arithmetic"},
-                "kl": {"in_reward": True, "estimator": "k1", "coef": 0.05},
-            }
-        )
+        config_of(ReinforcePPConfig, kl={"in_reward": True, "estimator": "k1", "coef": 0.05})
 
 
 def test_reinforce_pp_keeps_k2_in_the_loss_by_default():
-    config = ReinforcePPConfig.model_validate(
-        {
-            "out": "x",
-            "model": {"path": "x"},
-            "data": {"prompts": "x"},
-            "reward": {"rule": "arithmetic"},
-        }
-    )
+    config = config_of(ReinforcePPConfig)
     assert config.kl.estimator == "k2" and not config.kl.in_reward and config.kl.coef > 0
 
 
