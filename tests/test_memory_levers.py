@@ -208,7 +208,7 @@ def test_a_bf16_reference_copy_gives_log_probs_close_to_the_fp32_ones(tiny_model
 
 
 def test_reference_dtype_loads_a_separate_reference_in_bf16(tiny_model_dir, tmp_path):
-    from rlhf.recipes.offline_common import kept_reference
+    from rlhf.recipes.common import kept_reference
 
     for dtype, expected in ((None, torch.float32), ("bfloat16", torch.bfloat16)):
         cfg = dpo_config(

@@ -118,4 +118,4 @@ def sequence_kl(logps: Tensor, ref_logps: Tensor, mask: Tensor) -> Tensor:
     ``Σ_t (log π − log π_ref) · mask`` over its tokens, for responses sampled from π
     (unbiased; Schulman 2020). ``logps``, ``ref_logps`` [B, T]; ``mask`` [B, T] nonzero on real
     tokens (padding, even −inf, never enters)."""
-    return (logps - ref_logps).masked_fill(mask == 0, 0.0).sum(-1)
+    return per_token_kl(logps, ref_logps, mask, estimator="k1").sum(-1)

@@ -138,7 +138,8 @@ def loss_units(mask: Tensor, aggregation: str) -> int:
 
 
 def _counts(real: Tensor) -> Metrics:
-    return {"sequences": float(real.shape[0]), "tokens": float(real.sum())}
+    """``sequences`` (rows with a real token, as :func:`loss_units` counts them) and ``tokens``."""
+    return {"sequences": float(real.any(dim=1).sum()), "tokens": float(real.sum())}
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +313,6 @@ def gspo_policy_loss(
         token_log_ratio = log_ratio.detach()
         ratio = ratio.detach()
         metrics = _counts(real) | {
-            "sequences": float(rows.sum()),
             "policy_loss_sum": float(loss_sum.detach()),
             "clipped_sequences": float(is_clipped.sum()),
             "clipped_tokens": float(lengths[is_clipped].sum()),

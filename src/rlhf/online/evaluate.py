@@ -9,11 +9,10 @@ from pydantic import Field
 
 from rlhf.config import StrictModel
 from rlhf.data.records import Text
-from rlhf.losses.kl import sequence_kl
 from rlhf.models.reference import ReferenceModel
 from rlhf.rewards.base import RewardFunction, score_rollout
 from rlhf.rewards.spec import RewardSpec
-from rlhf.rollout.measure import reference_logps
+from rlhf.rollout.measure import reference_kl
 from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
 
 Metrics = dict[str, float]
@@ -69,9 +68,6 @@ def evaluate_policy(
         params = sampling.params(num_samples=settings.samples_per_prompt, seed=seed)
         batch = scored(params, "")
         if reference is not None:
-            assert batch.logps is not None  # sampled with return_logps
-            ref = reference_logps(reference, batch, params.logp_temperature, sampling.batch_size)
-            metrics["kl"] = float(
-                sequence_kl(batch.logps, ref, batch.response_mask).double().mean()
-            )
+            kl = reference_kl(reference, batch, params.logp_temperature, sampling.batch_size)
+            metrics["kl"] = float(kl.double().mean())
     return metrics

@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -25,6 +25,9 @@ from rlhf.data.tokenize import (
 )
 from rlhf.engine.trainer import RUN_CONFIG_FILE, latest_checkpoint
 from rlhf.sim.builtin import is_builtin, load_builtin
+
+if TYPE_CHECKING:
+    from rlhf.models.reference import ReferenceModel
 
 logger = logging.getLogger("rlhf")
 
@@ -306,12 +309,13 @@ def tokenize_records(
     convert: Callable[[Record], Iterable[Record]],
     report: TruncationReport | None = None,
 ) -> list[TokenizedExample]:
-    """Tokenise records for next-token training, counting (not hiding) what is dropped and,
-    in ``report`` when given, what is truncated."""
+    """Tokenise records for next-token training, counting (not hiding) what is dropped and
+    truncated in ``report`` (the caller logs it with :func:`report_truncation`); without one,
+    drops are warned about here."""
     examples = []
+    own_report = report is None
     if report is None:
         report = TruncationReport(data.max_length)
-    before = report.dropped.copy()
     for record in records:
         for item in convert(record):
             try:
@@ -324,9 +328,10 @@ def tokenize_records(
                 continue
             report.add(example.cut)
             examples.append(example)
-    dropped = report.dropped - before
-    if dropped:
-        logger.warning("dropped %d examples: %s", sum(dropped.values()), dict(dropped))
+    if own_report and report.dropped:
+        logger.warning(
+            "dropped %d examples: %s", sum(report.dropped.values()), dict(report.dropped)
+        )
     return examples
 
 
@@ -429,3 +434,30 @@ def build_model_and_tokenizer(
         tokenizer=tokenizer,
     )
     return model, tokenizer
+
+
+class ReferenceSettings(Protocol):
+    """Where π_ref comes from: ``reference.path`` and ``reference.dtype``."""
+
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def dtype(self) -> str | None: ...
+
+
+def kept_reference(
+    reference: ReferenceSettings, model_config: ModelConfig, model: torch.nn.Module, tokenizer: Any
+) -> ReferenceModel:
+    """π_ref kept for the whole run (reference computed in every step, the online recipes'
+    KL, the sampled KL): :func:`rlhf.models.reference.live_reference` with the config's keys
+    (``reference.path``, ``reference.dtype``, and the policy's ``model.dtype`` and attention)."""
+    from rlhf.models.reference import live_reference
+
+    return live_reference(
+        model,
+        tokenizer,
+        path=reference.path,
+        dtype=reference.dtype,
+        model_dtype=model_config.dtype,
+        attn_implementation=model_config.attn_implementation,
+    )

@@ -44,7 +44,6 @@ from rlhf.models.reference import (
     cache_path,
     compute_reference_logps,
     folder_digest,
-    live_reference,
     load_reference,
     pair_logps,
     parameters_digest,
@@ -58,6 +57,7 @@ from rlhf.recipes.common import (
     ModelConfig,
     ReferenceDtype,
     RunResult,
+    kept_reference,
     reference_dtype_field,
     split_train_eval,
 )
@@ -260,30 +260,6 @@ def held_out_evaluation(
 
 
 # ------------------------------------------------------------------------------ the reference
-
-
-class ReferenceSettings(Protocol):
-    """Where π_ref comes from: ``reference.path`` and ``reference.dtype``."""
-
-    @property
-    def path(self) -> str | None: ...
-    @property
-    def dtype(self) -> str | None: ...
-
-
-def kept_reference(
-    reference: ReferenceSettings, model_config: ModelConfig, model: torch.nn.Module, tokenizer: Any
-) -> ReferenceModel:
-    """π_ref kept for the whole run (reference computed in every step, or the sampled KL):
-    :func:`rlhf.models.reference.live_reference` with the config's keys."""
-    return live_reference(
-        model,
-        tokenizer,
-        path=reference.path,
-        dtype=reference.dtype,
-        model_dtype=model_config.dtype,
-        attn_implementation=model_config.attn_implementation,
-    )
 
 
 def _load_reference(config: OfflineConfig, tokenizer: Any) -> torch.nn.Module:

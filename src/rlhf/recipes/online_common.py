@@ -33,7 +33,7 @@ from rlhf.config import StrictModel
 from rlhf.data.records import Text
 from rlhf.engine.trainer import StepCallback, TrainConfig, Trainer
 from rlhf.models.device import resolve_device
-from rlhf.models.reference import ReferenceModel, is_lora, live_reference
+from rlhf.models.reference import ReferenceModel, is_lora
 from rlhf.online.evaluate import OnlineEvalConfig, evaluate_policy
 from rlhf.online.experience import Experience, ExperienceBuffer, Stateful, build_experience
 from rlhf.online.loss import policy_gradient_loss
@@ -51,6 +51,7 @@ from rlhf.recipes.common import (
     ReferenceDtype,
     RunResult,
     build_model_and_tokenizer,
+    kept_reference,
     prepare_out_dir,
     reference_dtype_field,
     round_prompts,
@@ -363,14 +364,7 @@ def online_reference(
         return None
     if config.kl.coef == 0 and config.reference.path is None and not is_lora(model):
         logger.info("kl.coef is 0: a frozen reference copy is kept for the evaluation's KL only")
-    return live_reference(
-        model,
-        tokenizer,
-        path=config.reference.path,
-        dtype=config.reference.dtype,
-        model_dtype=config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-    )
+    return kept_reference(config.reference, config.model, model, tokenizer)
 
 
 def prepare_online(

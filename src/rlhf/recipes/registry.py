@@ -157,8 +157,3 @@ def online_recipes() -> list[Recipe]:
 def config_class(name: str) -> type[RecipeConfig]:
     """``rlhf <name>``'s config class, imported now."""
     return recipe(name).config_class()
-
-
-def run_function(name: str) -> RunFunction:
-    """``rlhf <name>``'s ``run(config, resume) -> RunResult``, imported now."""
-    return recipe(name).run_function()

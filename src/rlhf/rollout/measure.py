@@ -40,6 +40,19 @@ def reference_logps(
         ).cpu()
 
 
+def reference_kl(
+    reference: ReferenceModel, batch: RolloutBatch, temperature: float, batch_size: int
+) -> torch.Tensor:
+    """[N] float32 the k1 estimate of each sampled response's KL(π‖π_ref) (the batch's
+    ``logps`` are the sampling policy's, taken at ``temperature``)."""
+    if batch.logps is None:
+        raise ValueError(
+            "the KL to the reference needs the policy's log-probs: sample with return_logps"
+        )
+    ref = reference_logps(reference, batch, temperature, batch_size)
+    return sequence_kl(batch.logps, ref, batch.response_mask)
+
+
 def sampled_kl(
     engine: GenerationEngine,
     reference: ReferenceModel,
@@ -51,10 +64,7 @@ def sampled_kl(
     ``kl`` (mean over samples of Σ_t log π − log π_ref), ``kl_stderr`` (its standard error)
     and ``response_tokens``. Returns the batch too, for callers that score it."""
     batch = engine.generate(prompts, params)
-    if batch.logps is None:
-        raise ValueError("sampled_kl needs the policy's log-probs: sample with return_logps")
-    ref = reference_logps(reference, batch, params.logp_temperature, batch_size)
-    per_sample = sequence_kl(batch.logps, ref, batch.response_mask).double()  # [N]
+    per_sample = reference_kl(reference, batch, params.logp_temperature, batch_size).double()
     count = per_sample.numel()
     stderr = float(per_sample.std() / math.sqrt(count)) if count > 1 else 0.0
     return batch, {

@@ -192,7 +192,10 @@ class RolloutBatch:
         their ``prompt_index`` renumbered 0 … len(prompts) − 1."""
         order = {prompt: new for new, prompt in enumerate(prompts)}
         index = self.prompt_index.tolist()
-        rows = [row for prompt in prompts for row in range(len(self)) if index[row] == prompt]
+        rows_of: dict[int, list[int]] = {}
+        for row, prompt in enumerate(index):
+            rows_of.setdefault(prompt, []).append(row)
+        rows = [row for prompt in prompts for row in rows_of.get(prompt, [])]
         picked = torch.as_tensor(rows, dtype=torch.long)
         return RolloutBatch(
             prompt_ids=self.prompt_ids[picked],
