@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import skip_or_fail
+
 pytest_plugins = ["tests.services"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,17 +85,12 @@ def examples(tiny_tokenizer):
     return [tokenize_record(tiny_tokenizer, r) for r in records]
 
 
-def on_ci() -> bool:
-    """True under ``CI=true`` (GitHub Actions, GitLab and most CI services set it)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 def require_shared(path: Path) -> Path:
     """``path`` (an asset under ../shared), or, when it is absent, a skip locally and a
     failure under ``CI=true``: a learning test on real data must not pass in CI by not running."""
     if not path.exists():
-        message = f"{path} is absent (the ../shared assets are not beside this checkout)"
-        if on_ci():
-            pytest.fail(f"{message}; CI=true runs every test that needs them", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(
+            f"{path} is absent (the ../shared assets are not beside this checkout)",
+            "CI=true runs every test that needs them",
+        )
     return path

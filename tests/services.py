@@ -20,6 +20,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -49,11 +50,22 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _unavailable(reason: str):
-    """Skip the test, or fail it under CI=true, where the services must be there."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: scripts/test_services.sh should have installed it)")
+def on_ci() -> bool:
+    """True under ``CI=true`` (GitHub Actions, GitLab and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str, on_ci_because: str) -> NoReturn:
+    """Skip the test locally; under CI, where what it needs must be there, fail it: a test
+    must not pass in CI by not running. ``on_ci_because`` says why it must be there."""
+    if on_ci():
+        pytest.fail(f"{reason}; {on_ci_because}", pytrace=False)
     pytest.skip(reason)
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """A service the tests need is missing."""
+    skip_or_fail(reason, "CI=true: scripts/test_services.sh should have installed it")
 
 
 @pytest.fixture(scope="session")
