@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import skip_or_fail
-
 pytest_plugins = ["tests.services"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +87,8 @@ def require_shared(path: Path) -> Path:
     """``path`` (an asset under ../shared), or, when it is absent, a skip locally and a
     failure under ``CI=true``: a learning test on real data must not pass in CI by not running."""
     if not path.exists():
+        from tests.services import skip_or_fail  # the plugin module: imported by pytest first
+
         skip_or_fail(
             f"{path} is absent (the ../shared assets are not beside this checkout)",
             "CI=true runs every test that needs them",
