@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pyproject.toml"
+IGNORED = shutil.ignore_patterns("__pycache__")  # copies of src/rlhf without bytecode
 
 # (contract id, file of the copy, import appended to it, the violation lint-imports reports)
 CASES = [
@@ -52,12 +53,9 @@ def lint(src: Path, contract: str, cwd: Path) -> subprocess.CompletedProcess[str
 def baselines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Each contract's report on an unmodified copy of src/rlhf."""
     work = tmp_path_factory.mktemp("clean")
-    shutil.copytree(ROOT / "src" / "rlhf", work / "src" / "rlhf", ignore=_ignored)
-    return {contract: lint(work / "src", contract, work).stdout for contract, *_ in CASES}
-
-
-def _ignored(folder: str, names: list[str]) -> list[str]:
-    return [name for name in names if name == "__pycache__"]
+    shutil.copytree(ROOT / "src" / "rlhf", work / "src" / "rlhf", ignore=IGNORED)
+    contracts = dict.fromkeys(contract for contract, *_ in CASES)  # each once, in order
+    return {contract: lint(work / "src", contract, work).stdout for contract in contracts}
 
 
 def _short(line: str) -> str:
@@ -74,7 +72,7 @@ def test_a_bad_import_breaks_its_contract(
     statement: str,
     violation: str,
 ) -> None:
-    shutil.copytree(ROOT / "src" / "rlhf", tmp_path / "src" / "rlhf", ignore=_ignored)
+    shutil.copytree(ROOT / "src" / "rlhf", tmp_path / "src" / "rlhf", ignore=IGNORED)
     target = tmp_path / "src" / "rlhf" / file
     target.write_text(target.read_text() + f"\n{statement}  # injected by tests/test_layers.py\n")
 
