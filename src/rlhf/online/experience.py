@@ -22,7 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from rlhf.losses.advantages import expand_to_tokens
+from rlhf.losses.importance import ratio_band_mask, truncated_importance_weights
 from rlhf.losses.policy import AGGREGATIONS, loss_units
+from rlhf.online.settings import MismatchSettings
 from rlhf.rollout.types import RolloutBatch
 
 Metrics = dict[str, float]
@@ -102,6 +104,7 @@ def build_experience(
     returns: torch.Tensor | None = None,
     values: torch.Tensor | None = None,
     metrics: Metrics | None = None,
+    mismatch: MismatchSettings | None = None,
 ) -> Experience:
     """The experience of one rollout.
 
@@ -110,6 +113,12 @@ def build_experience(
     ``logp_temperature`` is the temperature the log-probs are taken at
     (:attr:`rlhf.rollout.types.SamplingConfig.logp_temperature`). The
     metrics gain the mean and std of the advantages over the tokens in the loss.
+
+    ``mismatch``: for a rollout of an engine that samples from a copy of the weights (its
+    ``engine_logps`` beside the trainer's ``logps``), a correction of the train–inference
+    mismatch scales each token's advantage by its weight (truncated importance ratio, or 0/1
+    for masking; :mod:`rlhf.losses.importance`). Scaling the advantage by w ≥ 0 scales the
+    clipped surrogate's term by w, since ``min(r·A·w, clip(r)·A·w) = w·min(r·A, clip(r)·A)``.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -121,6 +130,13 @@ def build_experience(
         advantages = expand_to_tokens(advantages, mask)
     advantages = advantages * mask
     metrics = dict(metrics or {})
+    if mismatch is not None and mismatch.correction != "none":
+        weights = correction_weights(batch, mask, mismatch)
+        advantages = advantages * weights
+        real = mask.bool()
+        if real.any():
+            metrics["rollout_correction_weight_mean"] = float(weights[real].mean())
+            metrics["rollout_correction_zeroed"] = float((weights[real] == 0).float().mean())
     real = mask.bool()
     if real.any():
         metrics["rollout_advantage_mean"] = float(advantages[real].mean())
@@ -143,6 +159,22 @@ def build_experience(
         kl_coef=kl_coef,
         metrics=metrics,
     )
+
+
+def correction_weights(
+    batch: RolloutBatch, mask: torch.Tensor, mismatch: MismatchSettings
+) -> torch.Tensor:
+    """[N, R] per-token weights of ``mismatch.correction`` (truncated IS or a 0/1 mask)."""
+    if batch.engine_logps is None or batch.logps is None:
+        raise ValueError(
+            f"mismatch.correction={mismatch.correction} needs the engine's sampling log-probs "
+            "and the trainer's (sampling.engine=vllm returns both); this engine samples from "
+            "the trainer's own weights: set mismatch.correction=none"
+        )
+    if mismatch.correction == "truncated_is":
+        return truncated_importance_weights(batch.logps, batch.engine_logps, mask, mismatch.is_cap)
+    low, high = mismatch.band
+    return ratio_band_mask(batch.logps, batch.engine_logps, mask, low, high)
 
 
 class Stateful(Protocol):

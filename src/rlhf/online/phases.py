@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from rlhf.losses.importance import mismatch_metrics
 from rlhf.losses.kl import per_token_kl, sequence_kl
 from rlhf.models.reference import ReferenceModel
 from rlhf.online.settings import KLSettings, RolloutSettings
@@ -127,6 +128,12 @@ def rollout_metrics(
         metrics["rollout_kl"] = float(kl.mean())
     if reference.kl is not None:
         metrics["rollout_kl_estimate"] = float(reference.kl.sum(-1).mean())
+    if batch.engine_logps is not None and batch.logps is not None:
+        # the train–inference mismatch of an engine sampling from a copy of the weights
+        gap = mismatch_metrics(batch.logps, batch.engine_logps, batch.response_mask)
+        metrics |= {f"rollout_mismatch_{key}": value for key, value in gap.items()}
+    # the engine's own timings (vLLM: weight-sync and generation seconds, tokens/s)
+    metrics |= {f"rollout_engine_{key}": value for key, value in batch.engine_stats.items()}
     return metrics
 
 

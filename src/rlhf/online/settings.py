@@ -69,3 +69,27 @@ class PolicyLossSettings(StrictModel):
         description="Loss reduction: token (mean over the step's tokens), sequence (mean of "
         "per-response means) or constant (sum / max_new_tokens per response, Dr. GRPO).",
     )
+
+
+class MismatchSettings(StrictModel):
+    """What a run does about the gap between the engine's sampling log-probs and the
+    trainer's, when the engine's weights are a copy (vLLM; :mod:`rlhf.losses.importance`).
+    The gap is logged every rollout (``rollout_mismatch_*``) whatever this says."""
+
+    correction: Literal["none", "truncated_is", "mask"] = Field(
+        "none",
+        description="none: train on the trainer's recomputed log-probs as they are; "
+        "truncated_is: weight each token's policy gradient by min(π_train/π_engine, is_cap) "
+        "(Yao et al. 2025); mask: leave out tokens whose ratio π_train/π_engine leaves `band`.",
+    )
+    is_cap: float = Field(2.0, gt=0, description="C of truncated importance sampling.")
+    band: tuple[float, float] = Field(
+        (0.5, 2.0), description="[low, high] of the ratios a token keeps with correction=mask."
+    )
+
+    @model_validator(mode="after")
+    def _band_holds_one(self) -> MismatchSettings:
+        low, high = self.band
+        if not 0 <= low < 1 < high:
+            raise ValueError(f"band [{low}, {high}] must hold 1 (0 <= low < 1 < high)")
+        return self

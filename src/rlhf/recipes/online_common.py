@@ -44,7 +44,12 @@ from rlhf.online.phases import (
     needs_old_logps,
     reference_phase,
 )
-from rlhf.online.settings import KLSettings, PolicyLossSettings, RolloutSettings
+from rlhf.online.settings import (
+    KLSettings,
+    MismatchSettings,
+    PolicyLossSettings,
+    RolloutSettings,
+)
 from rlhf.recipes.common import (
     ModelConfig,
     RecipeConfig,
@@ -59,8 +64,14 @@ from rlhf.recipes.common import (
 from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
 from rlhf.rewards.base import RewardFunction, RewardOutput
 from rlhf.rewards.spec import RewardSpec, build_reward
-from rlhf.rollout.factory import build_engine
-from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingConfig, SamplingParams
+from rlhf.rollout.factory import close_engine, sampling_engine
+from rlhf.rollout.types import (
+    GenerationEngine,
+    RolloutBatch,
+    SamplingConfig,
+    SamplingParams,
+    WeightSyncError,
+)
 
 logger = logging.getLogger("rlhf")
 
@@ -119,6 +130,11 @@ class OnlineConfig(RecipeConfig):
     policy: PolicyLossSettings = Field(
         default_factory=PolicyLossSettings, description="The clipped policy loss."
     )
+    mismatch: MismatchSettings = Field(
+        default_factory=MismatchSettings,
+        description="Correcting the train–inference mismatch of an engine sampling from a copy "
+        "of the weights (sampling.engine=vllm).",
+    )
     # lr 1e-6: the policy update of DeepSeekMath's GRPO (Shao et al. 2024, §4.2)
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1e-6), description="Optimisation."
@@ -136,6 +152,12 @@ class OnlineConfig(RecipeConfig):
                 "train.max_steps: online recipes count rollout.iterations instead; leave it unset"
             )
         self.steps_per_iteration()  # raises on inconsistent sizes
+        if self.mismatch.correction != "none" and self.sampling.engine == "hf":
+            raise ValueError(
+                f"mismatch.correction={self.mismatch.correction}: the hf engine samples from "
+                "the trainer's own weights, so there is no mismatch to correct (use "
+                "sampling.engine=vllm, or mismatch.correction=none)"
+            )
         return self
 
     @property
@@ -297,7 +319,13 @@ class OnlineRun(Generic[Config]):
 
     def sample(self, prompts: Prompts, iteration: int) -> RolloutBatch:
         """Responses to each prompt from the current policy (prompt-major rows)."""
-        return self.engine.generate(prompts.texts, self.sampling_params(iteration))
+        try:
+            return self.engine.generate(prompts.texts, self.sampling_params(iteration))
+        except WeightSyncError as error:
+            step = (iteration - 1) * self.config.steps_per_iteration()
+            raise WeightSyncError(
+                f"rollout {iteration}, after optimiser step {step}: {error}"
+            ) from None
 
     def reference_term(self, batch: RolloutBatch) -> ReferenceTerm:
         """log π_ref and the per-token KL of a rollout (none with β = 0), with its β. The
@@ -339,6 +367,7 @@ class OnlineRun(Generic[Config]):
             aggregation=self.config.policy.aggregation,
             max_new_tokens=self.config.sampling.max_new_tokens,
             logp_temperature=self.config.sampling.logp_temperature,
+            mismatch=self.config.mismatch,
         )
 
     def evaluate(self, _: torch.nn.Module | None = None) -> Metrics:
@@ -390,7 +419,10 @@ def prepare_online(
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
     if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
         compile_scoring_models(reference, reward, policy)
-    old_logps = needs_old_logps(
+    engine = sampling_engine(config.sampling, policy, tokenizer)
+    # an engine sampling from a copy of the weights (vLLM): the trainer recomputes the old
+    # log-probs, so the update's ratio is the trainer's and the mismatch can be measured
+    old_logps = getattr(engine, "samples_separately", False) or needs_old_logps(
         config.rollout,
         config.kl,
         episodes=config.episodes_per_iteration,
@@ -409,9 +441,7 @@ def prepare_online(
         reference=reference,
         reward=reward,
         gold=gold,
-        engine=build_engine(
-            policy, tokenizer, batch_size=config.sampling.batch_size, kind=config.sampling.engine
-        ),
+        engine=engine,
         kl_controller=AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon),
         old_logps=old_logps,
     )
@@ -481,7 +511,10 @@ def run_online(
         (run.out / "eval_initial.json").write_text(json.dumps(initial, indent=2), encoding="utf-8")
         history.append({"step": 0.0, **{f"eval_{k}": v for k, v in initial.items()}})
         logger.info("starting policy: %s", ", ".join(f"{k}={v:.4g}" for k, v in initial.items()))
-    result = trainer.train(resume_from=run.checkpoint)
+    try:
+        result = trainer.train(resume_from=run.checkpoint)
+    finally:
+        close_engine(run.engine)
     model_dir = run.out / "model"
     export(model_dir)
     return RunResult(run.out, result.final_step, model_dir, history + result.history)

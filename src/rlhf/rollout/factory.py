@@ -16,10 +16,14 @@ from typing import Any
 
 import torch
 
-from rlhf.rollout.types import GenerationEngine
+from rlhf.rollout.types import GenerationEngine, SamplingConfig
+from rlhf.rollout.vllm_config import VLLMConfig
 
 # kind -> "module:class"; imported on first use so the types never pull in transformers
-ENGINES: dict[str, str] = {"hf": "rlhf.rollout.hf:HFGenerationEngine"}
+ENGINES: dict[str, str] = {
+    "hf": "rlhf.rollout.hf:HFGenerationEngine",
+    "vllm": "rlhf.rollout.vllm:VLLMEngine",
+}
 
 
 def engine_class(kind: str) -> Any:
@@ -30,11 +34,39 @@ def engine_class(kind: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _settings(kind: str, vllm: VLLMConfig | None) -> dict[str, Any]:
+    """The keyword arguments of an engine kind's own settings (vLLM's section)."""
+    return {"options": vllm} if kind == "vllm" and vllm is not None else {}
+
+
 def build_engine(
-    model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 64, kind: str = "hf"
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    batch_size: int = 64,
+    kind: str = "hf",
+    vllm: VLLMConfig | None = None,
 ) -> GenerationEngine:
-    """An engine sampling from ``model`` as it is now (it sees every later update)."""
-    return engine_class(kind)(model, tokenizer, batch_size=batch_size)
+    """An engine sampling from ``model`` as it is now and after every later update (the HF
+    engine samples from ``model`` itself; vLLM syncs its copy after each optimiser step)."""
+    return engine_class(kind)(model, tokenizer, batch_size=batch_size, **_settings(kind, vllm))
+
+
+def sampling_engine(
+    sampling: SamplingConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    batch_size: int | None = None,
+) -> GenerationEngine:
+    """:func:`build_engine` with the kind and settings of a recipe's ``sampling`` section."""
+    return build_engine(
+        model,
+        tokenizer,
+        batch_size=batch_size or sampling.batch_size,
+        kind=sampling.engine,
+        vllm=sampling.vllm,
+    )
 
 
 def load_engine(
@@ -45,6 +77,7 @@ def load_engine(
     device: str = "cpu",
     attn_implementation: str | None = "sdpa",
     kind: str = "hf",
+    vllm: VLLMConfig | None = None,
 ) -> GenerationEngine:
     """An engine over the model saved at ``path`` (a folder or hub name) and its tokenizer."""
     return engine_class(kind).from_pretrained(
@@ -53,4 +86,12 @@ def load_engine(
         device=device,
         attn_implementation=attn_implementation,
         batch_size=batch_size,
+        **_settings(kind, vllm),
     )
+
+
+def close_engine(engine: GenerationEngine) -> None:
+    """Stop what an engine runs beside this process (vLLM's engine process), if anything."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()

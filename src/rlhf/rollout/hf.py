@@ -59,7 +59,7 @@ from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import position_limit, unwrap
 from rlhf.models.teacher_forcing import live_columns, response_logprobs
 from rlhf.rollout import compiled  # called as compiled.NAME: a test can swap one piece
-from rlhf.rollout.tokens import decode_continuation, stop_token_ids
+from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_token_ids
 from rlhf.rollout.types import RolloutBatch, SamplingParams
 
 logger = logging.getLogger("rlhf.rollout")
@@ -241,7 +241,7 @@ class HFGenerationEngine:
                             **cache,
                         )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
-            response_ids, response_mask, ended = self._cut_at_first_eos(chunks)
+            response_ids, response_mask, ended = cut_at_first_stop(chunks, self.stop_ids, pad_id)
             if params.return_logps:
                 logps = response_logprobs(
                     self.model,
@@ -274,32 +274,3 @@ class HFGenerationEngine:
             response_texts=texts,
             truncated_prompts=truncated,
         )
-
-    def _cut_at_first_eos(
-        self, chunks: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Generated chunks [b_i, r_i] -> response ids and mask [B, R] and ended [B].
-
-        Everything after a row's first EOS becomes padding. A row without EOS ran to the
-        end of its chunk: ``generate`` only stops a row early at EOS.
-        """
-        pad_id = self.tokenizer.pad_token_id
-        stops = torch.tensor(self.stop_ids)
-        lengths, ended = [], []
-        for chunk in chunks:
-            is_stop = torch.isin(chunk, stops)  # [b, r]
-            has_stop = is_stop.any(-1)  # [b]
-            first = is_stop.int().argmax(-1)  # [b] first stop (0 when none)
-            lengths.append(torch.where(has_stop, first + 1, chunk.shape[1]))
-            ended.append(has_stop)
-        length = torch.cat(lengths)  # [B]
-        width = max(int(length.max()), 1)
-        response_ids = torch.full((len(length), width), pad_id, dtype=torch.long)
-        row = 0
-        for chunk in chunks:
-            columns = min(chunk.shape[1], width)
-            response_ids[row : row + len(chunk), :columns] = chunk[:, :columns]
-            row += len(chunk)
-        response_mask = (torch.arange(width) < length[:, None]).long()  # [B, R]
-        response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
-        return response_ids, response_mask, torch.cat(ended)

@@ -15,6 +15,7 @@ Correctness details (see the design notes):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,13 +34,46 @@ def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None
 def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     """EOS ids that end a response: the tokenizer's and those of the model's generation config
     (chat models often list their end-of-turn token there)."""
+    return stop_ids_of(tokenizer, getattr(unwrap(model), "generation_config", None))
+
+
+def stop_ids_of(tokenizer: Any, generation_config: Any) -> list[int]:
+    """The tokenizer's EOS id, then any other the generation config (or None) lists."""
     ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    config = getattr(unwrap(model), "generation_config", None)
-    extra = getattr(config, "eos_token_id", None)
+    extra = getattr(generation_config, "eos_token_id", None)
     for token in [extra] if isinstance(extra, int) else list(extra or []):
         if token not in ids:
             ids.append(int(token))
     return ids
+
+
+def cut_at_first_stop(
+    chunks: Sequence[torch.Tensor], stop_ids: Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Generated chunks [b_i, r_i] -> response ids and mask [B, R] and ended [B].
+
+    Everything after a row's first stop id becomes padding; a row without one ran to the end
+    of its chunk (the engines stop a row early only at a stop id) and is not ``ended``.
+    """
+    stops = torch.tensor(list(stop_ids))
+    lengths, ended = [], []
+    for chunk in chunks:
+        is_stop = torch.isin(chunk, stops)  # [b, r]
+        has_stop = is_stop.any(-1)  # [b]
+        first = is_stop.int().argmax(-1)  # [b] first stop (0 when none)
+        lengths.append(torch.where(has_stop, first + 1, chunk.shape[1]))
+        ended.append(has_stop)
+    length = torch.cat(lengths)  # [B]
+    width = max(int(length.max()), 1)
+    response_ids = torch.full((len(length), width), pad_id, dtype=torch.long)
+    row = 0
+    for chunk in chunks:
+        columns = min(chunk.shape[1], width)
+        response_ids[row : row + len(chunk), :columns] = chunk[:, :columns]
+        row += len(chunk)
+    response_mask = (torch.arange(width) < length[:, None]).long()  # [B, R]
+    response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
+    return response_ids, response_mask, torch.cat(ended)
 
 
 def decode_continuation(tokenizer: Any, prompt_ids: list[int], response_ids: list[int]) -> str:

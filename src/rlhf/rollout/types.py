@@ -10,7 +10,7 @@ Shapes: B rows (= prompts × samples per prompt), P prompt tokens, R response to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import torch
@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from rlhf.config import StrictModel
 from rlhf.data.records import Text
+from rlhf.rollout.vllm_config import VLLMConfig
 
 # Keys of the per-row metadata a rollout's rows carry to their reward (rlhf.rewards.base's
 # Metadata, whose docstring says what each means): rollouts and prompt loading write them
@@ -32,6 +33,11 @@ def logp_temperature(temperature: float) -> float:
     """The temperature log-probs are taken at when sampling at ``temperature``: itself, or 1
     for greedy decoding (0), whose log-probs are the policy's own."""
     return 1.0 if temperature == 0 else temperature
+
+
+class WeightSyncError(RuntimeError):
+    """An engine's copy of the weights is not the trainer's after a sync (it never samples
+    from it: the run stops)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,10 @@ class SamplingConfig(StrictModel):
     engine: str = Field(
         "hf",
         description="The generation engine, a key of rlhf.rollout.factory.ENGINES (hf: "
-        "transformers' generate).",
+        "transformers' generate; vllm: vLLM, set up by sampling.vllm and docs/vllm.md).",
+    )
+    vllm: VLLMConfig = Field(
+        default_factory=VLLMConfig, description="The vLLM engine's settings (engine=vllm)."
     )
 
     @field_validator("engine")
@@ -129,7 +138,7 @@ class SamplingConfig(StrictModel):
         return logp_temperature(self.temperature)
 
     def params(self, num_samples: int, seed: int, *, return_logps: bool = True) -> SamplingParams:
-        values = self.model_dump(exclude={"batch_size", "engine"})
+        values = self.model_dump(exclude={"batch_size", "engine", "vllm"})
         return SamplingParams(
             **values, num_samples=num_samples, seed=seed, return_logps=return_logps
         )
@@ -153,6 +162,12 @@ class RolloutBatch:
     prompt_index: torch.Tensor  # [B] long: which of the input prompts the row answers
     response_texts: list[str]  # [B] decoded responses, special tokens (EOS) removed
     truncated_prompts: int = 0  # input prompts whose start was cut to fit the model's positions
+    # [B, R] float32: the log-probs the engine sampled with, when its weights are a copy of
+    # the trainer's (vLLM; None for the HF engine, which samples from the trainer's model):
+    # their gap to ``logps`` is the train-inference mismatch (rlhf.losses.importance)
+    engine_logps: torch.Tensor | None = None
+    engine_stats: dict[str, float] = field(default_factory=dict)  # the engine's timings of
+    # the call (sync_seconds, generate_seconds, tokens_per_second, probe_logp_gap)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -207,6 +222,8 @@ class RolloutBatch:
             prompt_index=torch.as_tensor([order[index[row]] for row in rows], dtype=torch.long),
             response_texts=[self.response_texts[row] for row in rows],
             truncated_prompts=self.truncated_prompts,
+            engine_logps=None if self.engine_logps is None else self.engine_logps[picked],
+            engine_stats=dict(self.engine_stats),
         )
 
     @staticmethod
@@ -219,6 +236,13 @@ class RolloutBatch:
         with_logps = [batch.logps is not None for batch in batches]
         if any(with_logps) and not all(with_logps):
             raise ValueError("cannot concatenate batches sampled with and without log-probs")
+        with_engine = [batch.engine_logps is not None for batch in batches]
+        if any(with_engine) and not all(with_engine):
+            raise ValueError("cannot concatenate batches of engines with and without log-probs")
+        stats: dict[str, float] = {}
+        for batch in batches:  # seconds add up; a rate or gap keeps its last value
+            for key, value in batch.engine_stats.items():
+                stats[key] = stats.get(key, 0.0) + value if key.endswith("seconds") else value
         prompt_width = max(batch.prompt_ids.shape[1] for batch in batches)
         response_width = max(batch.response_ids.shape[1] for batch in batches)
 
@@ -249,6 +273,10 @@ class RolloutBatch:
             ),
             response_texts=[text for b in batches for text in b.response_texts],
             truncated_prompts=sum(b.truncated_prompts for b in batches),
+            engine_logps=torch.cat([right(b.engine_logps, 0.0) for b in batches])  # type: ignore[arg-type]
+            if all(with_engine)
+            else None,
+            engine_stats=stats,
         )
 
     def to(self, device: torch.device | str) -> RolloutBatch:
@@ -261,7 +289,12 @@ class RolloutBatch:
 
 
 class GenerationEngine(Protocol):
-    """Anything that samples responses to prompts: HF ``generate`` now, vLLM later."""
+    """Anything that samples responses to prompts: HF ``generate``, vLLM.
+
+    An engine whose weights are a copy of the trainer's (vLLM) also has
+    ``samples_separately = True``, returns ``RolloutBatch.engine_logps``, and follows the
+    trainer's optimiser steps by itself (a weight sync before its next rollout).
+    """
 
     def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
         """``params.num_samples`` responses to each prompt, as one prompt-major batch."""

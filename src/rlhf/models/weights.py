@@ -1,0 +1,61 @@
+"""A model's weights under their checkpoint names, as another engine loads them.
+
+:func:`checkpoint_weights` yields what ``save_pretrained`` would write (the names of the
+transformers model, a tied output layer once), with a LoRA adapter merged on the fly
+(W + ΔW of each adapted layer, the model itself untouched), so an inference engine that loads
+Hugging Face checkpoints (vLLM) takes them as they are. :func:`on_optimizer_step` tells a
+watcher whenever any ``torch.optim`` optimiser updates the model's parameters, which a weight
+copy must then follow: a tensor's version counter is no guide, since fused optimisers update
+in place without bumping it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from rlhf.models.forward import unwrap
+
+
+def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every parameter under its checkpoint name, detached, LoRA merged."""
+    base = unwrap(model)
+    adapted = {
+        name: module
+        for name, module in base.named_modules()
+        if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight")
+    }
+    for name, parameter in base.named_parameters():
+        if ".lora_" in name:  # the adapter's own factors: merged below into their layer
+            continue
+        owner, separator, leaf = name.partition(".base_layer.")
+        if not separator:
+            yield name, parameter.detach()
+            continue
+        module = adapted[owner]
+        tensor = parameter.detach()
+        if (
+            leaf == "weight"
+            and not getattr(module, "merged", False)
+            and not module.disable_adapters
+        ):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    tensor = tensor + module.get_delta_weight(adapter).detach().to(tensor.dtype)
+        yield f"{owner}.{leaf}", tensor
+
+
+def on_optimizer_step(model: torch.nn.Module, callback: Callable[[], None]) -> Any:
+    """Call ``callback()`` after every optimiser step that updates a parameter of ``model``;
+    returns the hook's handle (``.remove()`` stops it)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    watched = {id(parameter) for parameter in model.parameters()}
+
+    def after_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        if any(id(p) in watched for group in optimizer.param_groups for p in group["params"]):
+            callback()
+
+    return register_optimizer_step_post_hook(after_step)

