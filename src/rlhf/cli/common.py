@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import rich.markup
 import typer
 from rich.console import Console
 
-from rlhf.config import ConfigError, load_config, read_yaml
+from rlhf.config import ConfigError, load_config, parse_override, read_yaml
+from rlhf.rollout.vllm_config import VLLMConfig
 
 if TYPE_CHECKING:
     from rlhf.recipes.common import RecipeConfig
@@ -50,6 +51,61 @@ TopPOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus mass 
 SeedOption = Annotated[int, typer.Option(help="Sampling seed (same seed, same samples).")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda:0, ...")]
+
+
+def vllm_options(items: list[str] | None) -> list[str] | None:
+    """``--vllm KEY=VALUE``'s check when the command line is parsed: each key a field of
+    :class:`~rlhf.rollout.vllm_config.VLLMConfig` and each value one it accepts, else a
+    one-line usage error naming the option."""
+    vllm_settings(items)
+    return items
+
+
+def vllm_settings(items: list[str] | None) -> VLLMConfig:
+    """The vLLM engine's settings from ``--vllm KEY=VALUE`` items (values parsed as YAML, as
+    config overrides are: ``--vllm sync_bucket_mb=64 --vllm sleep=false``)."""
+    from pydantic import ValidationError
+
+    values = {}
+    for item in items or []:
+        try:
+            path, value = parse_override(item)
+        except ConfigError:
+            raise typer.BadParameter(
+                f"{item!r}: expected KEY=VALUE, e.g. placement=trainer", param_hint="'--vllm'"
+            ) from None
+        if len(path) != 1 or path[0] not in VLLMConfig.model_fields:
+            known = ", ".join(VLLMConfig.model_fields)
+            raise typer.BadParameter(
+                f"unknown key {'.'.join(path)!r} (expected one of {known})",
+                param_hint="'--vllm'",
+            )
+        values[path[0]] = value
+    try:
+        return VLLMConfig.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc']))}={item['input']!r}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise typer.BadParameter(problems, param_hint="'--vllm'") from None
+
+
+EngineOption = Annotated[
+    Literal["hf", "vllm"],
+    typer.Option(help="Generation engine: hf (transformers' generate) or vllm (docs/vllm.md)."),
+]
+VLLMOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--vllm",
+        metavar="KEY=VALUE",
+        callback=vllm_options,
+        help="A setting of the vLLM engine (repeatable), e.g. placement=trainer, dtype=bfloat16; "
+        "the keys of sampling.vllm (docs/vllm.md).",
+        show_default=False,
+    ),
+]
 
 
 def setup_logging(models: bool = True) -> None:
@@ -93,11 +149,24 @@ def resolve_config(
         raise
 
 
-def policy_engine(model: str, dtype: str, device: str, batch_size: int) -> GenerationEngine:
-    """A generation engine over the policy ``model`` (a folder or hub name)."""
+def policy_engine(
+    model: str,
+    dtype: str,
+    device: str,
+    batch_size: int,
+    engine: str = "hf",
+    vllm: list[str] | None = None,
+) -> GenerationEngine:
+    """A generation engine of kind ``engine`` over the policy ``model`` (a folder or hub
+    name), with ``vllm``'s ``KEY=VALUE`` settings; the caller closes it
+    (:func:`rlhf.rollout.factory.close_engine`)."""
     from rlhf.engine.trainer import resolve_device
-    from rlhf.rollout.factory import load_engine
+    from rlhf.rollout.factory import load_engine_for
+    from rlhf.rollout.types import EngineChoice
 
-    return load_engine(
-        model, dtype=dtype, device=str(resolve_device(device)), batch_size=batch_size
+    if vllm and engine != "vllm":
+        raise ConfigError("--vllm sets the vLLM engine's options: add --engine vllm")
+    choice = EngineChoice(engine=engine, vllm=vllm_settings(vllm))
+    return load_engine_for(
+        choice, model, dtype=dtype, device=str(resolve_device(device)), batch_size=batch_size
     )

@@ -3,7 +3,6 @@ export labels; docs/feedback.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,10 +12,12 @@ import typer
 from rlhf.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     MaxNewTokensOption,
     SeedOption,
     TemperatureOption,
     TopPOption,
+    VLLMOption,
     console,
     fail,
     policy_engine,
@@ -38,30 +39,40 @@ DbOption = Annotated[
 ]  # fmt: skip
 
 
-def feedback_sampler(
-    model: str, dtype: str, device: str, max_new_tokens: int, temperature: float, top_p: float,
-    seed: int,
-) -> Callable[[list[Any], int], list[list[str]]]:  # fmt: skip
-    """The web app's model: ``sample(prompts, n)`` gives n replies per prompt, a fresh seed
-    per call so that a repeated prompt gets new candidates."""
-    import itertools
+class FeedbackSampler:
+    """The web app's model: ``sampler(prompts, n)`` gives n replies per prompt, a fresh seed
+    per call so that a repeated prompt gets new candidates; :meth:`close` stops its engine."""
 
-    from rlhf.eval.sampling import sample_candidates
-    from rlhf.feedback.tasks import as_text
-    from rlhf.rollout import SamplingParams
+    def __init__(self, engine: Any, params: dict[str, Any], seed: int) -> None:
+        import itertools
 
-    engine = policy_engine(model, dtype, device, batch_size=16)
-    calls = itertools.count(seed)
+        self.engine, self.params, self.calls = engine, params, itertools.count(seed)
 
-    def sample(prompts: list[Any], n: int) -> list[list[str]]:
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            num_samples=n, seed=next(calls),
-        )  # fmt: skip
-        candidates = sample_candidates(engine, [as_text(p) for p in prompts], params)
+    def __call__(self, prompts: list[Any], n: int) -> list[list[str]]:
+        from rlhf.eval.sampling import sample_candidates
+        from rlhf.feedback.tasks import as_text
+        from rlhf.rollout import SamplingParams
+
+        params = SamplingParams(**self.params, num_samples=n, seed=next(self.calls))
+        candidates = sample_candidates(self.engine, [as_text(p) for p in prompts], params)
         return [list(candidate.responses) for candidate in candidates]
 
-    return sample
+    def close(self) -> None:
+        from rlhf.rollout.factory import close_engine
+
+        close_engine(self.engine)
+
+
+def feedback_sampler(
+    model: str, dtype: str, device: str, max_new_tokens: int, temperature: float, top_p: float,
+    seed: int, engine: str = "hf", vllm: list[str] | None = None,
+) -> FeedbackSampler:  # fmt: skip
+    """The web app's sampler over ``model`` with the ``engine`` (and ``vllm`` settings) chosen."""
+    return FeedbackSampler(
+        policy_engine(model, dtype, device, 16, engine, vllm),
+        {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p},
+        seed,
+    )
 
 
 @app.command("serve")
@@ -79,6 +90,8 @@ def feedback_serve(
     seed: SeedOption = 0,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "auto",
+    engine: EngineOption = "hf",
+    vllm: VLLMOption = None,
     secure_cookies: Annotated[
         bool | None,
         typer.Option(
@@ -109,6 +122,8 @@ def feedback_serve(
 
         from rlhf.feedback.app import create_app
 
+        if model is None and (engine != "hf" or vllm):
+            raise ValueError("--engine and --vllm choose how --model samples: add --model")
         with socket.socket() as probe:  # a taken port, said before a model loads
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             try:
@@ -119,25 +134,29 @@ def feedback_serve(
         sampler = None
         if model is not None:
             sampler = feedback_sampler(
-                model, dtype, device, max_new_tokens, temperature, top_p, seed
+                model, dtype, device, max_new_tokens, temperature, top_p, seed, engine, vllm
             )
-        web = create_app(
-            db,
-            sampler=sampler,
-            secure_cookies=secure_cookies,
-            max_body_bytes=max_body,
-            max_upload_bytes=max_upload,
-        )
-        token = web.state.feedback.start()  # the database's problems, said before serving
-        if token:
-            console.print(
-                f"created the admin account; its token (shown once): {token}", soft_wrap=True
+        try:
+            web = create_app(
+                db,
+                sampler=sampler,
+                secure_cookies=secure_cookies,
+                max_body_bytes=max_body,
+                max_upload_bytes=max_upload,
             )
-        console.print(f"serving [bold]http://{host}:{port}/[/] (database {db})")
-        uvicorn.run(
-            web, host=host, port=port, log_level="warning", proxy_headers=True,
-            timeout_graceful_shutdown=5,
-        )  # fmt: skip
+            token = web.state.feedback.start()  # the database's problems, said before serving
+            if token:
+                console.print(
+                    f"created the admin account; its token (shown once): {token}", soft_wrap=True
+                )
+            console.print(f"serving [bold]http://{host}:{port}/[/] (database {db})")
+            uvicorn.run(
+                web, host=host, port=port, log_level="warning", proxy_headers=True,
+                timeout_graceful_shutdown=5,
+            )  # fmt: skip
+        finally:
+            if sampler is not None:
+                sampler.close()  # vLLM's engine process ends with the server
     except Exception as error:
         fail(error)
 

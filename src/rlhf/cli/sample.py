@@ -12,10 +12,12 @@ from rich.console import Console
 from rlhf.cli.common import (
     DeviceOption,
     DtypeOption,
+    EngineOption,
     MaxNewTokensOption,
     SeedOption,
     TemperatureOption,
     TopPOption,
+    VLLMOption,
     console,
     fail,
     policy_engine,
@@ -135,6 +137,8 @@ def sample(
     column: ColumnOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "auto",
+    engine: EngineOption = "hf",
+    vllm: VLLMOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample K responses per prompt into a candidates file, ready for labelling.
@@ -146,6 +150,7 @@ def sample(
         from rlhf.eval.sampling import sample_to_file
         from rlhf.rewards import build_reward, parse_reward_spec
         from rlhf.rollout import SamplingParams
+        from rlhf.rollout.factory import close_engine
 
         setup_logging()
         if keep_top is not None and reward is None:
@@ -156,11 +161,14 @@ def sample(
         )  # fmt: skip
         prompt_list, metadata = load_prompts(prompts, column, limit, answer_field)
         scorer = build_reward(parse_reward_spec(reward)) if reward else None
-        engine = policy_engine(model, dtype, device, batch_size)
-        summary = sample_to_file(
-            engine, prompt_list, params, output, reward=scorer, keep_top=keep_top,
-            prompt_metadata=metadata, progress=progress,
-        )  # fmt: skip
+        sampler = policy_engine(model, dtype, device, batch_size, engine, vllm)
+        try:
+            summary = sample_to_file(
+                sampler, prompt_list, params, output, reward=scorer, keep_top=keep_top,
+                prompt_metadata=metadata, progress=progress,
+            )  # fmt: skip
+        finally:
+            close_engine(sampler)
     except Exception as error:
         fail(error)
     line = (
@@ -203,6 +211,8 @@ def best_of_n(
     column: ColumnOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "auto",
+    engine: EngineOption = "hf",
+    vllm: VLLMOption = None,
 ) -> None:
     """Reward (and gold reward) of best-of-N against its analytic KL, log N - (N-1)/N.
 
@@ -215,6 +225,7 @@ def best_of_n(
         from rlhf.recipes.best_of_n import report_table, write_report
         from rlhf.rewards import build_reward, parse_reward_spec
         from rlhf.rollout import SamplingParams
+        from rlhf.rollout.factory import close_engine
 
         setup_logging()
         params = SamplingParams(
@@ -224,10 +235,13 @@ def best_of_n(
         prompt_list, metadata = load_prompts(prompts, column, limit, answer_field)
         scorer = build_reward(parse_reward_spec(reward))
         gold_scorer = build_reward(parse_reward_spec(gold)) if gold else None
-        engine = policy_engine(model, dtype, device, batch_size)
-        report = evaluate_best_of_n(
-            engine, prompt_list, params, scorer, gold_scorer, prompt_metadata=metadata
-        )
+        sampler = policy_engine(model, dtype, device, batch_size, engine, vllm)
+        try:
+            report = evaluate_best_of_n(
+                sampler, prompt_list, params, scorer, gold_scorer, prompt_metadata=metadata
+            )
+        finally:
+            close_engine(sampler)
         paths = write_report(report, out)
     except Exception as error:
         fail(error)

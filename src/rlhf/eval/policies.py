@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import Field
 
-from rlhf.config import StrictModel
 from rlhf.data.records import Record, Text, text_to_json
 from rlhf.eval.results import (
     BestOfNPoint,
@@ -35,6 +34,7 @@ from rlhf.eval.results import (
 )
 from rlhf.eval.stats import win_rate
 from rlhf.rewards.spec import RewardSpec
+from rlhf.rollout.types import EngineChoice
 
 if TYPE_CHECKING:
     from rlhf.models.reference import ReferenceModel
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
 
 
-class EvalConfig(StrictModel):
-    """The final evaluation of every policy on held-out prompts."""
+class EvalConfig(EngineChoice):
+    """The final evaluation of every policy on held-out prompts, sampled with ``engine``
+    (``eval.engine=vllm``, ``eval.vllm.*``)."""
 
     prompts: str = Field(
         "builtin:world-prompts?n=400&seed=99&split=eval", description="Held-out evaluation prompts."
@@ -229,7 +230,7 @@ def evaluate_pipeline(
     from rlhf.models.reference import ReferenceModel
     from rlhf.rewards.spec import build_reward
     from rlhf.rollout.candidates import load_prompts
-    from rlhf.rollout.factory import build_engine, load_engine
+    from rlhf.rollout.factory import close_engine, engine_for, load_engine_for
     from rlhf.rollout.types import SamplingParams
 
     prompts = load_prompts(settings.prompts, limit=settings.count)
@@ -244,31 +245,37 @@ def evaluate_pipeline(
     # one SFT model: its samples, the reference of every KL, and its best-of-N
     tokenizer = load_tokenizer(runs.sft)
     sft_model = load_model(runs.sft, tokenizer=tokenizer)
-    sft_engine = build_engine(sft_model, tokenizer, batch_size=settings.batch_size)
-    reference = ReferenceModel.frozen(sft_model)
-    common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
-    sft = sample_policy(sft_engine, prompts, params, reference=None, **common)
-    policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
-    for run in runs.trained:
-        engine = load_engine(run.out / "model", batch_size=settings.batch_size)
-        samples = sample_policy(engine, prompts, params, reference=reference, **common)
-        policies.append(policy_eval(run.name, prompts, samples, sft, settings.samples_shown))
-        del engine
-        gc.collect()  # one trained policy in memory at a time
+    sft_engine = engine_for(settings, sft_model, tokenizer, batch_size=settings.batch_size)
+    try:
+        reference = ReferenceModel.frozen(sft_model)
+        common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
+        sft = sample_policy(sft_engine, prompts, params, reference=None, **common)
+        policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
+        for run in runs.trained:
+            engine = load_engine_for(settings, run.out / "model", batch_size=settings.batch_size)
+            try:
+                samples = sample_policy(engine, prompts, params, reference=reference, **common)
+            finally:
+                close_engine(engine)
+            policies.append(policy_eval(run.name, prompts, samples, sft, settings.samples_shown))
+            del engine
+            gc.collect()  # one trained policy in memory at a time
 
-    best_of_n: list[BestOfNPoint] = []
-    if settings.best_of_n > 1:
-        bon_params = SamplingParams(
-            settings.max_new_tokens,
-            temperature=settings.temperature,
-            num_samples=settings.best_of_n,
-            seed=seed + 2,
-        )
-        curve = evaluate_best_of_n(sft_engine, prompts, bon_params, proxy, gold)
-        best_of_n = [
-            BestOfNPoint(n=p.n, kl=p.kl, proxy=p.reward, gold=float(p.gold or 0.0))
-            for p in curve.points
-        ]
+        best_of_n: list[BestOfNPoint] = []
+        if settings.best_of_n > 1:
+            bon_params = SamplingParams(
+                settings.max_new_tokens,
+                temperature=settings.temperature,
+                num_samples=settings.best_of_n,
+                seed=seed + 2,
+            )
+            curve = evaluate_best_of_n(sft_engine, prompts, bon_params, proxy, gold)
+            best_of_n = [
+                BestOfNPoint(n=p.n, kl=p.kl, proxy=p.reward, gold=float(p.gold or 0.0))
+                for p in curve.points
+            ]
+    finally:
+        close_engine(sft_engine)
 
     curving = [run for run in runs.trained if run.curve_kl_coef is not None]
     curves = [training_curve(run.name, run.curve_kl_coef, run.out) for run in curving]

@@ -62,9 +62,9 @@ from rlhf.recipes.common import (
     split_train_eval,
 )
 from rlhf.recipes.lm import exporter
-from rlhf.rollout.factory import build_engine
+from rlhf.rollout.factory import close_engine, engine_for
 from rlhf.rollout.measure import sampled_kl
-from rlhf.rollout.types import GenerationEngine, SamplingParams
+from rlhf.rollout.types import EngineChoice, GenerationEngine, SamplingParams
 
 logger = logging.getLogger("rlhf")
 
@@ -112,8 +112,9 @@ class PreferenceDataConfig(DataConfig):
         return self
 
 
-class PreferenceEvalConfig(StrictModel):
-    """Held-out evaluation beyond the loss: the policy's sampled KL to the reference."""
+class PreferenceEvalConfig(EngineChoice):
+    """Held-out evaluation beyond the loss: the policy's sampled KL to the reference, sampled
+    with ``engine`` (``eval.engine=vllm``, ``eval.vllm.*``)."""
 
     kl_prompts: int = Field(
         16,
@@ -487,7 +488,7 @@ def train_offline(
             logger.info("no sampled KL: a reference-free loss has no reference to measure it to")
 
     device = resolve_device(config.train.device)
-    kl = None
+    kl, engine = None, None
     if sampled and reference is not None:
         params = SamplingParams(
             max_new_tokens=config.eval.max_new_tokens,
@@ -495,8 +496,10 @@ def train_offline(
             num_samples=config.eval.kl_samples_per_prompt,
             seed=seed,
         )
+        model.to(device)  # as the Trainer will: an engine with its own copy (vLLM) starts there
+        engine = engine_for(config.eval, model, tokenizer, batch_size=config.eval.batch_size)
         kl = kl_evaluation(
-            build_engine(model, tokenizer, batch_size=config.eval.batch_size),
+            engine,
             reference,
             list(kl_prompts),
             params,
@@ -539,7 +542,11 @@ def train_offline(
             config, model, tokenizer, examples, plan, collate, trainer, reference
         )
 
-    result = trainer.train(resume_from=checkpoint)
+    try:
+        result = trainer.train(resume_from=checkpoint)
+    finally:
+        if engine is not None:
+            close_engine(engine)
     model_dir = out / "model"
     export(model_dir)
     return RunResult(out, result.final_step, model_dir, result.history)

@@ -64,7 +64,7 @@ from rlhf.recipes.common import (
 from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
 from rlhf.rewards.base import RewardFunction, RewardOutput
 from rlhf.rewards.spec import RewardSpec, build_reward
-from rlhf.rollout.factory import close_engine, sampling_engine
+from rlhf.rollout.factory import close_engine, engine_for
 from rlhf.rollout.types import (
     GenerationEngine,
     RolloutBatch,
@@ -419,7 +419,7 @@ def prepare_online(
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
     if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
         compile_scoring_models(reference, reward, policy)
-    engine = sampling_engine(config.sampling, policy, tokenizer)
+    engine = engine_for(config.sampling, policy, tokenizer, batch_size=config.sampling.batch_size)
     # an engine sampling from a copy of the weights (vLLM): the trainer recomputes the old
     # log-probs, so the update's ratio is the trainer's and the mismatch can be measured
     old_logps = getattr(engine, "samples_separately", False) or needs_old_logps(

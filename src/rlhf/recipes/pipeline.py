@@ -40,6 +40,7 @@ from rlhf.eval.results import Report, StageTiming
 from rlhf.recipes.common import ModelConfig, RecipeConfig, RunResult
 from rlhf.recipes.registry import stage_recipe
 from rlhf.rewards.spec import RewardSpec
+from rlhf.rollout.types import EngineChoice
 
 if TYPE_CHECKING:
     from rlhf.rewards.base import RewardFunction
@@ -61,8 +62,9 @@ class AnnotatorsConfig(StrictModel):
     )
 
 
-class FeedbackConfig(StrictModel):
-    """Sampling the SFT policy and labelling its responses."""
+class FeedbackConfig(EngineChoice):
+    """Sampling the SFT policy (with ``engine``: ``feedback.engine=vllm``, ``feedback.vllm.*``)
+    and labelling its responses."""
 
     prompts: str = Field(
         "builtin:world-prompts?n=512&seed=1&split=train",
@@ -329,12 +331,11 @@ def collect_feedback(
     from rlhf.eval.sampling import sample_to_file
     from rlhf.rewards.spec import build_reward
     from rlhf.rollout.candidates import load_prompts, read_candidates
-    from rlhf.rollout.factory import load_engine
+    from rlhf.rollout.factory import close_engine, load_engine_for
     from rlhf.rollout.types import SamplingParams
 
     settings = config.feedback
     prompts = load_prompts(settings.prompts)
-    engine = load_engine(policy_dir, batch_size=settings.batch_size)
     params = SamplingParams(
         settings.max_new_tokens,
         temperature=settings.temperature,
@@ -342,7 +343,11 @@ def collect_feedback(
         seed=config.seed,
     )
     samples = out / "samples.jsonl"
-    sample_to_file(engine, prompts, params, samples, progress=progress)
+    engine = load_engine_for(settings, policy_dir, batch_size=settings.batch_size)
+    try:
+        sample_to_file(engine, prompts, params, samples, progress=progress)
+    finally:
+        close_engine(engine)
     candidates = read_candidates(samples)
     order = list(range(len(candidates)))
     random.Random(config.seed).shuffle(order)

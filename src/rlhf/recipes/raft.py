@@ -64,7 +64,7 @@ from rlhf.recipes.lm import (
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
 from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.candidates import load_prompts_and_answers
-from rlhf.rollout.factory import build_engine
+from rlhf.rollout.factory import close_engine, engine_for
 from rlhf.rollout.types import GenerationEngine, SamplingConfig
 
 logger = logging.getLogger("rlhf")
@@ -252,9 +252,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     model, tokenizer = build_model_and_tokenizer(model_config, out, lambda: [], config.train.seed)
     check_fits_positions(model, config.data.max_length)
     model.to(resolve_device(config.train.device))  # sampling and training share the device
-    engine = build_engine(
-        model, tokenizer, batch_size=config.sampling.batch_size, kind=config.sampling.engine
-    )
+    engine = engine_for(config.sampling, model, tokenizer, batch_size=config.sampling.batch_size)
 
     raft, seed = config.raft, config.train.seed
     done = run.state["completed_rounds"]
@@ -328,6 +326,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
             )  # fmt: skip
     finally:
         sink.close()
+        close_engine(engine)
 
     model_dir = out / "model"
     exporter(model, tokenizer)(model_dir)

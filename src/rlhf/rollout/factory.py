@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf.rollout.types import GenerationEngine, SamplingConfig
+from rlhf.rollout.types import EngineChoice, GenerationEngine
 from rlhf.rollout.vllm_config import VLLMConfig
 
 # kind -> "module:class"; imported on first use so the types never pull in transformers
@@ -52,20 +52,12 @@ def build_engine(
     return engine_class(kind)(model, tokenizer, batch_size=batch_size, **_settings(kind, vllm))
 
 
-def sampling_engine(
-    sampling: SamplingConfig,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    *,
-    batch_size: int | None = None,
+def engine_for(
+    choice: EngineChoice, model: torch.nn.Module, tokenizer: Any, *, batch_size: int
 ) -> GenerationEngine:
-    """:func:`build_engine` with the kind and settings of a recipe's ``sampling`` section."""
+    """:func:`build_engine` with the kind and settings a config section chose."""
     return build_engine(
-        model,
-        tokenizer,
-        batch_size=batch_size or sampling.batch_size,
-        kind=sampling.engine,
-        vllm=sampling.vllm,
+        model, tokenizer, batch_size=batch_size, kind=choice.engine, vllm=choice.vllm
     )
 
 
@@ -88,6 +80,21 @@ def load_engine(
         batch_size=batch_size,
         **_settings(kind, vllm),
     )
+
+
+def load_engine_for(
+    choice: EngineChoice,
+    path: str | Path,
+    *,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> GenerationEngine:
+    """:func:`load_engine` with the kind and settings a config section chose."""
+    return load_engine(
+        path, batch_size=batch_size, dtype=dtype, device=device, kind=choice.engine,
+        vllm=choice.vllm,
+    )  # fmt: skip
 
 
 def close_engine(engine: GenerationEngine) -> None:

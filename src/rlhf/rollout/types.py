@@ -91,7 +91,32 @@ class SamplingParams:
         return logp_temperature(self.temperature)
 
 
-class SamplingConfig(StrictModel):
+class EngineChoice(StrictModel):
+    """Which generation engine samples (``engine``) and the vLLM engine's settings: a section
+    of every config that samples (SamplingConfig, the evaluation's, the pipeline's); the
+    factory's :func:`~rlhf.rollout.factory.engine_for` and
+    :func:`~rlhf.rollout.factory.load_engine_for` build the engine it names."""
+
+    engine: str = Field(
+        "hf",
+        description="The generation engine, a key of rlhf.rollout.factory.ENGINES (hf: "
+        "transformers' generate; vllm: vLLM, set up by sampling.vllm and docs/vllm.md).",
+    )
+    vllm: VLLMConfig = Field(
+        default_factory=VLLMConfig, description="The vLLM engine's settings (engine=vllm)."
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, kind: str) -> str:
+        from rlhf.rollout.factory import ENGINES  # the factory imports this module
+
+        if kind not in ENGINES:
+            raise ValueError(f"unknown engine {kind!r}: expected one of {sorted(ENGINES)}")
+        return kind
+
+
+class SamplingConfig(EngineChoice):
     """Sampling settings in a recipe's config; :meth:`params` turns them into SamplingParams."""
 
     max_new_tokens: int = Field(64, ge=1, description="Response tokens at most (EOS included).")
@@ -112,24 +137,6 @@ class SamplingConfig(StrictModel):
             "shape. A seed gives other samples than with compile off."
         ),
     )
-
-    engine: str = Field(
-        "hf",
-        description="The generation engine, a key of rlhf.rollout.factory.ENGINES (hf: "
-        "transformers' generate; vllm: vLLM, set up by sampling.vllm and docs/vllm.md).",
-    )
-    vllm: VLLMConfig = Field(
-        default_factory=VLLMConfig, description="The vLLM engine's settings (engine=vllm)."
-    )
-
-    @field_validator("engine")
-    @classmethod
-    def _known_engine(cls, kind: str) -> str:
-        from rlhf.rollout.factory import ENGINES  # the factory imports this module
-
-        if kind not in ENGINES:
-            raise ValueError(f"unknown engine {kind!r}: expected one of {sorted(ENGINES)}")
-        return kind
 
     @property
     def logp_temperature(self) -> float:

@@ -61,8 +61,8 @@ from rlhf.models.weights import checkpoint_weights, on_optimizer_step
 from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_ids_of
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_config import VLLMConfig
-from rlhf.rollout.vllm_server import receive, send
 from rlhf.rollout.vllm_runner import INSTALL_HINT, EngineStartError, VLLMRunner, checksum
+from rlhf.rollout.vllm_server import receive, send
 
 logger = logging.getLogger("rlhf.rollout")
 
