@@ -33,8 +33,8 @@ def test_build_engine_gives_the_registered_class_and_samples(tiny_model_dir):
 
 
 def test_unknown_engines_are_named_with_the_known_ones():
-    with pytest.raises(ValueError, match=r"engine kind 'vllm': expected one of \['hf'\]"):
-        factory.engine_class("vllm")
+    with pytest.raises(ValueError, match=r"engine kind 'sglang': expected one of \['hf', 'vllm'\]"):
+        factory.engine_class("sglang")
     with pytest.raises(ValueError, match="unknown engine 'nope'"):
         SamplingConfig(engine="nope")
     assert "engine" not in vars(SamplingConfig().params(num_samples=1, seed=0))

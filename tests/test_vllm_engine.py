@@ -231,4 +231,71 @@ def test_grpo_tiny_preset_with_the_vllm_engine_raises_its_reward(tmp_path):
     for row in rollouts:  # logged every rollout; float32 engine and trainer agree closely
         assert row["rollout_mismatch_logp_abs_mean"] < 1e-3
         assert math.isfinite(row["rollout_mismatch_kl"])
-        assert row["rollout_engine_sync_seconds"] > 0
+    # every rollout after the first follows an update, so a sync (the first one's was the
+    # starting policy's evaluation's)
+    assert all(row["rollout_engine_sync_seconds"] > 0 for row in rollouts[1:])
+
+
+def test_trainer_placement_runs_grpo_with_truncated_importance_sampling(tmp_path):
+    """vLLM inside the trainer's process: the whole run under the vLLM environment's Python
+    (which has rlhf too), correcting the mismatch with truncated importance sampling."""
+    import json
+
+    python = vllm_python()
+    out = tmp_path / "grpo"
+    overrides = [
+        f"out={out}",
+        "sampling.engine=vllm",
+        "sampling.vllm.placement=trainer",
+        "mismatch.correction=truncated_is",
+        "rollout.iterations=3",
+        "init_sft.train.max_steps=20",
+        "progress=false",
+    ]
+    command = [python, "-m", "rlhf.cli", "grpo", "--preset", "tiny", *overrides]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [row for row in rows if "rollout_correction_weight_mean" in row]
+    assert len(rollouts) == 3
+    for row in rollouts:  # float32 engine and trainer: the weights are all but 1
+        assert row["rollout_correction_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert row["rollout_mismatch_logp_abs_mean"] < 1e-3
+
+
+def test_lora_sync_pushes_the_base_once_then_the_adapter_alone(model_dir, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from rlhf.models.load import load_model, load_tokenizer
+    from rlhf.rollout.factory import build_engine, close_engine
+    from rlhf.rollout.vllm_config import VLLMConfig
+
+    vllm_python()
+    tokenizer = load_tokenizer(model_dir)
+    model = get_peft_model(
+        load_model(model_dir, tokenizer=tokenizer),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():  # an adapter that changes the outputs from the start
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.2)
+    engine = build_engine(
+        model, tokenizer, batch_size=16, kind="vllm", vllm=VLLMConfig(sync="lora")
+    )
+    pushes = []
+    push = type(engine)._push
+    monkeypatch.setattr(type(engine), "_push", lambda self, b: pushes.append(1) or push(self, b))
+    try:
+        ours = engine.generate(PROMPTS, greedy())
+        theirs = hf_engine((model, tokenizer)).generate(PROMPTS, greedy())
+        assert torch.equal(ours.response_ids, theirs.response_ids)
+        assert engine.probe_gap < 1e-3 and pushes == [1]  # the base, once
+        training_step(model)  # only the adapter is trainable
+        ours = engine.generate(PROMPTS, greedy())
+        assert engine.syncs == 2 and pushes == [1]  # the adapter alone
+        assert engine.probe_gap < 1e-3
+        theirs = hf_engine((model, tokenizer)).generate(PROMPTS, greedy())
+        assert torch.equal(ours.response_ids, theirs.response_ids)
+    finally:
+        close_engine(engine)

@@ -19,8 +19,11 @@ import torch
 from rlhf.models.forward import unwrap
 
 
-def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every parameter under its checkpoint name, detached, LoRA merged."""
+def checkpoint_weights(
+    model: torch.nn.Module, *, merge_lora: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every parameter under its checkpoint name, detached; a LoRA
+    adapter merged (``merge_lora``) or left out (the base model's own weights)."""
     base = unwrap(model)
     adapted = {
         name: module
@@ -37,7 +40,8 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
         module = adapted[owner]
         tensor = parameter.detach()
         if (
-            leaf == "weight"
+            merge_lora
+            and leaf == "weight"
             and not getattr(module, "merged", False)
             and not module.disable_adapters
         ):
@@ -45,6 +49,22 @@ def checkpoint_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
                 if adapter in module.lora_A:
                     tensor = tensor + module.get_delta_weight(adapter).detach().to(tensor.dtype)
         yield f"{owner}.{leaf}", tensor
+
+
+def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA adapter's tensors under the names peft's ``save_pretrained`` writes."""
+    from peft import get_peft_model_state_dict
+
+    return {name: tensor.detach() for name, tensor in get_peft_model_state_dict(model).items()}
+
+
+def trainable_outside_adapter(model: torch.nn.Module) -> list[str]:
+    """Trainable parameters that are not LoRA factors (an adapter-only sync would miss them)."""
+    return [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and ".lora_" not in name
+    ]
 
 
 def on_optimizer_step(model: torch.nn.Module, callback: Callable[[], None]) -> Any:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,12 @@ from rlhf.data.tokenize import tokenize_prompt
 from rlhf.models.finite import check_finite_weights
 from rlhf.models.forward import position_limit, unwrap
 from rlhf.models.teacher_forcing import response_logprobs
-from rlhf.models.weights import checkpoint_weights, on_optimizer_step
+from rlhf.models.weights import (
+    adapter_weights,
+    checkpoint_weights,
+    on_optimizer_step,
+    trainable_outside_adapter,
+)
 from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_ids_of
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_config import VLLMConfig
@@ -247,6 +253,7 @@ class VLLMEngine:
         options: VLLMConfig | None = None,
         path: str | Path | None = None,
         dtype: str | None = None,
+        device: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -266,15 +273,29 @@ class VLLMEngine:
             )
         positions = getattr(config, "max_position_embeddings", None)
         self.positions = self.options.max_model_len or positions
-        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        device = (
+            next(model.parameters()).device
+            if model is not None
+            else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        )
+        # the trainer placement loads tensors where they are (one GPU: no round trip through
+        # host memory); the engine process takes them through the socket, from host memory
+        self.bucket_device = device if self.options.placement == "trainer" else torch.device("cpu")
         if dtype is None or dtype == "auto":
             dtype = self.options.dtype
         if dtype == "auto":
             dtype = DTYPES.get(next(model.parameters()).dtype, "float32") if model else "float32"
         self.dtype = dtype
+        # the config-only model folder, the socket, the engine's log, the adapters: removed
+        # with the engine (close, or when it is collected or the interpreter exits)
         self.scratch = Path(tempfile.mkdtemp(prefix="rlhf-vllm-"))
+        self._remove_scratch = weakref.finalize(
+            self, shutil.rmtree, self.scratch, ignore_errors=True
+        )
         model_dir = str(path) if path is not None else self._config_folder(config)
+        self._base_pushed = False
         runner_options = self.options.model_dump() | {
+            "lora_rank": self._lora_rank(model) if self.options.sync == "lora" else None,
             "dtype": dtype,
             "device": device.type,
             "max_num_seqs": batch_size,
@@ -339,14 +360,30 @@ class VLLMEngine:
         batch_size: int = 64,
         options: VLLMConfig | None = None,
     ) -> VLLMEngine:
-        """vLLM over the model folder (or hub name) at ``path``; ``device`` and
-        ``attn_implementation`` are vLLM's own choice and not used."""
+        """vLLM over the model folder (or hub name) at ``path`` on ``device``'s kind (cpu or
+        cuda); ``attn_implementation`` is vLLM's own choice and not used."""
         from rlhf.models.load import load_tokenizer
 
         return cls(
             None, load_tokenizer(path), batch_size=batch_size, options=options, path=path,
-            dtype=dtype,
+            dtype=dtype, device=device,
         )  # fmt: skip
+
+    def _lora_rank(self, model: torch.nn.Module | None) -> int:
+        """The adapter's rank, refusing a policy an adapter-only sync cannot follow."""
+        config = getattr(model, "peft_config", None)
+        if model is None or not config:
+            raise ValueError(
+                "sampling.vllm.sync=lora: the policy has no LoRA adapter (set model.lora, or "
+                "sync=full)"
+            )
+        others = trainable_outside_adapter(model)
+        if others:
+            raise ValueError(
+                f"sampling.vllm.sync=lora: {len(others)} trainable parameters outside the "
+                f"adapter (first: {others[0]}) would never reach the engine; use sync=full"
+            )
+        return max(int(adapter.r) for adapter in config.values())
 
     def _config_folder(self, config: Any) -> str:
         """A folder with the policy's config only: vLLM starts with placeholder weights and
@@ -365,15 +402,25 @@ class VLLMEngine:
         """Push the policy's weights to the engine now (verified every ``verify_every``)."""
         assert self.model is not None
         check_finite_weights(self.model, "the weight sync")
+        if self.sleeps:  # level-1 sleep keeps the old weights off the GPU: bring them back
+            self.runner.call("wake_up")
         started = time.perf_counter()
         sent: dict[str, tuple[float, float]] = {}
-        buckets = weight_buckets(
-            checkpoint_weights(self.model),
-            dtype=getattr(torch, self.dtype),
-            max_bytes=int(self.options.sync_bucket_mb * 2**20),
-            sent=sent,
-        )
-        receipt = self._push(buckets)
+        receipt: dict[str, tuple[float, float]] = {}
+        adapter_only = self.options.sync == "lora"
+        if not (adapter_only and self._base_pushed):
+            # every weight (sync=full: the adapter merged in; sync=lora: the base, once)
+            buckets = weight_buckets(
+                checkpoint_weights(self.model, merge_lora=not adapter_only),
+                dtype=getattr(torch, self.dtype),
+                max_bytes=int(self.options.sync_bucket_mb * 2**20),
+                device=self.bucket_device,
+                sent=sent,
+            )
+            receipt |= self._push(buckets)
+            self._base_pushed = True
+        if adapter_only:
+            receipt |= self._push_adapter(sent)
         self.sync_seconds = time.perf_counter() - started
         self.syncs += 1
         self._stale = False
@@ -385,6 +432,19 @@ class VLLMEngine:
         self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
     ) -> dict[str, tuple[float, float]]:
         return self.runner.load_weights(buckets)
+
+    def _push_adapter(self, sent: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        """sync=lora: save the adapter (peft's format, a few MB) where the engine reads it and
+        make it the one every request uses; ``sent`` gains its tensors' checksums."""
+        version = self.syncs + 1
+        folder = self.scratch / "adapters" / f"v{version}"
+        self.model.save_pretrained(folder)  # type: ignore[union-attr]
+        sent |= {name: checksum(tensor) for name, tensor in adapter_weights(self.model).items()}
+        receipt = self.runner.call("load_adapter", path=str(folder), version=version)
+        previous = self.scratch / "adapters" / f"v{version - 1}"
+        if previous.exists():
+            shutil.rmtree(previous)
+        return receipt
 
     def verify(
         self, sent: dict[str, tuple[float, float]], receipt: dict[str, tuple[float, float]]
@@ -398,19 +458,16 @@ class VLLMEngine:
             for name, value in sent.items()
             if name in receipt and not _same_checksum(value, receipt[name])
         ]
-        engine = torch.tensor(self.runner.call("score", token_ids=self.probe))
-        ids = torch.tensor([self.probe])
-        with torch.no_grad():
-            trainer = response_logprobs(
-                self.model,
-                ids[:, :1],
-                torch.ones_like(ids[:, :1]),
-                ids[:, 1:],
-                torch.ones_like(ids[:, 1:]),
-                batch_size=1,
-            )[0].cpu()
+        *scored, drawn = self.runner.call("score", token_ids=self.probe)
+        engine = torch.tensor(scored)
+        ids = torch.tensor([[*self.probe, int(drawn)]])  # the probe and the token drawn after it
+        trainer = self._trainer_logps(
+            ids[:, :1], torch.ones_like(ids[:, :1]), ids[:, 1:], torch.ones_like(ids[:, 1:])
+        )[0]
         gap = (engine - trainer).abs()
-        self.probe_gap = float(gap.mean())
+        # the prefill path's mean over the probe, and the sampling path's one token alone (a
+        # mean would hide a sampling path that is off while the prefill is right)
+        self.probe_gap = max(float(gap[:-1].mean()), float(gap[-1]))
         tolerance = self.options.probe_tolerance_for(self.dtype)
         if not (missing or garbled or self.probe_gap > tolerance):
             return
@@ -423,8 +480,10 @@ class VLLMEngine:
         if garbled:
             problems.append(f"{len(garbled)} arrived altered (first: {garbled[0]})")
         problems.append(
-            f"the engine's log-probs of the {len(self.probe)}-token probe differ from the "
-            f"trainer's by {self.probe_gap:.3g} on average (max {float(gap.max()):.3g}; "
+            f"the engine's log-probs of the {len(self.probe)}-token probe (and of the token it "
+            "draws after it) differ from the "
+            f"trainer's by {self.probe_gap:.3g} (mean over the probe, or the drawn token's; max "
+            f"{float(gap.max()):.3g}; "
             f"tolerance {tolerance:g} for {self.dtype}, sampling.vllm.probe_tolerance)"
         )
         raise WeightSyncError(
@@ -500,23 +559,14 @@ class VLLMEngine:
         if params.return_logps:
             logps = engine_logps
             if self.model is not None:  # the trainer's own, as the HF engine returns them
-                was_training = self.model.training
-                self.model.eval()
-                try:
-                    with torch.no_grad():
-                        device = next(self.model.parameters()).device
-                        logps = response_logprobs(
-                            self.model,
-                            prompt_ids.to(device),
-                            prompt_mask.to(device),
-                            response_ids.to(device),
-                            response_mask.to(device),
-                            temperature=params.logp_temperature,
-                            batch_size=self.batch_size,
-                            groups=prompt_index,
-                        ).cpu()
-                finally:
-                    self.model.train(was_training)
+                logps = self._trainer_logps(
+                    prompt_ids,
+                    prompt_mask,
+                    response_ids,
+                    response_mask,
+                    temperature=params.logp_temperature,
+                    groups=prompt_index,
+                )
         texts = [
             decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
             for prompt, ids, length, stop in zip(
@@ -541,12 +591,44 @@ class VLLMEngine:
             engine_stats=stats,
         )
 
+    def _trainer_logps(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, R] the trainer's policy's log-probs of the responses (eval mode, no grad), on
+        the CPU."""
+        assert self.model is not None
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return response_logprobs(
+                    self.model,
+                    prompt_ids.to(device),
+                    prompt_mask.to(device),
+                    response_ids.to(device),
+                    response_mask.to(device),
+                    temperature=temperature,
+                    batch_size=self.batch_size,
+                    groups=groups,
+                ).cpu()
+        finally:
+            self.model.train(was_training)
+
     def close(self) -> None:
         """Stop the engine (its process, with the process placement) and forget the hook."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         self.runner.close()
+        self._remove_scratch()
 
 
 def _row_seed(seed: int, row: int) -> int:

@@ -29,6 +29,12 @@ class VLLMConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="The engine's weights and activations (auto: the policy's dtype)."
     )
+    sync: Literal["full", "lora"] = Field(
+        "full",
+        description="full: push every weight (a LoRA adapter merged in) after each update; "
+        "lora: push the base once, then only the LoRA adapter (vLLM applies it per request; "
+        "the policy must be a LoRA model with nothing else trainable).",
+    )
     sync_bucket_mb: float = Field(
         256, gt=0, description="Weights travel to the engine in buckets of at most this many MB."
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,15 +116,25 @@ class VLLMRunner:
             arguments["max_model_len"] = options["max_model_len"]
         if dummy_weights:
             arguments["load_format"] = "dummy"
+        if options.get("lora_rank"):  # sync=lora: the adapter travels alone after the base
+            from typing import get_args
+
+            from vllm.config.lora import MaxLoRARanks
+
+            # vLLM sizes its LoRA buffers by a rank from a fixed list: the next one up
+            rank = min(r for r in get_args(MaxLoRARanks) if r >= options["lora_rank"])
+            arguments |= dict(enable_lora=True, max_lora_rank=rank, max_loras=1)
         if device != "cpu":
             arguments["gpu_memory_utilization"] = options["gpu_memory_utilization"]
             arguments["enable_sleep_mode"] = bool(options.get("sleep"))
         try:
             self.llm = vllm.LLM(**arguments)
-        except Exception as error:  # vLLM's own errors are long; keep the first line
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise EngineStartError(f"vLLM could not start on {model}: {first}") from error
+        except Exception as error:  # vLLM's own errors are long: their first two lines
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            said = ": ".join(lines[:2]) or repr(error)
+            raise EngineStartError(f"vLLM could not start on {model}: {said}") from error
         self.asleep = False
+        self.adapter: Any = None  # the LoRARequest of the adapter pushed last (sync=lora)
 
     # ---------------------------------------------------------------- sampling
     def generate(
@@ -156,7 +167,7 @@ class VLLMRunner:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.adapter)
         results = []
         for output in outputs:
             completion = output.outputs[0]
@@ -168,18 +179,28 @@ class VLLMRunner:
         return results
 
     def score(self, token_ids: list[int]) -> list[float]:
-        """log p(token_i | tokens before it) for i = 1 … len − 1 (the verification probe)."""
+        """log p(token_i | tokens before it) for i = 1 … len, the last for a greedy token
+        drawn after them (the verification probe): the prompt's scored by the prefill path,
+        the drawn one by the sampling path, so both are checked."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        output = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, logprobs=0, detokenize=False
         )
-        steps = output[0].prompt_logprobs or []
-        return [
+        output = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=token_ids)],
+            params,
+            use_tqdm=False,
+            lora_request=self.adapter,
+        )[0]
+        steps = output.prompt_logprobs or []
+        scored = [
             float(step[token].logprob) for step, token in zip(steps[1:], token_ids[1:], strict=True)
         ]
+        drawn = output.outputs[0]
+        token = drawn.token_ids[0]
+        return [*scored, float(drawn.logprobs[0][token].logprob), float(token)]
 
     # ---------------------------------------------------------------- weights
     def load_weights(
@@ -200,6 +221,22 @@ class VLLMRunner:
             "reload_weights", kwargs=dict(weights_iterator=weights(), is_checkpoint_format=True)
         )
         self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
+        return receipt
+
+    def load_adapter(self, path: str, version: int) -> dict[str, tuple[float, float]]:
+        """Load the LoRA adapter saved at ``path`` (peft's format) as the one every later
+        request uses; returns the receipt: each tensor's checksum as read from ``path``."""
+        from safetensors.torch import load_file
+        from vllm.lora.request import LoRARequest
+
+        tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
+        receipt = {name: checksum(tensor) for name, tensor in tensors.items()}
+        request = LoRARequest(f"policy-{version}", version, str(path))
+        self.llm.llm_engine.add_lora(request)  # loaded now: a bad adapter fails here
+        if self.adapter is not None:
+            self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
+        self.adapter = request
+        self.llm.reset_prefix_cache()
         return receipt
 
     # ---------------------------------------------------------------- memory (GPU)
