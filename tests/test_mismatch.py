@@ -26,7 +26,9 @@ def test_truncated_importance_weights_by_hand():
 
 def test_band_mask_by_hand():
     assert torch.equal(ratio_band_mask(TRAIN, ENGINE, MASK, 0.6, 2.5), torch.tensor([[1.0, 0, 0]]))
-    assert torch.equal(ratio_band_mask(TRAIN, ENGINE, MASK, 0.45, 2.05), torch.tensor([[1.0, 1, 0]]))
+    assert torch.equal(
+        ratio_band_mask(TRAIN, ENGINE, MASK, 0.45, 2.05), torch.tensor([[1.0, 1, 0]])
+    )
     with pytest.raises(ValueError, match="must hold 1"):
         ratio_band_mask(TRAIN, ENGINE, MASK, 1.2, 2.0)
 
