@@ -111,7 +111,9 @@ def test_cut_logic_on_known_chunks(engine):
         torch.tensor([[5, eos, 7, eos], [6, 6, 6, 6]]),  # EOS at 1; no EOS at all
         torch.tensor([[eos, pad, pad]]),  # EOS first (an empty response)
     ]
-    ids, mask, ended = engine._cut_at_first_eos(chunks)
+    from rlhf.rollout.tokens import cut_at_first_stop
+
+    ids, mask, ended = cut_at_first_stop(chunks, engine.stop_ids, pad)
     assert ids.tolist() == [[5, eos, pad, pad], [6, 6, 6, 6], [eos, pad, pad, pad]]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert ended.tolist() == [True, False, True]
