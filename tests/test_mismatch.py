@@ -88,6 +88,8 @@ def test_corrections_scale_each_tokens_advantage():
     masked = experience(batch, "mask")
     assert torch.allclose(masked.advantages, torch.tensor([[2.0, 0.0, 0.0]]))
     assert masked.metrics["rollout_correction_zeroed"] == pytest.approx(0.5)
+    assert masked.mask.tolist() == [[1.0, 0.0, 0.0]]  # the masked token leaves the loss
+    assert tis.mask.tolist() == [[1.0, 1.0, 0.0]]
     with pytest.raises(ValueError, match="needs the engine's sampling log-probs"):
         experience(rollout(None), "truncated_is")
 
@@ -122,6 +124,20 @@ def test_a_correction_without_an_engine_copy_is_refused_at_load():
         load_config(GRPOConfig, preset, ["mismatch.correction=truncated_is"])
     with pytest.raises(ConfigError, match="must hold 1"):
         load_config(GRPOConfig, preset, ["sampling.engine=vllm", "mismatch.band=[1.5, 2]"])
+    with pytest.raises(ConfigError, match="top_p/top_k"):
+        load_config(
+            GRPOConfig,
+            preset,
+            ["sampling.engine=vllm", "mismatch.correction=mask", "sampling.top_k=5"],
+        )
+    from rlhf.recipes.gspo import GSPOConfig
+
+    with pytest.raises(ConfigError, match="GSPO weighs whole sequences"):
+        load_config(
+            GSPOConfig,
+            recipe("gspo").preset_file("tiny"),
+            ["sampling.engine=vllm", "mismatch.correction=truncated_is"],
+        )
     config = load_config(GRPOConfig, preset, ["sampling.engine=vllm", "mismatch.correction=mask"])
     assert config.sampling.vllm.placement == "process"
 

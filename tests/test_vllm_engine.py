@@ -171,7 +171,7 @@ def test_a_skipped_or_corrupted_sync_stops_with_the_parameter_named(engine, poli
     model, _ = policy
     push = type(engine)._push
 
-    def skipped(self, buckets):
+    def skipped(self, buckets, checksums=True):
         for _ in buckets:  # made (and their checksums taken) but never sent
             pass
         return {}
@@ -184,12 +184,12 @@ def test_a_skipped_or_corrupted_sync_stops_with_the_parameter_named(engine, poli
 
     target = "model.layers.1.mlp.down_proj.weight"
 
-    def corrupted(self, buckets):
+    def corrupted(self, buckets, checksums=True):
         def altered():
             for bucket in buckets:
                 yield [(n, t + 0.05 if n == target else t) for n, t in bucket]
 
-        return push(self, altered())
+        return push(self, altered(), checksums=checksums)
 
     monkeypatch.setattr(type(engine), "_push", corrupted)
     engine.mark_stale()
@@ -199,6 +199,26 @@ def test_a_skipped_or_corrupted_sync_stops_with_the_parameter_named(engine, poli
     engine.mark_stale()
     engine.generate(PROMPTS, greedy())  # a faithful sync passes again
     assert engine.probe_gap < 1e-4
+
+
+def test_an_interrupted_sync_stops_the_engine_process_instead_of_desynchronising(engine, policy):
+    """A bucket that fails to be made leaves the stream unfinished: the engine process is
+    stopped, and the next call says so rather than reading a stale reply (the last test of
+    the module's engine)."""
+    from rlhf.rollout.vllm import EngineError
+
+    model, _ = policy
+    training_step(model)
+
+    def failing():
+        yield [("model.embed_tokens.weight", model.model.embed_tokens.weight.detach())]
+        raise MemoryError("no room for the next bucket")
+
+    with pytest.raises(MemoryError):
+        engine.runner.load_weights(failing())
+    assert engine.runner.process.wait(timeout=30) is not None
+    with pytest.raises(EngineError, match="was stopped: load_weights was interrupted"):
+        engine.generate(PROMPTS, greedy())
 
 
 def test_an_unsupported_head_size_is_one_line_before_anything_runs(tmp_path):
@@ -285,7 +305,9 @@ def test_lora_sync_pushes_the_base_once_then_the_adapter_alone(model_dir, monkey
     )
     pushes = []
     push = type(engine)._push
-    monkeypatch.setattr(type(engine), "_push", lambda self, b: pushes.append(1) or push(self, b))
+    monkeypatch.setattr(
+        type(engine), "_push", lambda self, b, **kw: pushes.append(1) or push(self, b, **kw)
+    )
     try:
         ours = engine.generate(PROMPTS, greedy())
         theirs = hf_engine((model, tokenizer)).generate(PROMPTS, greedy())

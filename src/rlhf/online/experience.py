@@ -118,7 +118,8 @@ def build_experience(
     ``engine_logps`` beside the trainer's ``logps``), a correction of the train–inference
     mismatch scales each token's advantage by its weight (truncated importance ratio, or 0/1
     for masking; :mod:`rlhf.losses.importance`). Scaling the advantage by w ≥ 0 scales the
-    clipped surrogate's term by w, since ``min(r·A·w, clip(r)·A·w) = w·min(r·A, clip(r)·A)``.
+    clipped surrogate's term by w, since ``min(r·A·w, clip(r)·A·w) = w·min(r·A, clip(r)·A)``;
+    a masked token also leaves the mask, so no loss term or count includes it.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -137,6 +138,8 @@ def build_experience(
         if real.any():
             metrics["rollout_correction_weight_mean"] = float(weights[real].mean())
             metrics["rollout_correction_zeroed"] = float((weights[real] == 0).float().mean())
+        if mismatch.correction == "mask":  # left out of the loss altogether (KL term, counts)
+            mask = mask * weights
     real = mask.bool()
     if real.any():
         metrics["rollout_advantage_mean"] = float(advantages[real].mean())

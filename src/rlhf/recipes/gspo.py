@@ -53,6 +53,12 @@ class GSPOConfig(OnlineConfig):
             raise ValueError(
                 "policy.aggregation: GSPO's loss is a mean over sequences; leave it at sequence"
             )
+        if self.mismatch.correction != "none":
+            raise ValueError(
+                f"mismatch.correction={self.mismatch.correction}: GSPO weighs whole sequences by "
+                "one ratio, and per-token correction weights would break its constant "
+                "per-sequence advantage; leave it at none (the mismatch is still logged)"
+            )
         return self
 
 

@@ -158,6 +158,15 @@ class OnlineConfig(RecipeConfig):
                 "the trainer's own weights, so there is no mismatch to correct (use "
                 "sampling.engine=vllm, or mismatch.correction=none)"
             )
+        if self.mismatch.correction != "none" and (
+            self.sampling.top_p < 1 or self.sampling.top_k > 0
+        ):
+            raise ValueError(
+                f"mismatch.correction={self.mismatch.correction} with sampling.top_p/top_k: the "
+                "engine's log-probs are of the filtered distribution it samples from, the "
+                "trainer's of the whole one, so every ratio is off by the kept mass; sample "
+                "without top-p/top-k to correct the mismatch"
+            )
         return self
 
     @property

@@ -54,12 +54,17 @@ import torch
 
 from rlhf.data.collate import collate_prompts_left
 from rlhf.data.records import Text
-from rlhf.data.tokenize import tokenize_prompt
 from rlhf.models.finite import check_finite_logits, check_finite_weights
 from rlhf.models.forward import position_limit, unwrap
 from rlhf.models.teacher_forcing import live_columns, response_logprobs
 from rlhf.rollout import compiled  # called as compiled.NAME: a test can swap one piece
-from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_token_ids
+from rlhf.rollout.tokens import (
+    cut_at_first_stop,
+    decode_continuation,
+    encode_prompts,
+    prompt_room,
+    stop_token_ids,
+)
 from rlhf.rollout.types import RolloutBatch, SamplingParams
 
 logger = logging.getLogger("rlhf.rollout")
@@ -170,40 +175,16 @@ class HFGenerationEngine:
     def prompt_room(self, max_new_tokens: int) -> int | None:
         """How many prompt tokens fit beside ``max_new_tokens`` in the model's positions (None
         when its config does not say)."""
-        positions = position_limit(self.model)
-        if positions is None:
-            return None
-        if positions <= max_new_tokens:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                f"{positions} positions"
-            )
-        return positions - max_new_tokens
+        return prompt_room(position_limit(self.model), max_new_tokens)
 
     def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
         """``params.num_samples`` responses to every prompt; see the module docstring."""
         if not prompts:
             raise ValueError("no prompts to sample from")
         check_finite_weights(self.model, "sampling")
-        room = self.prompt_room(params.max_new_tokens)
-        encoded, cuts = zip(
-            *(tokenize_prompt(self.tokenizer, p, room) for p in prompts), strict=True
+        encoded, truncated = encode_prompts(
+            self.tokenizer, prompts, self.prompt_room(params.max_new_tokens), params.max_new_tokens
         )
-        truncated = sum(map(bool, cuts))
-        # warned once per tokenizer, that is per run (a recipe builds several engines on one:
-        # training, each evaluation); then counted in RolloutBatch.truncated_prompts
-        if truncated and not getattr(self.tokenizer, "_rlhf_warned_prompt_cut", False):
-            self.tokenizer._rlhf_warned_prompt_cut = True
-            logger.warning(
-                "%d of %d prompts are longer than the %d tokens the model's positions leave "
-                "beside max_new_tokens=%d: their start was cut (up to %d tokens); from now on "
-                "counted (an online run's rollout_truncated_prompts) without this warning",
-                truncated, len(prompts), room, params.max_new_tokens,
-                max(cut.tokens for cut in cuts),
-            )  # fmt: skip
-        empty = [index for index, ids in enumerate(encoded) if not ids]
-        if empty:
-            raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
         # [B] rows, prompt-major: the K samples of prompt i are rows i*K .. i*K+K-1
         prompt_index = torch.arange(len(prompts)).repeat_interleave(params.num_samples)
         pad_id = self.tokenizer.pad_token_id

@@ -15,6 +15,7 @@ Correctness details (see the design notes):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +25,49 @@ from rlhf.data.records import Text
 from rlhf.data.tokenize import tokenize_prompt
 from rlhf.models.forward import unwrap
 
+logger = logging.getLogger("rlhf.rollout")
+
 
 def prompt_token_ids(tokenizer: Any, prompt: Text, max_tokens: int | None = None) -> list[int]:
     """The token ids a response is generated after (:func:`rlhf.data.tokenize.tokenize_prompt`:
     training's tokenisation; with ``max_tokens``, a longer prompt keeps its last tokens)."""
     return tokenize_prompt(tokenizer, prompt, max_tokens)[0]
+
+
+def prompt_room(positions: int | None, max_new_tokens: int) -> int | None:
+    """How many prompt tokens fit beside ``max_new_tokens`` in ``positions`` (None: the model
+    does not say, no limit)."""
+    if positions is None:
+        return None
+    if positions <= max_new_tokens:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+            f"{positions} positions"
+        )
+    return positions - max_new_tokens
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[Text], room: int | None, max_new_tokens: int
+) -> tuple[list[list[int]], int]:
+    """Each prompt's token ids (a longer one keeps its last ``room`` tokens) and how many were
+    cut. The first cut of a run warns (once per tokenizer: a recipe builds several engines on
+    one, training and each evaluation); later ones are only counted
+    (``RolloutBatch.truncated_prompts``). An empty prompt is an error."""
+    encoded, cuts = zip(*(tokenize_prompt(tokenizer, p, room) for p in prompts), strict=True)
+    truncated = sum(map(bool, cuts))
+    if truncated and not getattr(tokenizer, "_rlhf_warned_prompt_cut", False):
+        tokenizer._rlhf_warned_prompt_cut = True
+        logger.warning(
+            "%d of %d prompts are longer than the %d tokens the model's positions leave "
+            "beside max_new_tokens=%d: their start was cut (up to %d tokens); from now on "
+            "counted (an online run's rollout_truncated_prompts) without this warning",
+            truncated, len(prompts), room, max_new_tokens, max(cut.tokens for cut in cuts),
+        )  # fmt: skip
+    empty = [index for index, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
+    return [list(ids) for ids in encoded], truncated
 
 
 def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,8 @@ import torch
 
 from rlhf.data.collate import collate_prompts_left
 from rlhf.data.records import Text
-from rlhf.data.tokenize import tokenize_prompt
 from rlhf.models.finite import check_finite_weights
-from rlhf.models.forward import position_limit, unwrap
+from rlhf.models.forward import unwrap
 from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.models.weights import (
     adapter_weights,
@@ -64,15 +63,19 @@ from rlhf.models.weights import (
     on_optimizer_step,
     trainable_outside_adapter,
 )
-from rlhf.rollout.tokens import cut_at_first_stop, decode_continuation, stop_ids_of
+from rlhf.rollout.tokens import (
+    cut_at_first_stop,
+    decode_continuation,
+    encode_prompts,
+    prompt_room,
+    stop_ids_of,
+)
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_config import VLLMConfig
 from rlhf.rollout.vllm_runner import INSTALL_HINT, EngineStartError, VLLMRunner, checksum
 from rlhf.rollout.vllm_server import receive, send
 
 logger = logging.getLogger("rlhf.rollout")
-
-DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 class EngineError(RuntimeError):
@@ -103,9 +106,9 @@ class LocalRunner:
         return getattr(self.runner, method)(**kwargs)
 
     def load_weights(
-        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
     ) -> dict[str, tuple[float, float]]:
-        return self.runner.load_weights(buckets)
+        return self.runner.load_weights(buckets, checksums=checksums)
 
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]
@@ -113,19 +116,29 @@ class LocalRunner:
 
 class EngineProcess:
     """The ``process`` placement: :mod:`rlhf.rollout.vllm_server` in a child process with
-    interpreter ``python``, its output in ``log`` (named in every error)."""
+    interpreter ``python``, its output in ``log`` (named in every error).
+
+    The conversation is strictly one call, one reply. A call interrupted on this side (an
+    error while making a bucket, Ctrl-C) would leave a reply unread or a stream unfinished,
+    and the next call would read the wrong answer; so any such interruption stops the engine
+    process, and later calls say so. A process that dies is noticed within a second, whatever
+    the call; ``start`` (vLLM loading) is bounded by ``timeout``.
+    """
 
     def __init__(self, python: str, scratch: Path, *, timeout: float) -> None:
-        if not Path(python).exists() and python != sys.executable:
+        interpreter = shutil.which(python) or python
+        if not Path(interpreter).exists():
             raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
         self.socket = str(scratch / "engine.sock")
         self.log = scratch / "engine.log"
+        self.timeout = timeout
+        self.broken: str | None = None  # why the conversation cannot go on
         authkey = secrets.token_bytes(32)
         env = dict(os.environ, RLHF_VLLM_AUTHKEY=authkey.hex(), PYTHONUNBUFFERED="1")
         env.pop("OMP_NUM_THREADS", None)  # vLLM binds its own threads
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [python, "-m", "rlhf.rollout.vllm_server", self.socket],
+                [interpreter, "-m", "rlhf.rollout.vllm_server", self.socket],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -133,10 +146,10 @@ class EngineProcess:
             )
         # the process ends with this object, or with the interpreter at the latest
         self._finalizer = weakref.finalize(self, _stop_process, self.process)
-        self.connection = self._connect(authkey, timeout)
+        self.connection = self._connect(authkey)
 
-    def _connect(self, authkey: bytes, timeout: float) -> Connection:
-        deadline = time.monotonic() + timeout
+    def _connect(self, authkey: bytes) -> Connection:
+        deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
                 raise EngineStartError(self._died("exited before it listened"))
@@ -144,8 +157,9 @@ class EngineProcess:
                 return Client(self.socket, family="AF_UNIX", authkey=authkey)
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
+                    self.close()
                     raise EngineStartError(
-                        f"the vLLM engine process did not listen within {timeout:.0f} s "
+                        f"the vLLM engine process did not listen within {self.timeout:.0f} s "
                         f"(sampling.vllm.start_timeout_s); its log: {self.log}"
                     ) from None
                 time.sleep(0.2)
@@ -156,7 +170,16 @@ class EngineProcess:
             return f"the vLLM engine's Python cannot import rlhf; {INSTALL_HINT}"
         return f"the vLLM engine process {what}; last lines of {self.log}: " + " | ".join(tail)
 
-    def _reply(self, method: str) -> Any:
+    def _reply(self, method: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.connection.poll(1.0):
+            if self.process.poll() is not None:
+                raise EngineError(self._died(f"ended during {method}"))
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineStartError(
+                    f"the vLLM engine did not answer {method} within {timeout:.0f} s "
+                    f"(sampling.vllm.start_timeout_s); its log: {self.log}"
+                )
         try:
             reply = receive(self.connection)
         except EOFError:
@@ -168,21 +191,51 @@ class EngineProcess:
             raise EngineStartError(message)
         raise EngineError(f"the vLLM engine failed in {method}: {kind}: {message} ({self.log})")
 
+    def _conversation(self, method: str, exchange: Callable[[], Any]) -> Any:
+        if self.broken:
+            raise EngineError(f"the vLLM engine process was stopped: {self.broken}")
+        try:
+            return exchange()
+        except (EngineError, EngineStartError) as error:  # answered in order, or dead
+            if self.process.poll() is not None or isinstance(error, EngineStartError):
+                self._stop(f"{method} failed")
+            raise
+        except BaseException:
+            self._stop(f"{method} was interrupted before its reply was read")
+            raise
+
     def call(self, method: str, **kwargs: Any) -> Any:
-        send(self.connection, (method, kwargs))
-        return self._reply(method)
+        def exchange() -> Any:
+            send(self.connection, (method, kwargs))
+            return self._reply(method, self.timeout if method == "start" else None)
+
+        return self._conversation(method, exchange)
 
     def load_weights(
-        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
     ) -> dict[str, tuple[float, float]]:
-        send(self.connection, ("load_weights", {}))
-        for bucket in buckets:  # made one at a time: at most one bucket in memory here
-            send(self.connection, bucket)
-        send(self.connection, None)
-        return self._reply("load_weights")
+        def exchange() -> Any:
+            send(self.connection, ("load_weights", {"checksums": checksums}))
+            for bucket in buckets:  # made one at a time: at most one bucket in memory here
+                send(self.connection, bucket)
+            send(self.connection, None)
+            return self._reply("load_weights", None)
+
+        return self._conversation("load_weights", exchange)
+
+    def _stop(self, why: str) -> None:
+        self.broken = why
+        self.close()
 
     def close(self) -> None:
+        self._close_connection()
         self._finalizer()
+
+    def _close_connection(self) -> None:
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            connection.close()
+            self.connection = None  # type: ignore[assignment]
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -281,10 +334,19 @@ class VLLMEngine:
         # the trainer placement loads tensors where they are (one GPU: no round trip through
         # host memory); the engine process takes them through the socket, from host memory
         self.bucket_device = device if self.options.placement == "trainer" else torch.device("cpu")
-        if dtype is None or dtype == "auto":
+        # sampling.vllm.dtype when set, else the loader's dtype (a loaded engine), else the
+        # policy's own
+        if self.options.dtype != "auto":
             dtype = self.options.dtype
-        if dtype == "auto":
-            dtype = DTYPES.get(next(model.parameters()).dtype, "float32") if model else "float32"
+        elif dtype is None or dtype == "auto":
+            dtype = (
+                str(next(model.parameters()).dtype).removeprefix("torch.") if model else "float32"
+            )
+        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"sampling.vllm.dtype: vLLM samples in float32, bfloat16 or float16, not {dtype}"
+            )
         self.dtype = dtype
         # the config-only model folder, the socket, the engine's log, the adapters: removed
         # with the engine (close, or when it is collected or the interpreter exits)
@@ -323,6 +385,14 @@ class VLLMEngine:
                 "start", model=model_dir, dummy_weights=path is None, options=runner_options
             )
         self.sleeps = bool(runner_options["sleep"])
+        if self.sleeps:  # until the first rollout, the trainer has the GPU's memory
+            self.runner.call("sleep")
+        if self.options.placement == "trainer" and device.type == "cpu":
+            logger.warning(
+                "sampling.vllm.placement=trainer on CPU: vLLM binds this process's OpenMP "
+                "threads to cores and fixes their number, for training too; placement=process "
+                "keeps the trainer's threads its own"
+            )
         self.start_seconds = time.perf_counter() - started
         logger.info(
             "vLLM engine (%s placement, %s) started in %.1f s",
@@ -405,7 +475,10 @@ class VLLMEngine:
         if self.sleeps:  # level-1 sleep keeps the old weights off the GPU: bring them back
             self.runner.call("wake_up")
         started = time.perf_counter()
-        sent: dict[str, tuple[float, float]] = {}
+        every = self.options.verify_every
+        verified = bool(every) and self.syncs % every == 0
+        # checksums are taken (a float64 pass over every tensor, both sides) only when verified
+        sent: dict[str, tuple[float, float]] | None = {} if verified else None
         receipt: dict[str, tuple[float, float]] = {}
         adapter_only = self.options.sync == "lora"
         if not (adapter_only and self._base_pushed):
@@ -417,29 +490,32 @@ class VLLMEngine:
                 device=self.bucket_device,
                 sent=sent,
             )
-            receipt |= self._push(buckets)
+            receipt |= self._push(buckets, checksums=sent is not None)
             self._base_pushed = True
         if adapter_only:
             receipt |= self._push_adapter(sent)
         self.sync_seconds = time.perf_counter() - started
         self.syncs += 1
         self._stale = False
-        every = self.options.verify_every
-        if every and (self.syncs - 1) % every == 0:
+        self.probe_gap = None
+        if sent is not None:
             self.verify(sent, receipt)
 
     def _push(
-        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
     ) -> dict[str, tuple[float, float]]:
-        return self.runner.load_weights(buckets)
+        return self.runner.load_weights(buckets, checksums=checksums)
 
-    def _push_adapter(self, sent: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    def _push_adapter(
+        self, sent: dict[str, tuple[float, float]] | None
+    ) -> dict[str, tuple[float, float]]:
         """sync=lora: save the adapter (peft's format, a few MB) where the engine reads it and
         make it the one every request uses; ``sent`` gains its tensors' checksums."""
         version = self.syncs + 1
         folder = self.scratch / "adapters" / f"v{version}"
         self.model.save_pretrained(folder)  # type: ignore[union-attr]
-        sent |= {name: checksum(tensor) for name, tensor in adapter_weights(self.model).items()}
+        if sent is not None:
+            sent |= {name: checksum(t) for name, t in adapter_weights(self.model).items()}
         receipt = self.runner.call("load_adapter", path=str(folder), version=version)
         previous = self.scratch / "adapters" / f"v{version - 1}"
         if previous.exists():
@@ -493,30 +569,16 @@ class VLLMEngine:
     # ---------------------------------------------------------------- sampling
     def prompt_room(self, max_new_tokens: int) -> int | None:
         """How many prompt tokens fit beside ``max_new_tokens`` in the engine's sequences."""
-        positions = self.positions
-        if self.model is not None and positions is None:
-            positions = position_limit(self.model)
-        if positions is None:
-            return None
-        if positions <= max_new_tokens:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                f"{positions} positions"
-            )
-        return positions - max_new_tokens
+        return prompt_room(self.positions, max_new_tokens)
 
     def generate(self, prompts: Sequence[Text], params: SamplingParams) -> RolloutBatch:
         """``params.num_samples`` responses to every prompt, sampled by vLLM from the
         trainer's current weights (pushed first when they changed)."""
         if not prompts:
             raise ValueError("no prompts to sample from")
-        room = self.prompt_room(params.max_new_tokens)
-        encoded, cuts = zip(
-            *(tokenize_prompt(self.tokenizer, p, room) for p in prompts), strict=True
+        encoded, truncated = encode_prompts(
+            self.tokenizer, prompts, self.prompt_room(params.max_new_tokens), params.max_new_tokens
         )
-        empty = [index for index, ids in enumerate(encoded) if not ids]
-        if empty:
-            raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
         prompt_index = torch.arange(len(prompts)).repeat_interleave(params.num_samples)
         rows = [list(encoded[i]) for i in prompt_index.tolist()]
         stats: dict[str, float] = {}
@@ -586,7 +648,7 @@ class VLLMEngine:
             ended_with_eos=ended,
             prompt_index=prompt_index,
             response_texts=texts,
-            truncated_prompts=sum(map(bool, cuts)),
+            truncated_prompts=truncated,
             engine_logps=engine_logps,
             engine_stats=stats,
         )

@@ -122,7 +122,13 @@ class VLLMRunner:
             from vllm.config.lora import MaxLoRARanks
 
             # vLLM sizes its LoRA buffers by a rank from a fixed list: the next one up
-            rank = min(r for r in get_args(MaxLoRARanks) if r >= options["lora_rank"])
+            ranks = [r for r in get_args(MaxLoRARanks) if r >= options["lora_rank"]]
+            if not ranks:
+                raise EngineStartError(
+                    f"vLLM takes LoRA ranks up to {max(get_args(MaxLoRARanks))}; the adapter's "
+                    f"is {options['lora_rank']}: use sampling.vllm.sync=full"
+                )
+            rank = ranks[0]
             arguments |= dict(enable_lora=True, max_lora_rank=rank, max_loras=1)
         if device != "cpu":
             arguments["gpu_memory_utilization"] = options["gpu_memory_utilization"]
@@ -204,23 +210,23 @@ class VLLMRunner:
 
     # ---------------------------------------------------------------- weights
     def load_weights(
-        self, buckets: Iterable[list[tuple[str, torch.Tensor]]]
+        self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
     ) -> dict[str, tuple[float, float]]:
         """Load every (name, tensor) of ``buckets`` (checkpoint names, as the trainer's model
         has them) into the engine, in place; returns the receipt: each name's checksum as it
-        arrived."""
+        arrived (with ``checksums``; else each name with zeros)."""
         receipt: dict[str, tuple[float, float]] = {}
 
         def weights() -> Iterator[tuple[str, torch.Tensor]]:
             for bucket in buckets:
                 for name, tensor in bucket:
-                    receipt[name] = checksum(tensor)
+                    receipt[name] = checksum(tensor) if checksums else (0.0, 0.0)
                     yield name, tensor
 
         self.llm.collective_rpc(
             "reload_weights", kwargs=dict(weights_iterator=weights(), is_checkpoint_format=True)
         )
-        self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
+        self._reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
         return receipt
 
     def load_adapter(self, path: str, version: int) -> dict[str, tuple[float, float]]:
@@ -236,8 +242,12 @@ class VLLMRunner:
         if self.adapter is not None:
             self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
         self.adapter = request
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         return receipt
+
+    def _reset_prefix_cache(self) -> None:
+        if not self.llm.reset_prefix_cache():  # refused while requests run (never, here)
+            raise RuntimeError("vLLM did not reset its prefix cache after new weights")
 
     # ---------------------------------------------------------------- memory (GPU)
     def sleep(self) -> None:

@@ -63,7 +63,7 @@ def receive(connection: Connection) -> Any:
     return pickle.loads(connection.recv_bytes())
 
 
-def _load_streamed(runner: Any, connection: Connection) -> Any:
+def _load_streamed(runner: Any, connection: Connection, checksums: bool) -> Any:
     """Load the buckets that follow until the end marker (None); on an error, read the rest
     of the stream first, so the next message read is a call again."""
     ended = False
@@ -75,7 +75,7 @@ def _load_streamed(runner: Any, connection: Connection) -> Any:
         ended = True
 
     try:
-        return runner.load_weights(buckets())
+        return runner.load_weights(buckets(), checksums=checksums)
     finally:
         while not ended:
             ended = receive(connection) is None
@@ -100,7 +100,7 @@ def _serve(connection: Connection) -> None:
             elif runner is None:
                 raise RuntimeError(f"{method} before start")
             elif method == "load_weights":
-                result = _load_streamed(runner, connection)
+                result = _load_streamed(runner, connection, kwargs.get("checksums", True))
             else:
                 result = getattr(runner, method)(**kwargs)
             send(connection, ("ok", result))
@@ -112,7 +112,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m rlhf.rollout.vllm_server SOCKET")
     _preload_libgomp()
-    authkey = bytes.fromhex(os.environ[AUTHKEY_VARIABLE])
+    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_VARIABLE))  # not for vLLM's children
     with (
         Listener(sys.argv[1], family="AF_UNIX", authkey=authkey) as listener,
         listener.accept() as connection,
