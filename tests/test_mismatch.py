@@ -4,6 +4,7 @@ numbers, their place in the experience, the settings' checks, and the weights a 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -171,15 +172,53 @@ def test_checkpoint_weights_merge_lora_without_touching_the_model(tiny_model_dir
 
 def test_weight_buckets_are_bounded_and_checksummed():
     from rlhf.rollout.vllm import weight_buckets
+    from rlhf.rollout.vllm_runner import checksum
 
     weights = [(f"w{i}", torch.ones(256) * i) for i in range(10)]  # 1 KiB each in float32
     sent: dict = {}
     buckets = list(weight_buckets(weights, dtype=torch.bfloat16, max_bytes=1024, sent=sent))
     assert [len(bucket) for bucket in buckets] == [2, 2, 2, 2, 2]  # 512 B each in bf16
     assert all(t.dtype == torch.bfloat16 for bucket in buckets for _, t in bucket)
-    assert sent["w3"] == (3.0 * 256, 9.0 * 256)
+    assert sent["w3"] == checksum(torch.full((256,), 3.0, dtype=torch.bfloat16))
+    assert sent["w3"] != sent["w4"]
     alone = list(weight_buckets([("big", torch.ones(1024))], dtype=torch.float32, max_bytes=16))
     assert len(alone) == 1  # a tensor larger than a bucket travels alone
+
+
+def test_checksums_are_exact_and_catch_one_changed_element():
+    from rlhf.rollout.vllm_runner import checksum
+
+    weights = torch.randn(1001, 7)  # 7007 words, summed in whatever order
+    assert checksum(weights) == checksum(weights.clone())
+    altered = weights.clone()
+    altered[500, 3] += 1e-6
+    assert checksum(altered) != checksum(weights)
+    assert checksum(weights.bfloat16()[:, :3]) == checksum(weights.bfloat16()[:, :3].clone())
+    assert checksum(torch.tensor([1, 2, 3], dtype=torch.uint8))[0] == 1 + 2 + 3
+
+
+def test_shared_buckets_round_trip_and_reuse_their_memory():
+    from rlhf.rollout.shared_buckets import SharedBucketReader, SharedBucketWriter
+
+    writer, reader = SharedBucketWriter(), SharedBucketReader()
+    first = [
+        ("a", torch.randn(3, 5)),
+        ("b", torch.arange(7, dtype=torch.bfloat16)),
+        ("c", torch.tensor(2.5)),
+    ]
+    received = reader.read(writer.write(first))
+    path = writer.path
+    second = [("d", torch.randn(4))]  # smaller: the same memory again
+    received_second = reader.read(writer.write(second))
+    assert writer.path == path
+    for (name, sent), (got_name, got) in zip(
+        first + second, received + received_second, strict=True
+    ):
+        assert name == got_name and got.dtype == sent.dtype and torch.equal(got, sent)
+    larger = [("e", torch.randn(1000))]
+    assert torch.equal(reader.read(writer.write(larger))[0][1], larger[0][1])
+    assert writer.path != path and not os.path.exists(path)  # grown: the old file removed
+    writer.close()
 
 
 def test_missing_engine_environment_and_no_vllm_are_one_line_errors(tmp_path, tiny_model_dir):

@@ -63,6 +63,7 @@ from rlhf.models.weights import (
     on_optimizer_step,
     trainable_outside_adapter,
 )
+from rlhf.rollout.shared_buckets import SharedBucketWriter
 from rlhf.rollout.tokens import (
     cut_at_first_stop,
     decode_continuation,
@@ -107,7 +108,7 @@ class LocalRunner:
 
     def load_weights(
         self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
-    ) -> dict[str, tuple[float, float]]:
+    ) -> dict[str, tuple[int, int]]:
         return self.runner.load_weights(buckets, checksums=checksums)
 
     def close(self) -> None:
@@ -133,6 +134,7 @@ class EngineProcess:
         self.log = scratch / "engine.log"
         self.timeout = timeout
         self.broken: str | None = None  # why the conversation cannot go on
+        self.shared = SharedBucketWriter()  # weight buckets travel through shared memory
         authkey = secrets.token_bytes(32)
         env = dict(os.environ, RLHF_VLLM_AUTHKEY=authkey.hex(), PYTHONUNBUFFERED="1")
         env.pop("OMP_NUM_THREADS", None)  # vLLM binds its own threads
@@ -184,7 +186,7 @@ class EngineProcess:
             reply = receive(self.connection)
         except EOFError:
             raise EngineError(self._died(f"ended during {method}")) from None
-        if reply[0] == "ok":
+        if reply[0] in ("ok", "ack"):  # an answer, or a bucket acknowledged
             return reply[1]
         _, kind, message = reply
         if kind == "EngineStartError":
@@ -213,11 +215,12 @@ class EngineProcess:
 
     def load_weights(
         self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
-    ) -> dict[str, tuple[float, float]]:
+    ) -> dict[str, tuple[int, int]]:
         def exchange() -> Any:
             send(self.connection, ("load_weights", {"checksums": checksums}))
             for bucket in buckets:  # made one at a time: at most one bucket in memory here
-                send(self.connection, bucket)
+                send(self.connection, self.shared.write(bucket))
+                self._reply("load_weights", None)  # copied out: the memory is free again
             send(self.connection, None)
             return self._reply("load_weights", None)
 
@@ -230,6 +233,7 @@ class EngineProcess:
     def close(self) -> None:
         self._close_connection()
         self._finalizer()
+        self.shared.close()
 
     def _close_connection(self) -> None:
         connection = getattr(self, "connection", None)
@@ -256,7 +260,7 @@ def weight_buckets(
     dtype: torch.dtype,
     max_bytes: int,
     device: torch.device | str = "cpu",
-    sent: dict[str, tuple[float, float]] | None = None,
+    sent: dict[str, tuple[int, int]] | None = None,
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Group ``weights`` (cast to ``dtype``, moved to ``device``) into buckets of at most
     ``max_bytes`` (a larger tensor travels alone); ``sent`` collects each one's checksum."""
@@ -478,8 +482,8 @@ class VLLMEngine:
         every = self.options.verify_every
         verified = bool(every) and self.syncs % every == 0
         # checksums are taken (a float64 pass over every tensor, both sides) only when verified
-        sent: dict[str, tuple[float, float]] | None = {} if verified else None
-        receipt: dict[str, tuple[float, float]] = {}
+        sent: dict[str, tuple[int, int]] | None = {} if verified else None
+        receipt: dict[str, tuple[int, int]] = {}
         adapter_only = self.options.sync == "lora"
         if not (adapter_only and self._base_pushed):
             # every weight (sync=full: the adapter merged in; sync=lora: the base, once)
@@ -503,12 +507,10 @@ class VLLMEngine:
 
     def _push(
         self, buckets: Iterable[list[tuple[str, torch.Tensor]]], *, checksums: bool = True
-    ) -> dict[str, tuple[float, float]]:
+    ) -> dict[str, tuple[int, int]]:
         return self.runner.load_weights(buckets, checksums=checksums)
 
-    def _push_adapter(
-        self, sent: dict[str, tuple[float, float]] | None
-    ) -> dict[str, tuple[float, float]]:
+    def _push_adapter(self, sent: dict[str, tuple[int, int]] | None) -> dict[str, tuple[int, int]]:
         """sync=lora: save the adapter (peft's format, a few MB) where the engine reads it and
         make it the one every request uses; ``sent`` gains its tensors' checksums."""
         version = self.syncs + 1
@@ -522,17 +524,13 @@ class VLLMEngine:
             shutil.rmtree(previous)
         return receipt
 
-    def verify(
-        self, sent: dict[str, tuple[float, float]], receipt: dict[str, tuple[float, float]]
-    ) -> None:
+    def verify(self, sent: dict[str, tuple[int, int]], receipt: dict[str, tuple[int, int]]) -> None:
         """Raise :class:`WeightSyncError` unless every tensor arrived as sent and the probe's
         log-probs match the trainer's."""
         assert self.model is not None
         missing = [name for name in sent if name not in receipt]
         garbled = [
-            name
-            for name, value in sent.items()
-            if name in receipt and not _same_checksum(value, receipt[name])
+            name for name, value in sent.items() if name in receipt and receipt[name] != value
         ]
         *scored, drawn = self.runner.call("score", token_ids=self.probe)
         engine = torch.tensor(scored)
@@ -696,10 +694,6 @@ class VLLMEngine:
 def _row_seed(seed: int, row: int) -> int:
     """A distinct 63-bit seed per row of a call (fixed by the call's seed and the row)."""
     return (seed * 1_000_003 + row * 7_919 + 1) % (2**63 - 1)
-
-
-def _same_checksum(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return all(abs(x - y) <= 1e-9 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True))
 
 
 def _load_config(path: str | Path | None) -> Any:

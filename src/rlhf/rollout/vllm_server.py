@@ -9,8 +9,10 @@ then answers calls until the trainer hangs up.
 Messages are pickled tuples over a ``multiprocessing.connection`` (by :func:`send` and
 :func:`receive`: plain pickle, so a tensor travels as its bytes rather than as a shared-memory
 handle of torch's multiprocessing pickler): a call is
-``(method, kwargs)``; ``("load_weights", {})`` is followed by bucket messages, each a list of
-``(name, tensor)``, and an end marker (None); the buckets stream into vLLM's in-place reload one bucket at a
+``(method, kwargs)``; ``("load_weights", {"checksums": bool})`` is followed by bucket messages, each the layout
+of a bucket the trainer wrote into shared memory (:mod:`rlhf.rollout.shared_buckets`),
+acknowledged with ``("ack", None)`` once copied out, and an end marker (None); the buckets
+stream into vLLM's in-place reload one bucket at a
 time (so at most one bucket is in flight). Every reply is ``("ok", value)`` or
 ``("error", type name, message)``.
 
@@ -29,6 +31,8 @@ import sys
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
+
+from rlhf.rollout.shared_buckets import SharedBucketReader
 
 AUTHKEY_VARIABLE = "RLHF_VLLM_AUTHKEY"
 _REEXECUTED = "RLHF_VLLM_SERVER_PRELOADED"
@@ -63,14 +67,20 @@ def receive(connection: Connection) -> Any:
     return pickle.loads(connection.recv_bytes())
 
 
-def _load_streamed(runner: Any, connection: Connection, checksums: bool) -> Any:
-    """Load the buckets that follow until the end marker (None); on an error, read the rest
-    of the stream first, so the next message read is a call again."""
+def _load_streamed(
+    runner: Any, connection: Connection, checksums: bool, reader: SharedBucketReader
+) -> Any:
+    """Load the buckets that follow until the end marker (None), each described in shared
+    memory and acknowledged once copied out (the trainer then reuses that memory); on an
+    error, read (and acknowledge) the rest of the stream first, so the next message read is a
+    call again."""
     ended = False
 
     def buckets() -> Any:
         nonlocal ended
-        while (bucket := receive(connection)) is not None:
+        while (message := receive(connection)) is not None:
+            bucket = reader.read(message)
+            send(connection, ("ack", None))
             yield bucket
         ended = True
 
@@ -78,13 +88,17 @@ def _load_streamed(runner: Any, connection: Connection, checksums: bool) -> Any:
         return runner.load_weights(buckets(), checksums=checksums)
     finally:
         while not ended:
-            ended = receive(connection) is None
+            if receive(connection) is None:
+                ended = True
+            else:
+                send(connection, ("ack", None))
 
 
 def _serve(connection: Connection) -> None:
     from rlhf.rollout.vllm_runner import VLLMRunner
 
     runner: VLLMRunner | None = None
+    reader = SharedBucketReader()
     while True:
         try:
             method, kwargs = receive(connection)
@@ -100,7 +114,7 @@ def _serve(connection: Connection) -> None:
             elif runner is None:
                 raise RuntimeError(f"{method} before start")
             elif method == "load_weights":
-                result = _load_streamed(runner, connection, kwargs.get("checksums", True))
+                result = _load_streamed(runner, connection, kwargs["checksums"], reader)
             else:
                 result = getattr(runner, method)(**kwargs)
             send(connection, ("ok", result))
