@@ -238,3 +238,24 @@ def test_missing_engine_environment_and_no_vllm_are_one_line_errors(tmp_path, ti
     except ImportError:
         with pytest.raises(EngineStartError, match="vLLM is not installed"):
             build_engine(model, tokenizer, kind="vllm", vllm=VLLMConfig(placement="trainer"))
+
+
+def test_a_missing_engine_environment_stops_a_run_before_its_init_sft(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "grpo",
+            "--preset",
+            "tiny",
+            f"out={tmp_path / 'run'}",
+            "sampling.engine=vllm",
+            f"sampling.vllm.python={tmp_path / 'nowhere' / 'python'}",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "does not exist; install it with `make vllm`" in result.output
+    assert not (tmp_path / "run" / "init-sft").exists()  # nothing trained

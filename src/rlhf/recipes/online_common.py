@@ -64,7 +64,7 @@ from rlhf.recipes.common import (
 from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
 from rlhf.rewards.base import RewardFunction, RewardOutput
 from rlhf.rewards.spec import RewardSpec, build_reward
-from rlhf.rollout.factory import close_engine, engine_for
+from rlhf.rollout.factory import check_engine, close_engine, engine_for
 from rlhf.rollout.types import (
     GenerationEngine,
     RolloutBatch,
@@ -411,6 +411,7 @@ def prepare_online(
     """Set up a run: prompts, the policy (after init SFT), π_ref, the reward, the engine.
     ``advantages_read_old_logps``: the algorithm's advantages read the rollout's old
     log-probs (PPO's per-token KL rewards), so sampling must compute them."""
+    check_engine(config.sampling)  # before the init SFT trains anything
     out, checkpoint = prepare_out_dir(config, resume)
     train = config.derived_train()
     prompts, eval_prompts = training_and_held_out_prompts(config)

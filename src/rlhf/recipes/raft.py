@@ -64,7 +64,7 @@ from rlhf.recipes.lm import (
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
 from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.candidates import load_prompts_and_answers
-from rlhf.rollout.factory import close_engine, engine_for
+from rlhf.rollout.factory import check_engine, close_engine, engine_for
 from rlhf.rollout.types import GenerationEngine, SamplingConfig
 
 logger = logging.getLogger("rlhf")
@@ -244,6 +244,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     else:
         shutil.rmtree(out / "rounds", ignore_errors=True)
 
+    check_engine(config.sampling)  # before the init SFT trains anything
     # the starting policy
     if run.state["policy"] is None:
         run.state["policy"] = run.initial_policy(resume)

