@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,6 +41,18 @@ _PLAIN_HEAD_FAMILIES = frozenset(
         "opt",
     }
 )
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block, its training mode restored after (no dropout in a
+    scoring pass, whatever the caller was doing)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -50,6 +50,7 @@ from rlhf.data.pairs import (
 from rlhf.data.records import Text
 from rlhf.models.forward import (
     decoder_hidden_states,
+    evaluating,
     position_limit,
     shares_prompt_prefix,
     unwrap,
@@ -365,9 +366,7 @@ class RewardModel:
         if groups is not None and shares_prompt_prefix(self.model):
             return self._score_packed(sequences, groups, rewards, on_batch)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 input_ids, attention_mask = pad_right(
@@ -379,8 +378,6 @@ class RewardModel:
                 rewards[rows] = raw.cpu()
                 if on_batch is not None:
                     on_batch(len(rows))
-        finally:
-            self.model.train(was_training)
         return rewards
 
     def _score_packed(
@@ -391,9 +388,7 @@ class RewardModel:
         on_batch: Callable[[int], None] | None,
     ) -> torch.Tensor:
         """:meth:`_score_raw` with each chunk's prompt groups packed one per row."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             for chunk in chunks:
                 groups = [
                     TokenizedGroup(tuple(tuple(sequences[i]) for i in rows), (), (), ())
@@ -412,8 +407,6 @@ class RewardModel:
                 rewards[flat] = raw.cpu()
                 if on_batch is not None:
                     on_batch(len(flat))
-        finally:
-            self.model.train(was_training)
         return rewards
 
 

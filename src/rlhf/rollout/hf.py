@@ -60,9 +60,9 @@ from rlhf.models.teacher_forcing import live_columns, response_logprobs
 from rlhf.rollout import compiled  # called as compiled.NAME: a test can swap one piece
 from rlhf.rollout.tokens import (
     cut_at_first_stop,
-    decode_continuation,
     encode_prompts,
     prompt_room,
+    response_texts,
     stop_token_ids,
 )
 from rlhf.rollout.types import RolloutBatch, SamplingParams
@@ -234,16 +234,9 @@ class HFGenerationEngine:
                     batch_size=self.batch_size,
                     groups=prompt_index,
                 ).cpu()
-        texts = [
-            decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
-            for prompt, ids, length, stop in zip(
-                prompt_index.tolist(),
-                response_ids.tolist(),
-                response_mask.sum(-1),
-                ended,
-                strict=True,
-            )
-        ]
+        texts = response_texts(
+            self.tokenizer, encoded, prompt_index, response_ids, response_mask, ended
+        )
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,

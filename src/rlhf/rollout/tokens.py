@@ -129,3 +129,21 @@ def decode_continuation(tokenizer: Any, prompt_ids: list[int], response_ids: lis
     if whole.startswith(head):
         return whole[len(head) :]
     return tokenizer.decode(response_ids, skip_special_tokens=True)
+
+
+def response_texts(
+    tokenizer: Any,
+    encoded: Sequence[list[int]],
+    prompt_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    ended: torch.Tensor,
+) -> list[str]:
+    """[B] each row's response text, the stop token left out, decoded as it continues its
+    prompt (``encoded[prompt_index[row]]``; :func:`decode_continuation`)."""
+    return [
+        decode_continuation(tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
+        for prompt, ids, length, stop in zip(
+            prompt_index.tolist(), response_ids.tolist(), response_mask.sum(-1), ended, strict=True
+        )
+    ]

@@ -56,7 +56,7 @@ import torch
 from rlhf.data.collate import collate_prompts_left
 from rlhf.data.records import Text
 from rlhf.models.finite import check_finite_weights
-from rlhf.models.forward import unwrap
+from rlhf.models.forward import evaluating, unwrap
 from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.models.weights import (
     adapter_weights,
@@ -67,9 +67,9 @@ from rlhf.models.weights import (
 from rlhf.rollout.shared_buckets import SharedBucketWriter
 from rlhf.rollout.tokens import (
     cut_at_first_stop,
-    decode_continuation,
     encode_prompts,
     prompt_room,
+    response_texts,
     stop_ids_of,
 )
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
@@ -651,16 +651,9 @@ class VLLMEngine:
                     temperature=params.logp_temperature,
                     groups=prompt_index,
                 )
-        texts = [
-            decode_continuation(self.tokenizer, encoded[prompt], ids[: int(length) - int(stop)])
-            for prompt, ids, length, stop in zip(
-                prompt_index.tolist(),
-                response_ids.tolist(),
-                response_mask.sum(-1),
-                ended,
-                strict=True,
-            )
-        ]
+        texts = response_texts(
+            self.tokenizer, encoded, prompt_index, response_ids, response_mask, ended
+        )
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
@@ -689,22 +682,17 @@ class VLLMEngine:
         the CPU."""
         assert self.model is not None
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return response_logprobs(
-                    self.model,
-                    prompt_ids.to(device),
-                    prompt_mask.to(device),
-                    response_ids.to(device),
-                    response_mask.to(device),
-                    temperature=temperature,
-                    batch_size=self.batch_size,
-                    groups=groups,
-                ).cpu()
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), torch.no_grad():
+            return response_logprobs(
+                self.model,
+                prompt_ids.to(device),
+                prompt_mask.to(device),
+                response_ids.to(device),
+                response_mask.to(device),
+                temperature=temperature,
+                batch_size=self.batch_size,
+                groups=groups,
+            ).cpu()
 
     def close(self) -> None:
         """Stop the engine (its process, with the process placement) and forget the hook."""
