@@ -32,8 +32,8 @@ PROMPTS = ["12+7=", "Once upon a time there was", "3", "What is 45-19? Answer:"]
 
 def vllm_python() -> str:
     """The engine process's interpreter, or skip (fail under CI) saying why there is none."""
-    from rlhf.rollout.vllm import engine_python
     from rlhf.rollout.vllm_runner import cpu_supports_vllm
+    from rlhf.rollout.vllm_transport import engine_python
 
     problem = cpu_supports_vllm()
     if problem:
@@ -205,7 +205,7 @@ def test_an_interrupted_sync_stops_the_engine_process_instead_of_desynchronising
     """A bucket that fails to be made leaves the stream unfinished: the engine process is
     stopped, and the next call says so rather than reading a stale reply (the last test of
     the module's engine)."""
-    from rlhf.rollout.vllm import EngineError
+    from rlhf.rollout.vllm_transport import EngineError
 
     model, _ = policy
     training_step(model)
