@@ -53,6 +53,7 @@ from rlhf.data.collate import collate_prompts_left
 from rlhf.data.records import Text
 from rlhf.models.finite import check_finite_weights
 from rlhf.models.forward import evaluating, unwrap
+from rlhf.models.load import DTYPES
 from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.models.weights import (
     adapter_weights,
@@ -66,6 +67,7 @@ from rlhf.rollout.tokens import (
     prompt_room,
     response_texts,
     stop_ids_of,
+    stop_token_ids,
 )
 from rlhf.rollout.types import RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_config import VLLMConfig
@@ -73,10 +75,15 @@ from rlhf.rollout.vllm_runner import (
     INSTALL_HINT,
     EngineStartError,
     VLLMRunner,
+    check_cpu,
     checksum,
-    cpu_supports_vllm,
 )
-from rlhf.rollout.vllm_transport import EngineProcess, LocalRunner, engine_python
+from rlhf.rollout.vllm_transport import (
+    EngineProcess,
+    LocalRunner,
+    checked_interpreter,
+    engine_python,
+)
 
 logger = logging.getLogger("rlhf.rollout")
 
@@ -149,8 +156,11 @@ class VLLMEngine:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.options = options or VLLMConfig()
         config = unwrap(model).config if model is not None else _load_config(path)
-        self.stop_ids = stop_ids_of(tokenizer, getattr(unwrap(model), "generation_config", None)
-                                    if model is not None else _load_generation_config(path))  # fmt: skip
+        self.stop_ids = (
+            stop_token_ids(model, tokenizer)
+            if model is not None
+            else stop_ids_of(tokenizer, _load_generation_config(path))
+        )
         if not self.stop_ids:
             raise ValueError("the tokenizer has no EOS token: responses could never end")
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id in self.stop_ids:
@@ -176,12 +186,12 @@ class VLLMEngine:
             dtype = (
                 str(next(model.parameters()).dtype).removeprefix("torch.") if model else "float32"
             )
-        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
-        if dtype not in ("float32", "bfloat16", "float16"):
+        kind = DTYPES.get(dtype)  # the names (and aliases) models.load takes
+        if not isinstance(kind, torch.dtype):
             raise ValueError(
                 f"sampling.vllm.dtype: vLLM samples in float32, bfloat16 or float16, not {dtype}"
             )
-        self.dtype = dtype
+        self.dtype = dtype = str(kind).removeprefix("torch.")
         # the config-only model folder, the socket, the engine's log, the adapters: removed
         # with the engine (close, or when it is collected or the interpreter exits)
         self.scratch = Path(tempfile.mkdtemp(prefix="rlhf-vllm-"))
@@ -234,7 +244,7 @@ class VLLMEngine:
         )  # fmt: skip
         self.syncs = 0
         self.sync_seconds = 0.0  # of the last sync
-        self.probe_gap: float | None = None  # mean |Δ log p| over the probe at the last check
+        self.probe_gap: float | None = None  # the last verification's gap (see verify)
         self._stale = model is not None  # the engine starts with placeholder weights
         self._hook = None
         if model is not None:
@@ -259,16 +269,12 @@ class VLLMEngine:
         process's Python (process placement) or vLLM itself (trainer placement)."""
         options = options or VLLMConfig()
         if not torch.cuda.is_available():
-            problem = cpu_supports_vllm()
-            if problem:
-                raise EngineStartError(f"{problem}: use sampling.engine=hf on this machine")
+            check_cpu()
         if options.placement == "trainer":
             if importlib.util.find_spec("vllm") is None:
                 raise EngineStartError(f"vLLM is not installed in this environment: {INSTALL_HINT}")
-            return
-        python = engine_python(options.python)
-        if not Path(shutil.which(python) or python).exists():
-            raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
+        else:
+            checked_interpreter(engine_python(options.python))
 
     @classmethod
     def from_pretrained(
@@ -328,7 +334,7 @@ class VLLMEngine:
         started = time.perf_counter()
         every = self.options.verify_every
         verified = bool(every) and self.syncs % every == 0
-        # checksums are taken (a float64 pass over every tensor, both sides) only when verified
+        # checksums are taken (a pass over every tensor, both sides) only when verified
         sent: dict[str, tuple[int, int]] | None = {} if verified else None
         receipt: dict[str, tuple[int, int]] = {}
         adapter_only = self.options.sync == "lora"

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from rlhf.config import StrictModel
 
-# The mean |Δ log p| over the probe a verified sync accepts, by the engine's dtype: float32
-# kernels agree with the trainer's to ~1e-6; bf16 / fp16 round every product.
+# The |Δ log p| a verified sync accepts (the probe's mean, the drawn token's), by the engine's
+# dtype: float32 kernels agree with the trainer's to ~1e-6; bf16 / fp16 round every product.
 DEFAULT_PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
 
 
@@ -48,7 +48,8 @@ class VLLMConfig(StrictModel):
     probe_tolerance: float | None = Field(
         None,
         gt=0,
-        description="Largest mean |Δ log p| over the probe a verified sync accepts (default by "
+        description="Largest |Δ log p| a verified sync accepts, both as the mean over the probe "
+        "and for the one token drawn after it (default by "
         f"the engine's dtype: {DEFAULT_PROBE_TOLERANCE}).",
     )
     max_model_len: int | None = Field(

