@@ -272,8 +272,3 @@ class VLLMRunner:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
-
-    def ping(self) -> str:
-        import vllm
-
-        return vllm.__version__

@@ -105,12 +105,9 @@ def _serve(connection: Connection) -> None:
         except EOFError:  # the trainer is gone
             return
         try:
+            result: Any = None
             if method == "start":
                 runner = VLLMRunner(**kwargs)
-                result: Any = runner.ping()
-            elif method == "stop":
-                send(connection, ("ok", None))
-                return
             elif runner is None:
                 raise RuntimeError(f"{method} before start")
             elif method == "load_weights":
