@@ -41,7 +41,7 @@ def run_recipe(
     try:
         cfg = resolve_config(recipe, config, preset, overrides)
         setup_logging()
-        result = recipe.run_function()(cfg, resume)
+        result = recipe.start(cfg, resume)
     except TrainingInterrupted as stop:  # the first Ctrl-C: a checkpoint of the step is saved
         console.print(
             f"[yellow]interrupted[/] after step {stop.step}: checkpoint saved to "

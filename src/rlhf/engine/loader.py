@@ -44,6 +44,18 @@ class ResumableLoader(Generic[Item, Batch]):
         self.lengths, self.group_batches = lengths, max(group_batches, 1)
         self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
+        self._rank, self._world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Read only rank ``rank``'s share of each batch (every ``world``-th item of it) under
+        data parallelism. The order and the state stay those of the whole batch, so a
+        checkpoint resumes on any number of ranks."""
+        if self.batch_size < world:
+            raise ValueError(
+                f"train.batch_size {self.batch_size} is smaller than the "
+                f"{world} training ranks (distributed.train_workers): each rank needs a row"
+            )
+        self._rank, self._world = rank, world
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -112,7 +124,8 @@ class ResumableLoader(Generic[Item, Batch]):
         order = self._epoch_order()
         start = self.position * self.batch_size
         self.position += 1
-        return self.collate([self.items[i] for i in order[start : start + self.batch_size]])
+        batch = order[start : start + self.batch_size][self._rank :: self._world]
+        return self.collate([self.items[i] for i in batch])
 
     def __iter__(self) -> Iterator[Batch]:
         """One pass over the data in order, without touching the resumable state (evaluation)."""

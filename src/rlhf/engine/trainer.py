@@ -51,10 +51,20 @@ from rlhf.engine.optim import OptimizerName, build_optimizer, embedding_weights,
 from rlhf.engine.schedule import Schedule, build_scheduler
 from rlhf.models.device import resolve_device
 from rlhf.models.finite import NonFiniteError, nonfinite_names
+from rlhf.models.parallel import (
+    all_reduce_sums,
+    any_rank,
+    barrier,
+    is_distributed,
+    is_main_process,
+    rank_and_world,
+    shard_model,
+)
 
 logger = logging.getLogger("rlhf")
 
 CHECKPOINT_PREFIX = "step-"
+SHARDED_FOLDER = "sharded"  # in a checkpoint of data-parallel ranks: torch.distributed.checkpoint
 RUN_CONFIG_FILE = "run_config.json"  # in a checkpoint: the config of the run that wrote it
 # how long closing the metric sinks may take at the end of a run: TensorBoard's writer has been
 # seen to wait minutes on a slow disk, and a run that is over must not hang on its logs
@@ -284,6 +294,7 @@ class Trainer:
         run_config: Mapping[str, Any] | None = None,
         progress: bool = True,
         data_metrics: Mapping[str, float] | None = None,
+        metrics_over_ranks: Literal["sum", "mean"] = "sum",
     ) -> None:
         self.model, self.config, self.loader, self.loss_fn = model, config, loader, loss_fn
         self.out_dir = Path(out_dir)
@@ -298,6 +309,14 @@ class Trainer:
             from rlhf.models.compile import compile_blocks
 
             compile_blocks(model)
+        # data parallel (ranks started by rlhf.distributed): each rank holds a shard of the
+        # weights (FSDP2) and reads its share of every micro-batch; the loss is divided by the
+        # step's units over all ranks, so the update is the single process's at the same batch
+        self.rank, self.world = rank_and_world()
+        self.metrics_over_ranks = metrics_over_ranks
+        if self.world > 1:
+            loader.shard(self.rank, self.world)
+            shard_model(model)
         self.autocast_dtype = self._autocast_dtype()
         if self.autocast_dtype is not None and self.device.type == "cpu":
             from rlhf.models.attention import upcast_cpu_attention
@@ -332,7 +351,7 @@ class Trainer:
         self._names = {id(p): name for name, p in model.named_parameters()}
         self._tensorboard, self._wandb_project = tensorboard, wandb_project
         self._run_config = dict(run_config or {})
-        self._progress = progress
+        self._progress = progress and is_main_process()
         # figures about the data (rows truncated, dropped), a ``data`` row at the run's start
         self.data_metrics = dict(data_metrics or {})
 
@@ -388,31 +407,42 @@ class Trainer:
         critic) and ``trainer_state.json`` names the ones to read from ``model/``.
         Weights that hold NaN or infinity are never written: :class:`TrainingDiverged`."""
         bad = nonfinite_names((self._names[id(p)], p) for p in self.trainable)
-        if bad:
+        if any_rank(bool(bad)):
+            where = f" (in {', '.join(bad)})" if bad else " (on another rank)"
             raise TrainingDiverged(
-                f"step {self.step}: the weights hold NaN or infinity (in {', '.join(bad)}); "
+                f"step {self.step}: the weights hold NaN or infinity{where}; "
                 f"nothing was saved; {self._last_good()}"
             )
         folder = self.out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:07d}"
         partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        if is_main_process():
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        barrier()
         trainable = {self._names[id(p)]: p for p in self.trainable}
         exported: set[str] = set()
         if self.export is not None:
-            self.export(partial / "model")
-            exported = _held_by_export(partial / "model", trainable)
-        save_file(
-            {
-                name: p.detach().contiguous().cpu()
-                for name, p in trainable.items()
-                if name not in exported
-            },
-            partial / "trainable.safetensors",
-        )
+            self.export(partial / "model")  # FSDP2 ranks: gathered, written by rank 0
+            if not is_distributed():
+                exported = _held_by_export(partial / "model", trainable)
         with_optimizer = self._saves_optimizer(final)
-        if with_optimizer:
-            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+        if is_distributed():
+            self._save_sharded(partial / SHARDED_FOLDER, with_optimizer)
+        else:
+            save_file(
+                {
+                    name: p.detach().contiguous().cpu()
+                    for name, p in trainable.items()
+                    if name not in exported
+                },
+                partial / "trainable.safetensors",
+            )
+            if with_optimizer:
+                torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+        if not is_main_process():  # rank 0 writes the rest and renames the folder
+            barrier()
+            self.last_checkpoint = folder
+            return folder
         torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
         torch.save(_rng_state(), partial / "rng.pt")
         if self._run_config:  # what --resume compares a new config with
@@ -426,6 +456,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "optimizer": with_optimizer,  # False: saved without (train.save_optimizer)
             "exported_weights": sorted(exported),  # trainable weights read from model/
+            "ranks": self.world,  # > 1: weights and AdamW in sharded/ (any number resumes)
         }
         # trainer_state.json is written last and the folder renamed into place: a checkpoint
         # that exists is complete, even if the process died while writing the next one.
@@ -434,9 +465,75 @@ class Trainer:
         partial.rename(folder)
         self.last_checkpoint = folder
         self._prune_checkpoints()
+        barrier()
         return folder
 
-    def _prune_checkpoints(self) -> None:
+    def _save_sharded(self, folder: Path, with_optimizer: bool) -> None:
+        """Every rank writes its shards of the weights (and AdamW's state) with
+        ``torch.distributed.checkpoint``, whose files any number of ranks (or one process)
+        reads back, resharded."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        state = {"model": get_model_state_dict(self.model)}
+        if with_optimizer:
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
+        dcp.save(state, checkpoint_id=str(folder))
+
+    def _load_sharded(self, folder: Path, with_optimizer: bool) -> None:
+        """Read a sharded checkpoint into this run's model and AdamW, on any number of ranks."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state = {"model": get_model_state_dict(self.model)}
+        if with_optimizer:  # an empty AdamW's state is materialised first, to be read into
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
+        try:
+            dcp.load(state, checkpoint_id=str(folder / SHARDED_FOLDER))
+        except Exception as error:  # torn files, or shapes that no longer fit the model
+            reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+            raise CheckpointDamaged(
+                f"{folder / SHARDED_FOLDER}: cannot be read ({reason})"
+            ) from None
+        set_model_state_dict(self.model, state["model"])
+        if with_optimizer:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+
+    def _load_whole_into_shards(
+        self, weights: Mapping[str, torch.Tensor], optimizer: dict[str, Any] | None
+    ) -> None:
+        """A single process's checkpoint (whole tensors) into FSDP2 shards: every rank reads
+        the whole files and keeps its part. AdamW's state is keyed by parameter position in a
+        single process's file and by name here."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        whole = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.model, dict(weights), options=whole)
+        if optimizer is None:
+            return
+        names = [self._names[id(p)] for group in self._param_groups() for p in group["params"]]
+        by_name = {
+            "state": {names[index]: value for index, value in optimizer["state"].items()},
+            "param_groups": [
+                {**group, "params": [names[index] for index in group["params"]]}
+                for group in optimizer["param_groups"]
+            ],
+        }
+        set_optimizer_state_dict(self.model, self.optimizer, by_name, options=whole)
+
+    def _prune_checkpoints(self) -> None:  # rank 0
         folder = self.out_dir / "checkpoints"
         for old in complete_checkpoints(folder)[self.config.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
@@ -457,6 +554,12 @@ class Trainer:
         state = read("trainer_state.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
         if not (isinstance(state, dict) and {"step", "loader"} <= state.keys()):
             raise CheckpointDamaged(f"{folder / 'trainer_state.json'}: lacks 'step' or 'loader'")
+        rest = {
+            "scheduler": read("scheduler.pt", torch.load),
+            "rng": read("rng.pt", lambda p: torch.load(p, weights_only=False)),
+        }
+        if (folder / SHARDED_FOLDER).is_dir():  # weights and AdamW: read by _load_sharded
+            return {"state": state, "weights": None, "optimizer": None, **rest}
         weights = read("trainable.safetensors", lambda p: load_file(p, device=str(self.device)))
         exported = state.get("exported_weights") or []
         if exported:
@@ -469,13 +572,7 @@ class Trainer:
         optimizer = None
         if state.get("optimizer", True):  # checkpoints before train.save_optimizer all have it
             optimizer = read("optimizer.pt", lambda p: torch.load(p, map_location=self.device))
-        return {
-            "state": state,
-            "weights": weights,
-            "optimizer": optimizer,
-            "scheduler": read("scheduler.pt", torch.load),
-            "rng": read("rng.pt", lambda p: torch.load(p, weights_only=False)),
-        }
+        return {"state": state, "weights": weights, "optimizer": optimizer, **rest}
 
     def _check_fits(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
         """A ValueError naming the parameters when the checkpoint's weights do not fit the model
@@ -499,14 +596,21 @@ class Trainer:
     def load_checkpoint(self, folder: Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote."""
         parts = self._read_checkpoint(folder)
-        self._check_fits(folder, parts["weights"])
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in parts["weights"].items():
-                params[name].copy_(tensor)
-        if parts["optimizer"] is not None:
-            self.optimizer.load_state_dict(parts["optimizer"])
+        with_optimizer = parts["state"].get("optimizer", True)
+        if parts["weights"] is None:  # sharded: written by data-parallel ranks
+            self._load_sharded(folder, with_optimizer)
+        elif is_distributed():
+            self._check_fits(folder, parts["weights"])
+            self._load_whole_into_shards(parts["weights"], parts["optimizer"])
         else:
+            self._check_fits(folder, parts["weights"])
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in parts["weights"].items():
+                    params[name].copy_(tensor)
+            if parts["optimizer"] is not None:
+                self.optimizer.load_state_dict(parts["optimizer"])
+        if not with_optimizer:
             logger.warning(
                 "%s was saved without the optimiser state (train.save_optimizer): AdamW's "
                 "moments restart from zero, so the resumed run is not exactly the one that "
@@ -514,7 +618,7 @@ class Trainer:
                 folder,
             )
         self.scheduler.load_state_dict(parts["scheduler"])
-        if parts["optimizer"] is None:  # the learning rate the fresh optimiser steps with
+        if not with_optimizer:  # the learning rate the fresh optimiser steps with
             for group, lr in zip(
                 self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
             ):
@@ -556,6 +660,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _sinks(self, resumed: bool) -> list[MetricsSink]:
+        if not is_main_process():  # rank 0 logs the run's figures (the same on every rank)
+            return []
         sinks: list[MetricsSink] = [
             JsonlSink(self.out_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
         ]
@@ -608,7 +714,11 @@ class Trainer:
         """One optimiser step over ``grad_accum`` micro-batches."""
         with self.precision():  # an online recipe's loader samples and scores rollouts
             micro_batches = [self.loader.next_batch() for _ in range(self.config.grad_accum)]
-        units = sum(batch.loss_units for batch in micro_batches)
+        # the step's loss units over every rank: each rank's loss sum is divided by these
+        units = int(all_reduce_sums({"units": sum(b.loss_units for b in micro_batches)})["units"])
+        # FSDP2 averages the ranks' gradients; each rank's loss is scaled by the rank count so
+        # that the average is the gradient of the sum over all ranks' units
+        scale = float(self.world)
         self.model.train()
         totals: dict[str, float] = {}
         loss_total = torch.zeros((), device=self.device)
@@ -618,7 +728,7 @@ class Trainer:
                 loss_sum, metrics = self.loss_fn(self.model, batch)
             loss = loss_sum / max(units, 1)
             if loss.requires_grad:
-                loss.backward()
+                (loss * scale).backward()
             elif batch.loss_units > 0:
                 raise RuntimeError(
                     f"the loss of a micro-batch of {batch.loss_units} loss units has no gradient"
@@ -629,12 +739,15 @@ class Trainer:
             loss_total += loss.detach()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
-        loss_value = float(loss_total)
+        tokens = sum(batch.num_tokens for batch in micro_batches)
+        totals, loss_value, tokens = self._over_ranks(totals, float(loss_total), tokens)
         # the norm clipping uses, computed first so that a NaN or infinite gradient is caught
         # before it is scaled into every tensor and applied (a finite loss can hide one)
         grads = [p.grad for p in self.trainable if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)
-        tokens = sum(batch.num_tokens for batch in micro_batches)
+        full = getattr(grad_norm, "full_tensor", None)  # FSDP2: the norm over every shard
+        if callable(full):
+            grad_norm = full()
         lr = float(self.scheduler.get_last_lr()[0])  # a tensor under torchao's optimisers
         # the engine's own figures win over same-named metrics a loss function reports
         metrics = totals | {
@@ -661,6 +774,20 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return metrics
+
+    def _over_ranks(
+        self, totals: dict[str, float], loss: float, tokens: float
+    ) -> tuple[dict[str, float], float, float]:
+        """A step's figures over every rank: the loss and token counts summed; the loss
+        function's metrics summed (sums and counts: offline losses) or averaged (means over
+        each rank's rows: online losses), as ``metrics_over_ranks`` says."""
+        if self.world == 1:
+            return totals, loss, tokens
+        summed = all_reduce_sums({**totals, "__loss": loss, "__tokens": tokens})
+        loss, tokens = summed.pop("__loss"), summed.pop("__tokens")
+        if self.metrics_over_ranks == "mean":
+            summed = {key: value / self.world for key, value in summed.items()}
+        return summed, loss, tokens
 
     def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
         if self.evaluate is None:

@@ -22,8 +22,9 @@ class NonFiniteError(FloatingPointError):
 
 
 def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]], limit: int = 3) -> list[str]:
-    """Up to ``limit`` names of the tensors holding NaN or ±inf (empty when all are finite)."""
-    named = [(name, tensor.detach()) for name, tensor in named]
+    """Up to ``limit`` names of the tensors holding NaN or ±inf (empty when all are finite).
+    Of FSDP2 shards (DTensors), this rank's part only: no collective."""
+    named = [(name, _local(tensor.detach())) for name, tensor in named]
     if not named:
         return []
     # fast path: one fused norm over every tensor is finite iff each element is (a norm that
@@ -62,3 +63,8 @@ def check_finite_logits(logits: torch.Tensor, what: str) -> None:
             f"{what}: the model's next-token logits hold NaN or infinity; its weights or "
             "activations have overflowed (the model has diverged)"
         )
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor

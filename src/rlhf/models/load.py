@@ -537,10 +537,22 @@ def save_model(
     """
     from peft import PeftModel
 
+    from rlhf.models.parallel import full_state_dict, is_main_process, is_sharded
+
     out = Path(out_dir)
     check_finite_weights(model, f"refusing to save {out}")
-    out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    if is_sharded(model):  # FSDP2 ranks: gathered from the shards (a collective), rank 0 writes
+        whole = full_state_dict(model)
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out, state_dict=whole)
+            if tokenizer is not None:
+                _save_tokenizer(tokenizer, out)
+        return out
+    if not is_main_process():  # every rank holds the same whole model: rank 0 writes it
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
         if merge_lora:
             copy.deepcopy(model).merge_and_unload().save_pretrained(out)

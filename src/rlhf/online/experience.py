@@ -217,6 +217,7 @@ class ExperienceBuffer:
         self.state = dict(state or {})
         self.iteration = 0
         self.position = len(self)  # used up: the first next_batch collects
+        self._rank, self._world = 0, 1
         self.experience: Experience | None = None
         self._order: list[int] = []
 
@@ -243,13 +244,23 @@ class ExperienceBuffer:
             self._order.extend(torch.randperm(self.episodes, generator=generator).tolist())
         self.position = 0
 
+    def shard(self, rank: int, world: int) -> None:
+        """Train on rank ``rank``'s share (every ``world``-th row) of each micro-batch; every
+        rank holds the whole rollout (the same one), so the state is the whole buffer's."""
+        if self.micro_batch_size < world:
+            raise ValueError(
+                f"train.batch_size {self.micro_batch_size} is smaller than the {world} training "
+                "ranks (distributed.train_workers): each rank needs a row"
+            )
+        self._rank, self._world = rank, world
+
     def next_batch(self) -> Experience:
         """The next micro-batch, collecting a new rollout when the buffer is used up."""
         if self.experience is None or self.position >= len(self):
             self._next_rollout()
         assert self.experience is not None
         start = self.position * self.micro_batch_size
-        rows = self._order[start : start + self.micro_batch_size]
+        rows = self._order[start : start + self.micro_batch_size][self._rank :: self._world]
         batch = self.experience.select(rows)
         if self.position == 0:
             batch.metrics = self.experience.metrics

@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from rlhf.data.tokenize import (
     TruncationReport,
     tokenize_record,
 )
+from rlhf.distributed.config import DistributedConfig
 from rlhf.engine.trainer import RUN_CONFIG_FILE, latest_checkpoint
 from rlhf.sim.builtin import is_builtin, load_builtin
 
@@ -148,6 +149,35 @@ class RecipeConfig(StrictModel):
     wandb_project: str | None = Field(None, description="Log to this W&B project (needs wandb).")
     progress: bool = Field(True, description="Show a progress bar.")
     resume: ResumeConfig = Field(default_factory=ResumeConfig, description="--resume checks.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Ray workers and FSDP2 data parallelism (default: this process alone).",
+    )
+
+    # whether the recipe samples from the policy it trains (OnlineConfig: True), which is what
+    # distributed.rollout_workers serve
+    samples_from_policy: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _distributed_fits_the_recipe(self) -> RecipeConfig:
+        workers = self.distributed
+        if workers.rollout_workers and not self.samples_from_policy:
+            raise ValueError(
+                "distributed.rollout_workers: this recipe does not sample from the policy it "
+                "trains (only the online recipes do); leave it at 0"
+            )
+        if workers.train_workers > 1 and self.samples_from_policy and not workers.rollout_workers:
+            raise ValueError(
+                "distributed.train_workers > 1 in an online recipe: sampling is not sharded over "
+                "the training ranks; set distributed.rollout_workers ≥ 1 to sample there"
+            )
+        model = getattr(self, "model", None)
+        if workers.train_workers > 1 and getattr(model, "lora", None) is not None:
+            raise ValueError(
+                "distributed.train_workers > 1 with model.lora: LoRA adapters are not sharded "
+                "with FSDP2 yet; train them with one training worker"
+            )
+        return self
 
     @field_validator("out")
     @classmethod
@@ -198,6 +228,14 @@ RESUME_HARMLESS_KEYS = (
     "train.save_optimizer",
     # recomputes the same activations: memory and time change, not the numbers
     "train.gradient_checkpointing",
+    # the same global batch split over more or fewer ranks, placed anywhere: the same losses
+    "distributed.train_workers",
+    "distributed.address",
+    "distributed.cpus_per_worker",
+    "distributed.gpus_per_worker",
+    "distributed.placement",
+    "distributed.backend",
+    "distributed.start_timeout_s",
 )
 # the run's length: harmless too under a schedule that does not depend on it (constant), so a
 # finished run can be extended; under warm-up + decay it changes the learning rate of every step
@@ -382,10 +420,13 @@ def model_source(
     if model_config.tiny is None:
         assert model_config.path is not None  # ModelConfig holds exactly one of the two
         return model_config.path
+    from rlhf.models.parallel import barrier
     from rlhf.models.tiny import make_tiny_model
 
     spec = model_config.tiny
-    return str(
+    # every data-parallel rank builds the same model (the same seed); rank 0 writes it, and the
+    # others load it once it is there
+    path = str(
         make_tiny_model(
             out / "init",
             texts(),
@@ -398,6 +439,8 @@ def model_source(
             seed=seed,
         )
     )
+    barrier()
+    return path
 
 
 def check_fits_positions(model: torch.nn.Module, length: int, key: str = "data.max_length") -> None:

@@ -21,10 +21,10 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import Field, model_validator
@@ -44,6 +44,7 @@ from rlhf.online.phases import (
     needs_old_logps,
     reference_phase,
 )
+from rlhf.online.rollouts import RolloutQueue, is_async
 from rlhf.online.settings import (
     KLSettings,
     MismatchSettings,
@@ -113,6 +114,8 @@ class OnlineReferenceConfig(StrictModel):
 class OnlineConfig(RecipeConfig):
     """Settings every online recipe shares; each recipe adds its own section."""
 
+    samples_from_policy: ClassVar[bool] = True
+
     model: ModelConfig = Field(description="The starting policy (or a tiny one for init_sft).")
     init_sft: InitSFTConfig | None = Field(
         None, description="Fine-tune the starting model on demonstrations first."
@@ -152,11 +155,16 @@ class OnlineConfig(RecipeConfig):
                 "train.max_steps: online recipes count rollout.iterations instead; leave it unset"
             )
         self.steps_per_iteration()  # raises on inconsistent sizes
-        if self.mismatch.correction != "none" and self.sampling.engine == "hf":
+        if (
+            self.mismatch.correction != "none"
+            and self.sampling.engine == "hf"
+            and self.distributed.rollout_workers == 0
+        ):
             raise ValueError(
                 f"mismatch.correction={self.mismatch.correction}: the hf engine samples from "
                 "the trainer's own weights, so there is no mismatch to correct (use "
-                "sampling.engine=vllm, or mismatch.correction=none)"
+                "sampling.engine=vllm or distributed.rollout_workers ≥ 1, or "
+                "mismatch.correction=none)"
             )
         if self.mismatch.correction != "none" and (
             self.sampling.top_p < 1 or self.sampling.top_k > 0
@@ -305,6 +313,12 @@ class OnlineRun(Generic[Config]):
     engine: GenerationEngine  # samples from the policy as it is trained
     kl_controller: AdaptiveKLController
     old_logps: bool  # whether rollouts recompute the sampling policy's log-probs
+    # rollouts sampled ahead on rollout workers (distributed.max_staleness); None: sampled
+    # when asked, by engine.generate
+    rollouts: RolloutQueue | None = None
+    # the last sample's rollout_staleness and rollout_wait_seconds (with rollouts), which
+    # experience() adds to the rollout's metrics
+    sampled: Metrics = field(default_factory=dict)
 
     # ---------------------------------------------------------------- phases
     def prompts_for(self, iteration: int) -> Prompts:
@@ -327,9 +341,20 @@ class OnlineRun(Generic[Config]):
         )
 
     def sample(self, prompts: Prompts, iteration: int) -> RolloutBatch:
-        """Responses to each prompt from the current policy (prompt-major rows)."""
+        """Responses to each prompt from the current policy (prompt-major rows); with
+        :attr:`rollouts`, from a policy up to ``distributed.max_staleness`` updates older (the
+        rollout sampled ahead while the previous ones trained)."""
         try:
-            return self.engine.generate(prompts.texts, self.sampling_params(iteration))
+            if self.rollouts is None:
+                return self.engine.generate(prompts.texts, self.sampling_params(iteration))
+            if list(prompts.texts) != list(self.prompts_for(iteration).texts):
+                raise ValueError(
+                    f"rollout {iteration}: rollouts sampled ahead (distributed.rollout_workers) "
+                    "are of prompts_for(iteration); sample other prompts with run.engine"
+                )
+            taken = self.rollouts.take(iteration)
+            self.sampled = taken.metrics
+            return taken.batch
         except WeightSyncError as error:
             step = (iteration - 1) * self.config.steps_per_iteration()
             raise WeightSyncError(
@@ -362,7 +387,9 @@ class OnlineRun(Generic[Config]):
         values: torch.Tensor | None = None,
     ) -> Experience:
         """The rollout's :class:`Experience` (:func:`rlhf.online.experience.build_experience`
-        with the scores, π_ref log-probs, β and the config's loss settings filled in)."""
+        with the scores, π_ref log-probs, β and the config's loss settings filled in; the
+        metrics gain the sampling's staleness, with :attr:`rollouts`)."""
+        metrics, self.sampled = metrics | self.sampled, {}
         return build_experience(
             batch,
             advantages,
@@ -411,7 +438,8 @@ def prepare_online(
     """Set up a run: prompts, the policy (after init SFT), π_ref, the reward, the engine.
     ``advantages_read_old_logps``: the algorithm's advantages read the rollout's old
     log-probs (PPO's per-token KL rewards), so sampling must compute them."""
-    check_engine(config.sampling)  # before the init SFT trains anything
+    if config.distributed.rollout_workers == 0:  # else the workers build it (and check it)
+        check_engine(config.sampling)  # before the init SFT trains anything
     out, checkpoint = prepare_out_dir(config, resume)
     train = config.derived_train()
     prompts, eval_prompts = training_and_held_out_prompts(config)
@@ -429,7 +457,7 @@ def prepare_online(
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
     if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
         compile_scoring_models(reference, reward, policy)
-    engine = engine_for(config.sampling, policy, tokenizer, batch_size=config.sampling.batch_size)
+    engine = online_engine(config, policy, tokenizer)
     # an engine sampling from a copy of the weights (vLLM): the trainer recomputes the old
     # log-probs, so the update's ratio is the trainer's and the mismatch can be measured
     old_logps = getattr(engine, "samples_separately", False) or needs_old_logps(
@@ -439,7 +467,7 @@ def prepare_online(
         minibatch_size=config.minibatch_size,
         advantages_read_them=advantages_read_old_logps,
     )
-    return OnlineRun(
+    run = OnlineRun(
         config=config,
         out=out,
         checkpoint=checkpoint,
@@ -455,6 +483,34 @@ def prepare_online(
         kl_controller=AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon),
         old_logps=old_logps,
     )
+    if is_async(engine):
+        run.rollouts = RolloutQueue(
+            engine,
+            lambda iteration: (run.prompts_for(iteration).texts, run.sampling_params(iteration)),
+            max_staleness=config.distributed.max_staleness,
+            last=config.rollout.iterations,
+        )
+    return run
+
+
+def online_engine(
+    config: OnlineConfig, policy: torch.nn.Module, tokenizer: Any
+) -> GenerationEngine:
+    """The engine of ``config.sampling``: in this process, or on the rollout workers the
+    launcher started (``distributed.rollout_workers``)."""
+    batch_size = config.sampling.batch_size
+    if config.distributed.rollout_workers == 0:
+        return engine_for(config.sampling, policy, tokenizer, batch_size=batch_size)
+    from rlhf.distributed.rollout import rollout_engine, rollout_worker_handles
+
+    workers = rollout_worker_handles()
+    if len(workers) != config.distributed.rollout_workers:
+        raise ValueError(
+            f"distributed.rollout_workers={config.distributed.rollout_workers}, but "
+            f"{len(workers)} rollout workers were started for this run (a run with rollout "
+            "workers goes through rlhf.distributed's launcher)"
+        )
+    return rollout_engine(policy, tokenizer, config.sampling, batch_size, workers)
 
 
 def run_online(
@@ -492,7 +548,11 @@ def run_online(
         micro_batch_size=train.batch_size,
         ppo_epochs=config.rollout.ppo_epochs,
         seed=train.seed,
-        state={**(state or {}), "kl_controller": run.kl_controller},
+        state={
+            **(state or {}),
+            "kl_controller": run.kl_controller,
+            **({"rollouts": run.rollouts} if run.rollouts is not None else {}),
+        },
     )
     if loss_fn is None:
         loss_fn = partial(
@@ -513,6 +573,7 @@ def run_online(
         wandb_project=config.wandb_project,
         run_config=config.model_dump(mode="json"),
         progress=config.progress,
+        metrics_over_ranks="mean",  # the loss's metrics are means over each rank's rows
     )
     history: list[Metrics] = []
     if evaluate is not None and config.eval.before and run.checkpoint is None:

@@ -49,6 +49,15 @@ class Recipe:
         """``run(config, resume) -> RunResult``, imported now."""
         return getattr(importlib.import_module(self.module), self.run)
 
+    def start(self, config: RecipeConfig, resume: bool) -> RunResult:
+        """Run the recipe: in this process, or on Ray workers when ``config.distributed``
+        asks for more than one process (each training rank runs the same run function)."""
+        if config.distributed.enabled:
+            from rlhf.distributed.launch import launch
+
+            return launch(self.module, self.run, config, resume)
+        return self.run_function()(config, resume)
+
     def preset_file(self, preset: str) -> Path:
         """``presets/<name>_<preset>.yaml`` (a ConfigError naming the presets there if none)."""
         from rlhf.config import preset_path

@@ -1,0 +1,345 @@
+"""Run a recipe over Ray: one placement group, rollout workers, and training ranks that each
+run the recipe's own function as one rank of a ``torch.distributed`` group.
+
+The driver (the ``rlhf`` command) holds no model. It joins or starts a Ray cluster, reserves
+one bundle per worker (``distributed.placement``), starts the rollout workers
+(:class:`rlhf.distributed.rollout.RolloutWorker`) and the training ranks (:class:`TrainRank`),
+then waits. The first failure stops the run: the other workers are killed (a rank left
+waiting in a collective would otherwise wait for ever) and one message names the role that
+failed and why (its exception, an out-of-memory, or its process dying). ``--resume`` then
+continues from the last checkpoint, on any number of training ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf.distributed.config import DistributedConfig
+
+# a recipe's config (rlhf.recipes.common.RecipeConfig) and result (RunResult): named, not
+# imported, since recipes sit above this layer
+RecipeConfig = Any
+RunResult = Any
+
+logger = logging.getLogger("rlhf")
+
+INSTALL_HINT = "distributed runs need Ray: pip install 'rlhf[distributed]'"
+# how long a rank waits in a collective for a peer that stopped answering (a hung NCCL/gloo
+# call): long enough for a slow checkpoint, short enough that a wedged run ends
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class WorkerFailed(RuntimeError):
+    """A worker of a distributed run failed or died; the message names its role."""
+
+
+class RankFailed(RuntimeError):
+    """A training rank's exception, as text (picklable whatever the original class)."""
+
+    def __init__(self, out_of_memory: bool, message: str) -> None:
+        super().__init__(out_of_memory, message)
+        self.out_of_memory, self.message = out_of_memory, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    return ray
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RankInfo:
+    """Where a training rank runs (for the rendezvous and the run's log)."""
+
+    rank: int
+    pid: int
+    node_ip: str
+    node_id: str
+
+
+class TrainRank:
+    """One training rank (a Ray actor): sets up its torch.distributed group and runs the
+    recipe's function, which finds the group and shards its model (``rlhf.models.parallel``)."""
+
+    def __init__(self, rank: int, world: int, threads: int) -> None:
+        import torch
+
+        self.rank, self.world = rank, world
+        torch.set_num_threads(threads)
+
+    def info(self) -> RankInfo:
+        ray = import_ray()
+        context = ray.get_runtime_context()
+        return RankInfo(
+            self.rank, os.getpid(), ray.util.get_node_ip_address(), context.get_node_id()
+        )
+
+    def rendezvous_port(self) -> int:
+        return free_port()
+
+    def run(
+        self,
+        module: str,
+        function: str,
+        config: dict[str, Any],
+        resume: bool,
+        *,
+        master: tuple[str, int],
+        backend: str,
+        cwd: str,
+        rollout_workers: list[Any],
+    ) -> RunResult:
+        import torch
+
+        if os.path.isdir(cwd):  # the driver's folder: relative paths in the config mean the same
+            os.chdir(cwd)
+        _log_like_the_driver(self.rank)
+        if rollout_workers:  # the online recipe's engine samples on them
+            from rlhf.distributed.rollout import set_rollout_workers
+
+            set_rollout_workers(rollout_workers)
+        recipe = importlib.import_module(module)
+        run = getattr(recipe, function)
+        parsed = _config_class(recipe, run).model_validate(config)
+        if self.world > 1:
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master[0], str(master[1])
+            if backend == "nccl":
+                torch.cuda.set_device(0)  # Ray shows each rank its own GPU as device 0
+            torch.distributed.init_process_group(
+                backend, rank=self.rank, world_size=self.world, timeout=COLLECTIVE_TIMEOUT
+            )
+        try:
+            return run(parsed, resume)
+        except Exception as error:
+            # the driver gets the message, whatever the exception's class (not every
+            # library's exceptions survive pickling back to it)
+            raise RankFailed(_is_oom(error), f"{type(error).__name__}: {error}") from None
+        finally:
+            if self.world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+def _config_class(module: Any, run: Any) -> Any:
+    """The config class of a recipe's run function (its first parameter's annotation)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(run, vars(module))
+    first = next(iter(inspect.signature(run).parameters))
+    return hints[first]
+
+
+def _log_like_the_driver(rank: int) -> None:
+    """The rlhf logger at INFO on rank 0 (warnings only on the others, which repeat it)."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+    root = logging.getLogger("rlhf")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+@contextlib.contextmanager
+def ray_cluster(settings: DistributedConfig) -> Iterator[Any]:
+    """Ray connected for the run: the cluster at ``settings.address``, or a private local one
+    sized for the run's workers (shut down after)."""
+    ray = import_ray()
+    if ray.is_initialized():  # a caller (a test, a notebook) already connected
+        yield ray
+        return
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if settings.address is None:
+        needed = settings.workers * settings.cpus_per_worker
+        cores = os.cpu_count() or 1
+        if needed > cores:
+            logger.warning(
+                "distributed: %d workers × %d cores = %d cores on a machine with %d; they will "
+                "share cores and run slower than their count suggests",
+                settings.workers, settings.cpus_per_worker, needed, cores,
+            )  # fmt: skip
+        options["num_cpus"] = max(needed, cores)
+    else:
+        options["address"] = settings.address
+    try:
+        ray.init(**options)
+    except ConnectionError as error:
+        raise WorkerFailed(
+            f"distributed.address={settings.address}: cannot join the Ray cluster ({error}); "
+            "start it with `ray start --head` or give the head's HOST:PORT"
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _placement_group(ray: Any, settings: DistributedConfig) -> Any:
+    from ray.util.placement_group import placement_group
+
+    bundle: dict[str, float] = {"CPU": float(settings.cpus_per_worker)}
+    if settings.gpus_per_worker:
+        bundle["GPU"] = settings.gpus_per_worker
+    group = placement_group([dict(bundle) for _ in range(settings.workers)],
+                            strategy=settings.placement.upper())  # fmt: skip
+    try:
+        ray.get(group.ready(), timeout=settings.start_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(group)
+        raise WorkerFailed(
+            f"distributed: Ray could not place {settings.workers} workers of {bundle} each "
+            f"(placement={settings.placement}) within {settings.start_timeout_s:.0f} s; the "
+            f"cluster has {ray.available_resources()} free. Lower distributed.train_workers, "
+            "rollout_workers or cpus_per_worker, or add nodes"
+        ) from None
+    return group
+
+
+def _backend(settings: DistributedConfig) -> str:
+    if settings.backend != "auto":
+        return settings.backend
+    return "nccl" if settings.gpus_per_worker > 0 else "gloo"
+
+
+def describe_failure(role: str, error: BaseException) -> str:
+    """One line naming the role and what happened to it."""
+    ray = import_ray()
+    exceptions = ray.exceptions
+    if isinstance(error, exceptions.OutOfMemoryError):
+        return f"{role} ran out of memory (Ray's memory monitor stopped it): {error}"
+    if isinstance(error, exceptions.RayTaskError):
+        cause = error.cause
+        if _is_oom(cause) or getattr(cause, "out_of_memory", False):
+            return f"{role} ran out of memory: {cause}"
+        if isinstance(cause, RankFailed):
+            text = cause.message
+        else:
+            text = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+        return f"{role} failed: {text}"
+    if isinstance(error, exceptions.RayActorError):
+        return (
+            f"{role} died (its process was killed or crashed: a SIGKILL, the kernel's "
+            f"out-of-memory killer, a segfault); {_first_line(error)}"
+        )
+    return f"{role} failed: {type(error).__name__}: {error}"
+
+
+def _is_oom(error: BaseException | None) -> bool:
+    import torch
+
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> RunResult:
+    """Run ``module.function(config, resume)`` (a recipe's run function) on the workers
+    ``config.distributed`` asks for; rank 0's result is the run's."""
+    settings = config.distributed
+    with ray_cluster(settings) as ray:
+        from ray.util.placement_group import remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = _placement_group(ray, settings)
+        actors: list[Any] = []
+        try:
+
+            def placed(index: int) -> dict[str, Any]:
+                return {
+                    "num_cpus": settings.cpus_per_worker,
+                    "num_gpus": settings.gpus_per_worker,
+                    "scheduling_strategy": PlacementGroupSchedulingStrategy(group, index),
+                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(settings.cpus_per_worker)}},
+                }
+
+            ranks = [
+                ray.remote(TrainRank)
+                .options(**placed(rank))
+                .remote(rank, settings.train_workers, settings.cpus_per_worker)
+                for rank in range(settings.train_workers)
+            ]
+            if settings.rollout_workers:
+                from rlhf.distributed.rollout import RolloutWorker
+            rollout = [
+                ray.remote(RolloutWorker)
+                .options(**placed(settings.train_workers + index))
+                .remote(threads=settings.cpus_per_worker, index=index)
+                for index in range(settings.rollout_workers)
+            ]
+            actors = ranks + rollout
+            infos = _wait(ray, [rank.info.remote() for rank in ranks])
+            for info in infos:
+                logger.info(
+                    "training rank %d: pid %d on node %s (%s)",
+                    info.rank, info.pid, info.node_ip, info.node_id[:12],
+                )  # fmt: skip
+            port = ray.get(ranks[0].rendezvous_port.remote())
+            calls = [
+                rank.run.remote(
+                    module,
+                    function,
+                    config.model_dump(mode="json"),
+                    resume,
+                    master=(infos[0].node_ip, port),
+                    backend=_backend(settings),
+                    cwd=os.getcwd(),
+                    rollout_workers=rollout,
+                )
+                for rank in ranks
+            ]
+            results = _wait(ray, calls)
+            return results[0]
+        finally:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            with contextlib.suppress(Exception):
+                remove_placement_group(group)
+
+
+def _wait(ray: Any, calls: list[Any]) -> list[Any]:
+    """The results of ``calls`` (one per training rank, in rank order); the first failure
+    raises :class:`WorkerFailed` naming its role. A rollout worker's failure reaches the
+    trainer at its next call to it (:class:`rlhf.distributed.rollout.RemoteEngine` names the
+    worker), and so a training rank's failure here."""
+    pending = {ref: rank for rank, ref in enumerate(calls)}
+    results: dict[int, Any] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in done:
+            rank = pending.pop(ref)
+            try:
+                results[rank] = ray.get(ref)
+            except Exception as error:
+                raise WorkerFailed(describe_failure(f"training rank {rank}", error)) from None
+    return [results[rank] for rank in range(len(calls))]
