@@ -9,9 +9,9 @@ Shapes: B rows (= prompts × samples per prompt), P prompt tokens, R response to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from pydantic import Field, field_validator
@@ -285,6 +285,34 @@ class RolloutBatch:
             else None,
             engine_stats=stats,
         )
+
+    def to_state(self) -> dict[str, Any]:
+        """The batch as JSON-able values (a checkpoint keeps rollouts sampled but not yet
+        trained on); :meth:`from_state` gives it back bit for bit."""
+        state: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):  # float32 → Python float → float32 is exact
+                dtype = str(value.dtype).removeprefix("torch.")
+                value = {
+                    "dtype": dtype,
+                    "shape": list(value.shape),
+                    "values": value.flatten().tolist(),
+                }
+            state[f.name] = value
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RolloutBatch:
+        """The batch :meth:`to_state` wrote."""
+        tensors = {f.name for f in fields(cls) if "Tensor" in str(f.type)}
+        values = dict(state)
+        for name in tensors:
+            if values.get(name) is not None:
+                saved = values[name]
+                dtype = getattr(torch, saved["dtype"])
+                values[name] = torch.tensor(saved["values"], dtype=dtype).reshape(saved["shape"])
+        return cls(**values)
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {
