@@ -9,26 +9,21 @@ import json
 from dataclasses import replace
 
 import pytest
+import ray
 import torch
 
-ray = pytest.importorskip("ray")
-
-from rlhf.distributed.rollout import (  # noqa: E402
+from rlhf.distributed.rollout import (
     RemoteEngine,
     RolloutWorker,
+    _get,
     rollout_worker_handles,
     set_rollout_workers,
 )
-from rlhf.online.experience import ExperienceBuffer  # noqa: E402
-from rlhf.online.rollouts import RolloutQueue  # noqa: E402
-from rlhf.rollout.types import (  # noqa: E402
-    EngineChoice,
-    RolloutBatch,
-    SamplingParams,
-    WeightSyncError,
-)
+from rlhf.online.experience import ExperienceBuffer
+from rlhf.online.rollouts import RolloutQueue
+from rlhf.rollout.types import EngineChoice, RolloutBatch, SamplingParams, WeightSyncError
 
-from .online_helpers import PROMPTS, length_reward  # noqa: E402
+from .online_helpers import PROMPTS, length_reward
 
 PARAMS = SamplingParams(max_new_tokens=8, temperature=1.0, num_samples=4, seed=5)
 
@@ -140,6 +135,15 @@ def test_a_dead_worker_is_named(worker, tiny_model_dir):
     with pytest.raises(RuntimeError, match="rollout worker 1 died"):
         engine.generate(PROMPTS[:6], PARAMS)
     engine.close()
+
+
+def test_running_out_of_memory_on_a_worker_is_named(cluster):
+    @ray.remote(num_cpus=0)
+    def exhausted():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(RuntimeError, match="rollout worker 3 ran out of memory: CUDA out of"):
+        _get(3, exhausted.remote())
 
 
 def test_the_registry_hands_the_launchers_workers_to_the_recipe(worker):

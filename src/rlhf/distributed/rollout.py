@@ -215,7 +215,7 @@ class RemoteEngine:
         self._held: int | None = None
         self._push: _Push | None = None
         if is_main_process():
-            files = _model_files(model, tokenizer)
+            files = ray.put(_model_files(model, tokenizer))  # once, read by every worker
             vllm = choice.vllm.model_dump() if choice.engine == "vllm" else None
             setups = [
                 (i, worker.setup.remote(files, choice.engine, vllm, batch_size))
