@@ -133,6 +133,8 @@ class TrainRank:
         try:
             return run(parsed, resume)
         except Exception as error:
+            # the traceback stays in this worker's log (Ray shows it on the driver's console)
+            logger.error("rank %d stopped", self.rank, exc_info=True)
             # the driver gets the message, whatever the exception's class (not every
             # library's exceptions survive pickling back to it)
             raise RankFailed(_is_oom(error), f"{type(error).__name__}: {error}") from None

@@ -101,7 +101,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
     Units: each transformer block; each Hugging Face model's decoder (embeddings, final norm);
     each other weight-holding child of the model (the LM head, a reward or value head); then
-    the model itself for whatever is left. Our forward passes call the decoder and the head
+    the smallest modules holding whatever is left. Our forward passes call the decoder and the head
     separately (``rlhf.models.forward``: the output layer only where the loss reads it), so
     each of them must be a unit whose own call gathers its weights. A head tied to the
     embeddings would have to share the decoder's unit, which would keep its weights gathered from its
@@ -133,7 +133,25 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
         for child in others:
             if any(True for _ in child.parameters()):
                 fully_shard(child)
-    fully_shard(model)
+    # whatever holds weights outside those units (a critic's value head beside the policy):
+    # the smallest modules that own them directly. Never a unit around the others: FSDP2 then
+    # wants every forward to enter through it, and our passes call the decoder and the head
+    # directly (each unit above is then a root of its own, which FSDP2 allows)
+    covered: set[int] = set()
+    for module in model.modules():
+        if hasattr(module, "reshard"):  # an FSDP2 unit
+            covered.update(id(p) for p in module.parameters())
+
+    def cover(module: torch.nn.Module) -> None:
+        if any(id(p) not in covered for p in module.parameters(recurse=False)):
+            fully_shard(module)
+            covered.update(id(p) for p in module.parameters())
+            return
+        for child in module.children():
+            if any(id(p) not in covered for p in child.parameters()):
+                cover(child)
+
+    cover(model)
     return model
 
 

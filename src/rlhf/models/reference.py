@@ -238,6 +238,9 @@ def parameters_digest(model: torch.nn.Module) -> str:
         if "lora_" in name:
             continue
         tensor = tensors[name].detach()
+        whole = getattr(tensor, "full_tensor", None)  # an FSDP2 shard: gathered (every rank)
+        if callable(whole):
+            tensor = whole()
         digest.update(
             f"{name.replace('.base_layer', '')}:{tensor.dtype}:{tuple(tensor.shape)}".encode()
         )

@@ -450,7 +450,11 @@ def set_normalization(model: torch.nn.Module, gain: float, bias: float) -> None:
 
 def write_normalization(folder: Path, gain: float, bias: float, **info: Any) -> Path:
     """Write ``reward_normalization.json`` (gain, bias and ``info``, e.g. the reference set)."""
+    from rlhf.models.parallel import is_main_process
+
     path = Path(folder) / NORMALIZATION_FILE
+    if not is_main_process():  # data-parallel ranks: rank 0 writes the model folder
+        return path
     record = {"gain": float(gain), "bias": float(bias), **info}
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path

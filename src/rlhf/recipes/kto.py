@@ -41,6 +41,7 @@ from rlhf.data.records import BinaryRecord, Record, Text
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.trainer import TrainConfig
 from rlhf.losses.preference import LossOutput, UnpairedLogps, kto_loss
+from rlhf.models.parallel import all_reduce_sums, is_distributed
 from rlhf.recipes.common import (
     ModelConfig,
     RecipeConfig,
@@ -174,9 +175,21 @@ def kto_objective(loss: KTOLossConfig) -> Objective:
             beta=loss.beta,
             desirable_weight=loss.desirable_weight,
             undesirable_weight=loss.undesirable_weight,
+            kl_estimate=batch_kl_over_ranks(logps[:, 1], ref[:, 1]),
         )
 
     return objective
+
+
+def batch_kl_over_ranks(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> float | None:
+    """z_ref's KL estimate over the whole micro-batch when data-parallel ranks each hold a
+    share of it (the mean of every rank's mismatched rows); None in a single process, where
+    :func:`~rlhf.losses.preference.kto_loss` takes its batch's own mean."""
+    if not is_distributed():
+        return None
+    rows = (kl_logps.detach().float() - ref_kl_logps.detach().float()).sum()
+    totals = all_reduce_sums({"kl": float(rows), "rows": float(kl_logps.numel())})
+    return totals["kl"] / max(totals["rows"], 1.0)
 
 
 def kto_summary(sums: Mapping[str, float]) -> dict[str, float]:
