@@ -178,7 +178,6 @@ class Submission:
     version: int  # optimiser steps the sampling weights had seen
     push: _Push | None  # the last push before it (checked before its result is used)
     pushed: bool  # whether it brought that push (its sync seconds are reported with it)
-    submitted: float = field(default_factory=time.perf_counter)
     chunks: list[tuple[int, Any]] = field(default_factory=list)  # (worker, ObjectRef of its
     # RolloutBatch); on the first training rank only
 
