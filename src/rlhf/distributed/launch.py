@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ INSTALL_HINT = "distributed runs need Ray: pip install 'rlhf[distributed]'"
 # how long a rank waits in a collective for a peer that stopped answering (a hung NCCL/gloo
 # call): long enough for a slow checkpoint, short enough that a wedged run ends
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+# how long the other ranks may take to report their own exception after one rank died
+GRACE_S = 5.0
 
 
 class WorkerFailed(RuntimeError):
@@ -42,11 +45,16 @@ class WorkerFailed(RuntimeError):
 
 
 class RankFailed(RuntimeError):
-    """A training rank's exception, as text (picklable whatever the original class)."""
+    """A training rank's exception, as text (picklable whatever the original class).
+    ``peer_lost``: a collective failed because another rank left it (that rank's failure is
+    the cause to report)."""
 
-    def __init__(self, out_of_memory: bool, message: str) -> None:
-        super().__init__(out_of_memory, message)
-        self.out_of_memory, self.message = out_of_memory, message
+    def __init__(self, message: str, *, out_of_memory: bool, peer_lost: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.out_of_memory, self.peer_lost = message, out_of_memory, peer_lost
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rank_failed, (self.message, self.out_of_memory, self.peer_lost)
 
     def __str__(self) -> str:
         return self.message
@@ -137,7 +145,11 @@ class TrainRank:
             logger.error("rank %d stopped", self.rank, exc_info=True)
             # the driver gets the message, whatever the exception's class (not every
             # library's exceptions survive pickling back to it)
-            raise RankFailed(_is_oom(error), f"{type(error).__name__}: {error}") from None
+            raise RankFailed(
+                f"{type(error).__name__}: {error}",
+                out_of_memory=_is_oom(error),
+                peer_lost=_is_peer_lost(error),
+            ) from None
         finally:
             if self.world > 1 and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
@@ -253,6 +265,22 @@ def describe_failure(role: str, error: BaseException) -> str:
     return f"{role} failed: {type(error).__name__}: {error}"
 
 
+def _rank_failed(message: str, out_of_memory: bool, peer_lost: bool) -> RankFailed:
+    return RankFailed(message, out_of_memory=out_of_memory, peer_lost=peer_lost)
+
+
+# what gloo and NCCL say when the other end of a collective went away
+PEER_LOST = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "NCCL communicator was aborted",
+)
+
+
+def _is_peer_lost(error: BaseException) -> bool:
+    return any(sign in str(error) for sign in PEER_LOST)
+
+
 def _is_oom(error: BaseException | None) -> bool:
     import torch
 
@@ -274,10 +302,13 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
 
         group = _placement_group(ray, settings)
         actors: list[Any] = []
+        rollout: list[Any] = []
         try:
+            run_id = uuid.uuid4().hex[:8]  # actors' names: rlhf-<run>-train-<rank>, ...
 
-            def placed(index: int) -> dict[str, Any]:
+            def placed(index: int, name: str) -> dict[str, Any]:
                 return {
+                    "name": f"rlhf-{run_id}-{name}",
                     "num_cpus": settings.cpus_per_worker,
                     "num_gpus": settings.gpus_per_worker,
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(group, index),
@@ -286,7 +317,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
 
             ranks = [
                 ray.remote(TrainRank)
-                .options(**placed(rank))
+                .options(**placed(rank, f"train-{rank}"))
                 .remote(rank, settings.train_workers, settings.cpus_per_worker)
                 for rank in range(settings.train_workers)
             ]
@@ -294,7 +325,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                 from rlhf.distributed.rollout import RolloutWorker
             rollout = [
                 ray.remote(RolloutWorker)
-                .options(**placed(settings.train_workers + index))
+                .options(**placed(settings.train_workers + index, f"rollout-{index}"))
                 .remote(threads=settings.cpus_per_worker, index=index)
                 for index in range(settings.rollout_workers)
             ]
@@ -304,6 +335,11 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                 logger.info(
                     "training rank %d: pid %d on node %s (%s)",
                     info.rank, info.pid, info.node_ip, info.node_id[:12],
+                )  # fmt: skip
+            for index, where in enumerate(ray.get([w.info.remote() for w in rollout])):
+                logger.info(
+                    "rollout worker %d: pid %d on node %s (%s)",
+                    index, where["pid"], where["node_ip"], where["node_id"][:12],
                 )  # fmt: skip
             port = ray.get(ranks[0].rendezvous_port.remote())
             calls = [
@@ -322,6 +358,9 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
             results = _wait(ray, calls)
             return results[0]
         finally:
+            # a rollout worker's engine may have a process of its own (vLLM's): closed first
+            with contextlib.suppress(Exception):
+                ray.get([worker.close.remote() for worker in rollout], timeout=30)
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
@@ -343,5 +382,30 @@ def _wait(ray: Any, calls: list[Any]) -> list[Any]:
             try:
                 results[rank] = ray.get(ref)
             except Exception as error:
-                raise WorkerFailed(describe_failure(f"training rank {rank}", error)) from None
+                raise WorkerFailed(_first_cause(ray, rank, error, pending)) from None
     return [results[rank] for rank in range(len(calls))]
+
+
+def _first_cause(ray: Any, rank: int, error: Exception, others: dict[Any, int]) -> str:
+    """The failure to report when ``rank`` failed with ``error``. A rank that raised takes
+    its peers down with it (a collective whose other end left aborts them), and its peer's
+    death may reach us first: the others get a moment to report an exception of their own,
+    which names the cause, before the death is reported."""
+    failures = [(rank, error)]
+    if others:
+        done, _ = ray.wait(list(others), num_returns=len(others), timeout=GRACE_S)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as other:
+                failures.append((others[ref], other))
+
+    def weight(failure: tuple[int, Exception]) -> int:
+        """Its own exception first, then a death, then a collective that lost its peer."""
+        error = failure[1]
+        if not isinstance(error, ray.exceptions.RayTaskError):
+            return 1
+        return 2 if getattr(error.cause, "peer_lost", False) else 0
+
+    rank, error = min(failures, key=weight)
+    return describe_failure(f"training rank {rank}", error)

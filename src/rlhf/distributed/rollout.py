@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from rlhf.data.records import Text
 from rlhf.models.forward import evaluating
 from rlhf.models.parallel import broadcast_object, is_main_process, is_sharded
 from rlhf.models.teacher_forcing import response_logprobs
-from rlhf.models.weights import checkpoint_weights
+from rlhf.models.weights import checkpoint_weights, on_optimizer_step
 from rlhf.rollout.types import EngineChoice, RolloutBatch, SamplingParams, WeightSyncError
 from rlhf.rollout.vllm_runner import checksum
 
@@ -87,6 +87,14 @@ class RolloutWorker:
         self.model: torch.nn.Module | None = None
         self.engine: Any = None
         self.folder: Path | None = None
+
+    def info(self) -> dict[str, Any]:
+        """Where this worker runs (the launcher logs it)."""
+        return {
+            "pid": os.getpid(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     def setup(
         self,
@@ -230,7 +238,7 @@ class RemoteEngine:
             if engine is not None:
                 engine.version += 1
 
-        self._hook = _after_each_step(model, stepped)
+        self._hook = on_optimizer_step(model, stepped)
 
     # ---------------------------------------------------------------- weights
     def mark_stale(self) -> None:
@@ -416,22 +424,3 @@ def _whole_weights(model: torch.nn.Module, *, keep: bool) -> dict[str, torch.Ten
         if keep:
             weights[name] = tensor.to("cpu", torch.float32).contiguous()
     return weights
-
-
-def _after_each_step(model: torch.nn.Module, callback: Callable[[], None]) -> Any:
-    """Call ``callback()`` after each optimiser step that updates a parameter of ``model``.
-    Unlike :func:`rlhf.models.weights.on_optimizer_step` the parameters are looked up at each
-    step: FSDP2's ``fully_shard`` (the trainer's, after this engine is built) replaces them."""
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    reference = weakref.ref(model)  # the hook is global: it must not keep the model alive
-
-    def after_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        followed = reference()
-        if followed is None:
-            return
-        watched = {id(parameter) for parameter in followed.parameters()}
-        if any(id(p) in watched for group in optimizer.param_groups for p in group["params"]):
-            callback()
-
-    return register_optimizer_step_post_hook(after_step)

@@ -520,7 +520,8 @@ class Trainer:
         )
 
         whole = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(self.model, dict(weights), options=whole)
+        # each tensor is scattered in a collective: every rank must go in the same order
+        set_model_state_dict(self.model, dict(sorted(weights.items())), options=whole)
         if optimizer is None:
             return
         names = [self._names[id(p)] for group in self._param_groups() for p in group["params"]]

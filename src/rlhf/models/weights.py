@@ -69,12 +69,20 @@ def trainable_outside_adapter(model: torch.nn.Module) -> list[str]:
 
 def on_optimizer_step(model: torch.nn.Module, callback: Callable[[], None]) -> Any:
     """Call ``callback()`` after every optimiser step that updates a parameter of ``model``;
-    returns the hook's handle (``.remove()`` stops it)."""
+    returns the hook's handle (``.remove()`` stops it). The parameters are looked up at each
+    step, not now: FSDP2's ``fully_shard`` (the trainer's, under data parallelism) replaces
+    them after an engine has subscribed."""
+    import weakref
+
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    watched = {id(parameter) for parameter in model.parameters()}
+    followed = weakref.ref(model)  # the hook is global: it must not keep the model alive
 
     def after_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        model = followed()
+        if model is None:
+            return
+        watched = {id(parameter) for parameter in model.parameters()}
         if any(id(p) in watched for group in optimizer.param_groups for p in group["params"]):
             callback()
 
