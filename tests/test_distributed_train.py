@@ -203,6 +203,11 @@ def test_failures_name_the_role():
         ("sft", ["distributed.rollout_workers=1"], "does not sample from the policy"),
         ("grpo", ["distributed.train_workers=2"], "set distributed.rollout_workers"),
         ("grpo", ["distributed.max_staleness=1"], "set distributed.rollout_workers"),
+        (
+            "dapo",
+            ["distributed.rollout_workers=1", "distributed.max_staleness=1"],
+            "cannot be sampled ahead",
+        ),
         ("sft", ["distributed.train_workers=2", "model.lora.r=4"], "LoRA adapters"),
     ],
 )

@@ -102,6 +102,12 @@ class DAPOConfig(OnlineConfig):
                 f"dapo.overlong_cache {self.dapo.overlong_cache} must be below "
                 f"sampling.max_new_tokens {self.sampling.max_new_tokens}"
             )
+        if self.distributed.max_staleness > 0:
+            raise ValueError(
+                "distributed.max_staleness: DAPO's dynamic sampling draws more rounds from the "
+                "current policy until enough groups carry signal, so its rollouts cannot be "
+                "sampled ahead; leave it at 0 (rollout workers still do the sampling)"
+            )
         return self
 
 

@@ -135,9 +135,11 @@ def held_out_loss(loader: ResumableLoader, device: torch.device) -> Any:
 def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
     """Writes a Hugging Face folder (safetensors) that plain transformers loads."""
     from rlhf.models.load import save_model
+    from rlhf.models.parallel import barrier
 
     def export(folder: Path) -> None:
         save_model(model, tokenizer, folder, merge_lora=True)
+        barrier()  # data-parallel ranks: rank 0 writes, and the folder is whole for all after
 
     return export
 
