@@ -45,7 +45,8 @@ class DistributedConfig(StrictModel):
     address: str | None = Field(
         None,
         description="A Ray cluster to join: 'auto' (the one `ray start` began on this machine) "
-        "or 'HOST:PORT' of its head; null starts a private local cluster for the run.",
+        "or 'HOST:PORT' of its head; null starts a private local cluster for the run (inside a "
+        "Ray job, whose RAY_ADDRESS names its cluster: that one).",
     )
     cpus_per_worker: int = Field(
         1,

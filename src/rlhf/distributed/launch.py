@@ -188,7 +188,9 @@ def ray_cluster(settings: DistributedConfig) -> Iterator[Any]:
         yield ray
         return
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if settings.address is None:
+    # inside a Ray job (ray job submit, a KubeRay RayJob) Ray names its cluster in RAY_ADDRESS
+    address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
         needed = settings.workers * settings.cpus_per_worker
         cores = os.cpu_count() or 1
         if needed > cores:
@@ -199,12 +201,12 @@ def ray_cluster(settings: DistributedConfig) -> Iterator[Any]:
             )  # fmt: skip
         options["num_cpus"] = max(needed, cores)
     else:
-        options["address"] = settings.address
+        options["address"] = address
     try:
         ray.init(**options)
     except ConnectionError as error:
         raise WorkerFailed(
-            f"distributed.address={settings.address}: cannot join the Ray cluster ({error}); "
+            f"distributed.address={address}: cannot join the Ray cluster ({error}); "
             "start it with `ray start --head` or give the head's HOST:PORT"
         ) from None
     try:
