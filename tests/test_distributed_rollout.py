@@ -15,10 +15,10 @@ import torch
 from rlhf.distributed.rollout import (
     RemoteEngine,
     RolloutWorker,
-    _get,
     rollout_worker_handles,
     set_rollout_workers,
 )
+from rlhf.distributed.workers import worker_call
 from rlhf.online.experience import ExperienceBuffer
 from rlhf.online.rollouts import RolloutQueue
 from rlhf.rollout.types import EngineChoice, RolloutBatch, SamplingParams, WeightSyncError
@@ -143,7 +143,7 @@ def test_running_out_of_memory_on_a_worker_is_named(cluster):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(RuntimeError, match="rollout worker 3 ran out of memory: CUDA out of"):
-        _get(3, exhausted.remote())
+        worker_call("rollout worker", 3, exhausted.remote())
 
 
 def test_the_registry_hands_the_launchers_workers_to_the_recipe(worker):

@@ -175,6 +175,52 @@ def test_killed_rank_stops_the_run_and_resume_continues_exactly(cluster, tmp_pat
         assert got[step] == pytest.approx(expected[step], abs=1e-5), step
 
 
+def test_reward_workers_score_as_the_reward_in_this_process(cluster):
+    """Rows split over two reward workers give the local reward's scores and components; a
+    dead worker is named."""
+    from rlhf.distributed.reward import RemoteReward, RewardWorker
+    from rlhf.rewards.base import score_reward
+    from rlhf.rewards.spec import RewardSpec, build_reward
+
+    spec = RewardSpec(rule="arithmetic", length_penalty=0.05)  # a composite: two components
+    prompts = [f"What is {a} + {b}?" for a, b in [(1, 2), (30, 4), (5, 16), (7, 7), (12, 9)]]
+    responses = ["3", "34", "20", "14 or so", "21"]
+    workers = [
+        ray.remote(RewardWorker).options(num_cpus=0).remote(threads=1, index=i) for i in range(2)
+    ]
+    metadata = [{"response_tokens": len(response)} for response in responses]
+    remote = RemoteReward(spec.model_dump(mode="json"), workers)
+    local = score_reward(build_reward(spec), prompts, responses, metadata)
+    got = remote.score(prompts, responses, metadata)
+    torch.testing.assert_close(got.scores, local.scores)
+    assert got.components.keys() == local.components.keys() and len(local.components) == 2
+    for name, values in local.components.items():
+        torch.testing.assert_close(got.components[name], values)
+    ray.kill(workers[1])
+    with pytest.raises(RuntimeError, match="reward worker 1 died"):
+        remote.score(prompts, responses, metadata)
+
+
+def test_grpo_with_rollout_and_reward_workers_through_the_launcher(cluster, tmp_path):
+    """Every role on its own worker: the launcher starts them and hands them to the recipe."""
+    overrides = [
+        f"out={tmp_path}",
+        *COMMON,
+        "init_sft.train.max_steps=10",
+        "rollout.iterations=3",
+        "distributed.rollout_workers=1",
+        "distributed.reward_workers=1",
+        "distributed.max_staleness=1",
+    ]
+    entry = recipe("grpo")
+    raw = apply_overrides(read_yaml(entry.preset_file("tiny")), overrides)
+    result = entry.start(entry.config_class().model_validate(raw), False)
+    assert (result.model_dir / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout_staleness"] for r in rows if "rollout_staleness" in r] == [0, 1, 1]
+    assert all(0 <= r["rollout_reward"] <= 1 for r in rows if "rollout_reward" in r)
+
+
 def test_unplaceable_workers_are_refused_with_the_resources(cluster, tmp_path):
     with pytest.raises(WorkerFailed, match="could not place 8 workers"):
         run(
@@ -201,6 +247,7 @@ def test_failures_name_the_role():
     ("name", "overrides", "message"),
     [
         ("sft", ["distributed.rollout_workers=1"], "does not sample from the policy"),
+        ("dpo", ["distributed.reward_workers=1"], "does not sample from the policy"),
         ("grpo", ["distributed.train_workers=2"], "set distributed.rollout_workers"),
         ("grpo", ["distributed.max_staleness=1"], "set distributed.rollout_workers"),
         (

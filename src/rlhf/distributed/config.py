@@ -33,6 +33,13 @@ class DistributedConfig(StrictModel):
         "that the trainer updates after every optimiser step, with a verified sync); 0 samples "
         "in the training process.",
     )
+    reward_workers: int = Field(
+        0,
+        ge=0,
+        description="Online recipes: workers that hold the reward (a reward model, a local "
+        "judge) and score each rollout, so it is not loaded beside the policy in every "
+        "training rank; 0 scores in the training process.",
+    )
     max_staleness: int = Field(
         0,
         ge=0,
@@ -75,11 +82,16 @@ class DistributedConfig(StrictModel):
     @property
     def enabled(self) -> bool:
         """Whether the run goes through Ray rather than this process alone."""
-        return self.train_workers > 1 or self.rollout_workers > 0 or self.address is not None
+        return (
+            self.train_workers > 1
+            or self.rollout_workers > 0
+            or self.reward_workers > 0
+            or self.address is not None
+        )
 
     @property
     def workers(self) -> int:
-        return self.train_workers + self.rollout_workers
+        return self.train_workers + self.rollout_workers + self.reward_workers
 
     @model_validator(mode="after")
     def _staleness_needs_rollout_workers(self) -> DistributedConfig:

@@ -118,6 +118,7 @@ class TrainRank:
         backend: str,
         cwd: str,
         rollout_workers: list[Any],
+        reward_workers: list[Any],
     ) -> RunResult:
         import torch
 
@@ -128,6 +129,10 @@ class TrainRank:
             from rlhf.distributed.rollout import set_rollout_workers
 
             set_rollout_workers(rollout_workers)
+        if reward_workers:  # and its reward scores there
+            from rlhf.distributed.reward import set_reward_workers
+
+            set_reward_workers(reward_workers)
         recipe = importlib.import_module(module)
         run = getattr(recipe, function)
         parsed = _config_class(recipe, run).model_validate(config)
@@ -305,6 +310,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
         group = _placement_group(ray, settings)
         actors: list[Any] = []
         rollout: list[Any] = []
+        rewarding: list[Any] = []
         try:
             run_id = uuid.uuid4().hex[:8]  # actors' names: rlhf-<run>-train-<rank>, ...
 
@@ -323,26 +329,31 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                 .remote(rank, settings.train_workers, settings.cpus_per_worker)
                 for rank in range(settings.train_workers)
             ]
-            if settings.rollout_workers:
-                from rlhf.distributed.rollout import RolloutWorker
-            rollout = [
-                ray.remote(RolloutWorker)
-                .options(**placed(settings.train_workers + index, f"rollout-{index}"))
-                .remote(threads=settings.cpus_per_worker, index=index)
-                for index in range(settings.rollout_workers)
-            ]
-            actors = ranks + rollout
+            threads = settings.cpus_per_worker
+            rollout = started(
+                ray, placed, "rollout", settings.rollout_workers, first=len(ranks), threads=threads
+            )
+            rewarding = started(
+                ray,
+                placed,
+                "reward",
+                settings.reward_workers,
+                first=len(ranks) + len(rollout),
+                threads=threads,
+            )
+            actors = ranks + rollout + rewarding
             infos = _wait(ray, [rank.info.remote() for rank in ranks])
             for info in infos:
                 logger.info(
                     "training rank %d: pid %d on node %s (%s)",
                     info.rank, info.pid, info.node_ip, info.node_id[:12],
                 )  # fmt: skip
-            for index, where in enumerate(ray.get([w.info.remote() for w in rollout])):
-                logger.info(
-                    "rollout worker %d: pid %d on node %s (%s)",
-                    index, where["pid"], where["node_ip"], where["node_id"][:12],
-                )  # fmt: skip
+            for role, workers in (("rollout", rollout), ("reward", rewarding)):
+                for index, at in enumerate(ray.get([w.info.remote() for w in workers])):
+                    logger.info(
+                        "%s worker %d: pid %d on node %s (%s)",
+                        role, index, at["pid"], at["node_ip"], at["node_id"][:12],
+                    )  # fmt: skip
             port = ray.get(ranks[0].rendezvous_port.remote())
             calls = [
                 rank.run.remote(
@@ -354,6 +365,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                     backend=_backend(settings),
                     cwd=os.getcwd(),
                     rollout_workers=rollout,
+                    reward_workers=rewarding,
                 )
                 for rank in ranks
             ]
@@ -362,12 +374,30 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
         finally:
             # a rollout worker's engine may have a process of its own (vLLM's): closed first
             with contextlib.suppress(Exception):
-                ray.get([worker.close.remote() for worker in rollout], timeout=30)
+                ray.get([worker.close.remote() for worker in rollout + rewarding], timeout=30)
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
             with contextlib.suppress(Exception):
                 remove_placement_group(group)
+
+
+def started(ray: Any, placed: Any, role: str, count: int, *, first: int, threads: int) -> list[Any]:
+    """``count`` workers of ``role`` ("rollout": :class:`~rlhf.distributed.rollout.
+    RolloutWorker`, "reward": :class:`~rlhf.distributed.reward.RewardWorker`) in the placement
+    group's bundles ``first`` … ``first + count - 1``."""
+    if not count:
+        return []
+    if role == "rollout":
+        from rlhf.distributed.rollout import RolloutWorker as worker_class
+    else:
+        from rlhf.distributed.reward import RewardWorker as worker_class
+    return [
+        ray.remote(worker_class)
+        .options(**placed(first + index, f"{role}-{index}"))
+        .remote(threads=threads, index=index)
+        for index in range(count)
+    ]
 
 
 def _wait(ray: Any, calls: list[Any]) -> list[Any]:

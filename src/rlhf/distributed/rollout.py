@@ -46,6 +46,7 @@ import ray.exceptions
 import torch
 
 from rlhf.data.records import Text
+from rlhf.distributed.workers import split_rows, where, worker_call
 from rlhf.models.forward import evaluating
 from rlhf.models.parallel import broadcast_object, is_main_process, is_sharded
 from rlhf.models.teacher_forcing import response_logprobs
@@ -90,11 +91,7 @@ class RolloutWorker:
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (the launcher logs it)."""
-        return {
-            "pid": os.getpid(),
-            "node_ip": ray.util.get_node_ip_address(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-        }
+        return where()
 
     def setup(
         self,
@@ -229,7 +226,7 @@ class RemoteEngine:
                 for i, worker in enumerate(self.workers)
             ]
             for i, ref in setups:
-                place = _get(i, ref)
+                place = worker_call("rollout worker", i, ref)
                 logger.info("rollout worker %d: %s engine on %s", i, choice.engine, place)
         reference = weakref.ref(self)
 
@@ -265,7 +262,7 @@ class RemoteEngine:
 
     def _verify(self, push: _Push) -> None:
         for i, ref in push.receipts:
-            receipt = _get(i, ref)
+            receipt = worker_call("rollout worker", i, ref)
             missing = [name for name in push.sent if name not in receipt]
             altered = [n for n, value in push.sent.items() if n in receipt and receipt[n] != value]
             if missing or altered:
@@ -291,7 +288,7 @@ class RemoteEngine:
             self._sync()
         handle = Submission(params, self.version, self._push, pushed)
         if is_main_process():
-            for chunk, (start, stop) in enumerate(_chunks(len(prompts), len(self.workers))):
+            for chunk, (start, stop) in enumerate(split_rows(len(prompts), len(self.workers))):
                 seed = params.seed if chunk == 0 else _chunk_seed(params.seed, chunk)
                 ref = self.workers[chunk].generate.remote(
                     list(prompts[start:stop]), replace(params, seed=seed)
@@ -307,7 +304,7 @@ class RemoteEngine:
             return None
         if handle.push is not None and not handle.push.verified:
             self._verify(handle.push)
-        parts = [_get(i, ref) for i, ref in handle.chunks]
+        parts = [worker_call("rollout worker", i, ref) for i, ref in handle.chunks]
         batch = RolloutBatch.concatenate(parts, self.tokenizer.pad_token_id)
         if handle.pushed and handle.push is not None:
             batch.engine_stats["sync_seconds"] = handle.push.seconds
@@ -364,34 +361,6 @@ def rollout_engine(
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _get(worker: int, ref: Any) -> Any:
-    """``ray.get(ref)`` of a call to rollout worker ``worker``, its failure named."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.OutOfMemoryError as error:  # Ray's memory monitor killed it
-        raise RuntimeError(f"rollout worker {worker} ran out of memory: {error}") from error
-    except ray.exceptions.RayActorError as error:
-        raise RuntimeError(f"rollout worker {worker} died: {error}") from error
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, torch.OutOfMemoryError):
-            raise RuntimeError(
-                f"rollout worker {worker} ran out of memory: {error.cause}"
-            ) from error
-        raise
-
-
-def _chunks(rows: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous ``[start, stop)`` of ``rows`` over at most ``parts`` chunks, the first ones a
-    row longer when it does not divide (no empty chunk)."""
-    size, extra = divmod(rows, parts)
-    bounds, start = [], 0
-    for part in range(min(parts, rows)):
-        stop = start + size + (part < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:

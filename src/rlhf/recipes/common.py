@@ -161,11 +161,12 @@ class RecipeConfig(StrictModel):
     @model_validator(mode="after")
     def _distributed_fits_the_recipe(self) -> RecipeConfig:
         workers = self.distributed
-        if workers.rollout_workers and not self.samples_from_policy:
-            raise ValueError(
-                "distributed.rollout_workers: this recipe does not sample from the policy it "
-                "trains (only the online recipes do); leave it at 0"
-            )
+        for key in ("rollout_workers", "reward_workers"):
+            if getattr(workers, key) and not self.samples_from_policy:
+                raise ValueError(
+                    f"distributed.{key}: this recipe does not sample from the policy it "
+                    "trains (only the online recipes do); leave it at 0"
+                )
         if workers.train_workers > 1 and self.samples_from_policy and not workers.rollout_workers:
             raise ValueError(
                 "distributed.train_workers > 1 in an online recipe: sampling is not sharded over "

@@ -453,7 +453,7 @@ def prepare_online(
     reference = online_reference(config, policy, tokenizer)
     if reference is not None and reference.module is not policy:
         reference.to(device)
-    reward = build_reward(config.reward)
+    reward = online_reward(config)
     gold = build_reward(config.eval.gold_reward) if config.eval.gold_reward else None
     if train.compile:  # the Trainer compiles the policy's blocks; the other passes follow
         compile_scoring_models(reference, reward, policy)
@@ -511,6 +511,23 @@ def online_engine(
             "workers goes through rlhf.distributed's launcher)"
         )
     return rollout_engine(policy, tokenizer, config.sampling, batch_size, workers)
+
+
+def online_reward(config: OnlineConfig) -> RewardFunction:
+    """The reward of ``config.reward``: built in this process, or on the reward workers the
+    launcher started (``distributed.reward_workers``)."""
+    if config.distributed.reward_workers == 0:
+        return build_reward(config.reward)
+    from rlhf.distributed.reward import remote_reward, reward_worker_handles
+
+    workers = reward_worker_handles()
+    if len(workers) != config.distributed.reward_workers:
+        raise ValueError(
+            f"distributed.reward_workers={config.distributed.reward_workers}, but "
+            f"{len(workers)} reward workers were started for this run (a run with reward "
+            "workers goes through rlhf.distributed's launcher)"
+        )
+    return remote_reward(config.reward.model_dump(mode="json"), workers)
 
 
 def run_online(
