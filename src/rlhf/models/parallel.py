@@ -112,7 +112,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
     from rlhf.models.compile import decoder_blocks
 
-    if not is_distributed():
+    if not is_distributed() or is_sharded(model):  # RAFT's rounds train one model again
         return model
     for hf_model in _hf_models(model):
         blocks = decoder_blocks(hf_model)

@@ -426,12 +426,13 @@ def run_pipeline(
     results: dict[str, Any] = {}
 
     def recipe(name: str, stage: str, stage_config: RecipeConfig) -> None:
-        """Plan stage ``name``: the recipe registered for ``stage`` on ``stage_config``."""
-        run = stage_recipe(stage).run_function()
+        """Plan stage ``name``: the recipe registered for ``stage`` on ``stage_config`` (on
+        Ray workers when its own ``distributed`` section asks)."""
+        entry = stage_recipe(stage)
 
         def go() -> RunResult:
             stage_config.overwrite = True
-            return run(stage_config, False)
+            return entry.start(stage_config, False)
 
         plan.append((name, go))
 
