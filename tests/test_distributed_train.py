@@ -41,7 +41,7 @@ COMMON = ["progress=false", "tensorboard=false", "train.eval_every=0"]
 def cluster():
     """One local Ray cluster for the module (the launcher reuses a connected one)."""
     torch.set_num_threads(1)
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -201,8 +201,44 @@ def test_reward_workers_score_as_the_reward_in_this_process(cluster):
         remote.score(prompts, responses, metadata)
 
 
-def test_grpo_with_rollout_and_reward_workers_through_the_launcher(cluster, tmp_path):
-    """Every role on its own worker: the launcher starts them and hands them to the recipe."""
+def test_reference_workers_give_the_local_reference_log_probs(cluster, tiny_model_dir):
+    """π_ref on two reference workers (the initial policy's files sent to them, a prompt's
+    samples kept on one worker) gives the in-process frozen copy's log-probs."""
+    from rlhf.distributed.reference import ReferenceWorker, RemoteReference
+    from rlhf.distributed.workers import model_files
+    from rlhf.models.load import load_model, load_tokenizer
+    from rlhf.models.reference import ReferenceModel
+    from rlhf.rollout.hf import HFGenerationEngine
+    from rlhf.rollout.measure import reference_logps
+    from rlhf.rollout.types import SamplingParams
+
+    from .online_helpers import PROMPTS
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    policy = load_model(tiny_model_dir, tokenizer=tokenizer)
+    params = SamplingParams(max_new_tokens=8, num_samples=3, seed=2, return_logps=True)
+    batch = HFGenerationEngine(policy, tokenizer, batch_size=64).generate(PROMPTS[:5], params)
+    workers = [
+        ray.remote(ReferenceWorker).options(num_cpus=0).remote(threads=1, index=i) for i in range(2)
+    ]
+    remote = RemoteReference(
+        workers,
+        path=None,
+        files=model_files(policy, tokenizer),
+        dtype="float32",
+        attn_implementation="sdpa",
+        cwd=os.getcwd(),
+    )
+    local = reference_logps(ReferenceModel.frozen(policy), batch, 1.0, 4)
+    torch.testing.assert_close(reference_logps(remote, batch, 1.0, 4), local)
+    ray.kill(workers[0])
+    with pytest.raises(RuntimeError, match="reference worker 0 died"):
+        reference_logps(remote, batch, 1.0, 4)
+
+
+def test_grpo_with_every_role_on_its_own_worker(cluster, tmp_path):
+    """Rollout, reward and reference workers beside the training rank: the launcher starts
+    them and hands them to the recipe."""
     overrides = [
         f"out={tmp_path}",
         *COMMON,
@@ -210,6 +246,7 @@ def test_grpo_with_rollout_and_reward_workers_through_the_launcher(cluster, tmp_
         "rollout.iterations=3",
         "distributed.rollout_workers=1",
         "distributed.reward_workers=1",
+        "distributed.reference_workers=1",
         "distributed.max_staleness=1",
     ]
     entry = recipe("grpo")

@@ -40,6 +40,13 @@ class DistributedConfig(StrictModel):
         "judge) and score each rollout, so it is not loaded beside the policy in every "
         "training rank; 0 scores in the training process.",
     )
+    reference_workers: int = Field(
+        0,
+        ge=0,
+        description="Online recipes: workers that hold the frozen reference π_ref and compute "
+        "its log-probs of each rollout, so it is not a second model beside the policy in every "
+        "training rank; 0 keeps it in the training process.",
+    )
     max_staleness: int = Field(
         0,
         ge=0,
@@ -86,12 +93,15 @@ class DistributedConfig(StrictModel):
             self.train_workers > 1
             or self.rollout_workers > 0
             or self.reward_workers > 0
+            or self.reference_workers > 0
             or self.address is not None
         )
 
     @property
     def workers(self) -> int:
-        return self.train_workers + self.rollout_workers + self.reward_workers
+        return (
+            self.train_workers + self.rollout_workers + self.reward_workers + self.reference_workers
+        )
 
     @model_validator(mode="after")
     def _staleness_needs_rollout_workers(self) -> DistributedConfig:

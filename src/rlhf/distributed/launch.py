@@ -119,6 +119,7 @@ class TrainRank:
         cwd: str,
         rollout_workers: list[Any],
         reward_workers: list[Any],
+        reference_workers: list[Any],
     ) -> RunResult:
         import torch
 
@@ -133,6 +134,10 @@ class TrainRank:
             from rlhf.distributed.reward import set_reward_workers
 
             set_reward_workers(reward_workers)
+        if reference_workers:  # and π_ref's log-probs come from there
+            from rlhf.distributed.reference import set_reference_workers
+
+            set_reference_workers(reference_workers)
         recipe = importlib.import_module(module)
         run = getattr(recipe, function)
         parsed = _config_class(recipe, run).model_validate(config)
@@ -311,6 +316,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
         actors: list[Any] = []
         rollout: list[Any] = []
         rewarding: list[Any] = []
+        referencing: list[Any] = []
         try:
             run_id = uuid.uuid4().hex[:8]  # actors' names: rlhf-<run>-train-<rank>, ...
 
@@ -341,14 +347,23 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                 first=len(ranks) + len(rollout),
                 threads=threads,
             )
-            actors = ranks + rollout + rewarding
+            referencing = started(
+                ray,
+                placed,
+                "reference",
+                settings.reference_workers,
+                first=len(ranks) + len(rollout) + len(rewarding),
+                threads=threads,
+            )
+            actors = ranks + rollout + rewarding + referencing
             infos = _wait(ray, [rank.info.remote() for rank in ranks])
             for info in infos:
                 logger.info(
                     "training rank %d: pid %d on node %s (%s)",
                     info.rank, info.pid, info.node_ip, info.node_id[:12],
                 )  # fmt: skip
-            for role, workers in (("rollout", rollout), ("reward", rewarding)):
+            roles = (("rollout", rollout), ("reward", rewarding), ("reference", referencing))
+            for role, workers in roles:
                 for index, at in enumerate(ray.get([w.info.remote() for w in workers])):
                     logger.info(
                         "%s worker %d: pid %d on node %s (%s)",
@@ -366,6 +381,7 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
                     cwd=os.getcwd(),
                     rollout_workers=rollout,
                     reward_workers=rewarding,
+                    reference_workers=referencing,
                 )
                 for rank in ranks
             ]
@@ -374,7 +390,8 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
         finally:
             # a rollout worker's engine may have a process of its own (vLLM's): closed first
             with contextlib.suppress(Exception):
-                ray.get([worker.close.remote() for worker in rollout + rewarding], timeout=30)
+                helpers = rollout + rewarding + referencing
+                ray.get([worker.close.remote() for worker in helpers], timeout=30)
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
@@ -384,14 +401,17 @@ def launch(module: str, function: str, config: RecipeConfig, resume: bool) -> Ru
 
 def started(ray: Any, placed: Any, role: str, count: int, *, first: int, threads: int) -> list[Any]:
     """``count`` workers of ``role`` ("rollout": :class:`~rlhf.distributed.rollout.
-    RolloutWorker`, "reward": :class:`~rlhf.distributed.reward.RewardWorker`) in the placement
-    group's bundles ``first`` … ``first + count - 1``."""
+    RolloutWorker`, "reward": :class:`~rlhf.distributed.reward.RewardWorker`, "reference":
+    :class:`~rlhf.distributed.reference.ReferenceWorker`) in the placement group's bundles
+    ``first`` … ``first + count - 1``."""
     if not count:
         return []
     if role == "rollout":
         from rlhf.distributed.rollout import RolloutWorker as worker_class
-    else:
+    elif role == "reward":
         from rlhf.distributed.reward import RewardWorker as worker_class
+    else:
+        from rlhf.distributed.reference import ReferenceWorker as worker_class
     return [
         ray.remote(worker_class)
         .options(**placed(first + index, f"{role}-{index}"))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -46,7 +45,13 @@ import ray.exceptions
 import torch
 
 from rlhf.data.records import Text
-from rlhf.distributed.workers import split_rows, where, worker_call
+from rlhf.distributed.workers import (
+    model_files,
+    split_rows,
+    where,
+    worker_call,
+    write_model_files,
+)
 from rlhf.models.forward import evaluating
 from rlhf.models.parallel import broadcast_object, is_main_process, is_sharded
 from rlhf.models.teacher_forcing import response_logprobs
@@ -107,11 +112,7 @@ class RolloutWorker:
         from rlhf.rollout.vllm_config import VLLMConfig
 
         self.close()
-        self.folder = Path(tempfile.mkdtemp(prefix=f"rlhf-rollout-{self.index}-"))
-        for name, data in model_files.items():
-            path = self.folder / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        self.folder = write_model_files(model_files, prefix=f"rlhf-rollout-{self.index}-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(self.folder)
         self.model = load_model(self.folder, dtype="float32", device=device, tokenizer=tokenizer)
@@ -219,7 +220,7 @@ class RemoteEngine:
         self._held: int | None = None
         self._push: _Push | None = None
         if is_main_process():
-            files = ray.put(_model_files(model, tokenizer))  # once, read by every worker
+            files = ray.put(model_files(model, tokenizer))  # once, read by every worker
             vllm = choice.vllm.model_dump() if choice.engine == "vllm" else None
             setups = [
                 (i, worker.setup.remote(files, choice.engine, vllm, batch_size))
@@ -366,20 +367,6 @@ def rollout_engine(
 def _chunk_seed(seed: int, chunk: int) -> int:
     """A distinct 63-bit seed per chunk of a call (fixed by the call's seed and the chunk)."""
     return (seed * 1_000_003 + chunk * 7_919 + 1) % (2**63 - 1)
-
-
-def _model_files(model: torch.nn.Module, tokenizer: Any) -> dict[str, bytes]:
-    """The files of ``model`` (LoRA merged) and ``tokenizer`` saved as a Hugging Face folder."""
-    from rlhf.models.load import save_model
-
-    with tempfile.TemporaryDirectory(prefix="rlhf-rollout-") as folder:
-        save_model(model, tokenizer, folder, merge_lora=True)
-        root = Path(folder)
-        return {
-            str(path.relative_to(root)): path.read_bytes()
-            for path in root.rglob("*")
-            if path.is_file()
-        }
 
 
 def _whole_weights(model: torch.nn.Module, *, keep: bool) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ the split of a call's rows over the workers of a role."""
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,3 +50,29 @@ def split_rows(rows: int, parts: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def model_files(model: torch.nn.Module, tokenizer: Any) -> dict[str, bytes]:
+    """The files of ``model`` (LoRA merged) and ``tokenizer`` saved as a Hugging Face folder:
+    what a worker on any node loads a copy of the model from (through Ray's object store, no
+    shared filesystem)."""
+    from rlhf.models.load import save_model
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-model-") as folder:
+        save_model(model, tokenizer, folder, merge_lora=True)
+        root = Path(folder)
+        return {
+            str(path.relative_to(root)): path.read_bytes()
+            for path in root.rglob("*")
+            if path.is_file()
+        }
+
+
+def write_model_files(files: dict[str, bytes], prefix: str) -> Path:
+    """``files`` (:func:`model_files`) written to a new temporary folder; returns it."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return folder

@@ -99,6 +99,34 @@ class ReferenceModel:
         self.module.to(device)
         return self
 
+    def response_logps(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        *,
+        temperature: float,
+        batch_size: int,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[N, R] float32 log π_ref of the responses' tokens at ``temperature`` (0 on
+        padding), on the CPU; ``groups`` [N]: rows answering one prompt, read once
+        (:func:`rlhf.models.teacher_forcing.response_logprobs`)."""
+        from rlhf.models.teacher_forcing import response_logprobs
+
+        with self.active() as module:
+            return response_logprobs(
+                module,
+                prompt_ids,
+                prompt_mask,
+                response_ids,
+                response_mask,
+                temperature=temperature,
+                batch_size=batch_size,
+                groups=groups,
+            ).cpu()
+
 
 def is_lora(model: torch.nn.Module) -> bool:
     return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")

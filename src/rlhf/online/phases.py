@@ -178,7 +178,7 @@ def compile_scoring_models(
     from rlhf.rewards.composite import CompositeReward
     from rlhf.rewards.model import RewardModelReward
 
-    if reference is not None and reference.module is not policy:
+    if reference is not None and reference.module not in (None, policy):  # None: on workers
         compile_blocks(reference.module)
     pending = [reward]
     while pending:

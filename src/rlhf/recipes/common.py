@@ -161,7 +161,7 @@ class RecipeConfig(StrictModel):
     @model_validator(mode="after")
     def _distributed_fits_the_recipe(self) -> RecipeConfig:
         workers = self.distributed
-        for key in ("rollout_workers", "reward_workers"):
+        for key in ("rollout_workers", "reward_workers", "reference_workers"):
             if getattr(workers, key) and not self.samples_from_policy:
                 raise ValueError(
                     f"distributed.{key}: this recipe does not sample from the policy it "

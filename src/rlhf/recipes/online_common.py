@@ -429,7 +429,41 @@ def online_reference(
         return None
     if config.kl.coef == 0 and config.reference.path is None and not is_lora(model):
         logger.info("kl.coef is 0: a frozen reference copy is kept for the evaluation's KL only")
+    if config.distributed.reference_workers:
+        return remote_reference(config, model, tokenizer)
     return kept_reference(config.reference, config.model, model, tokenizer)
+
+
+def remote_reference(config: OnlineConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
+    """π_ref on the reference workers the launcher started (``distributed.reference_workers``):
+    ``reference.path``, or the initial policy's weights sent to them."""
+    from rlhf.distributed.reference import RemoteReference, reference_worker_handles
+    from rlhf.distributed.workers import model_files
+    from rlhf.models.parallel import is_main_process
+
+    workers = reference_worker_handles()
+    if len(workers) != config.distributed.reference_workers:
+        raise ValueError(
+            f"distributed.reference_workers={config.distributed.reference_workers}, but "
+            f"{len(workers)} reference workers were started for this run (a run with reference "
+            "workers goes through rlhf.distributed's launcher)"
+        )
+    path = config.reference.path
+    if path is None and is_lora(model):
+        raise ValueError(
+            "distributed.reference_workers with model.lora: the reference is the policy's base "
+            "model, which the trainer holds anyway; leave reference_workers at 0 or set "
+            "reference.path"
+        )
+    files = model_files(model, tokenizer) if path is None and is_main_process() else None
+    return RemoteReference(
+        workers,
+        path=path,
+        files=files,
+        dtype=config.reference.dtype or config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        cwd=str(Path.cwd()),
+    )
 
 
 def prepare_online(

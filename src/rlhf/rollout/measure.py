@@ -18,7 +18,6 @@ import torch
 from rlhf.data.records import Text
 from rlhf.losses.kl import sequence_kl
 from rlhf.models.reference import ReferenceModel
-from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
 
 
@@ -27,17 +26,15 @@ def reference_logps(
 ) -> torch.Tensor:
     """[N, R] float32 log π_ref of the batch's sampled tokens at ``temperature`` (0 on
     padding), each prompt read once for its K samples; on the CPU."""
-    with torch.no_grad(), reference.active() as module:
-        return response_logprobs(
-            module,
-            batch.prompt_ids,
-            batch.prompt_mask,
-            batch.response_ids,
-            batch.response_mask,
-            temperature=temperature,
-            batch_size=batch_size,
-            groups=batch.prompt_index,
-        ).cpu()
+    return reference.response_logps(
+        batch.prompt_ids,
+        batch.prompt_mask,
+        batch.response_ids,
+        batch.response_mask,
+        temperature=temperature,
+        batch_size=batch_size,
+        groups=batch.prompt_index,
+    )
 
 
 def reference_kl(
