@@ -101,6 +101,22 @@ def test_a_remote_rollout_is_the_in_process_engines(worker, tiny_model_dir):
     engine.close()
 
 
+def test_the_workers_log_probs_as_old_log_probs(worker, tiny_model_dir):
+    """mismatch.old_logps=engine: no trainer forward pass; the workers' sampling log-probs
+    are the rollout's logps (the in-process engine's, to float rounding) and there is no
+    separate engine_logps left to compare them with."""
+    policy, tokenizer = load_policy(tiny_model_dir)
+    engine = RemoteEngine(
+        policy, tokenizer, [worker], choice=EngineChoice(), batch_size=64, recompute_logps=False
+    )
+    remote = engine.generate(PROMPTS[:6], PARAMS)
+    local = local_rollout(policy, tokenizer)
+    assert torch.equal(remote.response_ids, local.response_ids)
+    assert remote.engine_logps is None
+    torch.testing.assert_close(remote.logps, local.logps, atol=1e-5, rtol=1e-5)
+    engine.close()
+
+
 def test_weights_follow_an_optimizer_step_with_a_verified_sync(worker, tiny_model_dir):
     policy, tokenizer = load_policy(tiny_model_dir)
     engine = remote_engine(policy, tokenizer, [worker])

@@ -287,6 +287,16 @@ def test_failures_name_the_role():
         ("dpo", ["distributed.reward_workers=1"], "does not sample from the policy"),
         ("grpo", ["distributed.train_workers=2"], "set distributed.rollout_workers"),
         ("grpo", ["distributed.max_staleness=1"], "set distributed.rollout_workers"),
+        ("grpo", ["mismatch.old_logps=engine"], "only rollout workers"),
+        (
+            "grpo",
+            [
+                "distributed.rollout_workers=1",
+                "mismatch.old_logps=engine",
+                "mismatch.correction=truncated_is",
+            ],
+            "no gap to correct",
+        ),
         (
             "dapo",
             ["distributed.rollout_workers=1", "distributed.max_staleness=1"],

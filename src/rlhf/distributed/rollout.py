@@ -203,6 +203,7 @@ class RemoteEngine:
         *,
         choice: EngineChoice,
         batch_size: int,
+        recompute_logps: bool = True,
     ) -> None:
         if not workers:
             raise ValueError("distributed.rollout_workers: no rollout workers were started")
@@ -213,6 +214,9 @@ class RemoteEngine:
                 "the rollout engine is built from the whole policy: build it before sharding"
             )
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # False (mismatch.old_logps=engine): the workers' sampling log-probs are the rollout's
+        # logps, the trainer's forward pass over it saved
+        self.recompute_logps = recompute_logps
         self.workers = list(workers)
         self.version = 0  # optimiser steps seen
         # None: the workers hold the weights of construction time, which a checkpoint loaded
@@ -313,10 +317,14 @@ class RemoteEngine:
 
     def finish(self, batch: RolloutBatch | None, params: SamplingParams) -> RolloutBatch:
         """The first training rank's ``batch`` on every rank, its ``logps`` the trainer's
-        policy's as it is now (when ``params.return_logps``; a collective under FSDP2)."""
+        policy's as it is now (when ``params.return_logps``; a collective under FSDP2), or,
+        without ``recompute_logps``, the workers' own (then the batch has no separate
+        ``engine_logps``: they are one)."""
         batch = broadcast_object(batch)
-        if params.return_logps:
+        if params.return_logps and self.recompute_logps:
             batch.logps = self._trainer_logps(batch, params.logp_temperature)
+        elif params.return_logps:
+            batch.logps, batch.engine_logps = batch.engine_logps, None
         return batch
 
     def result(self, handle: Submission) -> RolloutBatch:
@@ -356,9 +364,18 @@ def rollout_engine(
     choice: EngineChoice,
     batch_size: int,
     workers: Sequence[Any],
+    *,
+    recompute_logps: bool = True,
 ) -> RemoteEngine:
     """The engine an online recipe samples with when ``distributed.rollout_workers`` > 0."""
-    return RemoteEngine(policy, tokenizer, workers, choice=choice, batch_size=batch_size)
+    return RemoteEngine(
+        policy,
+        tokenizer,
+        workers,
+        choice=choice,
+        batch_size=batch_size,
+        recompute_logps=recompute_logps,
+    )
 
 
 # ------------------------------------------------------------------------------ helpers

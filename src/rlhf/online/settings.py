@@ -82,6 +82,16 @@ class MismatchSettings(StrictModel):
         "truncated_is: weight each token's policy gradient by min(π_train/π_engine, is_cap) "
         "(Yao et al. 2025); mask: leave out tokens whose ratio π_train/π_engine leaves `band`.",
     )
+    old_logps: Literal["trainer", "engine"] = Field(
+        "trainer",
+        description="π_old of the clipped ratio, with rollout workers (distributed."
+        "rollout_workers): trainer: recomputed by the trainer when it takes a rollout (the "
+        "ratio is the trainer's own; the gap to the engine, staleness included, is logged and "
+        "corrected by `correction`); engine: the log-probs the workers sampled with, no second "
+        "forward pass (PPO's clipped ratio is then against the policy that sampled, which "
+        "bounds a stale rollout's update by itself, as in Noukhovitch et al. 2024; nothing is "
+        "left to measure or correct: correction must be none).",
+    )
     is_cap: float = Field(2.0, gt=0, description="C of truncated importance sampling.")
     band: tuple[float, float] = Field(
         (0.5, 2.0), description="[low, high] of the ratios a token keeps with correction=mask."
@@ -92,4 +102,10 @@ class MismatchSettings(StrictModel):
         low, high = self.band
         if not 0 <= low < 1 < high:
             raise ValueError(f"band [{low}, {high}] must hold 1 (0 <= low < 1 < high)")
+        if self.old_logps == "engine" and self.correction != "none":
+            raise ValueError(
+                f"mismatch.old_logps=engine with correction={self.correction}: the engine's "
+                "log-probs are then π_old itself, so there is no gap to correct; use "
+                "correction=none, or old_logps=trainer"
+            )
         return self

@@ -166,14 +166,23 @@ class OnlineConfig(RecipeConfig):
                 "sampling.engine=vllm or distributed.rollout_workers ≥ 1, or "
                 "mismatch.correction=none)"
             )
-        if self.mismatch.correction != "none" and (
+        if self.mismatch.old_logps == "engine" and self.distributed.rollout_workers == 0:
+            raise ValueError(
+                "mismatch.old_logps=engine: only rollout workers return the log-probs they "
+                "sampled with as π_old; set distributed.rollout_workers ≥ 1 (or leave it trainer)"
+            )
+        if (self.mismatch.correction != "none" or self.mismatch.old_logps == "engine") and (
             self.sampling.top_p < 1 or self.sampling.top_k > 0
         ):
+            chosen = (
+                "mismatch.old_logps=engine"
+                if self.mismatch.old_logps == "engine"
+                else f"mismatch.correction={self.mismatch.correction}"
+            )
             raise ValueError(
-                f"mismatch.correction={self.mismatch.correction} with sampling.top_p/top_k: the "
-                "engine's log-probs are of the filtered distribution it samples from, the "
-                "trainer's of the whole one, so every ratio is off by the kept mass; sample "
-                "without top-p/top-k to correct the mismatch"
+                f"{chosen} with sampling.top_p/top_k: the engine's log-probs are of the "
+                "filtered distribution it samples from, the trainer's of the whole one, so "
+                "every ratio is off by the kept mass; sample without top-p/top-k"
             )
         return self
 
@@ -544,7 +553,14 @@ def online_engine(
             f"{len(workers)} rollout workers were started for this run (a run with rollout "
             "workers goes through rlhf.distributed's launcher)"
         )
-    return rollout_engine(policy, tokenizer, config.sampling, batch_size, workers)
+    return rollout_engine(
+        policy,
+        tokenizer,
+        config.sampling,
+        batch_size,
+        workers,
+        recompute_logps=config.mismatch.old_logps == "trainer",
+    )
 
 
 def online_reward(config: OnlineConfig) -> RewardFunction:
