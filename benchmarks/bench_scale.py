@@ -13,6 +13,12 @@ a time, and every figure comes from the run's own ``metrics.jsonl``.
   training rank trains (rollout k+1 is sampled by the policy after k − 1 updates while rollout
   k trains: one-step off-policy), each with C/2 threads, weights pushed and verified after
   every update; the driver holds no model and waits;
+* ``async-engine``: ``async`` with ``mismatch.old_logps=engine``: π_old in PPO's ratio is the
+  log-probs the worker sampled with, so the trainer runs no forward pass of its own over the
+  rollout (the worker computes them while sampling anyway);
+* ``async-roles``: ``async-engine`` plus ``distributed.reference_workers=1``: π_ref's
+  log-probs on a third actor (three processes on C cores here: it shows the cost of a role
+  without cores of its own);
 * ``sync-worker``: the same two workers with ``distributed.max_staleness=0``: the trainer
   waits for each rollout, so this is what the overlap itself brings (``async`` against it)
   and what the split costs (it against ``sync-1t``);
@@ -47,7 +53,8 @@ rollout's first step (the row with ``rollout_iteration``). **episodes/s** counts
 iteration ``--warmup`` to the end of the last one: the steady state, with the first rollout
 (which nothing overlaps) and the first steps' lazy initialisation left out. The median over the
 seeds is the figure; ``whole RL eps/s`` is all iterations over the last step's ``time``. The
-**ratio** is ``async`` / ``sync``; the issue's target is 1.4x.
+**ratio** is ``async`` / ``sync`` (every configuration's own ratio to ``sync`` is in
+``ratios``, the best in ``best``); the issue's target is 1.4x.
 
 Where an iteration's time goes (medians over the measured iterations): ``iter s``; for the
 worker configurations ``generate s`` (``rollout_engine_generate_seconds``: the worker's
