@@ -439,6 +439,16 @@ def common_arguments(
     return parser
 
 
+def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """A comma-separated command-line list; with ``allowed``, an argparse error naming any
+    item not in it."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if allowed is not None and item not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; expected some of {allowed}")
+    return items
+
+
 def progress(message: str) -> None:
     """A progress note on stderr, keeping stdout for the table and the result line."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

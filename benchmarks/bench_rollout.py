@@ -75,6 +75,7 @@ from _harness import (
     BenchmarkError,
     cpu_description,
     format_table,
+    parse_list,
     progress,
     run_in_child,
     synthetic_sentences,
@@ -266,15 +267,6 @@ def measure(
 
 
 # ---------------------------------------------------------------- the report
-
-
-def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if allowed is not None:
-        unknown = [item for item in items if item not in allowed]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; expected some of {allowed}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import CHILD_ENV, cpu_description, format_table, progress, run_in_child
+from _harness import (
+    CHILD_ENV,
+    cpu_description,
+    format_table,
+    parse_list,
+    progress,
+    run_in_child,
+)
 
 BENCHMARK = "scale"
 TARGET = 1.4  # issue 18: async ≥ 1.4x the synchronous single process
@@ -468,14 +475,6 @@ def print_tables(grpo: dict[str, Any], sft: dict[str, Any]) -> None:
             f"DP=2 / DP=1 = {result['ratio']:.2f}x; max |Δloss| over the steps "
             f"{result['max_abs_loss_diff']:.2e}"
         )
-
-
-def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if allowed is not None and item not in allowed]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {unknown}; expected some of {allowed}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,8 @@ import pytest
 import ray
 import torch
 
-from rlhf.distributed.rollout import (
-    RemoteEngine,
-    RolloutWorker,
-    rollout_worker_handles,
-    set_rollout_workers,
-)
-from rlhf.distributed.workers import worker_call
+from rlhf.distributed.rollout import RemoteEngine, RolloutWorker
+from rlhf.distributed.workers import role_workers, set_role_workers, worker_call
 from rlhf.online.experience import ExperienceBuffer
 from rlhf.online.rollouts import RolloutQueue
 from rlhf.rollout.types import EngineChoice, RolloutBatch, SamplingParams, WeightSyncError
@@ -163,10 +158,14 @@ def test_running_out_of_memory_on_a_worker_is_named(cluster):
 
 
 def test_the_registry_hands_the_launchers_workers_to_the_recipe(worker):
-    set_rollout_workers([worker])
-    assert rollout_worker_handles() == [worker]
-    set_rollout_workers([])
-    assert rollout_worker_handles() == []
+    set_role_workers("rollout", [worker])
+    assert role_workers("rollout", 1) == [worker]
+    with pytest.raises(ValueError, match=r"distributed\.rollout_workers=2, but 1 rollout workers"):
+        role_workers("rollout", 2)
+    set_role_workers("rollout", [])
+    assert role_workers("rollout", 0) == []
+    with pytest.raises(ValueError, match=r"distributed\.reward_workers=1, but 0 reward workers"):
+        role_workers("reward", 1)
 
 
 # ------------------------------------------------------------------------------ the queue
@@ -306,7 +305,7 @@ def test_grpo_with_one_step_off_policy_rollouts_resumes_exactly(
         "rlhf.recipes.online_common.build_reward",
         lambda spec: lambda prompts, responses, metadata=None: length_reward(prompts, responses),
     )
-    set_rollout_workers([worker])
+    set_role_workers("rollout", [worker])
     try:
         straight = run_grpo(grpo_config(tmp_path, tiny_model_dir, "a"))
         assert straight.final_step == 12
@@ -342,7 +341,7 @@ def test_grpo_with_one_step_off_policy_rollouts_resumes_exactly(
         assert [r["iteration"] for r in state["loader"]["rollouts"]["rollouts"]] == [4]
         resumed = run_grpo(config, resume=True)
     finally:
-        set_rollout_workers([])
+        set_role_workers("rollout", [])
     assert resumed.final_step == straight.final_step
     expected = [row["loss"] for row in straight.metrics if "loss" in row][6:]
     got = [row["loss"] for row in resumed.metrics if "loss" in row]

@@ -126,18 +126,13 @@ class TrainRank:
         if os.path.isdir(cwd):  # the driver's folder: relative paths in the config mean the same
             os.chdir(cwd)
         _log_like_the_driver(self.rank)
-        if rollout_workers:  # the online recipe's engine samples on them
-            from rlhf.distributed.rollout import set_rollout_workers
+        # the online recipe's engine samples on the rollout workers, its reward scores on the
+        # reward workers and π_ref's log-probs come from the reference workers
+        from rlhf.distributed.workers import set_role_workers
 
-            set_rollout_workers(rollout_workers)
-        if reward_workers:  # and its reward scores there
-            from rlhf.distributed.reward import set_reward_workers
-
-            set_reward_workers(reward_workers)
-        if reference_workers:  # and π_ref's log-probs come from there
-            from rlhf.distributed.reference import set_reference_workers
-
-            set_reference_workers(reference_workers)
+        set_role_workers("rollout", rollout_workers)
+        set_role_workers("reward", reward_workers)
+        set_role_workers("reference", reference_workers)
         recipe = importlib.import_module(module)
         run = getattr(recipe, function)
         parsed = _config_class(recipe, run).model_validate(config)

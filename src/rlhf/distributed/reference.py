@@ -27,19 +27,6 @@ from rlhf.models.reference import ReferenceModel
 
 logger = logging.getLogger("rlhf.distributed")
 
-# The launcher sets a run's reference workers here, in each training rank, before it runs.
-_workers: list[Any] = []
-
-
-def set_reference_workers(handles: Sequence[Any]) -> None:
-    """Make ``handles`` (ReferenceWorker actors) the reference workers of runs here."""
-    _workers[:] = list(handles)
-
-
-def reference_worker_handles() -> list[Any]:
-    """The reference workers the launcher started for this run (empty: none)."""
-    return list(_workers)
-
 
 class ReferenceWorker:
     """One reference worker (a Ray actor: ``ray.remote(ReferenceWorker).options(...).remote(

@@ -26,19 +26,6 @@ from rlhf.rewards.base import Metadata, Reward, RewardOutput, score_reward
 
 logger = logging.getLogger("rlhf.distributed")
 
-# The launcher sets a run's reward workers here, in each training rank, before the recipe runs.
-_workers: list[Any] = []
-
-
-def set_reward_workers(handles: Sequence[Any]) -> None:
-    """Make ``handles`` (RewardWorker actors) the reward workers of runs in this process."""
-    _workers[:] = list(handles)
-
-
-def reward_worker_handles() -> list[Any]:
-    """The reward workers the launcher started for this run (empty: none)."""
-    return list(_workers)
-
 
 class RewardWorker:
     """One reward worker (a Ray actor: ``ray.remote(RewardWorker).options(...).remote(

@@ -63,22 +63,6 @@ logger = logging.getLogger("rlhf.distributed")
 
 Receipt = dict[str, tuple[int, int]]  # tensor name -> checksum (rlhf.rollout.vllm_runner)
 
-# ------------------------------------------------------------------------------ the handles
-# The launcher creates the rollout workers of a run and sets them here, in each training
-# rank's process, before the recipe runs; prepare_online reads them.
-_workers: list[Any] = []
-
-
-def set_rollout_workers(handles: Sequence[Any]) -> None:
-    """Make ``handles`` (RolloutWorker actors) the rollout workers of runs in this process."""
-    _workers[:] = list(handles)
-
-
-def rollout_worker_handles() -> list[Any]:
-    """The rollout workers the launcher started for this run (empty: none)."""
-    return list(_workers)
-
-
 # ------------------------------------------------------------------------------ the worker
 
 

@@ -5,10 +5,33 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# The launcher records each role's workers here, in each training rank, before the recipe runs.
+_started: dict[str, list[Any]] = {}
+
+
+def set_role_workers(role: str, handles: Sequence[Any]) -> None:
+    """Make ``handles`` (Ray actors) the ``role`` workers ("rollout", "reward", "reference")
+    of the run in this process."""
+    _started[role] = list(handles)
+
+
+def role_workers(role: str, expected: int) -> list[Any]:
+    """The ``role`` workers the launcher started for this run, checked against the
+    ``distributed.<role>_workers`` (``expected``) the config asks for."""
+    workers = list(_started.get(role, []))
+    if len(workers) != expected:
+        raise ValueError(
+            f"distributed.{role}_workers={expected}, but {len(workers)} {role} workers were "
+            f"started for this run (a run with {role} workers goes through rlhf.distributed's "
+            "launcher)"
+        )
+    return workers
 
 
 def where() -> dict[str, Any]:

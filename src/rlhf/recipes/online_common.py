@@ -446,17 +446,11 @@ def online_reference(
 def remote_reference(config: OnlineConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
     """π_ref on the reference workers the launcher started (``distributed.reference_workers``):
     ``reference.path``, or the initial policy's weights sent to them."""
-    from rlhf.distributed.reference import RemoteReference, reference_worker_handles
-    from rlhf.distributed.workers import model_files
+    from rlhf.distributed.reference import RemoteReference
+    from rlhf.distributed.workers import model_files, role_workers
     from rlhf.models.parallel import is_main_process
 
-    workers = reference_worker_handles()
-    if len(workers) != config.distributed.reference_workers:
-        raise ValueError(
-            f"distributed.reference_workers={config.distributed.reference_workers}, but "
-            f"{len(workers)} reference workers were started for this run (a run with reference "
-            "workers goes through rlhf.distributed's launcher)"
-        )
+    workers = role_workers("reference", config.distributed.reference_workers)
     path = config.reference.path
     if path is None and is_lora(model):
         raise ValueError(
@@ -544,15 +538,10 @@ def online_engine(
     batch_size = config.sampling.batch_size
     if config.distributed.rollout_workers == 0:
         return engine_for(config.sampling, policy, tokenizer, batch_size=batch_size)
-    from rlhf.distributed.rollout import rollout_engine, rollout_worker_handles
+    from rlhf.distributed.rollout import rollout_engine
+    from rlhf.distributed.workers import role_workers
 
-    workers = rollout_worker_handles()
-    if len(workers) != config.distributed.rollout_workers:
-        raise ValueError(
-            f"distributed.rollout_workers={config.distributed.rollout_workers}, but "
-            f"{len(workers)} rollout workers were started for this run (a run with rollout "
-            "workers goes through rlhf.distributed's launcher)"
-        )
+    workers = role_workers("rollout", config.distributed.rollout_workers)
     return rollout_engine(
         policy,
         tokenizer,
@@ -568,15 +557,10 @@ def online_reward(config: OnlineConfig) -> RewardFunction:
     launcher started (``distributed.reward_workers``)."""
     if config.distributed.reward_workers == 0:
         return build_reward(config.reward)
-    from rlhf.distributed.reward import remote_reward, reward_worker_handles
+    from rlhf.distributed.reward import remote_reward
+    from rlhf.distributed.workers import role_workers
 
-    workers = reward_worker_handles()
-    if len(workers) != config.distributed.reward_workers:
-        raise ValueError(
-            f"distributed.reward_workers={config.distributed.reward_workers}, but "
-            f"{len(workers)} reward workers were started for this run (a run with reward "
-            "workers goes through rlhf.distributed's launcher)"
-        )
+    workers = role_workers("reward", config.distributed.reward_workers)
     return remote_reward(config.reward.model_dump(mode="json"), workers)
 
 
