@@ -59,10 +59,16 @@ def test_tiny_preset_runs_and_logs_rollouts(recipe, tmp_path):
     assert "held-out:" in result.output and "greedy_reward" in result.output
     rows = read_jsonl(out / "metrics.jsonl")
     train = [row for row in rows if row["split"] == "train"]
-    assert [row["step"] for row in train] == [1, 2, 3, 4]  # 2 iterations × 32 / 16
+    config = config_class(recipe).model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    # 2 iterations × 32 / 16 (online DPO trains on one pair of each prompt's 4: 16 / 16)
+    steps = 2 if recipe == "online-dpo" else 4
+    assert [row["step"] for row in train] == list(range(1, steps + 1))
+    assert config.derived_train().max_steps == steps
     rollouts = [row for row in train if "rollout_reward" in row]
     assert [row["rollout_iteration"] for row in rollouts] == [1, 2]
-    logged = ["rollout_response_tokens", "rollout_eos_rate", "clip_frac"]
+    # the clipped surrogate's clip fraction, or the pairs the labeller made
+    update = "rollout_pairs" if recipe == "online-dpo" else "clip_frac"
+    logged = ["rollout_response_tokens", "rollout_eos_rate", update]
     if yaml.safe_load((out / "config.yaml").read_text())["kl"]["coef"] > 0:
         logged.append("rollout_kl")  # a KL term needs the reference (DAPO and GSPO drop both)
     assert set(logged) <= set(rollouts[0])

@@ -57,13 +57,19 @@ class Experience:
     temperature: float = 1.0  # the temperature log-probs are taken at
     kl_coef: float = 0.0  # β of the rollout (for a KL loss term)
     metrics: Metrics = field(default_factory=dict)  # rollout metrics (first micro-batch only)
+    # rows 2i and 2i+1 are one preference pair (chosen, rejected) and the loss is a mean over
+    # pairs (online preference optimisation); a pair left out has both rows masked
+    pairs: bool = False
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
     @property
     def loss_units(self) -> int:
-        """What the loss is a mean over (:func:`rlhf.losses.policy.loss_units`)."""
+        """What the loss is a mean over (:func:`rlhf.losses.policy.loss_units`): with
+        :attr:`pairs`, the pairs whose rows are in the loss."""
+        if self.pairs:
+            return loss_units(self.mask, "sequence") // 2
         return loss_units(self.mask, self.aggregation)
 
     @property
@@ -194,7 +200,9 @@ class ExperienceBuffer:
 
     ``len(buffer)`` is micro-batches per iteration; ``epoch`` counts finished iterations and
     ``position`` the micro-batches taken from the current one. ``state`` names the stateful
-    parts checkpointed with it (their keys are the checkpoint's).
+    parts checkpointed with it (their keys are the checkpoint's). ``group_size``: rows are
+    shuffled, batched and shared over ranks in runs of that many consecutive rows, which stay
+    together (a preference pair's two rows: 2).
     """
 
     def __init__(
@@ -206,12 +214,19 @@ class ExperienceBuffer:
         ppo_epochs: int = 1,
         seed: int = 0,
         state: Mapping[str, Stateful] | None = None,
+        group_size: int = 1,
     ) -> None:
         if episodes % micro_batch_size:
             raise ValueError(
                 f"{episodes} episodes per rollout do not split into micro-batches of "
                 f"{micro_batch_size}"
             )
+        if micro_batch_size % group_size:
+            raise ValueError(
+                f"micro-batches of {micro_batch_size} rows do not hold whole groups of "
+                f"{group_size} rows (train.batch_size must be a multiple of {group_size})"
+            )
+        self.group_size = group_size
         self.make_experience, self.episodes = make_experience, episodes
         self.micro_batch_size, self.ppo_epochs, self.seed = micro_batch_size, ppo_epochs, seed
         self.state = dict(state or {})
@@ -235,22 +250,25 @@ class ExperienceBuffer:
             raise ValueError(
                 f"make_experience returned {len(self.experience)} rows, expected {self.episodes}"
             )
-        # minibatch order: one seeded permutation per ppo epoch
+        # minibatch order: one seeded permutation (of groups of rows) per ppo epoch
         self._order = []
+        size = self.group_size
         for epoch in range(self.ppo_epochs):
             generator = torch.Generator().manual_seed(
                 self.seed * 1_000_003 + self.iteration * 1_009 + epoch
             )
-            self._order.extend(torch.randperm(self.episodes, generator=generator).tolist())
+            groups = torch.randperm(self.episodes // size, generator=generator).tolist()
+            self._order.extend(group * size + offset for group in groups for offset in range(size))
         self.position = 0
 
     def shard(self, rank: int, world: int) -> None:
         """Train on rank ``rank``'s share (every ``world``-th row) of each micro-batch; every
         rank holds the whole rollout (the same one), so the state is the whole buffer's."""
-        if self.micro_batch_size < world:
+        if self.micro_batch_size < world * self.group_size:
             raise ValueError(
                 f"train.batch_size {self.micro_batch_size} is smaller than the {world} training "
-                "ranks (distributed.train_workers): each rank needs a row"
+                f"ranks (distributed.train_workers) × {self.group_size}: each rank needs a "
+                f"group of {self.group_size} rows"
             )
         self._rank, self._world = rank, world
 
@@ -260,7 +278,11 @@ class ExperienceBuffer:
             self._next_rollout()
         assert self.experience is not None
         start = self.position * self.micro_batch_size
-        rows = self._order[start : start + self.micro_batch_size][self._rank :: self._world]
+        rows = self._order[start : start + self.micro_batch_size]
+        size = self.group_size  # each rank takes every world-th group of rows
+        rows = [
+            row for index, row in enumerate(rows) if (index // size) % self._world == self._rank
+        ]
         batch = self.experience.select(rows)
         if self.position == 0:
             batch.metrics = self.experience.metrics

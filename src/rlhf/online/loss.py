@@ -1,8 +1,10 @@
-"""The critic-free policy loss of online RL, on a minibatch of :class:`Experience`.
+"""The losses of online RL on a minibatch of :class:`Experience`.
 
 PPO's clipped surrogate on the advantages (:func:`rlhf.losses.policy.ppo_policy_loss`), plus
 ``β · KL`` as a loss term (k2/k3) when the KL is not in the reward; PPO adds its value loss
-and entropy bonus to it, GSPO replaces the surrogate by its sequence-level one.
+and entropy bonus to it, GSPO replaces the surrogate by its sequence-level one. Online
+preference optimisation (online DPO and its family) trains on pairs of the policy's samples
+instead: :func:`pair_preference_loss`.
 
 Shapes: n rows of a micro-batch, R response tokens.
 """
@@ -16,6 +18,7 @@ import torch
 
 from rlhf.losses.kl import per_token_kl, sequence_kl
 from rlhf.losses.policy import kl_penalty_loss, ppo_policy_loss
+from rlhf.losses.preference import PairLogps
 from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.online.experience import Experience
 from rlhf.online.settings import KLSettings, PolicyLossSettings
@@ -116,3 +119,64 @@ def on_policy_kl_metrics(logps: torch.Tensor, batch: Experience, kl: KLSettings)
         **kl.estimator_options(),
     ).sum()
     return {"rollout_kl": float(k1) / rows, "rollout_kl_estimate": float(estimate) / rows}
+
+
+def pair_preference_loss(
+    model: torch.nn.Module,
+    batch: Experience,
+    *,
+    loss: Callable[[PairLogps], tuple[torch.Tensor, dict[str, float]]],
+    grad_accum: int = 1,
+) -> tuple[torch.Tensor, Metrics]:
+    """Online preference optimisation's loss: any DPO-family ``loss`` (Guo et al. 2024, "Direct
+    Language Model Alignment from Online AI Feedback", Alg. 1) on the policy's own samples.
+
+    ``batch`` holds pairs (``batch.pairs``): rows 2i and 2i+1 are the chosen and the rejected
+    response to one prompt, as the labeller ordered them; a pair whose rows are masked (a tie)
+    is left out. Sequence log-probs are sums over each response's tokens of the policy's
+    log-probs (with gradients) and of ``batch.ref_logps`` (π_ref, frozen; None for the
+    reference-free losses).
+
+    Returns the loss summed over the pairs (the Trainer divides by the step's pairs,
+    ``batch.loss_units``) and metrics as means over the micro-batch's pairs divided by
+    ``grad_accum``: ``policy_loss``, ``accuracy`` (the implicit reward orders the pair as the
+    labeller did), ``margin``, ``chosen_reward`` and ``rejected_reward`` (the implicit rewards
+    β·log π/π_ref), plus the sampled KL to π_ref of the rows (``rollout_kl``).
+    """
+    if not batch.pairs or len(batch) % 2:
+        raise ValueError(
+            "pair_preference_loss needs an Experience of pairs (rows 2i, 2i+1: chosen, rejected)"
+        )
+    kept = batch.mask.bool().any(-1)  # [n]
+    pair_kept = kept[0::2] & kept[1::2]  # [n/2]
+    if not pair_kept.any():  # every pair tied: nothing to learn from this micro-batch
+        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
+    logps = policy_logps(model, batch)  # [n, R]
+    mask = batch.mask
+    sequence = (logps * mask).sum(-1)  # [n] log π(y|x)
+    tokens = mask.sum(-1)  # [n]
+    reference = None if batch.ref_logps is None else (batch.ref_logps * mask).sum(-1)
+    pairs = PairLogps(
+        chosen_logps=sequence[0::2][pair_kept],
+        rejected_logps=sequence[1::2][pair_kept],
+        chosen_tokens=tokens[0::2][pair_kept],
+        rejected_tokens=tokens[1::2][pair_kept],
+        ref_chosen_logps=None if reference is None else reference[0::2][pair_kept],
+        ref_rejected_logps=None if reference is None else reference[1::2][pair_kept],
+    )
+    loss_sum, sums = loss(pairs)
+    count = max(sums["pairs"], 1.0)
+    metrics = {
+        "policy_loss": float(loss_sum.detach()) / count,
+        "accuracy": sums["correct_pairs"] / count,
+        "margin": sums["margin_sum"] / count,
+        "chosen_reward": sums["chosen_reward_sum"] / count,
+        "rejected_reward": sums["rejected_reward_sum"] / count,
+    }
+    if batch.ref_logps is not None:
+        rows = max(int(kept.sum()), 1)
+        metrics["rollout_kl"] = (
+            float(sequence_kl(logps.detach(), batch.ref_logps, mask).sum()) / rows
+        )
+    metrics = {key: value / grad_accum for key, value in metrics.items()}
+    return loss_sum, metrics | batch.metrics

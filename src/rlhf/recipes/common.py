@@ -129,6 +129,27 @@ class DataConfig(StrictModel):
     )
 
 
+class AnnotatorsConfig(StrictModel):
+    """The simulated annotators of the embedded world (rlhf.sim.annotators)."""
+
+    count: int = Field(5, ge=1, description="Annotators in the pool; each label is one's.")
+    temperature: float = Field(
+        0.05, gt=0, description="Bradley-Terry temperature on the gold reward (noise)."
+    )
+    careless: float = Field(0.1, ge=0, le=1, description="Share of labels that are coin flips.")
+    bias: float = Field(
+        0.0, ge=0, description="Spread of the annotators' personal length biases (0: none)."
+    )
+
+    def pool(self, seed: int) -> Any:
+        """The :class:`rlhf.sim.annotators.AnnotatorPool` of these settings, seeded."""
+        from rlhf.sim.annotators import AnnotatorPool
+
+        return AnnotatorPool.build(
+            self.count, self.temperature, careless=self.careless, bias=self.bias, seed=seed
+        )
+
+
 class ResumeConfig(StrictModel):
     allow_changes: bool = Field(
         False,

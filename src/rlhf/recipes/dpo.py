@@ -25,25 +25,11 @@ losses) → train → export. From the batches on, it is the loop shared with KT
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from typing import Literal
+from pydantic import Field
 
-import torch
-from pydantic import Field, model_validator
-
-from rlhf.config import StrictModel
-from rlhf.data.pairs import preference_groups
-from rlhf.data.preference import PairBatch, PairText, tokenize_pairs
-from rlhf.data.records import Record
+from rlhf.data.preference import PairText, tokenize_pairs
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.trainer import TrainConfig
-from rlhf.losses.preference import (
-    CONVEX_FUNCTIONS,
-    PREFERENCE_LOSSES,
-    LossOutput,
-    PairLogps,
-)
 from rlhf.recipes.common import (
     ModelConfig,
     RecipeConfig,
@@ -56,85 +42,19 @@ from rlhf.recipes.common import (
     training_texts,
 )
 from rlhf.recipes.offline_common import (
-    Objective,
     PreferenceDataConfig,
     PreferenceEvalConfig,
+    PreferenceLossConfig,
     ReferenceConfig,
+    pair_summary,
+    pairwise_objective,
+    preference_pairs,
     split_by_prompt,
     train_offline,
     unique_prompts,
 )
 
-LossName = Literal[tuple(PREFERENCE_LOSSES)]  # type: ignore[valid-type]
-ConvexName = Literal[tuple(CONVEX_FUNCTIONS)]  # type: ignore[valid-type]
-HYPERPARAMETERS = ("beta", "label_smoothing", "gamma", "alpha")
-
-
 # ------------------------------------------------------------------------------ config
-
-
-class PreferenceLossConfig(StrictModel):
-    """The loss and its hyperparameters; one left unset takes the loss's own default."""
-
-    name: LossName = Field(  # type: ignore[valid-type]
-        "dpo",
-        description="dpo (sigmoid; conservative with label_smoothing > 0), robust, ipo, hinge, "
-        "general, simpo, orpo, rpo, apo_zero.",
-    )
-    beta: float | None = Field(
-        None,
-        gt=0,
-        description="β: the KL strength (all losses; IPO's τ, ORPO's λ, SimPO's reward scale). "
-        "Default: the loss's own (2.0 for simpo, else 0.1).",
-    )
-    label_smoothing: float | None = Field(
-        None,
-        ge=0,
-        lt=0.5,
-        description="ε, the assumed label-flip rate: dpo (cDPO, default 0) and robust (default 0.1).",
-    )
-    gamma: float | None = Field(
-        None, description="simpo: the target reward margin γ, absolute (default 0.5)."
-    )
-    alpha: float | None = Field(
-        None, ge=0, description="rpo: weight of the chosen completion's NLL (default 1.0)."
-    )
-    convex_f: ConvexName | None = Field(  # type: ignore[valid-type]
-        None,
-        description="general: the convex f of f(βρ): logistic (= dpo), hinge (= SLiC), "
-        "squared (IPO-like), exponential, truncated_squared, savage (default logistic).",
-    )
-
-    @model_validator(mode="after")
-    def _only_what_the_loss_reads(self) -> PreferenceLossConfig:
-        reads = set(PREFERENCE_LOSSES[self.name].hyperparameters)
-        if self.name == "general":
-            reads.add("convex_f")
-        for key in (*HYPERPARAMETERS, "convex_f"):
-            if getattr(self, key) is not None and key not in reads:
-                readers = [
-                    name
-                    for name, spec in PREFERENCE_LOSSES.items()
-                    if key in spec.hyperparameters or (key == "convex_f" and name == "general")
-                ]
-                raise ValueError(
-                    f"loss.{key}: the {self.name!r} loss does not read it (read by "
-                    f"{', '.join(readers)}); leave it unset"
-                )
-        return self
-
-    @property
-    def needs_reference(self) -> bool:
-        return PREFERENCE_LOSSES[self.name].needs_reference
-
-    def function(self) -> Callable[[PairLogps], LossOutput]:
-        """The loss with the hyperparameters set here; unset ones keep the loss's defaults."""
-        spec = PREFERENCE_LOSSES[self.name]
-        kwargs = {key: getattr(self, key) for key in spec.hyperparameters}
-        kwargs = {key: value for key, value in kwargs.items() if value is not None}
-        if self.name == "general":
-            kwargs["f"] = CONVEX_FUNCTIONS[self.convex_f or "logistic"]
-        return partial(spec.fn, **kwargs)
 
 
 class DPOConfig(RecipeConfig):
@@ -158,57 +78,6 @@ class DPOConfig(RecipeConfig):
     eval: PreferenceEvalConfig = Field(
         default_factory=PreferenceEvalConfig, description="Held-out evaluation."
     )
-
-
-# ------------------------------------------------------------------------------ data
-
-
-def preference_pairs(records: Sequence[Record], source: str) -> list[list[PairText]]:
-    """Records of any comparing kind as pairs, one list per prompt (first-seen order)."""
-    return [
-        [
-            PairText(group.prompt, group.responses[chosen], group.responses[rejected])
-            for chosen, rejected in zip(group.chosen, group.rejected, strict=True)
-        ]
-        for group in preference_groups(records, source)
-    ]
-
-
-# ------------------------------------------------------------------------------ loss
-
-
-def pairwise_objective(loss: Callable[[PairLogps], LossOutput]) -> Objective:
-    """A pairwise loss on the batch's (chosen, rejected) completions."""
-
-    def objective(batch: PairBatch, logps: torch.Tensor, ref: torch.Tensor | None) -> LossOutput:
-        tokens = batch.completion_tokens  # [P, 2]
-        return loss(
-            PairLogps(
-                chosen_logps=logps[:, 0],
-                rejected_logps=logps[:, 1],
-                chosen_tokens=tokens[:, 0],
-                rejected_tokens=tokens[:, 1],
-                ref_chosen_logps=None if ref is None else ref[:, 0],
-                ref_rejected_logps=None if ref is None else ref[:, 1],
-            )
-        )
-
-    return objective
-
-
-def pair_summary(sums: Mapping[str, float]) -> dict[str, float]:
-    """Held-out means from the summed metrics of a pairwise loss."""
-    pairs = max(sums.get("pairs", 0.0), 1.0)
-    return {
-        "loss": sums["loss_sum"] / pairs,
-        "accuracy": sums["correct_pairs"] / pairs,
-        "margin": sums["margin_sum"] / pairs,
-        "chosen_reward": sums["chosen_reward_sum"] / pairs,
-        "rejected_reward": sums["rejected_reward_sum"] / pairs,
-        "chosen_logps": sums["chosen_logps_sum"] / pairs,
-        "rejected_logps": sums["rejected_logps_sum"] / pairs,
-        "pairs": sums.get("pairs", 0.0),
-    }
 
 
 # ------------------------------------------------------------------------------ the recipe

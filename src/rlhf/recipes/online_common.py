@@ -115,6 +115,9 @@ class OnlineConfig(RecipeConfig):
     """Settings every online recipe shares; each recipe adds its own section."""
 
     samples_from_policy: ClassVar[bool] = True
+    # the update weighs samples by π/π_old (PPO's ratio); online preference optimisation's
+    # losses do not, so they never need the sampling policy's log-probs
+    reads_old_logps: ClassVar[bool] = True
 
     model: ModelConfig = Field(description="The starting policy (or a tiny one for init_sft).")
     init_sft: InitSFTConfig | None = Field(
@@ -187,8 +190,20 @@ class OnlineConfig(RecipeConfig):
         return self
 
     @property
+    def trains_against_reference(self) -> bool:
+        """Whether the update reads π_ref (the KL term here; a recipe whose loss reads it
+        otherwise says so)."""
+        return self.kl.coef > 0
+
+    @property
     def episodes_per_iteration(self) -> int:
+        """Rows of experience per rollout (a recipe training on fewer rows than it samples
+        says so, and in :attr:`episodes_description`)."""
         return self.rollout.prompts_per_iteration * self.rollout.samples_per_prompt
+
+    @property
+    def episodes_description(self) -> str:
+        return "rollout.prompts_per_iteration × samples_per_prompt"
 
     @property
     def minibatch_size(self) -> int:
@@ -216,8 +231,8 @@ class OnlineConfig(RecipeConfig):
             )
         if episodes % minibatch:
             raise ValueError(
-                f"rollout.prompts_per_iteration × samples_per_prompt = {episodes} episodes must "
-                f"be a multiple of the minibatch size {minibatch}"
+                f"{self.episodes_description} = {episodes} episodes must be a multiple of the "
+                f"minibatch size {minibatch}"
             )
         return self.rollout.ppo_epochs * episodes // minibatch
 
@@ -433,10 +448,11 @@ class OnlineRun(Generic[Config]):
 def online_reference(
     config: OnlineConfig, model: torch.nn.Module, tokenizer: Any
 ) -> ReferenceModel | None:
-    """π_ref for the run, or None when neither the KL term nor the evaluation needs one."""
-    if config.kl.coef == 0 and (config.eval.prompts == 0 or config.eval.samples_per_prompt == 0):
+    """π_ref for the run, or None when neither the loss nor the evaluation needs one."""
+    in_loss = config.trains_against_reference
+    if not in_loss and (config.eval.prompts == 0 or config.eval.samples_per_prompt == 0):
         return None
-    if config.kl.coef == 0 and config.reference.path is None and not is_lora(model):
+    if not in_loss and config.reference.path is None and not is_lora(model):
         logger.info("kl.coef is 0: a frozen reference copy is kept for the evaluation's KL only")
     if config.distributed.reference_workers:
         return remote_reference(config, model, tokenizer)
@@ -497,12 +513,15 @@ def prepare_online(
     engine = online_engine(config, policy, tokenizer)
     # an engine sampling from a copy of the weights (vLLM): the trainer recomputes the old
     # log-probs, so the update's ratio is the trainer's and the mismatch can be measured
-    old_logps = getattr(engine, "samples_separately", False) or needs_old_logps(
-        config.rollout,
-        config.kl,
-        episodes=config.episodes_per_iteration,
-        minibatch_size=config.minibatch_size,
-        advantages_read_them=advantages_read_old_logps,
+    old_logps = getattr(engine, "samples_separately", False) or (
+        config.reads_old_logps
+        and needs_old_logps(
+            config.rollout,
+            config.kl,
+            episodes=config.episodes_per_iteration,
+            minibatch_size=config.minibatch_size,
+            advantages_read_them=advantages_read_old_logps,
+        )
     )
     run = OnlineRun(
         config=config,
@@ -572,6 +591,7 @@ def run_online(
     loss_fn: LossFn | None = None,
     trained: torch.nn.Module | None = None,
     callbacks: Callable[[ExperienceBuffer], Sequence[StepCallback]] | None = None,
+    group_size: int = 1,
 ) -> RunResult:
     """Train with the experience ``make_experience(iteration)`` makes, then export.
 
@@ -580,14 +600,19 @@ def run_online(
     :func:`rlhf.online.loss.policy_gradient_loss` with the config's settings. ``trained``
     is the module the Trainer optimises when it is more than the policy (PPO: policy +
     critic); sampling, the reference and the export use the policy alone. ``callbacks(buffer)``
-    may return step callbacks (PPO's early stop).
+    may return step callbacks (PPO's early stop). ``group_size``: consecutive rows that stay
+    in one micro-batch (:class:`ExperienceBuffer`; a preference pair's 2).
     """
     config, train = run.config, run.train
-    if not run.old_logps and needs_old_logps(
-        config.rollout,
-        config.kl,
-        episodes=config.episodes_per_iteration,
-        minibatch_size=config.minibatch_size,
+    if (
+        not run.old_logps
+        and config.reads_old_logps
+        and needs_old_logps(
+            config.rollout,
+            config.kl,
+            episodes=config.episodes_per_iteration,
+            minibatch_size=config.minibatch_size,
+        )
     ):
         raise ValueError(
             "this run trains several steps per rollout or reads the rollout's KL before the "
@@ -599,6 +624,7 @@ def run_online(
         micro_batch_size=train.batch_size,
         ppo_epochs=config.rollout.ppo_epochs,
         seed=train.seed,
+        group_size=group_size,
         state={
             **(state or {}),
             "kl_controller": run.kl_controller,

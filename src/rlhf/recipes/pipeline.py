@@ -37,7 +37,7 @@ from rlhf.config import ConfigError, StrictModel, _deep_merge, validate_config
 from rlhf.data.records import Record, Text
 from rlhf.eval.policies import EvalConfig, PipelineRuns, TrainedRun
 from rlhf.eval.results import Report, StageTiming
-from rlhf.recipes.common import ModelConfig, RecipeConfig, RunResult
+from rlhf.recipes.common import AnnotatorsConfig, ModelConfig, RecipeConfig, RunResult
 from rlhf.recipes.registry import stage_recipe
 from rlhf.rewards.spec import RewardSpec
 from rlhf.rollout.types import EngineChoice
@@ -47,19 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("rlhf")
 C = TypeVar("C", bound=RecipeConfig)
-
-
-class AnnotatorsConfig(StrictModel):
-    """The simulated annotators of the embedded world (rlhf.sim.annotators)."""
-
-    count: int = Field(5, ge=1, description="Annotators in the pool; each label is one's.")
-    temperature: float = Field(
-        0.05, gt=0, description="Bradley-Terry temperature on the gold reward (noise)."
-    )
-    careless: float = Field(0.1, ge=0, le=1, description="Share of labels that are coin flips.")
-    bias: float = Field(
-        0.0, ge=0, description="Spread of the annotators' personal length biases (0: none)."
-    )
 
 
 class FeedbackConfig(EngineChoice):
@@ -378,16 +365,7 @@ def world_labels(
     prompts: Sequence[Text], groups: Sequence[Sequence[str]], settings: FeedbackConfig, seed: int
 ) -> list[Record]:
     """The embedded world's simulated annotators label each group of K responses."""
-    from rlhf.sim.annotators import AnnotatorPool
-
-    pool = AnnotatorPool.build(
-        count=settings.annotators.count,
-        temperature=settings.annotators.temperature,
-        careless=settings.annotators.careless,
-        bias=settings.annotators.bias,
-        seed=seed,
-    )
-    return pool.label_groups(prompts, groups, kind=settings.kind)
+    return settings.annotators.pool(seed).label_groups(prompts, groups, kind=settings.kind)
 
 
 # ------------------------------------------------------------------------------ the run

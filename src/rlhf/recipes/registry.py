@@ -138,6 +138,12 @@ RECIPES: tuple[Recipe, ...] = (
         "REINFORCE++: advantages normalised over the global batch, k2 KL in the loss.",
         online=True,
     ),
+    Recipe(
+        "online-dpo", "rlhf.recipes.online_dpo", "OnlineDPOConfig", "run_online_dpo",
+        "Online DPO: any DPO-family loss on pairs of the policy's own samples, ordered by a "
+        "reward or by annotators.",
+        online=True, loss_option=True,
+    ),
 )  # fmt: skip
 
 

@@ -218,7 +218,15 @@ class RolloutBatch:
         for row, prompt in enumerate(index):
             rows_of.setdefault(prompt, []).append(row)
         rows = [row for prompt in prompts for row in rows_of.get(prompt, [])]
-        picked = torch.as_tensor(rows, dtype=torch.long)
+        selected = self.select_rows(rows)
+        selected.prompt_index = torch.as_tensor(
+            [order[index[row]] for row in rows], dtype=torch.long
+        )
+        return selected
+
+    def select_rows(self, rows: Sequence[int]) -> RolloutBatch:
+        """The rows ``rows`` in that order (a row may repeat), ``prompt_index`` kept."""
+        picked = torch.as_tensor(list(rows), dtype=torch.long)
         return RolloutBatch(
             prompt_ids=self.prompt_ids[picked],
             prompt_mask=self.prompt_mask[picked],
@@ -226,7 +234,7 @@ class RolloutBatch:
             response_mask=self.response_mask[picked],
             logps=None if self.logps is None else self.logps[picked],
             ended_with_eos=self.ended_with_eos[picked],
-            prompt_index=torch.as_tensor([order[index[row]] for row in rows], dtype=torch.long),
+            prompt_index=self.prompt_index[picked],
             response_texts=[self.response_texts[row] for row in rows],
             truncated_prompts=self.truncated_prompts,
             engine_logps=None if self.engine_logps is None else self.engine_logps[picked],
