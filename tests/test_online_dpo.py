@@ -13,7 +13,8 @@ from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogps
 from rlhf.online.experience import ExperienceBuffer
 from rlhf.online.loss import pair_preference_loss, policy_logps
 from rlhf.recipes import online_dpo
-from rlhf.recipes.online_dpo import OnlineDPOConfig, best_and_worst, run_online_dpo
+from rlhf.online.pairs import annotated_pairs, best_and_worst
+from rlhf.recipes.online_dpo import OnlineDPOConfig, run_online_dpo
 
 from .online_helpers import make_run
 
@@ -112,8 +113,8 @@ def test_annotators_order_each_pair_by_the_worlds_gold(policy):
     )
     prompts = run.prompts_for(1)
     batch = run.sample(prompts, 1)
-    settings = run.config.labeller.annotators
-    chosen, rejected = online_dpo.annotated_pairs(list(prompts.texts), batch, 4, settings, 7)
+    pool = run.config.labeller.annotators.pool(7)
+    chosen, rejected = annotated_pairs(prompts.texts, batch.response_texts, 4, pool)
     for index, (c, r) in enumerate(zip(chosen.tolist(), rejected.tolist(), strict=True)):
         prompt = prompts.texts[index]
         if c == r:  # no two distinct responses
@@ -125,7 +126,9 @@ def test_annotators_order_each_pair_by_the_worlds_gold(policy):
         ]
         assert gold_score(prompt, batch.response_texts[c]) == pytest.approx(max(gold))
         assert gold_score(prompt, batch.response_texts[r]) == pytest.approx(min(gold))
-    again = online_dpo.annotated_pairs(list(prompts.texts), batch, 4, settings, 7)
+    again = run.config.labeller.pairs(
+        prompts.texts, batch.response_texts, torch.zeros(len(batch)), 4, 7
+    )
     assert torch.equal(again[0], chosen) and torch.equal(again[1], rejected)  # seeded
 
 

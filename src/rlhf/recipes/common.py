@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from rlhf.config import ConfigError, StrictModel, config_changes, config_text, read_yaml
-from rlhf.data.records import Record
+from rlhf.data.records import Record, Text
 from rlhf.data.tokenize import (
     TokenizedExample,
     TooLongError,
@@ -148,6 +148,36 @@ class AnnotatorsConfig(StrictModel):
         return AnnotatorPool.build(
             self.count, self.temperature, careless=self.careless, bias=self.bias, seed=seed
         )
+
+
+class LabellerConfig(StrictModel):
+    """Who orders the two responses of a pair."""
+
+    kind: Literal["reward", "annotators"] = Field(
+        "reward",
+        description="reward: the run's reward scores the K samples, best vs worst make the "
+        "pair; annotators: the embedded world's simulated people compare (K = 2) or rank them.",
+    )
+    annotators: AnnotatorsConfig = Field(
+        default_factory=AnnotatorsConfig, description="The simulated annotators (kind annotators)."
+    )
+
+    def pairs(
+        self,
+        prompts: Sequence[Text],
+        responses: Sequence[str],
+        scores: torch.Tensor,
+        k: int,
+        seed: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[P] chosen and rejected rows of each prompt's K ``responses`` (prompt-major):
+        best and worst by ``scores`` [P·K], or as the annotators (seeded by ``seed``) order
+        them; chosen == rejected where a group gives no preference."""
+        from rlhf.online.pairs import annotated_pairs, best_and_worst
+
+        if self.kind == "reward":
+            return best_and_worst(scores, k)
+        return annotated_pairs(prompts, responses, k, self.annotators.pool(seed))
 
 
 class ResumeConfig(StrictModel):

@@ -32,7 +32,7 @@ import shutil
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -44,30 +44,16 @@ from rlhf.online.experience import Experience
 from rlhf.online.loss import pair_preference_loss
 from rlhf.online.phases import ReferenceTerm, rollout_metrics
 from rlhf.online.settings import KLSettings, RolloutSettings
-from rlhf.recipes.common import AnnotatorsConfig, RunResult
+from rlhf.recipes.common import LabellerConfig, RunResult
 from rlhf.recipes.offline_common import PreferenceLossConfig
 from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
 from rlhf.rewards.base import score_rollout
 from rlhf.rollout.measure import reference_logps
-from rlhf.rollout.types import RolloutBatch
 
 logger = logging.getLogger("rlhf")
 REFRESHED_REFERENCE = "reference-refreshed"
 
 # ------------------------------------------------------------------------------ config
-
-
-class LabellerConfig(StrictModel):
-    """Who orders the two responses of a pair."""
-
-    kind: Literal["reward", "annotators"] = Field(
-        "reward",
-        description="reward: the run's reward scores the K samples, best vs worst make the "
-        "pair; annotators: the embedded world's simulated people compare (K = 2) or rank them.",
-    )
-    annotators: AnnotatorsConfig = Field(
-        default_factory=AnnotatorsConfig, description="The simulated annotators (kind annotators)."
-    )
 
 
 class OnlineDPOSettings(StrictModel):
@@ -143,43 +129,6 @@ class OnlineDPOConfig(OnlineConfig):
         return "2 × rollout.prompts_per_iteration (a pair per prompt)"
 
 
-# ------------------------------------------------------------------------------ the labeller
-
-
-def best_and_worst(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[P] row indices of each group's highest and lowest score (``scores`` [P·K], prompt-major);
-    the first of tied rows. A group whose scores all tie has chosen == rejected."""
-    groups = scores.view(-1, k)
-    offsets = torch.arange(groups.shape[0]) * k
-    return groups.argmax(-1) + offsets, groups.argmin(-1) + offsets
-
-
-def annotated_pairs(
-    prompts: list[Any], batch: RolloutBatch, k: int, settings: AnnotatorsConfig, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[P] chosen and rejected rows as simulated annotators order each group: a comparison of
-    two distinct responses, or a Plackett–Luce ranking of the distinct ones (first and last).
-    A group with one distinct response has chosen == rejected."""
-    pool = settings.pool(seed)
-    chosen, rejected = [], []
-    for index, prompt in enumerate(prompts):
-        rows = range(index * k, (index + 1) * k)
-        first_row: dict[str, int] = {}
-        for row in rows:
-            first_row.setdefault(batch.response_texts[row], row)
-        distinct = list(first_row)
-        if len(distinct) < 2:
-            chosen.append(rows[0]), rejected.append(rows[0])
-        elif len(distinct) == 2:
-            record = pool.compare(prompt, distinct[0], distinct[1])
-            chosen.append(first_row[record.chosen]), rejected.append(first_row[record.rejected])
-        else:
-            ranks = pool.rank(prompt, distinct).ranks
-            chosen.append(first_row[distinct[ranks.index(0)]])
-            rejected.append(first_row[distinct[ranks.index(len(distinct) - 1)]])
-    return torch.tensor(chosen), torch.tensor(rejected)
-
-
 # ------------------------------------------------------------------------------ the reference
 
 
@@ -246,13 +195,10 @@ def make_experience(
     reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [P·K]
 
     # the labeller orders each group into a pair
-    if config.labeller.kind == "reward":
-        chosen, rejected = best_and_worst(reward.scores, k)
-    else:
-        seed = config.train.seed * 1_000_003 + iteration
-        chosen, rejected = annotated_pairs(
-            list(prompts.texts), batch, k, config.labeller.annotators, seed
-        )
+    seed = config.train.seed * 1_000_003 + iteration
+    chosen, rejected = config.labeller.pairs(
+        prompts.texts, batch.response_texts, reward.scores, k, seed
+    )
     tied = chosen == rejected  # [P]: no preference, no pair
     rows = torch.stack([chosen, rejected], dim=1).flatten()  # [2P] chosen, rejected, ...
     pairs = batch.select_rows(rows.tolist())
