@@ -16,6 +16,15 @@ exactly (ties by a coin flip). A ``careless`` share of labels ignores the respon
 flip, a random order, a random rating, a random thumb. Ratings and thumbs put logistic noise of
 scale τ (the difference of two Gumbels) on the utility, then quantise it.
 
+``nontransitive`` λ ≥ 0 gives an annotator's *pairwise* comparisons the world's cyclic taste
+(:mod:`rlhf.sim.preference`: scene beats portrait beats story beats scene)::
+
+    P(a ≻ b) = σ((u(a) − u(b) + λ · C(a, b)) / τ)
+
+so a careful annotator (no length bias, never careless) labels pairs by the gold preference
+:func:`rlhf.sim.preference.gold_preference`. A ranking, a rating or a thumb is a function of
+one utility per response and cannot carry a cycle: λ leaves them as they are.
+
 :class:`AnnotatorPool` labels each item by one of several annotators drawn at random, and
 :func:`label_groups` labels K responses per prompt as pairs, rankings, ratings or thumbs.
 How often labelled pairs agree with gold (what a reward model that had learnt gold exactly
@@ -42,6 +51,7 @@ from rlhf.data.records import (
     Text,
 )
 from rlhf.sim.gold import gold_score
+from rlhf.sim.preference import cyclic_term
 from rlhf.sim.world import content_sentences
 
 RATING_SCALE = (1.0, 5.0)
@@ -66,6 +76,8 @@ class SimulatedAnnotator:
     annotator's own random stream. ``reward(prompt, response)`` replaces the world's gold as
     what the annotator values (a judge's or a reward model's scores, for data outside the
     world; τ is then in its units, and ratings and thumbs keep gold's calibration).
+    ``nontransitive`` λ ≥ 0 adds the world's cyclic taste to pairwise comparisons (see the
+    module docstring; 0: none).
     """
 
     def __init__(
@@ -77,20 +89,26 @@ class SimulatedAnnotator:
         *,
         thumbs_threshold: float = THUMBS_THRESHOLD,
         reward: Callable[[Text, str], float] = gold_score,
+        nontransitive: float = 0.0,
     ) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {temperature}")
         if not 0 <= careless <= 1:
             raise ValueError(f"careless is a share, from 0 to 1; got {careless}")
+        if not (nontransitive >= 0 and math.isfinite(nontransitive)):
+            raise ValueError(f"nontransitive must be a finite number ≥ 0, got {nontransitive}")
         self.temperature, self.length_bias, self.careless = temperature, length_bias, careless
+        self.nontransitive = nontransitive
         self.thumbs_threshold, self.reward = thumbs_threshold, reward
         self.seed = seed
         self.rng = random.Random(f"annotator-{seed}")
 
     def __repr__(self) -> str:
+        cyclic = f", nontransitive={self.nontransitive:g}" if self.nontransitive else ""
         return (
             f"SimulatedAnnotator(temperature={self.temperature:g}, "
-            f"length_bias={self.length_bias:g}, careless={self.careless:g}, seed={self.seed!r})"
+            f"length_bias={self.length_bias:g}, careless={self.careless:g}{cyclic}, "
+            f"seed={self.seed!r})"
         )
 
     def utility(self, prompt: Text, response: str) -> float:
@@ -98,9 +116,16 @@ class SimulatedAnnotator:
         bias = self.length_bias * len(content_sentences(response)) if self.length_bias else 0.0
         return self.reward(prompt, response) + bias
 
+    def utility_difference(self, prompt: Text, a: str, b: str) -> float:
+        """u(a) − u(b) + λ · C(a, b): what this annotator's comparison of a and b follows."""
+        delta = self.utility(prompt, a) - self.utility(prompt, b)
+        if self.nontransitive:
+            delta += self.nontransitive * cyclic_term(a, b)
+        return delta
+
     def preference_probability(self, prompt: Text, a: str, b: str) -> float:
         """P(a ≻ b) for this annotator, carelessness included."""
-        delta = self.utility(prompt, a) - self.utility(prompt, b)
+        delta = self.utility_difference(prompt, a, b)
         if self.temperature == 0:
             p = 0.5 if delta == 0 else float(delta > 0)
         else:
@@ -125,7 +150,7 @@ class SimulatedAnnotator:
         if careless:
             a_wins = self.rng.random() < 0.5
         else:
-            delta = self.utility(prompt, a) - self.utility(prompt, b)
+            delta = self.utility_difference(prompt, a, b)
             if self.temperature == 0 and delta != 0:
                 a_wins = delta > 0
             else:
@@ -193,9 +218,11 @@ class AnnotatorPool:
         careless: float = 0.0,
         bias: float = 0.0,
         seed: int = 0,
+        nontransitive: float = 0.0,
     ) -> AnnotatorPool:
-        """``count`` annotators sharing ``temperature`` and ``careless``, each with a personal
-        length bias drawn from N(0, ``bias``²) (seeded; ``bias`` = 0: none)."""
+        """``count`` annotators sharing ``temperature``, ``careless`` and ``nontransitive``,
+        each with a personal length bias drawn from N(0, ``bias``²) (seeded; ``bias`` = 0:
+        none)."""
         if count < 1:
             raise ValueError(f"an annotator pool needs at least one annotator, got {count}")
         draw = random.Random(f"pool-biases-{seed}")
@@ -206,6 +233,7 @@ class AnnotatorPool:
                     length_bias=draw.gauss(0.0, bias) if bias else 0.0,
                     careless=careless,
                     seed=f"{seed}-{index}",
+                    nontransitive=nontransitive,
                 )
                 for index in range(count)
             ],
@@ -247,16 +275,18 @@ class AnnotatorPool:
 Labeller = SimulatedAnnotator | AnnotatorPool
 
 
-def default_pool(seed: int = 0) -> AnnotatorPool:
+def default_pool(seed: int = 0, nontransitive: float = 0.0) -> AnnotatorPool:
     """The world's default annotators, one drawn per item: a careful one (τ = 0.05), a typical
     one who likes length a little (τ = 0.1, +0.03 per sentence) and a hurried one
-    (τ = 0.2, +0.05 per sentence, 15 % careless)."""
+    (τ = 0.2, +0.05 per sentence, 15 % careless); all with the cyclic taste of strength
+    ``nontransitive`` in their pairwise comparisons (0: none)."""
+    cyclic = {"nontransitive": nontransitive}
     return AnnotatorPool(
         [
-            SimulatedAnnotator(temperature=0.05, seed=f"{seed}-careful"),
-            SimulatedAnnotator(temperature=0.1, length_bias=0.03, seed=f"{seed}-typical"),
+            SimulatedAnnotator(temperature=0.05, seed=f"{seed}-careful", **cyclic),
+            SimulatedAnnotator(temperature=0.1, length_bias=0.03, seed=f"{seed}-typical", **cyclic),
             SimulatedAnnotator(
-                temperature=0.2, length_bias=0.05, careless=0.15, seed=f"{seed}-hurried"
+                temperature=0.2, length_bias=0.05, careless=0.15, seed=f"{seed}-hurried", **cyclic
             ),
         ],
         seed=seed,

@@ -34,6 +34,9 @@ annotators :mod:`rlhf.sim.annotators`; docs/world.md):
   prompts are never trained on.
 * ``builtin:world-preferences`` — one pair of behaviour responses per prompt, labelled by the
   default simulated annotator pool (:func:`rlhf.sim.annotators.default_pool`).
+  ``nontransitive=0.3`` gives the annotators the world's cyclic taste of that strength in gold
+  units (:mod:`rlhf.sim.preference`: scene beats portrait beats story beats scene), which no
+  reward model can fit and a pairwise preference model can (docs/preference-model.md).
 * ``builtin:world-rankings`` — four behaviour responses per prompt ranked by the pool
   (duplicates dropped).
 * ``builtin:world-ratings`` — three behaviour responses per prompt rated 1–5 by the pool.
@@ -185,10 +188,13 @@ def world_prompts(n: int, seed: int, split: str = "all") -> list[Record]:
     return [PromptRecord(prompt) for prompt in prompts(n, seed, split)]
 
 
-def _world_labels(n: int, seed: int, k: int, kind: LabelKind) -> list[Record]:
-    """``k`` behaviour responses to each of ``n`` prompts, labelled by the default pool; for
-    pairs, each group is drawn again until its two responses differ."""
-    from rlhf.sim.annotators import label_groups
+def _world_labels(
+    n: int, seed: int, k: int, kind: LabelKind, nontransitive: float = 0.0
+) -> list[Record]:
+    """``k`` behaviour responses to each of ``n`` prompts, labelled by the default pool (with
+    the cyclic taste ``nontransitive`` in its comparisons); for pairs, each group is drawn
+    again until its two responses differ."""
+    from rlhf.sim.annotators import default_pool, label_groups
     from rlhf.sim.world import prompts, sample_response
 
     rng = random.Random(f"world-{kind}-{seed}")
@@ -199,11 +205,12 @@ def _world_labels(n: int, seed: int, k: int, kind: LabelKind) -> list[Record]:
         while kind in ("pairs", "rankings") and len(set(group)) < 2:
             group = [sample_response(prompt, rng) for _ in range(k)]
         groups.append(group)
-    return label_groups(prompt_list, groups, kind, seed=seed)
+    pool = default_pool(seed, nontransitive=nontransitive)
+    return label_groups(prompt_list, groups, kind, annotators=pool, seed=seed)
 
 
-def world_preferences(n: int, seed: int) -> list[Record]:
-    return _world_labels(n, seed, 2, "pairs")
+def world_preferences(n: int, seed: int, nontransitive: float = 0.0) -> list[Record]:
+    return _world_labels(n, seed, 2, "pairs", nontransitive)
 
 
 def world_rankings(n: int, seed: int) -> list[Record]:
@@ -238,6 +245,7 @@ BUILTIN: dict[str, Callable[..., list[Record]]] = {
 EXTRA_OPTIONS: dict[str, dict[str, type]] = {
     "arithmetic-noisy": {"wrong": float},
     "world-prompts": {"split": str},
+    "world-preferences": {"nontransitive": float},
 }
 
 

@@ -206,17 +206,29 @@ def is_well_formed(sentence: str) -> bool:
     text = " ".join(sentence.split())
     if normalise(text) in _FIXED_KEYS:
         return text[:1].isupper() and text.endswith(ENDINGS)
+    return template_index(text) is not None
+
+
+def template_index(sentence: str) -> int | None:
+    """The index in :data:`SENTENCE_TEMPLATES` of the template a sentence follows (admissible
+    words in its slots, any topics; capitalised, ending with a full stop), or None: a polite or
+    filler phrase, a sentence cut off or with a foreign word. No sentence fits two templates."""
+    text = " ".join(sentence.split())
     if not text.endswith(".") or not text[:1].isupper():
-        return False
+        return None
     tokens, slots = text[:-1].split(" "), _slot_words()
     # a template's fixed words match exactly, so only its first word is capitalised
-    return any(
-        len(pattern) == len(tokens)
-        and all(
-            token in slots[part[1:-1]] if part.startswith("{") else token == part
-            for part, token in zip(pattern, tokens, strict=True)
-        )
-        for pattern in _template_patterns()
+    return next(
+        (
+            index
+            for index, pattern in enumerate(_template_patterns())
+            if len(pattern) == len(tokens)
+            and all(
+                token in slots[part[1:-1]] if part.startswith("{") else token == part
+                for part, token in zip(pattern, tokens, strict=True)
+            )
+        ),
+        None,
     )
 
 
