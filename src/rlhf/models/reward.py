@@ -460,18 +460,17 @@ def write_normalization(folder: Path, gain: float, bias: float, **info: Any) -> 
     return path
 
 
-def load_reward_model(
+def load_scalar_classifier(
     path: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-) -> RewardModel:
-    """Load a reward model saved by ``rlhf rm`` (or any one-label sequence classifier).
-
-    The normalisation comes from ``config.json`` (:data:`NORMALIZATION_KEY`) or
-    ``reward_normalization.json``; without either, rewards are the raw scores (gain 1,
-    bias 0) and a warning says so.
-    """
+    kind: str = "reward model",
+    saved_by: str = "rlhf rm",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A one-label sequence classifier and its tokenizer, ready to score (no KV cache): what
+    reward models and pairwise preference models both are. Anything else is a
+    :class:`ModelLoadError` calling it "not a ``kind``, as ``saved_by`` saves"."""
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(path)
@@ -485,11 +484,37 @@ def load_reward_model(
     if not is_reward_model(model.config) or model.config.num_labels != 1:
         raise ModelLoadError(
             str(path),
-            f"not a reward model (architectures {model.config.architectures}, "
+            f"not a {kind} (architectures {model.config.architectures}, "
             f"{model.config.num_labels} labels); expected a sequence classifier with one label, "
-            "as `rlhf rm` saves",
+            f"as `{saved_by}` saves",
         )
     model.config.use_cache = False
+    return model, tokenizer
+
+
+def load_reward_model(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """Load a reward model saved by ``rlhf rm`` (or any one-label sequence classifier).
+
+    The normalisation comes from ``config.json`` (:data:`NORMALIZATION_KEY`) or
+    ``reward_normalization.json``; without either, rewards are the raw scores (gain 1,
+    bias 0) and a warning says so. A pairwise preference model (``rlhf pm``), one-label too,
+    is refused: its number scores a pair of responses, not one.
+    """
+    from rlhf.models.preference import PREFERENCE_MODEL_KEY, is_preference_model
+
+    model, tokenizer = load_scalar_classifier(path, dtype=dtype, device=device)
+    if is_preference_model(model.config):
+        raise ModelLoadError(
+            str(path),
+            f"a pairwise preference model (config.json has {PREFERENCE_MODEL_KEY}), not a "
+            "reward model: it scores two responses at once; use it as a preference "
+            "(preference: {model: PATH})",
+        )
     folder = Path(path) if Path(path).is_dir() else None
     stored = read_normalization(model.config, folder)
     if stored is None:

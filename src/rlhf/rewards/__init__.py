@@ -7,6 +7,11 @@ needs a reward takes any of them. ``metadata`` is one mapping per row (the groun
 ``answer``, ``finished``, ``response_tokens``; see :mod:`rlhf.rewards.base`), and
 :meth:`Reward.score` also gives each composite part's reward and per-token rewards. Configs
 name one with a :class:`RewardSpec` (see :mod:`rlhf.rewards.spec` and docs/rewards.md).
+
+Preferences, ``preference(prompts, first, second, metadata=None) -> Tensor [N]`` =
+P(first ≻ second), are the same idea for two responses at once: a pairwise preference model,
+the world's gold preference or Bradley–Terry from any reward, named by a
+:class:`PreferenceSpec` (:mod:`rlhf.rewards.preference`, docs/preference-model.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ from rlhf.rewards.base import (
 from rlhf.rewards.composite import CompositeReward, LengthPenalty, MissingEOSPenalty
 from rlhf.rewards.judge import HTTPJudge, JudgeError, LocalJudge, parse_score
 from rlhf.rewards.model import RewardModelReward
+from rlhf.rewards.preference import (
+    PreferenceFunction,
+    PreferenceSpec,
+    build_preference,
+    call_preference,
+)
 from rlhf.rewards.rules import (
     RULES,
     AnswerFormat,
@@ -57,6 +68,8 @@ __all__ = [
     "MathAnswer",
     "Metadata",
     "MissingEOSPenalty",
+    "PreferenceFunction",
+    "PreferenceSpec",
     "RegexFormat",
     "Reward",
     "RewardFunction",
@@ -65,7 +78,9 @@ __all__ = [
     "RewardSpec",
     "WorldGold",
     "arithmetic_answer",
+    "build_preference",
     "build_reward",
+    "call_preference",
     "call_reward",
     "dense_token_rewards",
     "final_number",
