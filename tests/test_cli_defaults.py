@@ -20,6 +20,7 @@ REQUIRED = {
     "sft": ["data.train=d.jsonl"],
     "pretrain": ["data.train=d.jsonl"],
     "rm": ["data.train=d.jsonl"],
+    "pm": ["data.train=d.jsonl"],
     "raft": ["prompts=d.jsonl", "reward.rule=arithmetic"],
     "dpo": ["data.train=d.jsonl"],
     "kto": ["data.train=d.jsonl"],

@@ -83,6 +83,10 @@ RECIPES: tuple[Recipe, ...] = (
         stage="reward_model",
     ),
     Recipe(
+        "pm", "rlhf.recipes.preference_model", "PreferenceModelConfig", "run_preference_model",
+        "Train a pairwise preference model P(y ≻ y′ | x) on preference pairs (both orders).",
+    ),
+    Recipe(
         "raft", "rlhf.recipes.raft", "RAFTConfig", "run_raft",
         "RAFT: rounds of sample N per prompt, keep the best by reward, fine-tune on them.",
     ),

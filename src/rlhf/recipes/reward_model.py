@@ -63,7 +63,6 @@ from rlhf.models.reward import (
     write_normalization,
 )
 from rlhf.recipes.common import (
-    DataConfig,
     ModelConfig,
     RecipeConfig,
     RunResult,
@@ -72,9 +71,9 @@ from rlhf.recipes.common import (
     model_source,
     prepare_out_dir,
     report_truncation,
-    split_train_eval,
     training_texts,
 )
+from rlhf.recipes.comparisons import ComparisonDataConfig, load_comparisons
 from rlhf.recipes.lm import exporter
 
 logger = logging.getLogger("rlhf")
@@ -103,14 +102,6 @@ class NormalizationConfig(StrictModel):
     max_responses: int = Field(1024, ge=2, description="Score at most this many references.")
 
 
-class RewardDataConfig(DataConfig):
-    group_by_length: bool = Field(
-        True,
-        description="Batch prompt groups of similar length together (each window of 50 "
-        "shuffled batches sorted by length, then the batches shuffled): far less padding.",
-    )
-
-
 class RewardModelConfig(RecipeConfig):
     """Reward model training (Bradley–Terry)."""
 
@@ -118,7 +109,7 @@ class RewardModelConfig(RecipeConfig):
         description="The backbone: a causal LM (e.g. the SFT model), an encoder (BERT, "
         "MiniLM), a reward model to train further, or a tiny Llama built from scratch."
     )
-    data: RewardDataConfig = Field(
+    data: ComparisonDataConfig = Field(
         description="Comparisons: preference pairs, rankings, ratings, thumbs, edits."
     )
     train: TrainConfig = Field(
@@ -309,19 +300,8 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
     data, seed = config.data, config.train.seed
 
     # data: comparisons grouped by prompt; the held-out split is by prompt too
-    records = load_records(data.train, data)
-    groups = preference_groups(records, data.train)
-    if data.eval is not None:
-        train_groups = groups
-        eval_records = load_records(data.eval, data)
-        eval_groups = preference_groups(eval_records, data.eval)[: data.eval_max_examples]
-    else:
-        train_groups, eval_groups = split_train_eval(groups, data, seed)  # type: ignore[arg-type]
-    logger.info(
-        "%d training prompts (%d pairs), %d held-out prompts (%d pairs)",
-        len(train_groups), sum(g.num_pairs for g in train_groups),
-        len(eval_groups), sum(g.num_pairs for g in eval_groups),
-    )  # fmt: skip
+    comparisons = load_comparisons(data, seed)
+    records, train_groups, eval_groups = comparisons.records, comparisons.train, comparisons.eval
 
     # model: the backbone with a scalar head (LoRA optional)
     path = model_source(config.model, out, lambda: training_texts(records), seed)
