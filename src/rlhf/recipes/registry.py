@@ -148,6 +148,12 @@ RECIPES: tuple[Recipe, ...] = (
         "reward or by annotators.",
         online=True, loss_option=True,
     ),
+    Recipe(
+        "iterative-dpo", "rlhf.recipes.iterative_dpo", "IterativeDPOConfig", "run_iterative_dpo",
+        "Iterative DPO: rounds of sample K → label best vs worst → DPO from the previous "
+        "round's policy.",
+        loss_option=True,
+    ),
 )  # fmt: skip
 
 
