@@ -18,7 +18,6 @@ RECIPES = tuple(entry.name for entry in online_recipes() if entry.name != "ppo")
 # the tiny presets, shrunk to a smoke test: a few SFT steps, one short iteration
 SHRINK = (
     "init_sft.train.max_steps=5",
-    "data.prompts=builtin:arithmetic?n=48",
     "rollout.iterations=2",
     "rollout.prompts_per_iteration=8",
     "rollout.samples_per_prompt=4",
@@ -26,10 +25,20 @@ SHRINK = (
     "train.batch_size=16",
     "eval.prompts=8",
     "sampling.max_new_tokens=8",
-    "eval.gold_reward.rule=arithmetic",
     "progress=false",
     "tensorboard=false",
 )
+# the recipes whose presets play in the embedded world (a preference, not the arithmetic rule)
+WORLD = {"sppo", "nash-md"}
+
+
+def task(recipe):
+    if recipe in WORLD:
+        return (
+            "data.prompts=builtin:world-prompts?n=48&split=train",
+            "eval.gold_reward.rule=world_gold",
+        )
+    return ("data.prompts=builtin:arithmetic?n=48", "eval.gold_reward.rule=arithmetic")
 
 
 def invoke(*args):
@@ -54,7 +63,7 @@ def test_help_lists_the_online_keys(recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_tiny_preset_runs_and_logs_rollouts(recipe, tmp_path):
     out = tmp_path / recipe
-    result = invoke(recipe, "--preset", "tiny", f"out={out}", *SHRINK)
+    result = invoke(recipe, "--preset", "tiny", f"out={out}", *SHRINK, *task(recipe))
     assert result.exit_code == 0, result.output
     assert "held-out:" in result.output and "greedy_reward" in result.output
     rows = read_jsonl(out / "metrics.jsonl")
@@ -66,8 +75,8 @@ def test_tiny_preset_runs_and_logs_rollouts(recipe, tmp_path):
     assert config.derived_train().max_steps == steps
     rollouts = [row for row in train if "rollout_reward" in row]
     assert [row["rollout_iteration"] for row in rollouts] == [1, 2]
-    # the clipped surrogate's clip fraction, or the pairs the labeller made
-    update = "rollout_pairs" if recipe == "online-dpo" else "clip_frac"
+    # the clipped surrogate's clip fraction, the pairs the labeller made or SPPO's targets
+    update = {"online-dpo": "rollout_pairs", "sppo": "target"}.get(recipe, "clip_frac")
     logged = ["rollout_response_tokens", "rollout_eos_rate", update]
     if yaml.safe_load((out / "config.yaml").read_text())["kl"]["coef"] > 0:
         logged.append("rollout_kl")  # a KL term needs the reference (DAPO and GSPO drop both)

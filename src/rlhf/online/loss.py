@@ -4,7 +4,8 @@ PPO's clipped surrogate on the advantages (:func:`rlhf.losses.policy.ppo_policy_
 ``β · KL`` as a loss term (k2/k3) when the KL is not in the reward; PPO adds its value loss
 and entropy bonus to it, GSPO replaces the surrogate by its sequence-level one. Online
 preference optimisation (online DPO and its family) trains on pairs of the policy's samples
-instead: :func:`pair_preference_loss`.
+instead: :func:`pair_preference_loss`; SPPO regresses log-ratios on win rates:
+:func:`sppo_policy_loss`.
 
 Shapes: n rows of a micro-batch, R response tokens.
 """
@@ -17,6 +18,7 @@ from functools import partial
 import torch
 
 from rlhf.losses.kl import per_token_kl, sequence_kl
+from rlhf.losses.nash import sppo_loss
 from rlhf.losses.policy import kl_penalty_loss, ppo_policy_loss
 from rlhf.losses.preference import PairLogps
 from rlhf.models.teacher_forcing import response_logprobs
@@ -180,3 +182,33 @@ def pair_preference_loss(
         )
     metrics = {key: value / grad_accum for key, value in metrics.items()}
     return loss_sum, metrics | batch.metrics
+
+
+def sppo_policy_loss(
+    model: torch.nn.Module, batch: Experience, *, eta: float, grad_accum: int = 1
+) -> tuple[torch.Tensor, Metrics]:
+    """SPPO's square loss (:func:`rlhf.losses.nash.sppo_loss`) on a micro-batch whose
+    ``scores`` are each response's win rate against the sampling policy π_t. π_t's sequence
+    log-probs are the rollout's old ones, or this step's own, detached, when the rollout
+    trains one optimiser step (the log-ratio then starts at 0).
+
+    Returns the loss summed over the sequences in the loss (the Trainer divides by
+    ``batch.loss_units``, aggregation "sequence") and metrics as means over them divided by
+    ``grad_accum``: ``policy_loss``, ``log_ratio`` (log π/π_t), ``target`` (η (P̂ − ½)).
+    """
+    rows = batch.mask.bool().any(-1)  # [n]
+    if not rows.any():
+        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
+    logps = policy_logps(model, batch)  # [n, R]
+    old = logps.detach() if batch.old_logps is None else batch.old_logps
+    sequence = (logps * batch.mask).sum(-1)[rows]
+    old_sequence = (old * batch.mask).sum(-1)[rows]
+    loss, sums = sppo_loss(sequence, old_sequence, batch.scores.to(sequence.device)[rows], eta=eta)
+    count = max(sums["sequences"], 1.0)
+    metrics = {
+        "policy_loss": sums["loss_sum"] / count,
+        "log_ratio": sums["log_ratio_sum"] / count,
+        "target": sums["target_sum"] / count,
+    }
+    metrics = {key: value / grad_accum for key, value in metrics.items()}
+    return loss, metrics | batch.metrics

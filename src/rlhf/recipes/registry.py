@@ -154,6 +154,17 @@ RECIPES: tuple[Recipe, ...] = (
         "round's policy.",
         loss_option=True,
     ),
+    Recipe(
+        "sppo", "rlhf.recipes.sppo", "SPPOConfig", "run_sppo",
+        "SPPO: self-play against a pairwise preference; log-ratios regressed on win rates.",
+        online=True,
+    ),
+    Recipe(
+        "nash-md", "rlhf.recipes.nash_md", "NashMDConfig", "run_nash_md",
+        "Nash-MD: policy gradient on P(y ≻ y′) against the policy–reference geometric "
+        "mixture.",
+        online=True,
+    ),
 )  # fmt: skip
 
 

@@ -168,9 +168,21 @@ class HFGenerationEngine:
         )
         return cls(model, tokenizer, batch_size=batch_size)
 
+    # the compiled decoding loop samples from the model's own logits: an engine that changes
+    # them (logits_processors) decodes with generate
+    compilable = True
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def logits_processors(
+        self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams
+    ) -> Any:
+        """What ``generate`` applies to each step's logits for the prompt chunk ``ids`` /
+        ``mask`` [b, p]: the finite check (an engine sampling from other logits adds its
+        own)."""
+        return finite_logits_processor()
 
     def prompt_room(self, max_new_tokens: int) -> int | None:
         """How many prompt tokens fit beside ``max_new_tokens`` in the model's positions (None
@@ -206,7 +218,7 @@ class HFGenerationEngine:
                 # weight at every step, inside a compiled step) cost more than its bf16
                 # products save, and the samples come from the policy's own weights
                 with torch.autocast(device.type, enabled=False):
-                    if params.compile:
+                    if params.compile and self.compilable:
                         sequences = compiled.compiled_generate(
                             self.model, ids, mask, prompt_index[rows], params, self.stop_ids, pad_id
                         )  # [b, p + r], or None for a model it cannot decode
@@ -218,7 +230,7 @@ class HFGenerationEngine:
                             input_ids=ids,
                             attention_mask=mask,
                             generation_config=config,
-                            logits_processor=finite_logits_processor(),
+                            logits_processor=self.logits_processors(ids, mask, params),
                             **cache,
                         )  # [b, p + r]
                 chunks.append(sequences[:, ids.shape[1] :].cpu())  # [b, r]
