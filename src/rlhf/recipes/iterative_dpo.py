@@ -46,15 +46,13 @@ from rlhf.engine.trainer import TrainConfig, latest_checkpoint, resolve_device
 from rlhf.recipes.common import (
     LabellerConfig,
     ModelConfig,
-    RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
     check_fits_positions,
-    record_config,
     report_truncation,
     round_prompts,
 )
-from rlhf.recipes.lm import InitSFTConfig, exporter, initial_policy
+from rlhf.recipes.lm import exporter, initial_policy
 from rlhf.recipes.offline_common import (
     PreferenceDataConfig,
     PreferenceEvalConfig,
@@ -64,11 +62,11 @@ from rlhf.recipes.offline_common import (
     pairwise_objective,
     train_offline,
 )
+from rlhf.recipes.rounds import RoundsConfig, start_rounds
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
 from rlhf.rewards.spec import RewardSpec, build_reward
-from rlhf.rollout.candidates import load_prompts_and_answers
 from rlhf.rollout.factory import check_engine, close_engine, engine_for
-from rlhf.rollout.types import GenerationEngine, SamplingConfig
+from rlhf.rollout.types import GenerationEngine
 
 logger = logging.getLogger("rlhf")
 STATE_FILE = "iterative_state.json"
@@ -122,33 +120,15 @@ class IterativeEvalConfig(PreferenceEvalConfig):
     )
 
 
-class IterativeDPOConfig(RecipeConfig):
+class IterativeDPOConfig(RoundsConfig):
     """Iterative DPO: rounds of on-policy pairs, each trained with a DPO-family loss."""
 
-    model: ModelConfig = Field(description="The starting policy (or a tiny one for init_sft).")
-    init_sft: InitSFTConfig | None = Field(
-        None, description="Fine-tune the starting model on demonstrations first."
-    )
-    prompts: str = Field(
-        description="Prompts: any file with a prompt field (or conversations), or builtin:NAME."
-    )
-    prompt_columns: dict[str, str] = Field(
-        default_factory=dict, description="Map our field names to the prompt file's columns."
-    )
-    answer_field: str | None = Field(
-        None, description="Column of the prompt file with each prompt's ground truth."
-    )
-    reward: RewardSpec = Field(
-        description="{model: PATH}, {rule: NAME}, a judge or a composite: labels (kind reward) "
-        "and evaluates."
-    )
     labeller: LabellerConfig = Field(
         default_factory=LabellerConfig, description="Who picks the preferred response."
     )
     iterative: IterativeSettings = Field(
         default_factory=IterativeSettings, description="The rounds."
     )
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
     loss: PreferenceLossConfig = Field(
         default_factory=PreferenceLossConfig, description="The DPO-family loss of every round."
     )
@@ -167,9 +147,7 @@ class IterativeDPOConfig(RecipeConfig):
     )
 
     @model_validator(mode="after")
-    def _tiny_needs_init_sft(self) -> IterativeDPOConfig:
-        if self.model.tiny is not None and self.init_sft is None:
-            raise ValueError("model.tiny starts from random weights: set init_sft to train it")
+    def _reference_of_lora(self) -> IterativeDPOConfig:
         if self.model.lora is not None and self.iterative.reference == "previous":
             raise ValueError(
                 "iterative.reference=previous with model.lora: the adapter-disabled reference "
@@ -208,12 +186,9 @@ class _Run:
         self.reward: RewardFunction = build_reward(config.reward)
         gold = config.eval.gold_reward
         self.gold: RewardFunction | None = build_reward(gold) if gold else None
-        self.state: dict[str, Any] = {
-            "completed_rounds": 0,
-            "initial": None,  # the starting policy's folder
-            "policy": None,  # the current round's starting policy
-            "steps": 0,
-        }
+        # completed_rounds, initial (the starting policy's folder), policy (the current
+        # round's starting policy), steps: set by run_iterative_dpo
+        self.state: dict[str, Any] = {}
 
     def save_state(self) -> None:
         (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2), encoding="utf-8")
@@ -349,33 +324,12 @@ class _Run:
         return metrics
 
 
-def _check_out(config: IterativeDPOConfig, resume: bool) -> Path:
-    out = Path(config.out)
-    has_run = (out / STATE_FILE).exists()
-    if resume and not has_run:
-        raise ValueError(f"--resume: no iterative DPO run in {out} ({STATE_FILE} is missing)")
-    if not resume and has_run and not config.overwrite:
-        raise ValueError(
-            f"{out} already holds an iterative DPO run; pass --resume to continue it, "
-            "overwrite=true to start again there, or choose another out="
-        )
-    return out
-
-
 def run_iterative_dpo(config: IterativeDPOConfig, resume: bool = False) -> RunResult:
-    out = _check_out(config, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    record_config(config, out, resume)
-    prompts, answers = load_prompts_and_answers(
-        config.prompts, config.answer_field, columns=config.prompt_columns or None,
-        option="answer_field",
-    )  # fmt: skip
-    metadata = None if answers is None else dict(zip(prompts, answers, strict=True))
-    run = _Run(config, out, prompts, metadata)
-    if resume:
-        run.state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-    else:
-        shutil.rmtree(out / "rounds", ignore_errors=True)
+    fresh = {"completed_rounds": 0, "initial": None, "policy": None, "steps": 0}
+    start = start_rounds(config, resume, STATE_FILE, "iterative DPO", fresh)
+    out, prompts = start.out, start.prompts
+    run = _Run(config, out, prompts, start.metadata)
+    run.state = start.state
 
     check_engine(config.sampling)  # before the init SFT trains anything
     if run.state["policy"] is None:

@@ -109,10 +109,12 @@ class OnlineDPOConfig(OnlineConfig):
                 "online_dpo.reference_refresh moves a frozen copy of the policy: it needs the "
                 "default reference (no reference.path) and a policy without LoRA"
             )
-        if self.online_dpo.reference_refresh and self.distributed.reference_workers:
+        if self.online_dpo.reference_refresh and (
+            self.distributed.reference_workers or self.distributed.train_workers > 1
+        ):
             raise ValueError(
-                "online_dpo.reference_refresh with distributed.reference_workers: the workers' "
-                "π_ref is not refreshed; leave one of them at 0"
+                "online_dpo.reference_refresh copies the policy into π_ref in one process: "
+                "leave distributed.reference_workers at 0 and train_workers at 1"
             )
         return self
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rlhf.config import StrictModel
 from rlhf.data.records import CompletionRecord, Text
@@ -44,28 +44,25 @@ from rlhf.eval.sampling import rewards_per_prompt, top_k_per_prompt
 from rlhf.recipes.common import (
     DataConfig,
     ModelConfig,
-    RecipeConfig,
     RunResult,
     build_model_and_tokenizer,
     check_fits_positions,
-    record_config,
     report_truncation,
     round_prompts,
     tokenize_records,
 )
 from rlhf.recipes.lm import (
-    InitSFTConfig,
     SFTConfig,
     as_demonstration,
     exporter,
     initial_policy,
     train_on_examples,
 )
+from rlhf.recipes.rounds import RoundsConfig, start_rounds
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
-from rlhf.rewards.spec import RewardSpec, build_reward
-from rlhf.rollout.candidates import load_prompts_and_answers
+from rlhf.rewards.spec import build_reward
 from rlhf.rollout.factory import check_engine, close_engine, engine_for
-from rlhf.rollout.types import GenerationEngine, SamplingConfig
+from rlhf.rollout.types import GenerationEngine
 
 logger = logging.getLogger("rlhf")
 STATE_FILE = "raft_state.json"
@@ -96,29 +93,10 @@ class RAFTDataConfig(StrictModel):
     )
 
 
-class RAFTConfig(RecipeConfig):
+class RAFTConfig(RoundsConfig):
     """Reward-ranked fine-tuning."""
 
-    model: ModelConfig = Field(description="The starting policy (or a tiny one for init_sft).")
-    init_sft: InitSFTConfig | None = Field(
-        None, description="Fine-tune the starting model on demonstrations first."
-    )
-    prompts: str = Field(
-        description="Prompts: any file with a prompt field (or conversations), or builtin:NAME."
-    )
-    prompt_columns: dict[str, str] = Field(
-        default_factory=dict, description="Map our field names to the prompt file's columns."
-    )
-    answer_field: str | None = Field(
-        None,
-        description="Column of the prompt file holding each prompt's ground truth (e.g. "
-        "answer), passed to the reward: verifiable rewards such as rule=gsm8k need it.",
-    )
-    reward: RewardSpec = Field(
-        description="{model: PATH}, {rule: NAME}, a judge or a composite (docs/rewards.md)."
-    )
     raft: RAFTSettings = Field(default_factory=RAFTSettings, description="The RAFT loop.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
     data: RAFTDataConfig = Field(
         default_factory=RAFTDataConfig, description="Tokenising kept samples."
     )
@@ -126,12 +104,6 @@ class RAFTConfig(RecipeConfig):
         default_factory=lambda: TrainConfig(lr=2e-5),
         description="Each round's fine-tuning (fresh optimiser; lr as SFT's).",
     )
-
-    @model_validator(mode="after")
-    def _tiny_needs_init_sft(self) -> RAFTConfig:
-        if self.model.tiny is not None and self.init_sft is None:
-            raise ValueError("model.tiny starts from random weights: set init_sft to train it")
-        return self
 
 
 class _Run:
@@ -215,34 +187,12 @@ class _Run:
         return {"sft_steps": float(result.final_step), "sft_loss": losses[-1], **data_metrics}
 
 
-def _check_out(config: RAFTConfig, resume: bool) -> Path:
-    out = Path(config.out)
-    has_run = (out / STATE_FILE).exists()
-    if resume and not has_run:
-        raise ValueError(f"--resume: no RAFT run in {out} ({STATE_FILE} is missing)")
-    if not resume and has_run and not config.overwrite:
-        raise ValueError(
-            f"{out} already holds a RAFT run; pass --resume to continue it, overwrite=true to "
-            "start again there, or choose another out="
-        )
-    return out
-
-
 def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
-    out = _check_out(config, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    record_config(config, out, resume)
-    reward = build_reward(config.reward)
-    prompts, answers = load_prompts_and_answers(
-        config.prompts, config.answer_field, columns=config.prompt_columns or None,
-        option="answer_field",
-    )  # fmt: skip
-    metadata = None if answers is None else dict(zip(prompts, answers, strict=True))
-    run = _Run(config, out, reward, metadata)
-    if resume:
-        run.state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-    else:
-        shutil.rmtree(out / "rounds", ignore_errors=True)
+    fresh = {"completed_rounds": 0, "policy": None, "sft_steps": 0}
+    start = start_rounds(config, resume, STATE_FILE, "RAFT", fresh)
+    out, prompts = start.out, start.prompts
+    run = _Run(config, out, build_reward(config.reward), start.metadata)
+    run.state = start.state
 
     check_engine(config.sampling)  # before the init SFT trains anything
     # the starting policy
