@@ -258,6 +258,28 @@ def test_grpo_with_every_role_on_its_own_worker(cluster, tmp_path):
     assert all(0 <= r["rollout_reward"] <= 1 for r in rows if "rollout_reward" in r)
 
 
+def test_online_dpo_on_two_ranks_where_a_rank_has_no_pair(cluster, tmp_path):
+    """Online DPO on two training ranks: some micro-batches give a rank only tied pairs, so
+    nothing of its share enters the loss; it still runs the forward and backward FSDP2's
+    collectives need, and the ranks' metrics (one rank without the loss's) still combine.
+    Before, the ranks hung in the collectives or gloo aborted."""
+    overrides = [
+        f"out={tmp_path}",
+        *COMMON,
+        "init_sft.train.max_steps=20",
+        "rollout.iterations=3",
+        "distributed.rollout_workers=1",
+        "distributed.train_workers=2",
+    ]
+    entry = recipe("online-dpo")
+    raw = apply_overrides(read_yaml(entry.preset_file("tiny")), overrides)
+    result = entry.start(entry.config_class().model_validate(raw), False)
+    assert result.final_step == 3 and (result.model_dir / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    pairs = [r["rollout_pairs"] for r in rows if "rollout_pairs" in r]
+    assert len(pairs) == 3 and min(pairs) < 16  # tied groups left out: ranks had fewer pairs
+
+
 def test_unplaceable_workers_are_refused_with_the_resources(cluster, tmp_path):
     with pytest.raises(WorkerFailed, match="could not place 8 workers"):
         run(

@@ -57,6 +57,7 @@ from rlhf.models.parallel import (
     barrier,
     is_distributed,
     is_main_process,
+    keys_over_ranks,
     rank_and_world,
     shard_model,
 )
@@ -742,6 +743,11 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + float(value)
         tokens = sum(batch.num_tokens for batch in micro_batches)
         totals, loss_value, tokens = self._over_ranks(totals, float(loss_total), tokens)
+        if units == 0:
+            # nothing entered the loss on any rank: the zero gradients that ranks computed to
+            # keep FSDP2's collectives in step (rlhf.online.loss.nothing_to_learn) are dropped,
+            # so that the step is skipped as in one process (no update, momentum untouched)
+            self.optimizer.zero_grad(set_to_none=True)
         # the norm clipping uses, computed first so that a NaN or infinite gradient is caught
         # before it is scaled into every tensor and applied (a finite loss can hide one)
         grads = [p.grad for p in self.trainable if p.grad is not None]
@@ -784,10 +790,16 @@ class Trainer:
         each rank's rows: online losses), as ``metrics_over_ranks`` says."""
         if self.world == 1:
             return totals, loss, tokens
-        summed = all_reduce_sums({**totals, "__loss": loss, "__tokens": tokens})
+        # a rank may lack a metric another has (a micro-batch of which nothing entered the
+        # loss reports only the rollout's): every key goes in, with how many ranks gave it
+        keys = keys_over_ranks(totals)
+        given = {f"__given_{key}": float(key in totals) for key in keys}
+        values = {key: totals.get(key, 0.0) for key in keys}
+        summed = all_reduce_sums({**values, **given, "__loss": loss, "__tokens": tokens})
         loss, tokens = summed.pop("__loss"), summed.pop("__tokens")
-        if self.metrics_over_ranks == "mean":
-            summed = {key: value / self.world for key, value in summed.items()}
+        counts = {key: summed.pop(f"__given_{key}") for key in keys}
+        if self.metrics_over_ranks == "mean":  # over the ranks that gave it
+            summed = {key: value / max(counts[key], 1.0) for key, value in summed.items()}
         return summed, loss, tokens
 
     def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:

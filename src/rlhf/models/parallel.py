@@ -52,6 +52,17 @@ def all_reduce_sums(values: Mapping[str, float]) -> dict[str, float]:
     return dict(zip(keys, tensor.tolist(), strict=True))
 
 
+def keys_over_ranks(keys: Iterable[str]) -> list[str]:
+    """The sorted union of every rank's ``keys`` (a collective; sorted ``keys`` in a single
+    process): what ranks whose dicts may differ pass to :func:`all_reduce_sums` together."""
+    mine = sorted(set(keys))
+    if not is_distributed():
+        return mine
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    return sorted(set().union(*gathered))
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (so every rank takes the same branch)."""
     return all_reduce_sums({"flag": float(flag)})["flag"] > 0

@@ -13,6 +13,7 @@ Shapes: n rows of a micro-batch, R response tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -21,6 +22,7 @@ from rlhf.losses.kl import per_token_kl, sequence_kl
 from rlhf.losses.nash import sppo_loss
 from rlhf.losses.policy import kl_penalty_loss, ppo_policy_loss
 from rlhf.losses.preference import PairLogps
+from rlhf.models.parallel import is_distributed
 from rlhf.models.teacher_forcing import response_logprobs
 from rlhf.online.experience import Experience
 from rlhf.online.settings import KLSettings, PolicyLossSettings
@@ -30,6 +32,19 @@ Metrics = dict[str, float]
 Surrogate = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]
 ]
+
+
+def nothing_to_learn(model: torch.nn.Module, batch: Experience) -> tuple[torch.Tensor, Metrics]:
+    """The loss of a micro-batch of which nothing enters the loss: 0, without a forward pass
+    in one process. With several training ranks the forward and backward still run, giving
+    zero gradients: FSDP2 gathers and reduces every unit's parameters in them, and a rank that
+    skipped them would leave the others waiting in those collectives for ever."""
+    if is_distributed():  # a forward over each row's first response token is enough
+        first = torch.zeros_like(batch.mask)
+        first[:, 0] = 1.0
+        logps = policy_logps(model, replace(batch, mask=first))
+        return (logps * 0.0).sum(), dict(batch.metrics)
+    return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
 
 
 def policy_logps(model: torch.nn.Module, batch: Experience) -> torch.Tensor:
@@ -74,7 +89,7 @@ def policy_gradient_loss(
     :func:`rlhf.losses.policy.ppo_policy_loss`'s.
     """
     if not batch.mask.any():  # every row left out of the loss (dropped tied groups, fillers)
-        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
+        return nothing_to_learn(model, batch)
     if logps is None:  # PPO passes its own (computed with the entropy in one forward)
         logps = policy_logps(model, batch)  # [n, R]
     old_logps = logps.detach() if batch.old_logps is None else batch.old_logps
@@ -152,7 +167,7 @@ def pair_preference_loss(
     kept = batch.mask.bool().any(-1)  # [n]
     pair_kept = kept[0::2] & kept[1::2]  # [n/2]
     if not pair_kept.any():  # every pair tied: nothing to learn from this micro-batch
-        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
+        return nothing_to_learn(model, batch)
     logps = policy_logps(model, batch)  # [n, R]
     mask = batch.mask
     sequence = (logps * mask).sum(-1)  # [n] log π(y|x)
@@ -198,7 +213,7 @@ def sppo_policy_loss(
     """
     rows = batch.mask.bool().any(-1)  # [n]
     if not rows.any():
-        return torch.zeros((), device=batch.mask.device), dict(batch.metrics)
+        return nothing_to_learn(model, batch)
     logps = policy_logps(model, batch)  # [n, R]
     old = logps.detach() if batch.old_logps is None else batch.old_logps
     sequence = (logps * batch.mask).sum(-1)[rows]

@@ -315,12 +315,9 @@ class _Run:
         )
         self.state["policy"] = str(result.model_dir)
         losses = [row["loss"] for row in result.metrics if "loss" in row]
-        accuracy = [row["accuracy"] for row in result.metrics if "accuracy" in row]
         metrics = {"dpo_steps": float(result.final_step), **data_metrics}
         if losses:
             metrics["dpo_loss"] = losses[-1]
-        if accuracy:
-            metrics["dpo_accuracy"] = accuracy[-1]
         return metrics
 
 

@@ -72,6 +72,16 @@ class NashMDConfig(OnlineConfig):
                 "nash-md samples its opponent from the policy and π_ref in the trainer's "
                 "process: leave distributed.rollout_workers and reference_workers at 0"
             )
+        if self.model.lora is not None and self.reference.path is None:
+            raise ValueError(
+                "nash-md with model.lora: the default π_ref is the policy with its adapter "
+                "off, which the opponent's mixture cannot call apart; set reference.path"
+            )
+        if self.sampling.top_p < 1 or self.sampling.top_k > 0:
+            raise ValueError(
+                "sampling.top_p/top_k: the opponent samples the whole geometric mixture; "
+                "sample without top-p/top-k"
+            )
         return self
 
     @property

@@ -20,7 +20,8 @@ so ``--resume`` continues against the same π_ref). No importance ratio: the los
 policy's own fresh samples, so the sampling policy's log-probs are never needed.
 
     rlhf online-dpo --preset tiny
-    rlhf online-dpo --preset tiny loss.name=ipo labeller.kind=annotators
+    rlhf online-dpo --preset tiny --loss ipo
+    rlhf online-dpo --config world.yaml labeller.kind=annotators  # world prompts, its people
 
 Shapes: P prompts, K samples per prompt, N = 2P pair rows, R response tokens.
 """
@@ -101,6 +102,10 @@ class OnlineDPOConfig(OnlineConfig):
             raise ValueError(
                 f"train.batch_size {self.train.batch_size}: rows come in pairs (chosen, "
                 "rejected); use an even number"
+            )
+        if self.online_dpo.reference_refresh and not self.loss.needs_reference:
+            raise ValueError(
+                f"online_dpo.reference_refresh: the {self.loss.name} loss has no reference"
             )
         if self.online_dpo.reference_refresh and (
             self.model.lora is not None or self.reference.path is not None

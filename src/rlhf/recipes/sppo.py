@@ -127,7 +127,7 @@ def make_experience(
     matrix = group_preferences(preference, list(prompts.texts), batch.response_texts, k, metadata)
     wins = win_rates(matrix)  # [P·K] P̂(y ≻ π_t)
     reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # reported only
-    reference = run.reference_term(batch)  # no KL term: only for the logged KL
+    reference = run.reference_term(batch)  # kl.coef is 0: no π_ref forward, no KL logged
     metrics = rollout_metrics(batch, reward, reference, iteration) | {
         # how far the win rates spread: 0 when every sample ties with every other
         "rollout_win_rate_std": float(wins.std()),
