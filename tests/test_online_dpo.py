@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogps
 from rlhf.online.experience import ExperienceBuffer
 from rlhf.online.loss import pair_preference_loss, policy_logps
-from rlhf.recipes import online_dpo
 from rlhf.online.pairs import annotated_pairs, best_and_worst
+from rlhf.recipes import online_dpo
 from rlhf.recipes.online_dpo import OnlineDPOConfig, run_online_dpo
 
 from .online_helpers import make_run
