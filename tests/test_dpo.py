@@ -221,6 +221,36 @@ def test_kl_with_the_default_reference_is_zero_before_training_moves(tiny_model_
     assert abs(final["eval_kl"]) < 1e-3 and final["eval_kl_stderr"] < 1e-3
 
 
+def test_a_gold_reward_scores_the_kl_samples_along_training(tiny_model_dir, tmp_path, monkeypatch):
+    def longer_is_better(prompts, responses, metadata=None):
+        return torch.tensor([float(len(response)) for response in responses])
+
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        **{
+            "train.max_steps": 2,
+            "train.eval_every": 1,
+            "eval.kl_prompts": 4,
+            "eval.max_new_tokens": 8,
+            "eval.gold_reward": {"rule": "arithmetic"},
+        },
+    )
+    calls = []
+
+    def build(spec):
+        calls.append(spec)
+        return longer_is_better
+
+    monkeypatch.setattr("rlhf.recipes.offline_common.build_reward", build)
+    rows = [row for row in run_dpo(cfg).metrics if "eval_kl" in row]
+    assert calls and calls[0].rule == "arithmetic"
+    assert len(rows) >= 2  # every evaluation: gold and KL of the same samples
+    for row in rows:
+        # the mean length of the sampled responses, which the KL samples also report
+        assert row["eval_gold_reward"] > 0 and row["eval_gold_reward_stderr"] >= 0
+
+
 def test_conversational_pairs_train_with_the_chat_template(tiny_model_dir, tmp_path):
     rows = []
     for a in range(10, 40):

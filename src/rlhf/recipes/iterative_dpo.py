@@ -64,7 +64,7 @@ from rlhf.recipes.offline_common import (
 )
 from rlhf.recipes.rounds import RoundsConfig, start_rounds
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
-from rlhf.rewards.spec import RewardSpec, build_reward
+from rlhf.rewards.spec import build_reward
 from rlhf.rollout.factory import check_engine, close_engine, engine_for
 from rlhf.rollout.types import GenerationEngine
 
@@ -114,12 +114,6 @@ class IterativeReferenceConfig(StrictModel):
     )
 
 
-class IterativeEvalConfig(PreferenceEvalConfig):
-    gold_reward: RewardSpec | None = Field(
-        None, description="A second reward reported beside the run's (e.g. {rule: world_gold})."
-    )
-
-
 class IterativeDPOConfig(RoundsConfig):
     """Iterative DPO: rounds of on-policy pairs, each trained with a DPO-family loss."""
 
@@ -142,8 +136,10 @@ class IterativeDPOConfig(RoundsConfig):
         default_factory=lambda: TrainConfig(lr=1e-6, epochs=1),
         description="Each round's DPO (a fresh optimiser; batch_size counts pairs).",
     )
-    eval: IterativeEvalConfig = Field(
-        default_factory=IterativeEvalConfig, description="Evaluation (sampled KL of each round)."
+    eval: PreferenceEvalConfig = Field(
+        default_factory=PreferenceEvalConfig,
+        description="Each round's evaluation: sampled KL to its π_ref (and gold_reward, also "
+        "reported beside the run's reward at every round).",
     )
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ Shapes: P examples (pairs, or a rated and a mismatched completion), N examples i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -63,6 +64,8 @@ from rlhf.recipes.common import (
     split_train_eval,
 )
 from rlhf.recipes.lm import exporter
+from rlhf.rewards.base import RewardFunction, score_rollout
+from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.factory import close_engine, engine_for
 from rlhf.rollout.measure import sampled_kl
 from rlhf.rollout.types import EngineChoice, GenerationEngine, SamplingParams
@@ -200,6 +203,11 @@ class PreferenceEvalConfig(EngineChoice):
         description="Sampling temperature; the KL is that of the tempered policies (1: π itself).",
     )
     batch_size: int = Field(64, ge=1, description="Sequences generated together.")
+    gold_reward: RewardSpec | None = Field(
+        None,
+        description="A reward that scores the KL samples at each evaluation (e.g. {rule: "
+        "world_gold}): gold_reward along training, beside kl.",
+    )
 
 
 class OfflineConfig(Protocol):
@@ -330,13 +338,24 @@ def kl_evaluation(
     prompts: Sequence[Text],
     params: SamplingParams,
     batch_size: int,
+    gold: RewardFunction | None = None,
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """KL(π‖π_ref) estimated from samples of the engine's policy as it is when called
-    (:func:`rlhf.rollout.measure.sampled_kl`): ``kl``, ``kl_stderr`` and ``response_tokens``."""
+    (:func:`rlhf.rollout.measure.sampled_kl`): ``kl``, ``kl_stderr`` and ``response_tokens``;
+    with ``gold``, the same samples' mean ``gold_reward`` and its ``gold_reward_stderr``, so
+    gold and KL along training come from one set of samples."""
 
     def kl(policy: torch.nn.Module) -> dict[str, float]:  # the engine samples from it
-        _, metrics = sampled_kl(engine, reference, prompts, params, batch_size)
-        return {key: metrics[key] for key in KL_METRICS}
+        batch, metrics = sampled_kl(engine, reference, prompts, params, batch_size)
+        result = {key: metrics[key] for key in KL_METRICS}
+        if gold is not None:
+            scores = score_rollout(gold, prompts, batch).scores.double()
+            count = scores.numel()
+            result["gold_reward"] = float(scores.mean())
+            result["gold_reward_stderr"] = (
+                float(scores.std() / math.sqrt(count)) if count > 1 else 0.0
+            )
+        return result
 
     return kl
 
@@ -613,12 +632,14 @@ def train_offline(
         )
         model.to(device)  # as the Trainer will: an engine with its own copy (vLLM) starts there
         engine = engine_for(config.eval, model, tokenizer, batch_size=config.eval.batch_size)
+        gold = config.eval.gold_reward
         kl = kl_evaluation(
             engine,
             reference,
             list(kl_prompts),
             params,
             config.eval.batch_size,
+            gold=build_reward(gold) if gold is not None else None,
         )
     evaluate = held_out_evaluation(
         eval_loader,

@@ -221,9 +221,9 @@ def stage_configs(config: PipelineConfig) -> Stages:
             {"out": str(out / f"ppo-kl{coef:g}"), **online},
         )
     if config.dpo is not None:
-        stages.dpo = _stage(
-            config_class("dpo"), "dpo", config.dpo, {"out": str(out / "dpo"), **on_labels}
-        )
+        # its held-out evaluations score their KL samples with gold too: gold along training
+        dpo_defaults = {"out": str(out / "dpo"), "eval.gold_reward": gold, **on_labels}
+        stages.dpo = _stage(config_class("dpo"), "dpo", config.dpo, dpo_defaults)
     if config.grpo is not None:
         stages.grpo = _stage(
             config_class("grpo"), "grpo", config.grpo, {"out": str(out / "grpo"), **online}
