@@ -19,6 +19,7 @@ from rlhf.online.rollouts import RolloutQueue
 from rlhf.rollout.types import EngineChoice, RolloutBatch, SamplingParams, WeightSyncError
 
 from .online_helpers import PROMPTS, length_reward
+from .ray_helpers import kill_and_wait
 
 PARAMS = SamplingParams(max_new_tokens=8, temperature=1.0, num_samples=4, seed=5)
 
@@ -142,7 +143,7 @@ def test_a_dead_worker_is_named(worker, tiny_model_dir):
     engine = remote_engine(policy, tokenizer, [worker, doomed])
     two = engine.generate(PROMPTS[:6], PARAMS)  # three prompts each, rows in prompt order
     assert torch.equal(two.prompt_index, torch.arange(6).repeat_interleave(4))
-    ray.kill(doomed)
+    kill_and_wait(doomed)
     with pytest.raises(RuntimeError, match="rollout worker 1 died"):
         engine.generate(PROMPTS[:6], PARAMS)
     engine.close()

@@ -27,6 +27,8 @@ from rlhf.config import apply_overrides, read_yaml
 from rlhf.distributed.launch import RankFailed, WorkerFailed, describe_failure
 from rlhf.recipes.registry import recipe
 
+from .ray_helpers import kill_and_wait
+
 # few steps of the tiny presets on small data: the comparisons need steps, not learning
 SMALL = {
     "sft": ["data.train=builtin:arithmetic?n=400"],
@@ -196,7 +198,7 @@ def test_reward_workers_score_as_the_reward_in_this_process(cluster):
     assert got.components.keys() == local.components.keys() and len(local.components) == 2
     for name, values in local.components.items():
         torch.testing.assert_close(got.components[name], values)
-    ray.kill(workers[1])
+    kill_and_wait(workers[1])
     with pytest.raises(RuntimeError, match="reward worker 1 died"):
         remote.score(prompts, responses, metadata)
 
@@ -231,7 +233,7 @@ def test_reference_workers_give_the_local_reference_log_probs(cluster, tiny_mode
     )
     local = reference_logps(ReferenceModel.frozen(policy), batch, 1.0, 4)
     torch.testing.assert_close(reference_logps(remote, batch, 1.0, 4), local)
-    ray.kill(workers[0])
+    kill_and_wait(workers[0])
     with pytest.raises(RuntimeError, match="reference worker 0 died"):
         reference_logps(remote, batch, 1.0, 4)
 
