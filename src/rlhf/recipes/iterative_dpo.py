@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +62,7 @@ from rlhf.recipes.offline_common import (
     pairwise_objective,
     train_offline,
 )
-from rlhf.recipes.rounds import RoundsConfig, start_rounds
+from rlhf.recipes.rounds import RoundsConfig, RoundsStart, start_rounds
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
 from rlhf.rewards.spec import build_reward
 from rlhf.rollout.factory import check_engine, close_engine, engine_for
@@ -171,23 +171,15 @@ class RoundConfig(StrictModel):
 class _Run:
     """The state of one run; its phases are the methods, in order."""
 
-    def __init__(
-        self,
-        config: IterativeDPOConfig,
-        out: Path,
-        prompts: Sequence[Text],
-        metadata: Mapping[Text, Mapping[str, Any]] | None,
-    ) -> None:
-        self.config, self.out, self.prompts, self.metadata = config, out, prompts, metadata
+    def __init__(self, config: IterativeDPOConfig, start: RoundsStart) -> None:
+        self.config, self.out, self.metadata = config, start.out, start.metadata
         self.reward: RewardFunction = build_reward(config.reward)
         gold = config.eval.gold_reward
         self.gold: RewardFunction | None = build_reward(gold) if gold else None
         # completed_rounds, initial (the starting policy's folder), policy (the current
-        # round's starting policy), steps: set by run_iterative_dpo
-        self.state: dict[str, Any] = {}
-
-    def save_state(self) -> None:
-        (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2), encoding="utf-8")
+        # round's starting policy), steps
+        self.state = start.state
+        self.save_state = start.save_state
 
     def sample(
         self,
@@ -321,8 +313,7 @@ def run_iterative_dpo(config: IterativeDPOConfig, resume: bool = False) -> RunRe
     fresh = {"completed_rounds": 0, "initial": None, "policy": None, "steps": 0}
     start = start_rounds(config, resume, STATE_FILE, "iterative DPO", fresh)
     out, prompts = start.out, start.prompts
-    run = _Run(config, out, prompts, start.metadata)
-    run.state = start.state
+    run = _Run(config, start)
 
     check_engine(config.sampling)  # before the init SFT trains anything
     if run.state["policy"] is None:

@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from rlhf.config import StrictModel
-from rlhf.models.parallel import barrier, full_state_dict, is_main_process
+from rlhf.models.parallel import full_state_dict, is_main_process
 from rlhf.online.experience import Experience
 from rlhf.online.loss import pair_preference_loss
 from rlhf.online.phases import ReferenceTerm, rollout_metrics
@@ -155,16 +155,14 @@ class ReferenceRefresh:
         if not self.every or iteration == 1 or (iteration - 1) % self.every:
             return
         assert self.run.reference is not None
-        weights = full_state_dict(self.run.policy)  # a collective when sharded
-        if is_main_process():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            # every refresh is kept: a checkpoint names the one it was trained against
-            save_file(
-                {name: tensor.contiguous() for name, tensor in weights.items()},
-                self.folder / f"iteration-{iteration}.safetensors",
-            )
-        barrier()
-        self._load(iteration)
+        # one process only (the config refuses several ranks): the policy's own tensors
+        weights = {
+            name: tensor.contiguous() for name, tensor in full_state_dict(self.run.policy).items()
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # every refresh is kept: a checkpoint names the one it was trained against
+        save_file(weights, self.folder / f"iteration-{iteration}.safetensors")
+        self.run.reference.module.load_state_dict(weights, strict=True)
         self.at = iteration
         logger.info("iteration %d: π_ref is now the current policy", iteration)
 

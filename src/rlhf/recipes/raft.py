@@ -25,10 +25,9 @@ its start (its samples are seeded, so they come out the same).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from rlhf.recipes.lm import (
     initial_policy,
     train_on_examples,
 )
-from rlhf.recipes.rounds import RoundsConfig, start_rounds
+from rlhf.recipes.rounds import RoundsConfig, RoundsStart, start_rounds
 from rlhf.rewards.base import RewardFunction, response_as_text, score_rollout
 from rlhf.rewards.spec import build_reward
 from rlhf.rollout.factory import check_engine, close_engine, engine_for
@@ -109,19 +108,11 @@ class RAFTConfig(RoundsConfig):
 class _Run:
     """The state of one RAFT run; the phases are its methods, in order."""
 
-    def __init__(
-        self,
-        config: RAFTConfig,
-        out: Path,
-        reward: RewardFunction,
-        metadata: Mapping[Text, Mapping[str, Any]] | None,
-    ) -> None:
-        self.config, self.out, self.reward = config, out, reward
-        self.metadata = metadata  # prompt -> its ground truth, for the reward
-        self.state: dict[str, Any] = {"completed_rounds": 0, "policy": None, "sft_steps": 0}
-
-    def save_state(self) -> None:
-        (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2), encoding="utf-8")
+    def __init__(self, config: RAFTConfig, start: RoundsStart, reward: RewardFunction) -> None:
+        self.config, self.out, self.reward = config, start.out, reward
+        self.metadata = start.metadata  # prompt -> its ground truth, for the reward
+        self.state = start.state  # completed_rounds, policy, sft_steps
+        self.save_state = start.save_state
 
     def initial_policy(self, resume: bool) -> str:
         """The starting model's path, after the init SFT phase when there is one."""
@@ -191,8 +182,7 @@ def run_raft(config: RAFTConfig, resume: bool = False) -> RunResult:
     fresh = {"completed_rounds": 0, "policy": None, "sft_steps": 0}
     start = start_rounds(config, resume, STATE_FILE, "RAFT", fresh)
     out, prompts = start.out, start.prompts
-    run = _Run(config, out, build_reward(config.reward), start.metadata)
-    run.state = start.state
+    run = _Run(config, start, build_reward(config.reward))
 
     check_engine(config.sampling)  # before the init SFT trains anything
     # the starting policy

@@ -62,7 +62,12 @@ class RoundsStart:
     out: Path
     prompts: list[Text]
     metadata: Mapping[Text, Mapping[str, Any]] | None  # prompt -> its ground truth
-    state: dict[str, Any]  # the state file's on --resume, else ``fresh``
+    state: dict[str, Any]  # the state file's on --resume, else ``fresh``; updated as it runs
+    state_file: str
+
+    def save_state(self) -> None:
+        """Write :attr:`state` to ``<out>/<state_file>`` (after each completed round)."""
+        (self.out / self.state_file).write_text(json.dumps(self.state, indent=2), encoding="utf-8")
 
 
 def start_rounds(
@@ -92,4 +97,4 @@ def start_rounds(
     else:
         shutil.rmtree(out / "rounds", ignore_errors=True)
         state = dict(fresh)
-    return RoundsStart(out, list(prompts), metadata, state)
+    return RoundsStart(out, list(prompts), metadata, state, state_file)

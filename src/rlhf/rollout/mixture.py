@@ -27,23 +27,22 @@ class _MixtureStep:
     def __init__(
         self, reference: torch.nn.Module, mask: torch.Tensor, beta: float, temperature: float
     ) -> None:
+        from transformers import DynamicCache
+
         self.reference, self.beta, self.temperature = reference, beta, temperature
         self.mask = mask  # [b, p + t]: grows by one column per step
-        self.cache: Any = None
+        self.cache = DynamicCache()  # the reference's keys and values, filled by the prefill
+        self.prefilled = False
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.cache is None:  # the prompt: one prefill of the reference
+        if not self.prefilled:  # the prompt: one prefill of the reference
             new, mask = input_ids, self.mask
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
         else:  # the token sampled last step
             new = input_ids[:, -1:]
             mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
             positions = mask.sum(-1, keepdim=True) - 1
-        from transformers import DynamicCache
-
-        if self.cache is None:
-            self.cache = DynamicCache()
         output = self.reference(
             input_ids=new,
             attention_mask=mask,
@@ -51,7 +50,7 @@ class _MixtureStep:
             past_key_values=self.cache,
             use_cache=True,
         )
-        self.mask = mask
+        self.mask, self.prefilled = mask, True
         mixed = geometric_mixture_logprobs(scores, output.logits[:, -1], self.beta)
         return (mixed / self.temperature).to(scores.dtype)
 
