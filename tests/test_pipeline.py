@@ -139,3 +139,88 @@ def test_reward_annotators_follow_bradley_terry():
     assert all(r.responses[list(r.ranks).index(0)] == "dddd" for r in rankings)
     with pytest.raises(ConfigError, match="pairs or rankings"):
         reward_annotator_labels(length, prompts, groups, FeedbackConfig(kind="ratings"), seed=0)
+
+
+def offline_vs_online(*overrides: str) -> PipelineConfig:
+    return load_config(
+        PipelineConfig,
+        None,
+        list(overrides),
+        base=read_yaml(preset_path("pipeline", "offline-vs-online-tiny")),
+    )
+
+
+def test_offline_vs_online_tiny_reports_every_claim(tmp_path):
+    """`rlhf run builtin:offline-vs-online-tiny`: the DPO family and online DPO along training
+    (from the starting policy on), the Nash policies head to head under the gold preference,
+    and a verdict for each of the four claims (the tiny numbers say nothing about the claims;
+    which verdicts come out is not checked, only that each is judged from the runs)."""
+    from rlhf.eval.findings import assess
+    from rlhf.eval.report import load_report
+
+    out = tmp_path / "ovo"
+    result = CliRunner().invoke(
+        app, ["run", "builtin:offline-vs-online-tiny", f"out={out}", "progress=false"]
+    )
+    assert result.exit_code == 0, result.output
+    report = load_report(out / "report")
+    assert report.title == "Offline vs online preference optimisation (tiny)"
+    assert [p.name for p in report.policies] == [
+        "SFT", "PPO β=0.05", "DPO", "IPO", "SLiC (hinge)", "online DPO", "Nash-MD", "SPPO",
+    ]  # fmt: skip
+    curves = {c.label: c for c in report.preference_curves}
+    assert list(curves) == ["DPO", "IPO", "SLiC (hinge)", "online DPO"]
+    assert [c.online for c in curves.values()] == [False, False, False, True]
+    for c in curves.values():
+        assert c.points[0].step == 0 and c.points[0].kl == 0  # the SFT policy itself
+    assert [p.step for p in curves["DPO"].points] == [0, 3, 6]  # eval_every 3 of 6 steps
+    assert all(p.gold_se is not None for p in curves["DPO"].points)
+    assert curves["DPO"].points[0].proxy == 0  # no implicit reward before training
+    assert [p.step for p in curves["online DPO"].points] == [0, 1, 2, 3, 4]  # 2 steps × 2
+    assert [(h.policy, h.opponent) for h in report.head_to_head] == [
+        ("Nash-MD", "SFT"), ("Nash-MD", "PPO β=0.05"), ("SPPO", "SFT"), ("SPPO", "PPO β=0.05"),
+    ]  # fmt: skip
+    for match in report.head_to_head:
+        assert 0 <= match.rate <= 1 and match.n == 32  # 16 prompts × 2 samples
+    claims = [e.claim for e in assess(report).expectations]
+    for claim in (
+        "DPO over-optimises along training: gold first rises, then falls",
+        "the offline losses (DPO, IPO, SLiC (hinge)) reach the same gold at matched KL",
+        "online DPO reaches more gold than DPO at matched KL",
+        "Nash-MD is preferred to PPO β=0.05 under the gold preference",
+        "SPPO is preferred to PPO β=0.05 under the gold preference",
+    ):
+        assert claim in claims
+    assert (out / "report" / "preference_curves.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (out / "report" / "report.md").read_text()
+    assert "Head to head under the gold preference" in markdown
+    # the online run's pairs were labelled by the feedback stage's people, cyclic taste too
+    saved = read_yaml(out / "online-dpo" / "config.yaml")
+    assert saved["labeller"]["kind"] == "annotators"
+    assert saved["labeller"]["annotators"]["nontransitive"] == 0.1
+
+
+def test_offline_vs_online_sections_are_checked(tmp_path):
+    stages = stage_configs(offline_vs_online(f"out={tmp_path}"))
+    assert stages.dpo_losses["ipo"].loss.name == "ipo"
+    assert stages.dpo_losses["ipo"].out == str(tmp_path / "dpo-ipo")
+    assert stages.dpo.eval.before and stages.dpo.eval.gold_reward.rule == "world_gold"
+    assert stages.nash_md.preference.model == str(tmp_path / "preference_model" / "model")
+    assert stages.preference_model.data.train == str(tmp_path / "feedback" / "train.jsonl")
+    with pytest.raises(ConfigError, match="set the `dpo` section"):
+        offline_vs_online(f"out={tmp_path}", "dpo=null")
+    with pytest.raises(ConfigError, match="set the `preference_model` section"):
+        offline_vs_online(f"out={tmp_path}", "preference_model=null")
+    with pytest.raises(ConfigError, match="simpo is reference-free"):
+        offline_vs_online(f"out={tmp_path}", "dpo_losses=[ipo, simpo]")
+    with pytest.raises(ConfigError, match="named twice"):
+        offline_vs_online(f"out={tmp_path}", "dpo_losses=[ipo, ipo]")
+    result = CliRunner().invoke(app, ["run", "builtin:nope"])
+    assert result.exit_code != 0 and "no preset 'nope' for pipeline" in result.output
+
+
+def test_annotators_config_gives_the_pool_its_cyclic_taste():
+    from rlhf.recipes.common import AnnotatorsConfig
+
+    pool = AnnotatorsConfig(nontransitive=0.3).pool(seed=0)
+    assert {annotator.nontransitive for annotator in pool.annotators} == {0.3}

@@ -64,7 +64,13 @@ def quickstart(
 
 
 def run_pipeline_file(
-    config: Annotated[Path, typer.Argument(help="Pipeline YAML (see docs/quickstart.md).")],
+    config: Annotated[
+        str,
+        typer.Argument(
+            help="Pipeline YAML (see docs/quickstart.md), or builtin:NAME for a packaged one: "
+            "quickstart, tiny, offline-vs-online, offline-vs-online-tiny."
+        ),
+    ],
     overrides: OverridesArgument = None,
     start: Annotated[
         str | None,
@@ -75,11 +81,17 @@ def run_pipeline_file(
         ),
     ] = None,
 ) -> None:
-    """Run a pipeline file: the quickstart's stages on any models and data."""
+    """Run a pipeline file: the quickstart's stages on any models and data
+    (``rlhf run builtin:offline-vs-online``: the offline-vs-online claims,
+    docs/online-preference.md)."""
     from rlhf.recipes.pipeline import PipelineConfig
 
     try:
-        loaded = load_config(PipelineConfig, config, overrides or [])
+        if config.startswith("builtin:"):
+            base = read_yaml(preset_path("pipeline", config.removeprefix("builtin:")))
+            loaded = load_config(PipelineConfig, None, overrides or [], base=base)
+        else:
+            loaded = load_config(PipelineConfig, Path(config), overrides or [])
     except Exception as error:
         fail(error)
     run_pipeline(loaded, start)

@@ -802,12 +802,19 @@ class Trainer:
             summed = {key: value / max(counts[key], 1.0) for key, value in summed.items()}
         return summed, loss, tokens
 
-    def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
+    def evaluation(self) -> dict[str, float]:
+        """The evaluation function's metrics of the model as it is now (eval mode, no
+        gradients, the training precision); nothing logged. {} without one."""
         if self.evaluate is None:
             return {}
         self.model.eval()
         with torch.no_grad(), self.precision():
-            metrics = dict(self.evaluate(self.model))
+            return dict(self.evaluate(self.model))
+
+    def _run_eval(self, sinks: Sequence[MetricsSink]) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        metrics = self.evaluation()
         for sink in sinks:
             sink.log(self.step, metrics, prefix="eval")
         logger.info("step %d eval: %s", self.step, _format(metrics))

@@ -3,12 +3,24 @@
 The expected results of the over-optimisation experiment, each checked and reported as met,
 not met, or not judged (a number was missing or not finite):
 
-* the PPO curve with the smallest KL coefficient over-optimises: its gold reward peaks and
-  falls while the proxy keeps rising (Gao et al. 2022);
+* the PPO curve with the smallest KL coefficient (of two or more) over-optimises: its gold
+  reward peaks and falls while the proxy keeps rising (Gao et al. 2022);
 * every other PPO curve's gold reward holds up;
 * every other policy beats the baseline (SFT) on gold, except one whose own curve
   over-optimised (its final policy is past the peak, so losing is then the expected result);
 * the reward model's held-out accuracy is within a few points of the ceiling.
+
+And, where the run has the runs they need, the claims of "online vs offline RLHF":
+
+* offline DPO over-optimises along training: its gold reward first rises, then falls
+  (Rafailov et al. 2024, "Scaling laws for reward model overoptimization in direct alignment
+  algorithms");
+* the offline losses (DPO's logistic, IPO's squared, SLiC's hinge) reach the same gold at
+  matched KL (the largest KL every curve reaches);
+* online DPO reaches more gold than offline DPO at matched KL (Tang et al. 2024, "Understanding
+  the performance gap between online and offline alignment algorithms");
+* where the gold preference is not transitive, the Nash policies (Nash-MD, SPPO) are preferred
+  to PPO against a Bradley-Terry reward model, under that preference (Munos et al. 2024).
 """
 
 from __future__ import annotations
@@ -16,14 +28,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from rlhf.eval.results import Report
+from rlhf.eval.results import OptimisationCurve, Report
 from rlhf.eval.stats import (
+    AtKL,
     CurveFindings,
     GoldComparison,
     RewardModelFindings,
     best_of_n_curve,
     compare_gold,
     curve_findings,
+    gold_at_kl,
+    matched_kl,
     non_finite_fields,
     reward_model_findings,
 )
@@ -119,7 +134,7 @@ def _expectations(report: Report, findings: Findings) -> list[Expectation]:
         lowest = min(report.curves, key=lambda c: c.kl_coef)
         for curve in sorted(report.curves, key=lambda c: c.kl_coef):
             found = next((f for f in findings.curves if f.label == curve.label), None)
-            if curve is lowest:
+            if curve is lowest and len(report.curves) > 1:  # one curve: nothing to contrast
                 claim = f"{curve.label} over-optimises: gold peaks and falls while the proxy keeps rising"
                 if found is None:
                     out.append(Expectation(claim, None, "the curve has no finite point"))
@@ -137,7 +152,8 @@ def _expectations(report: Report, findings: Findings) -> list[Expectation]:
                 else:
                     detail = f"gold {fmt(found.final.gold)} at the end, {fmt(found.peak.gold)} at its peak"
                     out.append(Expectation(claim, found.gold_held, detail))
-    overoptimised = {f.label for f in findings.curves if f.overoptimised}
+    claims, fell = _preference_claims(report)
+    overoptimised = {f.label for f in findings.curves if f.overoptimised} | fell
     if report.policies and report.policy(report.baseline) is None:
         out.append(
             Expectation(
@@ -163,7 +179,119 @@ def _expectations(report: Report, findings: Findings) -> list[Expectation]:
                 f"accuracy {percent(rm.accuracy)} against a ceiling of {percent(rm.ceiling)}",
             )
         )
-    return out
+    return out + claims
+
+
+def _preference_claims(report: Report) -> tuple[list[Expectation], set[str]]:
+    """The offline-vs-online claims (module docstring) the report's runs can judge, and the
+    label of the offline run if it over-optimised (its final policy then need not beat SFT)."""
+    criteria, z = report.criteria, report.criteria.z
+    offline = [c for c in report.preference_curves if not c.online]
+    online = [c for c in report.preference_curves if c.online]
+    out, fell = [], set()
+    if offline:
+        out.append(_overoptimisation_claim(offline[0], z))
+        fell = {offline[0].label} if out[-1].met else set()
+
+    # without a standard error of its own, a point's is the one the criteria's tolerance implies
+    fallback = None
+    if criteria.gold_tolerance is not None and criteria.gold_tolerance > 0:
+        fallback = criteria.gold_tolerance / (z * math.sqrt(2.0))
+
+    def at(curves: list[OptimisationCurve], claim: str) -> tuple[float, list[AtKL]] | Expectation:
+        kl = matched_kl(curves)
+        if kl is None or not kl > 0:
+            return Expectation(claim, None, "a curve never moved away from the reference")
+        points = [gold_at_kl(curve, kl) for curve in curves]
+        assert all(p is not None for p in points)  # every curve reaches the matched KL
+        return kl, [p if p.se is not None else p._replace(se=fallback) for p in points]  # type: ignore[union-attr]
+
+    def tolerance(a: AtKL, b: AtKL) -> float:
+        return z * math.hypot(a.se, b.se) if a.se is not None and b.se is not None else 0.0
+
+    if len(offline) > 1:
+        names = ", ".join(c.label for c in offline)
+        claim = f"the offline losses ({names}) reach the same gold at matched KL"
+        measured = at(offline, claim)
+        if isinstance(measured, Expectation):
+            out.append(measured)
+        else:
+            kl, points = measured
+            pairs = [(a, b) for i, a in enumerate(points) for b in points[i + 1 :]]
+            spread = max(abs(a.gold - b.gold) for a, b in pairs)
+            alike = all(abs(a.gold - b.gold) <= tolerance(a, b) for a, b in pairs)
+            golds = "; ".join(
+                f"{c.label} {_gold_with_se(p)}" for c, p in zip(offline, points, strict=True)
+            )
+            out.append(
+                Expectation(
+                    claim,
+                    alike,
+                    f"gold at KL {fmt(kl, 2)} nats: {golds}; largest difference {fmt(spread)}",
+                )
+            )
+    for curve in online:
+        if not offline:
+            break
+        reference = offline[0]
+        claim = f"{curve.label} reaches more gold than {reference.label} at matched KL"
+        measured = at([curve, reference], claim)
+        if isinstance(measured, Expectation):
+            out.append(measured)
+            continue
+        kl, (mine, theirs) = measured
+        difference = mine.gold - theirs.gold
+        out.append(
+            Expectation(
+                claim,
+                difference > tolerance(mine, theirs),
+                f"gold at KL {fmt(kl, 2)} nats: {curve.label} {_gold_with_se(mine)}, "
+                f"{reference.label} {_gold_with_se(theirs)}; difference "
+                f"{fmt(difference, signed=True)} (tolerance {fmt(tolerance(mine, theirs))})",
+            )
+        )
+    for match in report.head_to_head:
+        if match.opponent == report.baseline:
+            continue
+        claim = f"{match.policy} is preferred to {match.opponent} under the gold preference"
+        if not (math.isfinite(match.rate) and math.isfinite(match.se)):
+            out.append(Expectation(claim, None, f"P = {fmt(match.rate)} ± {fmt(match.se)}"))
+            continue
+        out.append(
+            Expectation(
+                claim,
+                match.rate - 0.5 > z * match.se,
+                f"P({match.policy} ≻ {match.opponent}) = {fmt(match.rate)} ± {fmt(match.se)} "
+                f"over {match.n} comparisons",
+            )
+        )
+    return out, fell
+
+
+def _gold_with_se(point: AtKL) -> str:
+    return fmt(point.gold) + (f" ± {fmt(point.se)}" if point.se is not None else "")
+
+
+def _overoptimisation_claim(curve: OptimisationCurve, z: float) -> Expectation:
+    claim = f"{curve.label} over-optimises along training: gold first rises, then falls"
+    try:
+        found = curve_findings(curve, z=z)
+    except ValueError:
+        return Expectation(claim, None, "the curve has no finite point")
+    rise_tolerance = (
+        z * math.hypot(found.start.gold_se, found.peak.gold_se)
+        if found.start.gold_se is not None and found.peak.gold_se is not None
+        else 0.0
+    )
+    rise = found.peak.gold - found.start.gold
+    detail = (
+        f"gold {fmt(found.start.gold)} at the start, {fmt(found.peak.gold)} at step "
+        f"{found.peak.step} (KL {fmt(found.peak.kl, 2)}), {fmt(found.final.gold)} at step "
+        f"{found.final.step} (KL {fmt(found.final.kl, 2)}); tolerance "
+        f"{fmt(found.gold_tolerance)}; {curve.proxy_name} {fmt(found.start.proxy)} → "
+        f"{fmt(found.final.proxy)}"
+    )
+    return Expectation(claim, rise > rise_tolerance and found.gold_fell, detail)
 
 
 def percent(share: float | None, digits: int = 1) -> str:

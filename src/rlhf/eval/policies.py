@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
@@ -27,18 +27,21 @@ from rlhf.eval.results import (
     BestOfNPoint,
     Criteria,
     CurvePoint,
+    HeadToHead,
     OptimisationCurve,
     PolicyEval,
     Report,
     RewardModelEval,
 )
-from rlhf.eval.stats import win_rate
+from rlhf.eval.stats import preference_rate, win_rate
+from rlhf.rewards.preference import PreferenceSpec
 from rlhf.rewards.spec import RewardSpec
 from rlhf.rollout.types import EngineChoice
 
 if TYPE_CHECKING:
     from rlhf.models.reference import ReferenceModel
     from rlhf.rewards.base import RewardFunction
+    from rlhf.rewards.preference import PreferenceFunction
     from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
 
 
@@ -60,6 +63,11 @@ class EvalConfig(EngineChoice):
         description="What the report calls the gold reward (the world's by default).",
     )
     samples_shown: int = Field(3, ge=0, description="Sample responses shown per policy.")
+    preference: PreferenceSpec | None = Field(
+        None,
+        description="The gold preference that compares policies head to head (e.g. {rule: "
+        "world_gold, temperature: 0.05, nontransitive: 0.3}): the Nash policies against PPO.",
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class TrainedRun:
     # (PPO's): its KL coefficient β and the prompts of each of those evaluations
     curve_kl_coef: float | None = None
     curve_prompts: int | None = None
+    # a DPO-family run whose evaluations along training (eval_initial.json and its eval rows:
+    # kl, gold_reward) make a gold-against-KL curve; curve_kl_coef is then the loss's β
+    preference_curve: Literal["offline", "online"] | None = None
+    # policies this one is compared with head to head under EvalConfig.preference
+    opponents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,56 @@ def training_curve(label: str, coef: float, run_dir: str | Path) -> Optimisation
     return OptimisationCurve(label=label, kl_coef=coef, points=points)
 
 
+def preference_curve(run: TrainedRun) -> OptimisationCurve:
+    """Gold reward against KL through a DPO-family run, from its held-out evaluations (the
+    starting policy's in ``eval_initial.json``): offline runs score their KL samples with gold
+    (``eval.gold_reward``) and measure the implicit reward ``margin`` on held-out labels, the
+    curve's proxy; online runs give the reward model's score as theirs."""
+    offline = run.preference_curve == "offline"
+    rows = [{"step": 0, **json.loads((run.out / "eval_initial.json").read_text())}]
+    rows += [row for row in read_metrics(run.out / "metrics.jsonl") if row.get("split") == "eval"]
+    proxy = "margin" if offline else "reward"
+    points = [
+        CurvePoint(
+            step=int(row["step"]),
+            kl=max(float(row["kl"]), 0.0),
+            proxy=float(row[proxy]),
+            gold=float(row["gold_reward"]),
+            gold_se=float(row["gold_reward_stderr"]) if "gold_reward_stderr" in row else None,
+        )
+        for row in rows
+        if {"kl", "gold_reward", proxy} <= row.keys()
+    ]
+    return OptimisationCurve(
+        label=run.name,
+        kl_coef=float(run.curve_kl_coef or 0.0),
+        points=points,
+        proxy_name="implicit reward margin (held-out labels)" if offline else "reward model",
+        online=not offline,
+    )
+
+
+def head_to_head(
+    preference: PreferenceFunction,
+    prompts: Sequence[Text],
+    policy: tuple[str, PolicySamples],
+    opponent: tuple[str, PolicySamples],
+) -> HeadToHead:
+    """Sample j of each prompt of one policy against the opponent's sample j of the same
+    prompt (both sampled prompt-major on the same prompts), judged by ``preference``."""
+    from rlhf.rewards.preference import call_preference
+
+    (name, mine), (other, theirs) = policy, opponent
+    rows = [prompts[int(i)] for i in mine.batch.prompt_index]
+    if mine.batch.prompt_index.tolist() != theirs.batch.prompt_index.tolist():
+        raise ValueError(f"{name} and {other} were not sampled on the same prompts")
+    probabilities = call_preference(
+        preference, rows, mine.batch.response_texts, theirs.batch.response_texts
+    )
+    rate, se = preference_rate(probabilities.double().tolist())
+    return HeadToHead(policy=name, opponent=other, rate=rate, se=se, n=len(rows))
+
+
 def last_value(metrics: Sequence[Mapping[str, float]], key: str) -> float | None:
     for row in reversed(metrics):
         if key in row:
@@ -217,6 +280,8 @@ def evaluate_pipeline(
     seed: int,
     label_kind: str,
     config: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    notes: Sequence[str] = (),
 ) -> Report:
     """Every policy the pipeline trained, evaluated on the held-out prompts (module docstring);
     everything is read from the runs' folders, so a finished run can be evaluated again.
@@ -228,6 +293,7 @@ def evaluate_pipeline(
     from rlhf.eval.best_of_n import evaluate_best_of_n
     from rlhf.models.load import load_model, load_tokenizer
     from rlhf.models.reference import ReferenceModel
+    from rlhf.rewards.preference import build_preference
     from rlhf.rewards.spec import build_reward
     from rlhf.rollout.candidates import load_prompts
     from rlhf.rollout.factory import close_engine, engine_for, load_engine_for
@@ -235,6 +301,7 @@ def evaluate_pipeline(
 
     prompts = load_prompts(settings.prompts, limit=settings.count)
     gold = build_reward(settings.gold)
+    preference = build_preference(settings.preference) if settings.preference else None
     proxy = build_reward(RewardSpec(model=str(runs.reward_model / "model")))
     params = SamplingParams(
         settings.max_new_tokens,
@@ -251,6 +318,7 @@ def evaluate_pipeline(
         common = {"gold": gold, "proxy": proxy, "batch_size": settings.batch_size}
         sft = sample_policy(sft_engine, prompts, params, reference=None, **common)
         policies = [policy_eval("SFT", prompts, sft, None, settings.samples_shown)]
+        sampled = {"SFT": sft}  # every policy's samples, for the head-to-head comparisons
         for run in runs.trained:
             engine = load_engine_for(settings, run.out / "model", batch_size=settings.batch_size)
             try:
@@ -258,8 +326,22 @@ def evaluate_pipeline(
             finally:
                 close_engine(engine)
             policies.append(policy_eval(run.name, prompts, samples, sft, settings.samples_shown))
+            sampled[run.name] = samples
             del engine
             gc.collect()  # one trained policy in memory at a time
+        matches = []
+        for run in runs.trained if preference is not None else []:
+            for opponent in run.opponents:
+                if opponent not in sampled:
+                    raise ValueError(f"{run.name}'s opponent {opponent!r} is not a policy here")
+                matches.append(
+                    head_to_head(
+                        preference,
+                        prompts,
+                        (run.name, sampled[run.name]),
+                        (opponent, sampled[opponent]),
+                    )
+                )
 
         best_of_n: list[BestOfNPoint] = []
         if settings.best_of_n > 1:
@@ -277,7 +359,11 @@ def evaluate_pipeline(
     finally:
         close_engine(sft_engine)
 
-    curving = [run for run in runs.trained if run.curve_kl_coef is not None]
+    curving = [
+        run
+        for run in runs.trained
+        if run.curve_kl_coef is not None and run.preference_curve is None
+    ]
     curves = [training_curve(run.name, run.curve_kl_coef, run.out) for run in curving]
     rm_metrics = [
         {f"eval_{k}": v for k, v in row.items()}
@@ -305,7 +391,8 @@ def evaluate_pipeline(
     )
     return Report(
         criteria=criteria,
-        title="RLHF on the embedded world" if settings.gold.rule == "world_gold" else "RLHF run",
+        title=title
+        or ("RLHF on the embedded world" if settings.gold.rule == "world_gold" else "RLHF run"),
         seed=seed,
         policies=policies,
         curves=curves,
@@ -316,6 +403,9 @@ def evaluate_pipeline(
             f"{len(prompts)} held-out prompts, {settings.samples_per_prompt} samples each at "
             f"temperature {settings.temperature:g}; feedback: {len(train_labels)} training "
             f"and {len(heldout_labels)} held-out labels ({label_kind}).",
+            *notes,
         ],
         config=dict(config) if config is not None else {},
+        preference_curves=[preference_curve(r) for r in runs.trained if r.preference_curve],
+        head_to_head=matches,
     )

@@ -30,13 +30,14 @@ from rlhf.eval.results import (
     Report,
     json_safe,
 )
-from rlhf.eval.stats import best_of_n_curve
+from rlhf.eval.stats import best_of_n_curve, matched_kl
 
 __all__ = [
     "ReportPaths",
     "load_report",
     "plot_overoptimisation",
     "plot_policies",
+    "plot_preference_curves",
     "summary_table",
     "to_html",
     "to_markdown",
@@ -46,6 +47,7 @@ __all__ = [
 REPORT_JSON = "report.json"
 OVEROPTIMISATION_PNG = "overoptimisation.png"
 POLICIES_PNG = "policies.png"
+PREFERENCE_CURVES_PNG = "preference_curves.png"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def write_report(report: Report, out_dir: str | Path) -> ReportPaths:
         plots["overoptimisation"] = plot_overoptimisation(report, out / OVEROPTIMISATION_PNG)
     if report.policies:
         plots["policies"] = plot_policies(report, out / POLICIES_PNG)
+    if report.preference_curves:
+        plots["preference_curves"] = plot_preference_curves(report, out / PREFERENCE_CURVES_PNG)
     blocks = _document(report, assess(report), {name: path.name for name, path in plots.items()})
     markdown_path = out / "report.md"
     markdown_path.write_text(to_markdown(blocks), encoding="utf-8")
@@ -168,6 +172,65 @@ def plot_overoptimisation(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
     if gold_axes.get_legend_handles_labels()[0]:
         gold_axes.legend(fontsize=8)
+    if left_out:
+        figure.text(
+            0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
+        )
+    figure.suptitle(_plain(report.title))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120, format="png")
+    return path
+
+
+def plot_preference_curves(report: Report, path: Path) -> Path:
+    """The DPO family along training: the offline runs' implicit reward margin on held-out
+    labels against the step (left), and every run's gold reward against √KL (right), each gold
+    peak starred and the matched KL (the largest every curve reaches) dotted."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.2))
+    implicit_axes, gold_axes = figure.subplots(1, 2)
+    left_out = 0
+    for index, curve in enumerate(report.preference_curves):
+        color = f"C{index}"
+        points = [p for p in curve.points if _finite(p.kl, p.proxy, p.gold)]
+        left_out += len(curve.points) - len(points)
+        if not points:
+            continue
+        style = {"color": color, "marker": "o", "linestyle": "--" if curve.online else "-"}
+        label = _plain(curve.label + (" (online)" if curve.online else ""))
+        if not curve.online:
+            implicit_axes.plot(
+                [p.step for p in points], [p.proxy for p in points], label=label, **style
+            )
+        errors = [p.gold_se for p in points]
+        gold_axes.errorbar(
+            [p.sqrt_kl for p in points],
+            [p.gold for p in points],
+            yerr=errors if all(_finite(e) for e in errors) else None,
+            label=label,
+            capsize=2,
+            markersize=4,
+            **style,
+        )
+        peak = max(points, key=lambda p: p.gold)
+        gold_axes.plot(
+            [peak.sqrt_kl], [peak.gold], marker="*", markersize=16, color=color,
+            markeredgecolor="black", zorder=5,
+        )  # fmt: skip
+    kl = matched_kl(report.preference_curves)
+    if kl is not None and kl > 0:
+        gold_axes.axvline(math.sqrt(kl), color="grey", linestyle=":", label="matched KL")
+    implicit_axes.set_title("offline: implicit reward margin on held-out labels")
+    implicit_axes.set_xlabel("optimiser step")
+    implicit_axes.set_ylabel("β·(log-ratio chosen − rejected)")
+    gold_axes.set_title("gold reward against KL; ★ = gold peak")
+    gold_axes.set_xlabel("√KL(π ‖ π_SFT)   [√nats]")
+    gold_axes.set_ylabel("mean gold reward (±1 s.e.)")
+    for axes in (implicit_axes, gold_axes):
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=8)
     if left_out:
         figure.text(
             0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
@@ -351,6 +414,53 @@ def _document(report: Report, findings: Findings, images: dict[str, str]) -> lis
                     [True, True, True, True, True, False],
                 ),
             ]
+
+    if report.preference_curves:
+        blocks += [
+            Heading(2, "Offline and online preference optimisation"),
+            Paragraph(
+                "Each DPO-family run's held-out evaluations along training, from the starting "
+                "policy on: the gold reward and KL of samples of the policy as it was, and for "
+                "the offline runs their implicit reward margin on held-out labels. Runs are "
+                "compared at matched KL, the largest KL every curve reaches (dotted), by "
+                "interpolating each curve where its KL first gets there."
+            ),
+        ]
+        if "preference_curves" in images:
+            blocks.append(Image(images["preference_curves"], "gold reward against sqrt(KL)"))
+        for curve in report.preference_curves:
+            rows = [
+                [str(p.step), fmt(p.kl), fmt(p.sqrt_kl), fmt(p.proxy), _with_se(p.gold, p.gold_se)]
+                for p in curve.points
+            ]
+            kind = "online" if curve.online else "offline"
+            blocks += [
+                Heading(3, f"{curve.label} ({kind}, β = {fmt(curve.kl_coef, 3)})"),
+                Table(
+                    ["step", "KL (nats)", "√KL", curve.proxy_name, "gold"],
+                    rows,
+                    [True, True, True, True, True],
+                ),
+            ]
+
+    if report.head_to_head:
+        rows = [
+            [h.policy, h.opponent, f"{fmt(h.rate)} ± {fmt(h.se)}", str(h.n)]
+            for h in report.head_to_head
+        ]
+        blocks += [
+            Heading(2, "Head to head under the gold preference"),
+            Paragraph(
+                "Each policy's response against the opponent's on the same held-out prompt, "
+                "judged by the world's gold preference (which may not be transitive, so no "
+                "scalar reward ranks the policies); above 0.5, the policy is preferred."
+            ),
+            Table(
+                ["policy", "opponent", "P(policy ≻ opponent)", "comparisons"],
+                rows,
+                [False, False, True, True],
+            ),
+        ]
 
     if report.policies:
         blocks += [Heading(2, "Policies")]

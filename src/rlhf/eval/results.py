@@ -154,14 +154,20 @@ class OptimisationCurve:
     """Proxy and gold reward against KL over one policy-optimisation run."""
 
     label: str  # "PPO β=0.0"
-    kl_coef: float  # the run's KL coefficient β
+    kl_coef: float  # the run's KL coefficient β (the DPO family: the loss's β)
     points: list[CurvePoint]  # in step order
+    # what ``proxy`` is: the reward model's score (PPO, online DPO) or, for an offline
+    # DPO-family run, its implicit reward margin β·(log-ratio chosen − rejected) on held-out labels
+    proxy_name: str = "reward model"
+    online: bool = True  # sampled from the policy as it trained (False: offline, fixed data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "kl_coef": _dump_number(self.kl_coef),
             "points": [p.to_dict() for p in self.points],
+            "proxy_name": self.proxy_name,
+            "online": self.online,
         }
 
     @classmethod
@@ -170,6 +176,8 @@ class OptimisationCurve:
             label=data["label"],
             kl_coef=float(data["kl_coef"]),
             points=[CurvePoint.from_dict(p) for p in data["points"]],
+            proxy_name=data.get("proxy_name", "reward model"),
+            online=bool(data.get("online", True)),
         )
 
 
@@ -183,6 +191,18 @@ class BestOfNPoint(_Flat):
     gold: float
     proxy_se: float | None = None
     gold_se: float | None = None
+
+
+@dataclass
+class HeadToHead(_Flat):
+    """One policy against another under a preference (the world's gold preference): sample j
+    of each held-out prompt against the opponent's sample j of the same prompt."""
+
+    policy: str
+    opponent: str
+    rate: float  # mean P(policy's response ≻ opponent's): > ½ means the policy is preferred
+    se: float  # its standard error over the comparisons
+    n: int  # comparisons
 
 
 @dataclass
@@ -239,6 +259,9 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)  # the run's configuration
     criteria: Criteria = field(default_factory=Criteria)
     baseline: str = "SFT"
+    # the DPO family's and online DPO's gold against KL along training (offline vs online)
+    preference_curves: list[OptimisationCurve] = field(default_factory=list)
+    head_to_head: list[HeadToHead] = field(default_factory=list)
 
     def policy(self, name: str) -> PolicyEval | None:
         return next((p for p in self.policies if p.name == name), None)
@@ -256,6 +279,8 @@ class Report:
             "notes": list(self.notes),
             "config": json_safe(self.config),
             "criteria": self.criteria.to_dict(),
+            "preference_curves": [c.to_dict() for c in self.preference_curves],
+            "head_to_head": [h.to_dict() for h in self.head_to_head],
         }
 
     @classmethod
@@ -273,4 +298,8 @@ class Report:
             notes=list(data.get("notes", [])),
             config=dict(data.get("config", {})),
             criteria=Criteria.from_dict(data.get("criteria", {})),
+            preference_curves=[
+                OptimisationCurve.from_dict(c) for c in data.get("preference_curves", [])
+            ],
+            head_to_head=[HeadToHead.from_dict(h) for h in data.get("head_to_head", [])],
         )

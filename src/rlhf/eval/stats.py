@@ -330,3 +330,60 @@ def non_finite_fields(report: Report) -> list[str]:
     ``"policies['PPO β=0.0'].gold_mean = nan"``, ``"curves['PPO β=0.0'].points[3].kl = inf"``.
     Config values are included."""
     return [f"{path} = {value}" for path, value in _walk(report, "") if not math.isfinite(value)]
+
+
+# ---------------------------------------------------------------- curves at matched KL
+
+
+class AtKL(NamedTuple):
+    gold: float  # the curve's gold reward where its KL first reaches the matched KL
+    se: float | None  # its standard error (interpolated like the gold), if the points have one
+    step: float  # the (fractional) training step there
+
+
+def _finite_points(curve: OptimisationCurve) -> list[CurvePoint]:
+    return [p for p in curve.points if math.isfinite(p.kl) and math.isfinite(p.gold)]
+
+
+def matched_kl(curves: Sequence[OptimisationCurve]) -> float | None:
+    """The largest KL every curve reaches: the smallest of their largest KLs (None if a curve
+    has no finite point). Comparing at this KL asks how far each method got for the same
+    distance from the reference (Tang et al. 2024; Gao et al. 2022 plot against it too)."""
+    reached = []
+    for curve in curves:
+        points = _finite_points(curve)
+        if not points:
+            return None
+        reached.append(max(max(p.kl for p in points), 0.0))
+    return min(reached) if reached else None
+
+
+def gold_at_kl(curve: OptimisationCurve, kl: float) -> AtKL | None:
+    """The curve's gold reward where its KL first reaches ``kl``, by linear interpolation
+    between the two evaluations around that crossing (in step order: the KL of a noisy
+    estimate need not rise monotonically, and the first crossing is where training got
+    there). None if the curve never reaches ``kl``."""
+    points = _finite_points(curve)
+    for index, point in enumerate(points):
+        if point.kl >= kl:
+            if index == 0 or point.kl == points[index - 1].kl:
+                return AtKL(point.gold, point.gold_se, float(point.step))
+            before = points[index - 1]
+            share = (kl - before.kl) / (point.kl - before.kl)
+            se = None
+            if before.gold_se is not None and point.gold_se is not None:
+                se = before.gold_se + share * (point.gold_se - before.gold_se)
+            return AtKL(
+                before.gold + share * (point.gold - before.gold),
+                se,
+                before.step + share * (point.step - before.step),
+            )
+    return None
+
+
+def preference_rate(probabilities: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of P(a ≻ b) over independent comparisons [N] (N ≥ 1; the
+    standard error is NaN below N = 2)."""
+    if not probabilities:
+        raise ValueError("preference_rate of no comparisons")
+    return math.fsum(probabilities) / len(probabilities), standard_error(list(probabilities))

@@ -140,13 +140,25 @@ class AnnotatorsConfig(StrictModel):
     bias: float = Field(
         0.0, ge=0, description="Spread of the annotators' personal length biases (0: none)."
     )
+    nontransitive: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Strength λ of the world's rock-paper-scissors taste in their pairwise "
+        "choices, in gold units (0: none; docs/preference-model.md).",
+    )
 
     def pool(self, seed: int) -> Any:
         """The :class:`rlhf.sim.annotators.AnnotatorPool` of these settings, seeded."""
         from rlhf.sim.annotators import AnnotatorPool
 
         return AnnotatorPool.build(
-            self.count, self.temperature, careless=self.careless, bias=self.bias, seed=seed
+            self.count,
+            self.temperature,
+            careless=self.careless,
+            bias=self.bias,
+            seed=seed,
+            nontransitive=self.nontransitive,
         )
 
 

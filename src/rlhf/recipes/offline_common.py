@@ -14,6 +14,7 @@ Shapes: P examples (pairs, or a rated and a mismatched completion), N examples i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -207,6 +208,11 @@ class PreferenceEvalConfig(EngineChoice):
         None,
         description="A reward that scores the KL samples at each evaluation (e.g. {rule: "
         "world_gold}): gold_reward along training, beside kl.",
+    )
+    before: bool = Field(
+        False,
+        description="Also evaluate the starting policy, before the first step "
+        "(eval_initial.json): the first point of a curve along training.",
     )
 
 
@@ -678,6 +684,9 @@ def train_offline(
             config, model, tokenizer, examples, plan, collate, trainer, reference
         )
 
+    if config.eval.before and trainer.evaluate is not None and checkpoint is None:
+        initial = trainer.evaluation()
+        (out / "eval_initial.json").write_text(json.dumps(initial, indent=2), encoding="utf-8")
     try:
         result = trainer.train(resume_from=checkpoint)
     finally:

@@ -106,6 +106,31 @@ class PipelineConfig(StrictModel):
     grpo: dict[str, Any] | None = Field(
         None, description="GRPO against the reward model (a partial `rlhf grpo` config)."
     )
+    dpo_losses: list[str] = Field(
+        [],
+        max_length=4,
+        description="More offline runs like `dpo`, one per loss name (e.g. [ipo, hinge]): "
+        "the DPO family compared at matched KL (gold against KL on one plot).",
+    )
+    online_dpo: dict[str, Any] | None = Field(
+        None,
+        description="Online DPO from the SFT policy, its pairs labelled by the feedback "
+        "stage's annotators (a partial `rlhf online-dpo` config): online against offline DPO "
+        "at matched KL.",
+    )
+    preference_model: dict[str, Any] | None = Field(
+        None,
+        description="A pairwise preference model on the feedback labels (a partial `rlhf pm` "
+        "config): what nash_md and sppo optimise against.",
+    )
+    nash_md: dict[str, Any] | None = Field(
+        None, description="Nash-MD against the preference model (a partial `rlhf nash-md` config)."
+    )
+    sppo: dict[str, Any] | None = Field(
+        None, description="SPPO against the preference model (a partial `rlhf sppo` config)."
+    )
+    title: str | None = Field(None, description="The report's title (default: from eval.gold).")
+    notes: list[str] = Field([], description="Lines added to the report's notes.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
@@ -116,6 +141,16 @@ class PipelineConfig(StrictModel):
             raise ValueError(
                 "ppo_kl_coefs: each β must be > 0 (the report's KL is measured against the "
                 "reference, which β = 0 drops); use a very small one, e.g. 0.001"
+            )
+        if self.dpo_losses and self.dpo is None:
+            raise ValueError("dpo_losses: each is a run like `dpo`; set the `dpo` section too")
+        if len(set(self.dpo_losses)) != len(self.dpo_losses):
+            raise ValueError(f"dpo_losses: a loss is named twice: {self.dpo_losses}")
+        needing = [name for name in ("nash_md", "sppo") if getattr(self, name) is not None]
+        if needing and self.preference_model is None:
+            raise ValueError(
+                f"{' and '.join(needing)} optimise against the pairwise preference model: "
+                "set the `preference_model` section too"
             )
         stage_configs(self)  # every stage's config must validate now
         return self
@@ -152,6 +187,11 @@ class Stages:
     ppo: dict[float, RecipeConfig] = field(default_factory=dict)  # by KL coefficient β
     dpo: RecipeConfig | None = None
     grpo: RecipeConfig | None = None
+    dpo_losses: dict[str, RecipeConfig] = field(default_factory=dict)  # by loss name
+    online_dpo: RecipeConfig | None = None
+    preference_model: RecipeConfig | None = None
+    nash_md: RecipeConfig | None = None
+    sppo: RecipeConfig | None = None
 
     @property
     def feedback_dir(self) -> Path:
@@ -221,13 +261,60 @@ def stage_configs(config: PipelineConfig) -> Stages:
             {"out": str(out / f"ppo-kl{coef:g}"), **online},
         )
     if config.dpo is not None:
-        # its held-out evaluations score their KL samples with gold too: gold along training
-        dpo_defaults = {"out": str(out / "dpo"), "eval.gold_reward": gold, **on_labels}
-        stages.dpo = _stage(config_class("dpo"), "dpo", config.dpo, dpo_defaults)
+        # its held-out evaluations score their KL samples with gold too, from the starting
+        # policy on: gold and the implicit reward along training
+        dpo_defaults = {"eval.gold_reward": gold, "eval.before": True, **on_labels}
+        stages.dpo = _stage(
+            config_class("dpo"), "dpo", config.dpo, {"out": str(out / "dpo"), **dpo_defaults}
+        )
+        for loss in config.dpo_losses:
+            stages.dpo_losses[loss] = variant = _stage(
+                config_class("dpo"),
+                f"dpo (loss.name={loss})",
+                _deep_merge(_deep_merge({}, config.dpo), {"loss": {"name": loss}}),
+                {"out": str(out / f"dpo-{loss}"), **dpo_defaults},
+            )
+            if not variant.loss.needs_reference:  # type: ignore[attr-defined]
+                raise ConfigError(
+                    f"dpo_losses: {loss} is reference-free, so it has no KL to the reference to "
+                    "be compared at"
+                )
     if config.grpo is not None:
         stages.grpo = _stage(
             config_class("grpo"), "grpo", config.grpo, {"out": str(out / "grpo"), **online}
         )
+    if config.online_dpo is not None:
+        # the same people as the offline labels judge the policy's own samples
+        annotators = config.feedback.annotators.model_dump()
+        stages.online_dpo = _stage(
+            config_class("online_dpo"),
+            "online_dpo",
+            config.online_dpo,
+            {
+                "out": str(out / "online-dpo"),
+                "labeller.kind": "annotators",
+                "labeller.annotators": annotators,
+                "eval.before": True,
+                **online,
+            },
+        )
+    if config.preference_model is not None:
+        stages.preference_model = _stage(
+            config_class("preference_model"),
+            "preference_model",
+            config.preference_model,
+            {"out": str(out / "preference_model"), **on_labels},
+        )
+        nash = {"preference.model": str(out / "preference_model" / "model"), **online}
+        for name in ("nash_md", "sppo"):
+            section = getattr(config, name)
+            if section is not None:
+                folder = str(out / name.replace("_", "-"))
+                setattr(
+                    stages,
+                    name,
+                    _stage(config_class(name), name, section, {"out": folder, **nash}),
+                )
     return stages
 
 
@@ -243,14 +330,40 @@ def evaluated_runs(stages: Stages) -> PipelineRuns:
         )
         for coef, ppo in stages.ppo.items()
     ]
-    trained += [TrainedRun("DPO", Path(stages.dpo.out))] if stages.dpo is not None else []
+    # the DPO family: gold against KL along training when they evaluate along it
+    if stages.dpo is not None:
+        trained.append(_direct_run("DPO", stages.dpo, "offline"))
+    trained += [
+        _direct_run(LOSS_LABELS.get(loss, f"DPO ({loss})"), dpo, "offline")
+        for loss, dpo in stages.dpo_losses.items()
+    ]
     trained += [TrainedRun("GRPO", Path(stages.grpo.out))] if stages.grpo is not None else []
+    if stages.online_dpo is not None:
+        trained.append(_direct_run("online DPO", stages.online_dpo, "online"))
+    # the Nash policies, each also against every PPO run under the gold preference
+    opponents = ("SFT", *(run.name for run in trained if run.name.startswith("PPO")))
+    for name, stage in (("Nash-MD", stages.nash_md), ("SPPO", stages.sppo)):
+        if stage is not None:
+            trained.append(TrainedRun(name, Path(stage.out), opponents=opponents))
     return PipelineRuns(
         sft=stages.policy_dir,
         reward_model=Path(stages.reward_model.out),
         feedback=stages.feedback_dir,
         trained=trained,
     )
+
+
+# the report's names of the DPO family's losses (hinge is SLiC's, Zhao et al. 2023)
+LOSS_LABELS = {"dpo": "DPO", "ipo": "IPO", "hinge": "SLiC (hinge)"}
+
+
+def _direct_run(name: str, stage: RecipeConfig, kind: Literal["offline", "online"]) -> TrainedRun:
+    """A DPO-family run; with ``train.eval_every`` > 0 it gives a gold-against-KL curve."""
+    settings = stage.model_dump(include={"loss": {"beta"}, "train": {"eval_every"}})
+    if not settings["train"]["eval_every"]:
+        return TrainedRun(name, Path(stage.out))
+    beta = settings["loss"]["beta"] or 0.1  # the losses' default β
+    return TrainedRun(name, Path(stage.out), curve_kl_coef=beta, preference_curve=kind)
 
 
 def _eval_prompts(online: RecipeConfig) -> int:
@@ -433,6 +546,16 @@ def run_pipeline(
         recipe("dpo", "dpo", stages.dpo)
     if stages.grpo is not None:
         recipe("grpo", "grpo", stages.grpo)
+    for loss, dpo in stages.dpo_losses.items():
+        recipe(f"dpo-{loss}", "dpo", dpo)
+    if stages.online_dpo is not None:
+        recipe("online-dpo", "online_dpo", stages.online_dpo)
+    if stages.preference_model is not None:
+        recipe("preference_model", "preference_model", stages.preference_model)
+    if stages.nash_md is not None:
+        recipe("nash-md", "nash_md", stages.nash_md)
+    if stages.sppo is not None:
+        recipe("sppo", "sppo", stages.sppo)
     evaluation = (config.eval, evaluated_runs(stages))
     plan.append(
         (
@@ -442,6 +565,8 @@ def run_pipeline(
                 seed=config.seed,
                 label_kind=config.feedback.kind,
                 config=json.loads(config.model_dump_json()),
+                title=config.title,
+                notes=config.notes,
             ),
         )
     )

@@ -85,6 +85,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "pm", "rlhf.recipes.preference_model", "PreferenceModelConfig", "run_preference_model",
         "Train a pairwise preference model P(y ≻ y′ | x) on preference pairs (both orders).",
+        stage="preference_model",
     ),
     Recipe(
         "raft", "rlhf.recipes.raft", "RAFTConfig", "run_raft",
@@ -146,7 +147,7 @@ RECIPES: tuple[Recipe, ...] = (
         "online-dpo", "rlhf.recipes.online_dpo", "OnlineDPOConfig", "run_online_dpo",
         "Online DPO: any DPO-family loss on pairs of the policy's own samples, ordered by a "
         "reward or by annotators.",
-        online=True, loss_option=True,
+        online=True, loss_option=True, stage="online_dpo",
     ),
     Recipe(
         "iterative-dpo", "rlhf.recipes.iterative_dpo", "IterativeDPOConfig", "run_iterative_dpo",
@@ -157,13 +158,13 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "sppo", "rlhf.recipes.sppo", "SPPOConfig", "run_sppo",
         "SPPO: self-play against a pairwise preference; log-ratios regressed on win rates.",
-        online=True,
+        online=True, stage="sppo",
     ),
     Recipe(
         "nash-md", "rlhf.recipes.nash_md", "NashMDConfig", "run_nash_md",
         "Nash-MD: policy gradient on P(y ≻ y′) against the policy–reference geometric "
         "mixture.",
-        online=True,
+        online=True, stage="nash_md",
     ),
 )  # fmt: skip
 
