@@ -283,6 +283,38 @@ def engine_train_settings(
     } | overrides
 
 
+def trl_train_settings(
+    lr: float, max_grad_norm: float, seed: int, *, bf16: bool = False, schedule: str = "constant"
+) -> dict[str, Any]:
+    """The keys of TRL's ``TrainingArguments`` every benchmark sets alike, matching
+    :func:`engine_train_settings`: ``lr`` with no warm-up or weight decay, fused AdamW (ours is
+    ``torch.optim.AdamW(fused=True)`` on the CPU), clipping at ``max_grad_norm``, seeded; TRL
+    defaults to bf16 mixed precision and gradient checkpointing, so fp32 (unless ``bf16``, a
+    variant's own precision) and no checkpointing; no workers, logging, saving, evaluation
+    or progress bar. Each benchmark adds its trainer's own keys."""
+    return {
+        "learning_rate": lr,
+        "lr_scheduler_type": schedule,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "optim": "adamw_torch_fused",
+        "max_grad_norm": max_grad_norm,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": bf16,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "report_to": [],
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "disable_tqdm": True,
+    }
+
+
 def engine_step_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The training rows of our engine's ``metrics.jsonl`` (one per logged optimiser step, with
     ``log_every=1`` every step), in step order; each has ``time``, seconds since the training

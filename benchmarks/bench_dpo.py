@@ -54,6 +54,7 @@ from _harness import (
     timed_calls,
     trl_available,
     trl_step_clock,
+    trl_train_settings,
 )
 from bench_rm import BATCH_PAIRS, PROMPT_TOKENS, SEQUENCE_TOKENS, build_workload
 from bench_sft import MAX_GRAD_NORM, SEED
@@ -152,19 +153,7 @@ def trl_dpo_config(out_dir: str, total_steps: int, compile: bool, precompute: bo
         max_steps=total_steps,
         per_device_train_batch_size=BATCH_PAIRS,
         gradient_accumulation_steps=1,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused",  # ours: torch.optim.AdamW(fused=True) on CPU
-        max_grad_norm=MAX_GRAD_NORM,
-        seed=SEED,
-        data_seed=SEED,
-        # TRL defaults to bf16 mixed precision and gradient checkpointing; we train fp32 without.
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED),
         max_length=SEQUENCE_TOKENS,  # every pair fits: nothing is cut
         pad_to_multiple_of=None,
         loss_type=["sigmoid"],
@@ -173,13 +162,6 @@ def trl_dpo_config(out_dir: str, total_steps: int, compile: bool, precompute: bo
         precompute_ref_log_probs=precompute,
         precompute_ref_batch_size=BATCH_PAIRS,  # as ours: the reference pass uses the batch size
         disable_dropout=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        report_to=[],
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
         torch_compile=compile,
         # TRL loads the policy (and, without precompute, the reference) itself: fp32, SDPA
         model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},

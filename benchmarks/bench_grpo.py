@@ -75,6 +75,7 @@ from _harness import (
     text_of_exact_length,
     trl_available,
     trl_step_clock,
+    trl_train_settings,
     word_stream,
 )
 from bench_dpo import fresh_compile_cache
@@ -271,29 +272,9 @@ def train_trl(
         scale_rewards="group",
         mask_truncated_completions=False,
         use_vllm=False,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused",  # ours: torch.optim.AdamW(fused=True) on CPU
-        max_grad_norm=MAX_GRAD_NORM,
-        seed=SEED,
-        data_seed=SEED,
-        # TRL defaults to bf16 mixed precision and gradient checkpointing: the precision is
-        # the variant's, checkpointing off as on our side
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED, bf16=bf16),
         disable_dropout=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        report_to=[],
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
         log_completions=False,
-        disable_tqdm=True,
         model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
         # transformers' static cache is allocated in the model's fp32 and cannot take the bf16
         # keys that autocast gives it (index_copy_ dtype error), so compiled bf16 runs without

@@ -58,6 +58,7 @@ from _harness import (
     result_line,
     run_in_child,
     trl_step_clock,
+    trl_train_settings,
 )
 from bench_dpo import fresh_compile_cache
 from bench_grpo import (
@@ -232,25 +233,7 @@ def train_trl(
         whiten_rewards=False,
         missing_eos_penalty=None,
         num_sample_generations=0,  # no sample tables during training
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused",  # ours: torch.optim.AdamW(fused=True) on CPU
-        max_grad_norm=MAX_GRAD_NORM,
-        seed=SEED,
-        data_seed=SEED,
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        report_to=[],
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED, bf16=bf16),
         torch_compile=compile,
     )
     clock = trl_step_clock()

@@ -48,6 +48,7 @@ from _harness import (
     tokens_per_second,
     trl_available,
     trl_step_clock,
+    trl_train_settings,
     word_stream,
 )
 from bench_sft import MAX_GRAD_NORM, SEED, TOKENIZER_SENTENCES, VOCAB_SIZE
@@ -181,29 +182,10 @@ def trl_reward_config(
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
-        learning_rate=lr,
-        lr_scheduler_type=schedule,
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused",  # ours: torch.optim.AdamW(fused=True) on CPU
-        max_grad_norm=MAX_GRAD_NORM,
-        seed=SEED,
-        data_seed=SEED,
-        # TRL defaults to bf16 mixed precision and gradient checkpointing; we train fp32 without.
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
+        **trl_train_settings(lr, MAX_GRAD_NORM, SEED, schedule=schedule),
         max_length=max_length,  # TRL drops longer pairs; the pre-tokenised ones all fit
         disable_dropout=True,  # as our init_reward_model does
         center_rewards_coefficient=None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        report_to=[],
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
         torch_compile=compile,
         # TRL loads the model itself (AutoModelForSequenceClassification, num_labels=1, after
         # seeding), fp32 with SDPA attention as ours

@@ -45,6 +45,7 @@ from _harness import (
     text_of_exact_length,
     tokens_per_second,
     trl_available,
+    trl_train_settings,
     word_stream,
 )
 
@@ -203,30 +204,11 @@ def train_trl(
         max_steps=total_steps,
         per_device_train_batch_size=BATCH_SIZE,
         gradient_accumulation_steps=1,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch_fused",  # ours: torch.optim.AdamW(fused=True) on CPU
-        max_grad_norm=MAX_GRAD_NORM,
-        seed=SEED,
-        data_seed=SEED,
-        # TRL defaults to bf16 mixed precision and gradient checkpointing; we train fp32 without.
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED),
         max_length=SEQUENCE_TOKENS,
         packing=False,
         padding_free=False,
         completion_only_loss=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        report_to=[],
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
         torch_compile=compile,
     )
     clock = StepClock()

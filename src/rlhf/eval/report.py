@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table as RichTable
 from rich.text import Text
@@ -105,6 +106,18 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+def _save(figure: Any, title: str, left_out: int, path: Path) -> Path:
+    """Title the figure, note the points it could not draw, and write it as a PNG."""
+    if left_out:
+        figure.text(
+            0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
+        )
+    figure.suptitle(_plain(title))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120, format="png")
+    return path
+
+
 def plot_overoptimisation(report: Report, path: Path) -> Path:
     """Proxy (left) and gold (right) reward against sqrt(KL) for every PPO curve and best-of-N,
     each curve's gold peak starred (Gao et al. 2022, figure 1)."""
@@ -172,14 +185,7 @@ def plot_overoptimisation(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
     if gold_axes.get_legend_handles_labels()[0]:
         gold_axes.legend(fontsize=8)
-    if left_out:
-        figure.text(
-            0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
-        )
-    figure.suptitle(_plain(report.title))
-    figure.tight_layout()
-    figure.savefig(path, dpi=120, format="png")
-    return path
+    return _save(figure, report.title, left_out, path)
 
 
 def plot_preference_curves(report: Report, path: Path) -> Path:
@@ -231,14 +237,7 @@ def plot_preference_curves(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
-    if left_out:
-        figure.text(
-            0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
-        )
-    figure.suptitle(_plain(report.title))
-    figure.tight_layout()
-    figure.savefig(path, dpi=120, format="png")
-    return path
+    return _save(figure, report.title, left_out, path)
 
 
 def plot_policies(report: Report, path: Path) -> Path:

@@ -197,6 +197,20 @@ class Stages:
     def feedback_dir(self) -> Path:
         return self.out / "feedback"
 
+    def trained_after_feedback(self) -> list[tuple[str, str, RecipeConfig]]:
+        """(name in the plan, stage, config) of every run after the reward model, in order."""
+        runs: list[tuple[str, str, RecipeConfig | None]] = [
+            *((f"ppo-kl{coef:g}", "ppo", ppo) for coef, ppo in self.ppo.items()),
+            ("dpo", "dpo", self.dpo),
+            ("grpo", "grpo", self.grpo),
+            *((f"dpo-{loss}", "dpo", dpo) for loss, dpo in self.dpo_losses.items()),
+            ("online-dpo", "online_dpo", self.online_dpo),
+            ("preference_model", "preference_model", self.preference_model),
+            ("nash-md", "nash_md", self.nash_md),
+            ("sppo", "sppo", self.sppo),
+        ]
+        return [(name, stage, config) for name, stage, config in runs if config is not None]
+
 
 def stage_configs(config: PipelineConfig) -> Stages:
     """Each stage's recipe config, chained: the pipeline's defaults where a section is silent.
@@ -540,22 +554,8 @@ def run_pipeline(
         )
     )
     recipe("reward_model", "reward_model", stages.reward_model)
-    for coef, ppo in stages.ppo.items():
-        recipe(f"ppo-kl{coef:g}", "ppo", ppo)
-    if stages.dpo is not None:
-        recipe("dpo", "dpo", stages.dpo)
-    if stages.grpo is not None:
-        recipe("grpo", "grpo", stages.grpo)
-    for loss, dpo in stages.dpo_losses.items():
-        recipe(f"dpo-{loss}", "dpo", dpo)
-    if stages.online_dpo is not None:
-        recipe("online-dpo", "online_dpo", stages.online_dpo)
-    if stages.preference_model is not None:
-        recipe("preference_model", "preference_model", stages.preference_model)
-    if stages.nash_md is not None:
-        recipe("nash-md", "nash_md", stages.nash_md)
-    if stages.sppo is not None:
-        recipe("sppo", "sppo", stages.sppo)
+    for name, stage, stage_config in stages.trained_after_feedback():
+        recipe(name, stage, stage_config)
     evaluation = (config.eval, evaluated_runs(stages))
     plan.append(
         (
