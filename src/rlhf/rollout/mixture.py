@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rlhf.losses.nash import geometric_mixture_logprobs
+from rlhf.models.forward import cache_argument
 from rlhf.rollout.hf import HFGenerationEngine, finite_logits_processor
 from rlhf.rollout.types import RolloutBatch, SamplingParams
 
@@ -47,8 +48,8 @@ class _MixtureStep:
             input_ids=new,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{cache_argument(self.reference): self.cache},
         )
         self.mask, self.prefilled = mask, True
         mixed = geometric_mixture_logprobs(scores, output.logits[:, -1], self.beta)
