@@ -21,6 +21,7 @@ REQUIRED = {
     "pretrain": ["data.train=d.jsonl"],
     "rm": ["data.train=d.jsonl"],
     "pm": ["data.train=d.jsonl"],
+    "prm": ["data.train=d.jsonl"],
     "raft": ["prompts=d.jsonl", "reward.rule=arithmetic"],
     "iterative-dpo": ["prompts=d.jsonl", "reward.rule=arithmetic"],
     "sppo": ["data.prompts=d.jsonl", "reward.rule=arithmetic", "preference.rule=world_gold"],

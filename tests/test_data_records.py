@@ -20,6 +20,7 @@ from rlhf.data.records import (
     PromptRecord,
     RankingRecord,
     RatingRecord,
+    StepRecord,
     TextRecord,
     is_blank,
 )
@@ -46,13 +47,15 @@ ONE_OF_EACH = [
     BinaryRecord(CHAT, OTHER, False),
     EditRecord("Q?", "teh answer", "the answer"),
     EditRecord(CHAT, OTHER, REPLY),
+    StepRecord("Q?", ("a", "b"), (1, None), "12"),
+    StepRecord(CHAT, ("a",), (-1,)),
 ]
 
 
 def test_every_kind_is_registered_with_its_class():
     assert set(RECORD_TYPES) == {
         "text", "prompt", "completion", "conversation", "preference", "ranking", "rating",
-        "binary", "edit",
+        "binary", "edit", "steps",
     }  # fmt: skip
     for kind, cls in RECORD_TYPES.items():
         assert cls.kind == kind

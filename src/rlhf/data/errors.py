@@ -14,6 +14,8 @@
 ``unknown_role``          a message role other than system, user, assistant
 ``too_few_responses``     a ranking of fewer than two responses
 ``ranks_mismatch``        a ranking whose ranks do not match its responses one to one
+``labels_mismatch``       step labels that do not match the steps one to one (Math-Shepherd:
+                          the step tags and the label marks)
 ``ranks_all_tied``        a ranking whose responses all share one rank (it orders nothing)
 ``rating_off_scale``      a score outside the row's rating scale
 ``missing_scale``         a rating with no scale in the row and none given to the reader

@@ -17,13 +17,20 @@ ranking         ``prompt``, ``responses``, [``ranks``]     RankingRecord
 rating          ``prompt``, ``response``, ``score`` (or    RatingRecord
                 ``rating``), [``scale``]
 edit            ``prompt``, ``original``, ``edited``       EditRecord
+steps           ``prompt``, ``steps``, [``labels``],       StepRecord
+                [``answer``]
 ==============  =========================================  ==================
+
+Two published step-labelled layouts also read as they are, as ``steps`` records (see
+:mod:`rlhf.data.steps`): PRM800K (``question`` + ``label`` objects) and Math-Shepherd (``input``
++ ``label`` strings with ``ки`` step tags).
 
 Without ``kind`` each row's kind is told from the columns it fills (nulls and empty CSV cells
 count as absent), most specific first: chosen or rejected → preference, responses → ranking,
-original or edited → edit, response + score → rating, completion + label → binary,
-completion → completion, then messages, text, prompt; a row that fits none is an
-``unknown_format`` error. A preference row without a prompt has an *implicit* prompt,
+original or edited → edit, response + score → rating, steps → steps, question + label →
+PRM800K, input + label → Math-Shepherd, completion + label → binary, completion → completion,
+then messages, text, prompt; a row that fits none is an ``unknown_format`` error. With
+``kind="steps"`` the layout is told the same way (ours by default). A preference row without a prompt has an *implicit* prompt,
 extracted with :func:`rlhf.data.convert.extract_implicit_prompt`; a ranking without ``ranks``
 lists its responses best first. Other column names map through ``columns`` (our field → file
 column).
@@ -70,6 +77,14 @@ from rlhf.data.records import (
     TextRecord,
     is_blank,
     unicode_problem,
+)
+from rlhf.data.steps import (
+    answer_text,
+    from_math_shepherd,
+    from_prm800k,
+    step_labels,
+    step_record,
+    step_texts,
 )
 
 logger = logging.getLogger("rlhf.data")
@@ -237,6 +252,25 @@ def _ranks(value: Any, field: str, from_text: bool) -> tuple[int, ...]:
     return tuple(ranks)
 
 
+def _as_invalid(error: DataError) -> _Invalid:
+    return _Invalid(error.field, error.reason, error.message)
+
+
+def _checked(check: Callable[[Any, str], Any], json_cell: bool) -> Callable[[Any, str, bool], Any]:
+    """A field parser from a check of :mod:`rlhf.data.steps`, which raises DataError.
+    ``json_cell``: the field holds a list or an object, which a CSV cell holds as JSON."""
+
+    def parse(value: Any, field: str, from_text: bool) -> Any:
+        if json_cell and from_text and isinstance(value, str):
+            value = _from_json_cell(value)
+        try:
+            return check(value, field)
+        except DataError as error:
+            raise _as_invalid(error) from None
+
+    return parse
+
+
 def _scale(value: Any, field: str, from_text: bool) -> tuple[float, float]:
     items = _list(value, field, from_text, "a scale [low, high]")
     if len(items) == 2:
@@ -311,6 +345,27 @@ def _build_rating(values: dict[str, Any], parser: _RowParser) -> RatingRecord:
     return RatingRecord(values["prompt"], values["response"], score, scale)
 
 
+def _converted(convert: Callable[[dict[str, Any]], Record]) -> Callable[..., Record]:
+    """A build from a conversion of :mod:`rlhf.data.steps`, which raises DataError."""
+
+    def build(values: dict[str, Any], parser: _RowParser) -> Record:
+        try:
+            return convert(values)
+        except DataError as error:
+            raise _as_invalid(error) from None
+
+    return build
+
+
+# a published layout's fields, checked by its conversion
+def _as_is(value: Any, field: str, from_text: bool) -> Any:
+    return value
+
+
+def _json_value(value: Any, field: str, from_text: bool) -> Any:
+    return _from_json_cell(value) if from_text and isinstance(value, str) else value
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
     fields: tuple[_Field, ...]
@@ -364,7 +419,33 @@ _KINDS: dict[str, _Kind] = {
         (_PROMPT, _response("original"), _response("edited")),
         lambda v, _: EditRecord(v["prompt"], v["original"], v["edited"]),
     ),
+    "steps": _Kind(
+        (
+            _PROMPT,
+            _Field("steps", _checked(step_texts, json_cell=True)),
+            _Field("labels", _checked(step_labels, json_cell=True), required=False),
+            _Field("answer", _checked(answer_text, json_cell=False), required=False),
+        ),
+        _converted(
+            lambda v: step_record(v["prompt"], v["steps"], v.get("labels"), v.get("answer"))
+        ),
+    ),
+    # published layouts, read as they are (not kinds: each gives `steps` records)
+    "PRM800K": _Kind(
+        (_Field("question", _json_value), _Field("label", _json_value)),
+        _converted(lambda v: from_prm800k(v["question"], v["label"])),
+    ),
+    "Math-Shepherd": _Kind(
+        (_Field("input", _as_is), _Field("label", _as_is)),
+        _converted(lambda v: from_math_shepherd(v["input"], v["label"])),
+    ),
 }
+# The layouts step records come in, ours first, told apart by their columns as in _DETECTION.
+_STEP_LAYOUTS = (
+    ("steps", ("steps",)),
+    ("PRM800K", ("question", "label")),
+    ("Math-Shepherd", ("input", "label")),
+)
 # Telling a row's kind from the columns it fills: the first rule whose columns are all present.
 _DETECTION: tuple[tuple[str, frozenset[str]], ...] = tuple(
     (kind, frozenset(columns))
@@ -376,6 +457,7 @@ _DETECTION: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("edit", ("original",)),
         ("rating", ("response", "score")),
         ("rating", ("response", "rating")),
+        *_STEP_LAYOUTS,
         ("binary", ("completion", "label")),
         ("completion", ("completion",)),
         ("conversation", ("messages",)),
@@ -383,6 +465,10 @@ _DETECTION: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("prompt", ("prompt",)),
     )
 )
+# A kind given to the reader that comes in several layouts: its detection rules.
+_LAYOUTS: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {
+    "steps": tuple((layout, frozenset(columns)) for layout, columns in _STEP_LAYOUTS)
+}
 
 
 def _columns_of(row: Mapping[str, Any]) -> str:
@@ -411,13 +497,16 @@ class _RowParser:
         # our field names mapped to another column: a file column of that name is not read
         self._hidden = set(self.columns) - set(self.columns.values())
         self._detected: dict[tuple[str, ...], str] = {}  # columns present -> kind
+        # the kind (or layout) every row is read as, or else the rules telling it from the columns
+        self._fixed = None if kind is None or kind in _LAYOUTS else kind
+        self._rules = _DETECTION if kind is None else _LAYOUTS.get(kind, ())
 
     def parse(self, row: Any, from_text: bool) -> Record:
         if not isinstance(row, dict):
             raise _wrong_type(None, "an object of named fields", row)
         if self.columns:
             row = {self._rename.get(k, k): v for k, v in row.items() if k not in self._hidden}
-        kind = self.kind or self._detect(row)
+        kind = self._fixed or self._detect(row)
         spec = _KINDS[kind]
         values: dict[str, Any] = {}
         aliased: dict[str, str] | None = None
@@ -456,14 +545,18 @@ class _RowParser:
             present = tuple(row)
         kind = self._detected.get(present)
         if kind is None:
-            kind = next((kind for kind, needed in _DETECTION if needed.issubset(present)), None)
+            # a given kind's own layout when no other fits: its missing field is then reported
+            rules = self._rules
+            kind = next((kind for kind, needed in rules if needed.issubset(present)), self.kind)
             if kind is None:
                 raise _Invalid(
                     None, "unknown_format",
                     f"cannot tell the kind of row from its columns ({_columns_of(row)}); expected "
                     "TRL columns (text | messages | prompt [+ completion [+ label]] | "
-                    "[prompt +] chosen + rejected) or ours (responses + ranks, response + score, "
-                    "original + edited); map others with columns={our_field: your_column}",
+                    "[prompt +] chosen + rejected), ours (responses + ranks, response + score, "
+                    "original + edited, steps + labels), PRM800K (question + label) or "
+                    "Math-Shepherd (input + label); map others with columns={our_field: "
+                    "your_column}",
                 )  # fmt: skip
             if len(self._detected) < 1024:  # rows with random keys must not grow it forever
                 self._detected[present] = kind

@@ -26,6 +26,7 @@ RecordKind = Literal[
     "rating",
     "binary",
     "edit",
+    "steps",
 ]
 
 
@@ -220,6 +221,34 @@ class EditRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A solution in steps, each step judged on its own (process supervision: Lightman et al.
+    2023, "Let's Verify Step by Step"; Wang et al. 2024, Math-Shepherd).
+
+    ``labels[i]`` judges ``steps[i]``: +1 correct, -1 incorrect, 0 neutral (not wrong, but no
+    progress), None unlabelled. One label a step, at least one step, no step blank.
+    ``answer``: the problem's correct final answer when it is known (PRM800K's
+    ``ground_truth_answer``), for an answer check; never blank.
+    """
+
+    kind: ClassVar[str] = "steps"
+    prompt: Text
+    steps: tuple[str, ...]
+    labels: tuple[int | None, ...]
+    answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {
+            "prompt": text_to_json(self.prompt),
+            "steps": list(self.steps),
+            "labels": list(self.labels),
+        }
+        if self.answer is not None:
+            row["answer"] = self.answer
+        return row
+
+
 Record = (
     TextRecord
     | PromptRecord
@@ -230,6 +259,7 @@ Record = (
     | RatingRecord
     | BinaryRecord
     | EditRecord
+    | StepRecord
 )
 
 RECORD_TYPES: dict[str, type] = {
@@ -244,5 +274,6 @@ RECORD_TYPES: dict[str, type] = {
         RatingRecord,
         BinaryRecord,
         EditRecord,
+        StepRecord,
     )
 }

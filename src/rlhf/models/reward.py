@@ -120,6 +120,39 @@ def init_reward_model(
     """
     from transformers import AutoModelForSequenceClassification
 
+    return init_scalar_head_model(
+        name_or_path,
+        tokenizer,
+        auto_class=AutoModelForSequenceClassification,
+        peft_task="SEQ_CLS",
+        has_trained_head=is_reward_model,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        gguf_file=gguf_file,
+        lora=lora,
+        seed=seed,
+    )
+
+
+def init_scalar_head_model(
+    name_or_path: str | os.PathLike[str],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    auto_class: Any,
+    peft_task: str,
+    has_trained_head: Callable[[Any], bool],
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = "sdpa",
+    gguf_file: str | None = None,
+    lora: LoraSpec | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A backbone with a one-output head, as :func:`init_reward_model` describes, of any
+    transformers ``auto_class`` (a sequence classifier for reward models, a token classifier
+    for process reward models); ``has_trained_head(config)`` says whether the checkpoint's head
+    is kept; ``peft_task`` is peft's task type under ``lora`` (it trains the head in full)."""
     info: dict[str, Any] = {}
     with _held_load_reports() as reports:
         model = load_model(
@@ -129,21 +162,20 @@ def init_reward_model(
             attn_implementation=attn_implementation,
             gguf_file=gguf_file,
             tokenizer=tokenizer,
-            auto_class=AutoModelForSequenceClassification,
+            auto_class=auto_class,
             model_kwargs={"num_labels": 1},
             grow_embeddings=lora is None,
             loading_info=info,
         )
     model.config.use_cache = False  # a scorer never generates: no KV cache in its forward
-    new_head = not is_reward_model(model.config)
+    new_head = not has_trained_head(model.config)
     if new_head:
         init_reward_head(reward_head(model), seed)
     _report_load(model, name_or_path, gguf_file, info, reports, new_head, seed)
     if lora is not None:
         from peft import get_peft_model
 
-        # SEQ_CLS: peft trains the head in full (modules_to_save) next to the adapters
-        spec = dataclasses.replace(lora.to_peft(), task_type="SEQ_CLS")
+        spec = dataclasses.replace(lora.to_peft(), task_type=peft_task)
         try:
             model = get_peft_model(model, spec)
         except Exception as exc:

@@ -144,6 +144,42 @@ def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
     return export
 
 
+def train_and_export(
+    config: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    loader: Any,
+    loss_fn: Callable[..., Any],
+    out: Path,
+    checkpoint: Path | None,
+    *,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    data_metrics: dict[str, float] | None = None,
+) -> RunResult:
+    """The tail of a supervised recipe: the Trainer on the recipe config's ``train``,
+    ``tensorboard``, ``wandb_project`` and ``progress`` (the whole config saved as the run's),
+    resumed from ``checkpoint`` when given, then the model exported to ``<out>/model``."""
+    export = exporter(model, tokenizer)
+    trainer = Trainer(
+        model,
+        config.train,
+        loader,
+        loss_fn,
+        out,
+        evaluate=evaluate,
+        export=export,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config.model_dump(mode="json"),
+        progress=config.progress,
+        data_metrics=data_metrics,
+    )
+    result = trainer.train(resume_from=checkpoint)
+    model_dir = out / "model"
+    export(model_dir)
+    return RunResult(out, result.final_step, model_dir, result.history)
+
+
 def train_language_model(
     config: NextTokenConfig, to_examples: Callable[[Record], Iterable[Record]], resume: bool
 ) -> RunResult:
@@ -211,25 +247,17 @@ def train_on_examples(
             eval_examples, batch_size=config.train.batch_size, shuffle=False, **options
         )
         evaluate = held_out_loss(eval_loader, resolve_device(config.train.device))
-    export = exporter(model, tokenizer)
-    trainer = Trainer(
+    return train_and_export(
+        config,
         model,
-        config.train,
+        tokenizer,
         train_loader,
         lm_loss,
         out,
+        checkpoint,
         evaluate=evaluate,
-        export=export,
-        tensorboard=config.tensorboard,
-        wandb_project=config.wandb_project,
-        run_config=config.model_dump(mode="json"),
-        progress=config.progress,
         data_metrics=data_metrics,
     )
-    result = trainer.train(resume_from=checkpoint)
-    model_dir = out / "model"
-    export(model_dir)
-    return RunResult(out, result.final_step, model_dir, result.history)
 
 
 # ------------------------------------------------------------------------------ init SFT

@@ -45,7 +45,7 @@ from rlhf.data.pairwise import (
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.progress import Progress
-from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
+from rlhf.engine.trainer import TrainConfig, resolve_device
 from rlhf.losses.preference_model import pairwise_preference_loss, preference_probability
 from rlhf.losses.reward import expected_calibration_error
 from rlhf.models.load import LoraSpec, load_tokenizer
@@ -62,7 +62,7 @@ from rlhf.recipes.common import (
     training_texts,
 )
 from rlhf.recipes.comparisons import ComparisonDataConfig, load_comparisons
-from rlhf.recipes.lm import exporter
+from rlhf.recipes.lm import train_and_export
 
 logger = logging.getLogger("rlhf")
 
@@ -219,22 +219,14 @@ def run_preference_model(config: PreferenceModelConfig, resume: bool = False) ->
         evaluate = held_out_metrics(eval_loader, device, config.progress)
 
     # train, then export a plain Hugging Face folder
-    export = exporter(model, tokenizer)
-    trainer = Trainer(
+    return train_and_export(
+        config,
         model,
-        config.train,
+        tokenizer,
         loader,
         preference_loss,
         out,
+        checkpoint,
         evaluate=evaluate,
-        export=export,
-        tensorboard=config.tensorboard,
-        wandb_project=config.wandb_project,
-        run_config=config.model_dump(mode="json"),
-        progress=config.progress,
         data_metrics=data_metrics,
     )
-    result = trainer.train(resume_from=checkpoint)
-    model_dir = out / "model"
-    export(model_dir)
-    return RunResult(out, result.final_step, model_dir, result.history)

@@ -88,6 +88,11 @@ RECIPES: tuple[Recipe, ...] = (
         stage="preference_model",
     ),
     Recipe(
+        "prm", "rlhf.recipes.prm", "PRMConfig", "run_prm",
+        "Train a process reward model: P(step correct) at every step of a solution, a "
+        "per-step binary loss on step-level labels.",
+    ),
+    Recipe(
         "raft", "rlhf.recipes.raft", "RAFTConfig", "run_raft",
         "RAFT: rounds of sample N per prompt, keep the best by reward, fine-tune on them.",
     ),

@@ -44,8 +44,27 @@ annotators :mod:`rlhf.sim.annotators`; docs/world.md):
 
 For the last four, too, ``n`` counts prompts.
 
+The embedded step world (:mod:`rlhf.sim.steps`): chains of additions and subtractions solved
+one step per line, every step checked by a gold checker (process reward models, search):
+
+* ``builtin:step-problems`` — prompts alone (``{"prompt": "Compute 7 + 5 - 3 + 8.\\n"}``), for
+  online RL and search. A prompt holds its whole problem: :func:`rlhf.sim.steps.parse_problem`
+  reads it back, so a verifier needs no answer column. ``split=train`` or ``split=eval`` keeps
+  one side of a fixed held-out split (one problem in five, as for ``world-prompts``).
+* ``builtin:step-sft`` — demonstrations whose completion is the canonical solution, its steps
+  joined by newlines (``"7 + 5 = 12\\n12 - 3 = 9\\n9 + 8 = 17\\nThe answer is 17."``).
+* ``builtin:step-solutions`` — step-labelled solutions for PRM training: each step of a noisy
+  solution slips with probability ``error_rate`` (default 0.3), and the gold checker labels
+  every step +1 or −1 (``{"prompt": ..., "steps": ["7 + 5 = 12", ...], "labels": [1, -1, ...],
+  "answer": "17"}``; ``answer`` is the problem's, not the solution's).
+
+All three take ``split``, ``min_ops`` and ``max_ops`` (operations per problem, default 2 to
+4) and ``max_operand`` (operands from 1 to it, default 20; a smaller one makes a world the
+tiniest models can learn in a minute); with the same seed and options they hold the same
+problems in the same order.
+
 An optional ``?n=2000&seed=1`` suffix sets the number of rows and the seed
-(``arithmetic-noisy`` also takes ``wrong=0.4``).
+(``arithmetic-noisy`` also takes ``wrong=0.4``, ``step-solutions`` ``error_rate=0.3``).
 """
 
 from __future__ import annotations
@@ -63,6 +82,7 @@ from rlhf.data.records import (
     RankingRecord,
     RatingRecord,
     Record,
+    StepRecord,
     TextRecord,
 )
 
@@ -225,6 +245,48 @@ def world_binary(n: int, seed: int) -> list[Record]:
     return _world_labels(n, seed, 1, "binary")
 
 
+def step_problems(
+    n: int, seed: int, split: str = "all", min_ops: int = 2, max_ops: int = 4, max_operand: int = 20
+) -> list[Record]:
+    from rlhf.sim.steps import step_problems as problems
+
+    chosen = problems(n, seed, min_ops, max_ops, split, max_operand)
+    return [PromptRecord(problem.prompt) for problem in chosen]
+
+
+def step_sft(
+    n: int, seed: int, split: str = "all", min_ops: int = 2, max_ops: int = 4, max_operand: int = 20
+) -> list[Record]:
+    from rlhf.sim.steps import solve
+    from rlhf.sim.steps import step_problems as problems
+
+    return [
+        CompletionRecord(problem.prompt, "\n".join(solve(problem)))
+        for problem in problems(n, seed, min_ops, max_ops, split, max_operand)
+    ]
+
+
+def step_solutions(
+    n: int,
+    seed: int,
+    error_rate: float = 0.3,
+    split: str = "all",
+    min_ops: int = 2,
+    max_ops: int = 4,
+    max_operand: int = 20,
+) -> list[Record]:
+    from rlhf.sim.steps import check_steps, noisy_solutions
+
+    return [
+        StepRecord(
+            problem.prompt, tuple(steps), tuple(check_steps(problem, steps)), str(problem.answer)
+        )
+        for problem, steps in noisy_solutions(
+            n, seed, error_rate, min_ops, max_ops, split, max_operand
+        )
+    ]
+
+
 BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "arithmetic": arithmetic,
     "arithmetic-noisy": arithmetic_noisy,
@@ -240,12 +302,24 @@ BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "world-rankings": world_rankings,
     "world-ratings": world_ratings,
     "world-binary": world_binary,
+    "step-problems": step_problems,
+    "step-sft": step_sft,
+    "step-solutions": step_solutions,
 }
 # options beyond n and seed, with their types: name -> {option: type}
 EXTRA_OPTIONS: dict[str, dict[str, type]] = {
     "arithmetic-noisy": {"wrong": float},
     "world-prompts": {"split": str},
     "world-preferences": {"nontransitive": float},
+    "step-problems": {"split": str, "min_ops": int, "max_ops": int, "max_operand": int},
+    "step-sft": {"split": str, "min_ops": int, "max_ops": int, "max_operand": int},
+    "step-solutions": {
+        "error_rate": float,
+        "split": str,
+        "min_ops": int,
+        "max_ops": int,
+        "max_operand": int,
+    },
 }
 
 
@@ -275,9 +349,10 @@ def load_builtin(source: str) -> list[Record]:
         kwargs = {key: extra[key](value) for key, value in options.items()}
     except ValueError:
         raise ValueError(f"{source}: bad value among {sorted(options)}") from None
-    if not 0 <= kwargs.get("wrong", 0.0) <= 1:
-        raise ValueError(f"{source}: wrong is a share, from 0 to 1")
+    for share in ("wrong", "error_rate"):
+        if not 0 <= kwargs.get(share, 0.0) <= 1:
+            raise ValueError(f"{source}: {share} is a share, from 0 to 1")
     try:
         return BUILTIN[name](n, seed, **kwargs)
-    except ValueError as error:  # e.g. a bad split
+    except ValueError as error:  # e.g. a bad split or min_ops
         raise ValueError(f"{source}: {error}") from None
