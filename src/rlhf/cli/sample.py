@@ -250,7 +250,88 @@ def best_of_n(
     console.print(f"[green]done[/]: wrote {written} to [bold]{out}[/]")
 
 
+def label_steps(
+    model: PolicyOption,
+    input_path: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Step-level solutions (prompt, steps; PRM800K or Math-Shepherd rows too), or "
+            "builtin:step-solutions.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Step records to write, labelled (JSON Lines).")
+    ],
+    completions: Annotated[
+        int, typer.Option("--completions", "-n", min=1, max=256, help="Completions per step (N).")
+    ] = 8,
+    estimate: Annotated[
+        str, typer.Option(help="hard: +1 if any completion is right; soft: the share that is.")
+    ] = "hard",
+    verifier: Annotated[
+        str,
+        typer.Option(
+            help="step_world (the embedded world's checker) or answer (the text's last number "
+            "against each record's `answer`)."
+        ),
+    ] = "step_world",
+    separator: Annotated[str, typer.Option(help="What follows each step.")] = "\n",
+    max_new_tokens: MaxNewTokensOption = 64,
+    temperature: TemperatureOption = 1.0,
+    seed: SeedOption = 0,
+    batch_size: GenBatchOption = 64,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "auto",
+    engine: EngineOption = "hf",
+    vllm: VLLMOption = None,
+) -> None:
+    """Label every step of every solution by Monte-Carlo completion (Math-Shepherd): the
+    policy continues from the step N times; a step from which it reaches the right answer is
+    good (docs/prm.md#automatic-step-labels)."""
+    try:
+        from rlhf.data.readers import write_records
+        from rlhf.data.records import StepRecord
+        from rlhf.recipes.common import DataConfig, load_records
+        from rlhf.rollout.factory import close_engine
+        from rlhf.rollout.step_labels import VERIFIERS, monte_carlo_labels
+
+        setup_logging()
+        if estimate not in ("hard", "soft"):
+            raise ValueError(f"--estimate {estimate!r}: use hard or soft")
+        if verifier not in VERIFIERS:
+            raise ValueError(f"--verifier {verifier!r}: use one of {', '.join(VERIFIERS)}")
+        records = load_records(input_path, DataConfig(train=input_path))
+        wrong = [r for r in records if not isinstance(r, StepRecord)]
+        if wrong:
+            raise ValueError(
+                f"{input_path}: {len(wrong)} rows are not step-level solutions "
+                f"(the first is a {type(wrong[0]).__name__})"
+            )
+        policy = policy_engine(model, dtype, device, batch_size, engine, vllm)
+        try:
+            labelled = monte_carlo_labels(
+                policy, records, VERIFIERS[verifier], completions=completions,
+                max_new_tokens=max_new_tokens, separator=separator.encode().decode("unicode_escape"),
+                estimate=estimate, temperature=temperature, seed=seed,  # type: ignore[arg-type]
+            )  # fmt: skip
+        finally:
+            close_engine(policy)
+        write_records(output, labelled)
+    except Exception as error:
+        fail(error)
+    steps = sum(len(r.labels) for r in labelled)
+    good = sum(1 for r in labelled for label in r.labels if label is not None and label > 0)
+    console.print(
+        f"[green]done[/]: {steps} steps of {len(labelled)} solutions labelled "
+        f"({good / max(steps, 1):.0%} good) → [bold]{output}[/]"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command()(score)
     app.command()(sample)
+    app.command("label-steps")(label_steps)
     app.command("best-of-n")(best_of_n)

@@ -227,7 +227,8 @@ class StepRecord:
     2023, "Let's Verify Step by Step"; Wang et al. 2024, Math-Shepherd).
 
     ``labels[i]`` judges ``steps[i]``: +1 correct, -1 incorrect, 0 neutral (not wrong, but no
-    progress), None unlabelled. One label a step, at least one step, no step blank.
+    progress), a soft estimate of P(correct) strictly between 0 and 1 (Monte-Carlo labels),
+    None unlabelled. One label a step, at least one step, no step blank.
     ``answer``: the problem's correct final answer when it is known (PRM800K's
     ``ground_truth_answer``), for an answer check; never blank.
     """
@@ -235,7 +236,7 @@ class StepRecord:
     kind: ClassVar[str] = "steps"
     prompt: Text
     steps: tuple[str, ...]
-    labels: tuple[int | None, ...]
+    labels: tuple[float | None, ...]
     answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

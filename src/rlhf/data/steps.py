@@ -42,7 +42,10 @@ from rlhf.data.records import StepRecord, Text, is_blank, unicode_problem
 
 MATH_SHEPHERD_TAG = "ки"
 _STEP_ONE = re.compile("step 1:", re.IGNORECASE)
-_LABELS = "1 (correct), -1 (incorrect), 0 (neutral) or null (unlabelled)"
+_LABELS = (
+    "1 (correct), -1 (incorrect), 0 (neutral), a soft estimate strictly between 0 and 1 "
+    "(P(correct)) or null (unlabelled)"
+)
 
 _SHORT = reprlib.Repr()  # bounded in length and depth, whatever the value
 _SHORT.maxstring = _SHORT.maxother = 40
@@ -75,13 +78,16 @@ def _text(value: Any, field: str, empty: str) -> str:
 # --- ours -------------------------------------------------------------------------------------
 
 
-def step_label(value: Any, field: str) -> int | None:
-    """A step's label: 1, -1, 0 or None (booleans are not labels: true would read as +1 but
-    false as 0, neutral, not -1)."""
+def step_label(value: Any, field: str) -> float | None:
+    """A step's label: 1, -1, 0, a soft estimate of P(correct) strictly between 0 and 1
+    (Math-Shepherd's soft labels, :mod:`rlhf.rollout.step_labels`) or None (booleans are not
+    labels: true would read as +1 but false as 0, neutral, not -1)."""
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # Parquet and pandas store integer lists with gaps as floats
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value not in (1, -1, 0):
         raise _wrong_type(field, _LABELS, value)
     return value
@@ -96,7 +102,7 @@ def step_texts(value: Any, field: str = "steps") -> tuple[str, ...]:
     return tuple(_text(step, f"{field}[{i}]", "empty step") for i, step in enumerate(value))
 
 
-def step_labels(value: Any, field: str = "labels") -> tuple[int | None, ...]:
+def step_labels(value: Any, field: str = "labels") -> tuple[float | None, ...]:
     """A list of step labels (:func:`step_label`)."""
     if not isinstance(value, list | tuple):
         raise _wrong_type(field, f"a list of labels, each {_LABELS}", value)
@@ -111,7 +117,7 @@ def answer_text(value: Any, field: str = "answer") -> str:
 def step_record(
     prompt: Text,
     steps: tuple[str, ...],
-    labels: tuple[int | None, ...] | None = None,
+    labels: tuple[float | None, ...] | None = None,
     answer: str | None = None,
 ) -> StepRecord:
     """The record of checked fields, its labels matching its steps one to one (``None``: every

@@ -109,12 +109,12 @@ def prm_loss(model: torch.nn.Module, batch: StepBatch) -> tuple[torch.Tensor, di
 
 def true_first_error(labels: Sequence[float | None]) -> tuple[bool, int | None]:
     """Whether a solution's labels say where its first error is, and where (None: no error):
-    the first step labelled −1, provided every step before it is labelled; no error when
-    every step is labelled and none is −1."""
+    the first step labelled −1 (or with a soft label below ½), provided every step before it
+    is labelled; no error when every step is labelled and none is an error."""
     for index, label in enumerate(labels):
         if label is None:
             return False, None
-        if label == -1:
+        if label == -1 or 0 < label < 0.5:
             return True, index
     return True, None
 

@@ -252,6 +252,13 @@ def is_correct(problem: StepProblem, steps: Sequence[str]) -> bool:
     return final_answer(steps) == problem.answer
 
 
+def verify_solution(prompt: str, text: str) -> bool:
+    """Whether ``text`` (steps one per line) solves the problem the prompt states: the final
+    answer check Monte-Carlo step labels and search need (:func:`parse_problem` reads the
+    problem back from the prompt; a prompt that states none is an error)."""
+    return is_correct(parse_problem(prompt), split_steps(text))
+
+
 def _slip(value: int, rng: random.Random) -> int:
     """``value`` off by 1 to :data:`MAX_SLIP` either way (upwards where down would go below
     zero from a value that is not)."""
