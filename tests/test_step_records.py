@@ -116,9 +116,9 @@ BAD_OUR_ROWS = [
     ({"prompt": "Q", "steps": ["a"], "labels": [1, 1]}, "labels", "labels_mismatch", None),
     ({"prompt": "Q", "steps": ["a"], "labels": []}, "labels", "labels_mismatch", None),
     ({"prompt": "Q", "steps": ["a"], "labels": [True]}, "labels[0]", "wrong_type",
-     "expected 1 (correct), -1 (incorrect), 0 (neutral) or null (unlabelled), got true"),
+     "expected 1 (correct), -1 (incorrect), 0 (neutral), a soft estimate strictly between 0 and 1 (P(correct)) or null (unlabelled), got true"),
     ({"prompt": "Q", "steps": ["a", "b"], "labels": [1, 2]}, "labels[1]", "wrong_type", None),
-    ({"prompt": "Q", "steps": ["a"], "labels": [0.5]}, "labels[0]", "wrong_type", None),
+    ({"prompt": "Q", "steps": ["a"], "labels": [1.5]}, "labels[0]", "wrong_type", None),
     ({"prompt": "Q", "steps": ["a"], "labels": ["+"]}, "labels[0]", "wrong_type", None),
     ({"prompt": "Q", "steps": ["a"], "labels": 1}, "labels", "wrong_type", None),
     ({"prompt": "Q", "steps": ["a"], "answer": 12}, "answer", "wrong_type", "expected text, got 12"),
@@ -289,7 +289,7 @@ BAD_PRM800K_ROWS = [
      "wrong_type", "expected an index or null, got true"),
     (prm800k_bad(label__steps__1__completions__0__rating=2),
      "label.steps[1].completions[0].rating", "wrong_type",
-     "expected 1 (correct), -1 (incorrect), 0 (neutral) or null (unlabelled), got 2"),
+     "expected 1 (correct), -1 (incorrect), 0 (neutral), a soft estimate strictly between 0 and 1 (P(correct)) or null (unlabelled), got 2"),
     (prm800k_bad(label__steps__1__completions__0__rating=False),
      "label.steps[1].completions[0].rating", "wrong_type", None),
     (prm800k_bad(label__steps__1__completions__0__text=""),
@@ -422,3 +422,10 @@ def test_layouts_mix_in_one_file_and_skip_bad(tmp_path):
     assert [len(record.steps) for record in result.records] == [3, 5, 4]
     assert result.skipped == {"labels_mismatch": 1, "wrong_type": 1}
     assert [error.line for error in result.errors] == [4, 5]
+
+
+def test_soft_labels_are_read_as_estimates(tmp_path):
+    path = tmp_path / "soft.jsonl"
+    path.write_text('{"prompt": "Q", "steps": ["a", "b"], "labels": [0.25, 1]}\n')
+    (record,) = read_records(path).records
+    assert record.labels == (0.25, 1)
