@@ -30,12 +30,15 @@ convention and chat templates for message-list prompts.)
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlhf.models.forward import unwrap
+from rlhf.data.records import Text
+from rlhf.models.forward import evaluating, unwrap
 from rlhf.models.load import LoraSpec
 from rlhf.models.reward import init_scalar_head_model
 
@@ -114,3 +117,90 @@ def step_logits(
     sequences ``input_ids`` [B, T]: one forward pass of the token classifier."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, 1]
     return logits[rows, ends, 0].float()
+
+
+class ProcessRewardModel:
+    """A trained process reward model ready to score solutions' steps: batched, no gradients,
+    in evaluation mode. ``separator`` is the one it was trained with (its config's)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        marker = getattr(unwrap(model).config, PRM_KEY, None)
+        if marker is None:
+            raise ValueError(
+                "not a process reward model: its config has no "
+                f"{PRM_KEY} entry (train one with `rlhf prm`)"
+            )
+        self.model, self.tokenizer, self.separator = model, tokenizer, marker["separator"]
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32"
+    ) -> ProcessRewardModel:
+        """Load ``rlhf prm``'s exported folder (``<out>/model``)."""
+        from transformers import AutoModelForTokenClassification
+
+        from rlhf.models.load import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+        model = load_model(
+            path,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            auto_class=AutoModelForTokenClassification,
+        )
+        return cls(model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def step_probabilities(
+        self,
+        prompts: Sequence[Text],
+        solutions: Sequence[Sequence[str]],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> list[torch.Tensor]:
+        """P(step correct) [n_i] of every step of each solution (its steps, one string each;
+        steps beyond ``max_length`` are not scored, so a tensor may be shorter than its
+        solution and is empty when not even the first step fits)."""
+        from rlhf.data.step_tokens import collate_steps, tokenize_solution
+
+        if len(prompts) != len(solutions):
+            raise ValueError(f"{len(prompts)} prompts for {len(solutions)} solutions")
+        out: list[torch.Tensor] = []
+        with evaluating(self.model):
+            for start in range(0, len(prompts), batch_size):
+                examples, kept = [], []
+                for prompt, steps in zip(
+                    prompts[start : start + batch_size],
+                    solutions[start : start + batch_size],
+                    strict=True,
+                ):
+                    solution = _Solution(prompt, tuple(steps), (None,) * len(steps))
+                    tokenized = tokenize_solution(
+                        self.tokenizer, solution, self.separator, max_length
+                    )
+                    kept.append(tokenized is not None)
+                    if tokenized is not None:
+                        examples.append(tokenized[0])
+                scores = iter([])
+                if examples:
+                    batch = collate_steps(examples, self.tokenizer.pad_token_id).to(self.device)
+                    logits = step_logits(
+                        self.model, batch.input_ids, batch.attention_mask,
+                        batch.step_rows, batch.step_ends,
+                    ).sigmoid().cpu()  # fmt: skip
+                    scores = iter(logits.split([len(e.ends) for e in examples]))
+                out += [next(scores) if ok else torch.empty(0) for ok in kept]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Solution:
+    prompt: Text
+    steps: tuple[str, ...]
+    labels: tuple[float | None, ...]
