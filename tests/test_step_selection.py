@@ -92,3 +92,37 @@ def test_the_prm_scorer_reads_the_steps_of_each_solution(tiny_model_dir, tmp_pat
     plain = load_model(tiny_model_dir, tokenizer=tokenizer)  # a causal LM, no PRM marker
     with pytest.raises(ValueError, match="not a process reward model"):
         ProcessRewardModel(plain, tokenizer)
+
+
+def test_step_world_rule_reward():
+    from rlhf.rewards import RewardSpec, build_reward
+
+    reward = build_reward(RewardSpec(rule="step_world"))
+    prompt = "Compute 7 + 5 - 3.\n"
+    right = "7 + 5 = 12\n12 - 3 = 9\nThe answer is 9."
+    slipped = "7 + 5 = 12\n12 - 3 = 10\nThe answer is 10."
+    scores = reward([prompt] * 3, [right, slipped, "9"])
+    assert scores.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_a_prm_as_a_reward_aggregates_its_steps(tiny_model_dir, tmp_path):
+    from rlhf.losses.prm import aggregate_steps
+    from rlhf.models.load import load_tokenizer, save_model
+    from rlhf.models.prm import ProcessRewardModel, init_process_reward_model
+    from rlhf.rewards import RewardSpec, build_reward
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    save_model(
+        init_process_reward_model(tiny_model_dir, tokenizer, "\n", seed=2),
+        tokenizer,
+        tmp_path / "prm",
+    )
+    prompt, response = "What is 2 + 3?", "2 + 3 = 5\n\nThe answer is 5.\n"
+    for how in ("product", "min", "last"):
+        reward = build_reward(RewardSpec(prm=str(tmp_path / "prm"), prm_aggregation=how))
+        scores = reward([prompt, prompt], [response, "  \n"])
+        steps = ProcessRewardModel.load(tmp_path / "prm").step_probabilities(
+            [prompt], [["2 + 3 = 5", "The answer is 5."]]
+        )[0]
+        assert scores[0].item() == pytest.approx(aggregate_steps(steps, how).item(), abs=1e-6)
+        assert scores[1].item() == 0.0  # no step: no reward

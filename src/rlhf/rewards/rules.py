@@ -214,14 +214,37 @@ class RegexFormat(Reward):
         return f"RegexFormat({self.pattern.pattern!r}{full})"
 
 
+class StepWorldCorrectness(Reward):
+    """1.0 when the response's steps (one per line) solve the problem the step world's prompt
+    states, its last step the right answer (:func:`rlhf.sim.steps.verify_solution`), else 0.0:
+    the verifiable reward of ``builtin:step-problems`` and the gold of step search."""
+
+    def score(
+        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+    ) -> RewardOutput:
+        from rlhf.sim.steps import verify_solution
+
+        check_lengths(prompts, responses, metadata)
+        solved = [
+            verify_solution(_question_text(prompt), response)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        return RewardOutput(torch.tensor(solved, dtype=torch.float32))
+
+    def __repr__(self) -> str:
+        return "StepWorldCorrectness()"
+
+
 RULES: dict[str, Callable[[], RewardFunction]] = {
     "arithmetic": ArithmeticCorrectness,
     "gsm8k": MathAnswer,
     "gsm8k_strict": lambda: MathAnswer(strict=True),
     "gsm8k_format": AnswerFormat,
     "world_gold": WorldGold,
+    "step_world": StepWorldCorrectness,
 }
 """Rule rewards by name: ``arithmetic`` (builtin arithmetic prompts), ``gsm8k`` (final
 number against ``metadata["answer"]``), ``gsm8k_strict`` (only an answer after ``####`` or in
 ``\\boxed{}`` counts), ``gsm8k_format`` (a ``#### N`` answer line is present), all 0/1; and
-``world_gold``, the embedded world's continuous gold reward (about 0 to 1)."""
+``world_gold``, the embedded world's continuous gold reward (about 0 to 1); ``step_world``,
+1 when the steps solve the step world's problem (0/1)."""

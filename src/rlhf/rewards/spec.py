@@ -32,7 +32,7 @@ from rlhf.config import StrictModel
 if TYPE_CHECKING:
     from rlhf.rewards.base import RewardFunction
 
-SOURCES = ("model", "rule", "regex", "judge", "composite")
+SOURCES = ("model", "rule", "regex", "judge", "composite", "prm")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -173,10 +173,19 @@ class RewardSpec(StrictModel):
         None,
         description="A rule reward by name: arithmetic, gsm8k (final number vs metadata "
         "`answer`), gsm8k_strict (only a `#### N` answer counts), gsm8k_format (a `#### N` "
-        "line is present), world_gold (the embedded world's gold reward, docs/world.md).",
+        "line is present), world_gold (the embedded world's gold reward, docs/world.md), "
+        "step_world (1 when the steps solve the step world's problem, docs/prm.md).",
     )
     regex: str | None = Field(
         None, description="Format check: 1 when this Python regex matches the response, else 0."
+    )
+    prm: str | None = Field(
+        None,
+        description="Process reward model folder (from `rlhf prm`): the response split into "
+        "steps at its separator, each step's P(correct) aggregated (prm_aggregation).",
+    )
+    prm_aggregation: Literal["product", "min", "last"] = Field(
+        "product", description="How a PRM's step probabilities make one reward (with prm)."
     )
     regex_full_match: bool = Field(
         False, description="With `regex`: the pattern must match the whole response."
@@ -259,7 +268,8 @@ class RewardSpec(StrictModel):
         if len(chosen) != 1:
             got = f" (got {', '.join(chosen)})" if chosen else ""
             raise ValueError(
-                f"set exactly one of reward.model and reward.rule (or regex, judge, composite){got}"
+                "set exactly one of reward.model and reward.rule (or regex, judge, composite, "
+                f"prm){got}"
             )
         if self.missing_eos_penalty is not None and self.missing_eos_reward is not None:
             raise ValueError("set at most one of missing_eos_penalty and missing_eos_reward")
@@ -303,6 +313,13 @@ def _build_source(spec: RewardSpec) -> RewardFunction:
         return CompositeReward(
             {name: (part.weight, build_reward(part)) for name, part in spec.composite.items()}
         )
+    if spec.prm is not None:
+        from rlhf.rewards.prm import ProcessReward
+
+        return ProcessReward(
+            spec.prm, aggregation=spec.prm_aggregation, device=spec.device,
+            batch_size=spec.batch_size,
+        )  # fmt: skip
     from rlhf.rewards.model import RewardModelReward
 
     return RewardModelReward(spec.model, device=spec.device, batch_size=spec.batch_size)
