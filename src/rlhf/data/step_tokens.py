@@ -7,6 +7,9 @@ the *step separator*'s::
 
     x  ⏎  s₁ ⏎  s₂ ⏎  …  s_n ⏎          (⏎ = the separator, "\\n" by default)
 
+(a text prompt that already ends with the separator gets no second one, so a solution reads as
+the policy wrote it after its prompt).
+
 Each piece is tokenised on its own and the ids concatenated, so a step's tokens do not depend
 on its neighbours (a BPE merge across a step boundary would move the position the label is
 read at). The label of step k is read at the *last token of the separator after it*: a causal
@@ -97,7 +100,8 @@ def tokenize_solution(
         raise ValueError(f"the step separator {separator!r} is no token of this tokenizer")
     ends: list[int] = []
     cut_tokens = 0
-    ids.extend(separator_ids)  # the prompt ends as every step does
+    if not (isinstance(solution.prompt, str) and solution.prompt.endswith(separator)):
+        ids.extend(separator_ids)  # the prompt ends as every step does
     for step in solution.steps:
         piece = tokenizer(step, add_special_tokens=False)["input_ids"] + separator_ids
         if cut_tokens or (max_length is not None and len(ids) + len(piece) > max_length):

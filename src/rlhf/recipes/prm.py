@@ -67,6 +67,11 @@ class StepDataConfig(DataConfig):
         description="Written after the prompt and after every step; each step's score is read "
         "at its last token.",
     )
+    group_by_length: bool = Field(
+        True,
+        description="Batch solutions of similar length together (each window of 50 shuffled "
+        "batches sorted by length, then the batches shuffled): far less padding.",
+    )
     neutral: Neutral = Field(
         "positive",
         description="Neutral (0) steps: positive (no error, the default), negative, or ignore "
@@ -231,7 +236,10 @@ def run_prm(config: PRMConfig, resume: bool = False) -> RunResult:
     if not any(t is not None for e in train_examples for t in e.targets):
         raise ValueError(f"{data.train}: no labelled step left to train on (see the log)")
     collate = partial(collate_steps, pad_token_id=tokenizer.pad_token_id)
-    loader = ResumableLoader(train_examples, config.train.batch_size, collate, seed=seed)
+    lengths = [example.length for example in train_examples] if data.group_by_length else None
+    loader = ResumableLoader(
+        train_examples, config.train.batch_size, collate, seed=seed, lengths=lengths
+    )
     device = resolve_device(config.train.device)
     evaluate = None
     if eval_examples:
