@@ -13,8 +13,8 @@ followed by the separator; a step's label is read at the last token of the separ
 it, and the loss is averaged over the labelled steps of the batch. Both sides see the same
 token ids and the same batches: our side reads the builtin source and tokenises it itself
 (:mod:`rlhf.data.step_tokens`), TRL gets ``{"prompt", "completions", "labels"}`` rows and
-tokenises them itself (its ``tokenize_row``), with the separator appended to the prompt (TRL
-writes none after it) and its tokenizer's BOS unset (TRL prepends BOS whenever the tokenizer
+tokenises them itself (its ``tokenize_row``), with the separator appended to a prompt that does
+not end with it already (TRL writes none after it; ours does, once) and its tokenizer's BOS unset (TRL prepends BOS whenever the tokenizer
 has one; this tokenizer's convention, which ours follows, writes none). TRL reads the rows in
 the order our loader served them (``train_sampling_strategy="sequential"``), so every batch
 holds the same solutions, padded to the same length. The TRL child returns its tokenisation
@@ -112,8 +112,9 @@ def build_workload(work_dir: Path, num_solutions: int) -> dict[str, Any]:
             raise RuntimeError(f"solution {index}: a message-list prompt; expected text")
         trl_rows.append(
             {
-                # ours writes the separator after the prompt too (rlhf.data.step_tokens)
-                "prompt": record.prompt + SEPARATOR,
+                # ours ends the prompt with the separator as every step (rlhf.data.step_tokens:
+                # unless the prompt already ends with it, as the step world's do)
+                "prompt": record.prompt + ("" if record.prompt.endswith(SEPARATOR) else SEPARATOR),
                 "completions": list(record.steps),
                 "labels": [label == 1 for label in record.labels],
             }
