@@ -224,3 +224,17 @@ def test_annotators_config_gives_the_pool_its_cyclic_taste():
 
     pool = AnnotatorsConfig(nontransitive=0.3).pool(seed=0)
     assert {annotator.nontransitive for annotator in pool.annotators} == {0.3}
+
+
+@pytest.mark.parametrize("name", ["quickstart", "offline-vs-online"])
+def test_the_full_packaged_pipelines_validate(name, tmp_path):
+    """The presets too long for the tests load, every stage checked (typos fail here)."""
+    config = load_config(
+        PipelineConfig, None, [f"out={tmp_path}"], base=read_yaml(preset_path("pipeline", name))
+    )
+    stages = stage_configs(config)
+    if name == "offline-vs-online":
+        assert set(stages.dpo_losses) == {"ipo", "hinge"} and stages.sppo is not None
+        assert config.eval.preference.nontransitive == config.feedback.annotators.nontransitive
+    else:
+        assert "builtin:offline-vs-online" in " ".join(config.notes)
