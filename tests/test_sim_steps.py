@@ -254,3 +254,21 @@ def test_step_solutions_builtin_rows(tmp_path):
 def test_step_builtin_options_are_checked(source, message):
     with pytest.raises(ValueError, match=message):
         load_builtin(source)
+
+
+def test_step_outcomes_are_thumbs_labelled_by_the_final_answer():
+    from rlhf.data.records import BinaryRecord
+    from rlhf.sim.builtin import load_builtin
+    from rlhf.sim.steps import parse_problem, split_steps, verify_solution
+
+    rows = load_builtin("builtin:step-outcomes?n=50&seed=3&k=4&error_rate=0.3")
+    assert len(rows) == 200 and all(isinstance(r, BinaryRecord) for r in rows)
+    for row in rows:
+        assert row.label == verify_solution(row.prompt, row.completion)
+        assert split_steps(row.completion)[-1].startswith("The answer is")
+    # four solutions of each problem, consecutive; some right and some wrong overall
+    assert len({r.prompt for r in rows[:4]}) == 1 and parse_problem(rows[0].prompt)
+    assert 0 < sum(r.label for r in rows) < len(rows)
+    assert load_builtin("builtin:step-outcomes?n=50&seed=3&k=4&error_rate=0.3") == rows
+    with pytest.raises(ValueError, match="at least one solution"):
+        load_builtin("builtin:step-outcomes?n=5&k=0")

@@ -58,7 +58,12 @@ one step per line, every step checked by a gold checker (process reward models, 
   every step +1 or −1 (``{"prompt": ..., "steps": ["7 + 5 = 12", ...], "labels": [1, -1, ...],
   "answer": "17"}``; ``answer`` is the problem's, not the solution's).
 
-All three take ``split``, ``min_ops`` and ``max_ops`` (operations per problem, default 2 to
+* ``builtin:step-outcomes`` — outcome labels for an outcome reward model: ``k`` noisy solutions
+  (default 4) of each problem as thumbs, up when the final answer is right
+  (``{"prompt": ..., "completion": "7 + 5 = 12\\n...", "label": true}``; ``rlhf rm`` pairs them
+  within a prompt).
+
+All four take ``split``, ``min_ops`` and ``max_ops`` (operations per problem, default 2 to
 4) and ``max_operand`` (operands from 1 to it, default 20; a smaller one makes a world the
 tiniest models can learn in a minute); with the same seed and options they hold the same
 problems in the same order.
@@ -287,6 +292,32 @@ def step_solutions(
     ]
 
 
+def step_outcomes(
+    n: int,
+    seed: int,
+    k: int = 4,
+    error_rate: float = 0.3,
+    split: str = "all",
+    min_ops: int = 2,
+    max_ops: int = 4,
+    max_operand: int = 20,
+) -> list[Record]:
+    from rlhf.sim.steps import is_correct, noisy_solution
+    from rlhf.sim.steps import step_problems as problems
+
+    if k < 1:
+        raise ValueError(f"k {k}: at least one solution per problem")
+    rng = random.Random(f"step-outcomes-{seed}")
+    records: list[Record] = []
+    for problem in problems(n, seed, min_ops, max_ops, split, max_operand):
+        for _ in range(k):
+            steps = noisy_solution(problem, error_rate, rng)
+            records.append(
+                BinaryRecord(problem.prompt, "\n".join(steps), is_correct(problem, steps))
+            )
+    return records
+
+
 BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "arithmetic": arithmetic,
     "arithmetic-noisy": arithmetic_noisy,
@@ -305,6 +336,7 @@ BUILTIN: dict[str, Callable[..., list[Record]]] = {
     "step-problems": step_problems,
     "step-sft": step_sft,
     "step-solutions": step_solutions,
+    "step-outcomes": step_outcomes,
 }
 # options beyond n and seed, with their types: name -> {option: type}
 EXTRA_OPTIONS: dict[str, dict[str, type]] = {
@@ -313,6 +345,14 @@ EXTRA_OPTIONS: dict[str, dict[str, type]] = {
     "world-preferences": {"nontransitive": float},
     "step-problems": {"split": str, "min_ops": int, "max_ops": int, "max_operand": int},
     "step-sft": {"split": str, "min_ops": int, "max_ops": int, "max_operand": int},
+    "step-outcomes": {
+        "k": int,
+        "error_rate": float,
+        "split": str,
+        "min_ops": int,
+        "max_ops": int,
+        "max_operand": int,
+    },
     "step-solutions": {
         "error_rate": float,
         "split": str,
