@@ -144,21 +144,20 @@ def exporter(model: torch.nn.Module, tokenizer: Any) -> Any:
     return export
 
 
-def train_and_export(
+def make_trainer(
     config: Any,
     model: torch.nn.Module,
     tokenizer: Any,
     loader: Any,
     loss_fn: Callable[..., Any],
     out: Path,
-    checkpoint: Path | None,
     *,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     data_metrics: dict[str, float] | None = None,
-) -> RunResult:
-    """The tail of a supervised recipe: the Trainer on the recipe config's ``train``,
-    ``tensorboard``, ``wandb_project`` and ``progress`` (the whole config saved as the run's),
-    resumed from ``checkpoint`` when given, then the model exported to ``<out>/model``."""
+) -> tuple[Trainer, Callable[[Path], None]]:
+    """A supervised recipe's Trainer on its config's ``train``, ``tensorboard``,
+    ``wandb_project`` and ``progress`` (the whole config saved as the run's), and the exporter
+    it checkpoints with (:func:`exporter`)."""
     export = exporter(model, tokenizer)
     trainer = Trainer(
         model,
@@ -173,6 +172,26 @@ def train_and_export(
         run_config=config.model_dump(mode="json"),
         progress=config.progress,
         data_metrics=data_metrics,
+    )
+    return trainer, export
+
+
+def train_and_export(
+    config: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    loader: Any,
+    loss_fn: Callable[..., Any],
+    out: Path,
+    checkpoint: Path | None,
+    *,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    data_metrics: dict[str, float] | None = None,
+) -> RunResult:
+    """The tail of a supervised recipe: :func:`make_trainer`, trained (resumed from
+    ``checkpoint`` when given), then the model exported to ``<out>/model``."""
+    trainer, export = make_trainer(
+        config, model, tokenizer, loader, loss_fn, out, evaluate=evaluate, data_metrics=data_metrics
     )
     result = trainer.train(resume_from=checkpoint)
     model_dir = out / "model"

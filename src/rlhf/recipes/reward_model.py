@@ -48,7 +48,7 @@ from rlhf.data.records import CompletionRecord, Text
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.loader import ResumableLoader
 from rlhf.engine.progress import Progress
-from rlhf.engine.trainer import TrainConfig, Trainer, resolve_device
+from rlhf.engine.trainer import TrainConfig, resolve_device
 from rlhf.losses.reward import bradley_terry_loss, preference_metrics
 from rlhf.models.forward import shares_prompt_prefix
 from rlhf.models.load import LoraSpec, load_tokenizer
@@ -74,7 +74,7 @@ from rlhf.recipes.common import (
     training_texts,
 )
 from rlhf.recipes.comparisons import ComparisonDataConfig, load_comparisons
-from rlhf.recipes.lm import exporter
+from rlhf.recipes.lm import make_trainer
 
 logger = logging.getLogger("rlhf")
 
@@ -351,19 +351,14 @@ def run_reward_model(config: RewardModelConfig, resume: bool = False) -> RunResu
         evaluate = held_out_metrics(eval_loader, device, final_scores, config.progress)
 
     # train
-    export = exporter(model, tokenizer)
-    trainer = Trainer(
+    trainer, export = make_trainer(
+        config,
         model,
-        config.train,
+        tokenizer,
         loader,
         partial(reward_loss, margin_scale=config.loss.margin_scale),
         out,
         evaluate=evaluate,
-        export=export,
-        tensorboard=config.tensorboard,
-        wandb_project=config.wandb_project,
-        run_config=config.model_dump(mode="json"),
-        progress=config.progress,
         data_metrics=data_metrics,
     )
     result = trainer.train(resume_from=checkpoint)
