@@ -98,10 +98,12 @@ NUM_PROMPTS = 256  # the prompt set both sides cycle through (more than any run 
 # ---------------------------------------------------------------- the shared workload
 
 
-def build_workload(work_dir: Path, num_prompts: int = NUM_PROMPTS) -> dict[str, Any]:
+def build_workload(
+    work_dir: Path, num_prompts: int = NUM_PROMPTS, prompt_tokens: int = PROMPT_TOKENS
+) -> dict[str, Any]:
     """Tiny policy (``bench_sft``'s), a tiny reward model built from it, and the prompts.
 
-    Prompts are seeded synthetic text of exactly ``PROMPT_TOKENS`` tokens, written as a
+    Prompts are seeded synthetic text of exactly ``prompt_tokens`` tokens, written as a
     ``prompt`` JSONL (our side and TRL's GRPO, which tokenise them themselves) and as the
     token ids of our tokenisation (TRL's PPO takes ``input_ids``). The reward model is
     ``init_reward_model`` on the policy (its LM head dropped, a one-label head N(0, 1/√(d+1))
@@ -128,10 +130,10 @@ def build_workload(work_dir: Path, num_prompts: int = NUM_PROMPTS) -> dict[str, 
     bos = 1 if prompt_token_ids(tokenizer, "a")[:1] == [tokenizer.bos_token_id] else 0
     rows, tokenised = [], []
     for index in range(num_prompts):
-        prompt = text_of_exact_length(tokenizer, words, PROMPT_TOKENS - bos, leading_space=False)
+        prompt = text_of_exact_length(tokenizer, words, prompt_tokens - bos, leading_space=False)
         ids = prompt_token_ids(tokenizer, prompt)
-        if len(ids) != PROMPT_TOKENS:
-            raise RuntimeError(f"prompt {index}: {len(ids)} tokens, expected {PROMPT_TOKENS}")
+        if len(ids) != prompt_tokens:
+            raise RuntimeError(f"prompt {index}: {len(ids)} tokens, expected {prompt_tokens}")
         rows.append({"prompt": prompt})
         tokenised.append({"input_ids": ids})
     prompts_path = work_dir / "prompts.jsonl"
@@ -144,6 +146,8 @@ def build_workload(work_dir: Path, num_prompts: int = NUM_PROMPTS) -> dict[str, 
         "reward_dir": str(reward_dir),
         "prompts_path": str(prompts_path),
         "tokens_path": str(tokens_path),
+        # the text of the BOS our prompt tokenisation writes ("" when it writes none)
+        "bos_text": tokenizer.bos_token if bos else "",
         "non_embedding_params": count_parameters(model, non_embedding=True),
         "params": count_parameters(model, non_embedding=False),
     }

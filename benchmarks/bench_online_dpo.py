@@ -104,17 +104,15 @@ from _harness import (
     progress,
     result_line,
     run_in_child,
-    synthetic_sentences,
-    text_of_exact_length,
     timed_calls,
     trl_available,
     trl_step_clock,
     trl_train_settings,
-    word_stream,
 )
 from bench_dpo import fresh_compile_cache
+from bench_grpo import build_workload as build_grpo_workload
 from bench_grpo import matmul_peak, run_sides, summarize
-from bench_sft import MAX_GRAD_NORM, SEED, TOKENIZER_SENTENCES, VOCAB_SIZE
+from bench_sft import MAX_GRAD_NORM, SEED
 
 BENCHMARK = "online_dpo"
 METRIC = "episodes_per_s"
@@ -192,58 +190,18 @@ def trl_reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> lis
 def build_workload(
     work_dir: Path, prompt_tokens: int, num_prompts: int = NUM_PROMPTS
 ) -> dict[str, Any]:
-    """The tiny policy (``bench_sft``'s), a tiny reward model built from it (``bench_grpo``'s),
-    and ``num_prompts`` seeded prompts of exactly ``prompt_tokens`` tokens.
-
-    The prompts are written as a ``prompt`` JSONL for our side, as the text TRL gets (our
-    prompt tokenisation adds the tokenizer's BOS when it has one, and TRL's online DPO
-    tokenises without special tokens, so its text starts with the BOS token's text, which the
-    tokenizer maps to the same id) and as our token ids, which TRL's child checks it
-    reproduces.
+    """``bench_grpo``'s workload (the tiny policy, a reward model built from it, ``num_prompts``
+    seeded prompts of exactly ``prompt_tokens`` tokens as text and as our token ids), plus the
+    text TRL gets: our prompt tokenisation adds the tokenizer's BOS when it has one, and TRL's
+    online DPO tokenises without special tokens, so its text starts with the BOS token's text,
+    which the tokenizer maps to the same id. TRL's child checks it reproduces our token ids.
     """
-    from transformers import AutoModelForCausalLM
-
-    from rlhf.models.load import load_tokenizer, save_model
-    from rlhf.models.reward import init_reward_model, set_normalization
-    from rlhf.models.tiny import count_parameters, make_tiny_model
-    from rlhf.rollout.tokens import prompt_token_ids
-
-    model_dir = make_tiny_model(
-        work_dir / "model", synthetic_sentences(TOKENIZER_SENTENCES, SEED), vocab_size=VOCAB_SIZE
-    )
-    tokenizer = load_tokenizer(model_dir)
-    reward_model = init_reward_model(model_dir, tokenizer, seed=SEED)
-    set_normalization(reward_model, 1.0, 0.0)
-    reward_dir = work_dir / "reward_model"
-    save_model(reward_model, tokenizer, reward_dir)
-
-    words = word_stream(SEED + 3)
-    bos = prompt_token_ids(tokenizer, "a")[:1] == [tokenizer.bos_token_id]
-    ours, trl, tokenised = [], [], []
-    for index in range(num_prompts):
-        prompt = text_of_exact_length(
-            tokenizer, words, prompt_tokens - int(bos), leading_space=False
-        )
-        ids = prompt_token_ids(tokenizer, prompt)
-        if len(ids) != prompt_tokens:
-            raise RuntimeError(f"prompt {index}: {len(ids)} tokens, expected {prompt_tokens}")
-        ours.append({"prompt": prompt})
-        trl.append({"prompt": (tokenizer.bos_token if bos else "") + prompt})
-        tokenised.append(ids)
-    paths = {}
-    for name, rows in (("prompts", ours), ("prompts_trl", trl), ("prompts_tokens", tokenised)):
-        paths[name] = work_dir / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return {
-        "model_dir": str(model_dir),
-        "reward_dir": str(reward_dir),
-        "prompts_path": str(paths["prompts"]),
-        "trl_prompts_path": str(paths["prompts_trl"]),
-        "tokens_path": str(paths["prompts_tokens"]),
-        "non_embedding_params": count_parameters(model, non_embedding=True),
-        "params": count_parameters(model, non_embedding=False),
-    }
+    workload = build_grpo_workload(work_dir, num_prompts, prompt_tokens)
+    lines = Path(workload["prompts_path"]).read_text(encoding="utf-8").splitlines()
+    trl = [{"prompt": workload["bos_text"] + json.loads(line)["prompt"]} for line in lines]
+    trl_path = work_dir / "prompts_trl.jsonl"
+    trl_path.write_text("".join(json.dumps(row) + "\n" for row in trl), encoding="utf-8")
+    return {**workload, "trl_prompts_path": str(trl_path)}
 
 
 # ---------------------------------------------------------------- the two sides (children)
@@ -365,7 +323,8 @@ def train_trl(
 
     rows = [json.loads(line) for line in Path(trl_prompts_path).read_text("utf-8").splitlines()]
     expected = {
-        tuple(json.loads(line)) for line in Path(tokens_path).read_text("utf-8").splitlines()
+        tuple(json.loads(line)["input_ids"])
+        for line in Path(tokens_path).read_text("utf-8").splitlines()
     }
     prompt_tokens = len(next(iter(expected)))
     args = OnlineDPOConfig(
