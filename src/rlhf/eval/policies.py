@@ -178,36 +178,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in file if line.strip()]
 
 
-def training_curve(label: str, coef: float, run_dir: str | Path) -> OptimisationCurve:
-    """Proxy and gold reward against KL through one online run, from its held-out evaluations:
-    ``eval_initial.json`` (step 0, the starting policy) and the ``eval`` rows of its
-    ``metrics.jsonl`` (``reward``, ``gold_reward`` and ``kl`` at each ``train.eval_every``)."""
+def curve_points(run_dir: str | Path, proxy: str = "reward") -> list[CurvePoint]:
+    """A run's held-out evaluations as curve points: ``eval_initial.json`` (step 0, the
+    starting policy) and the ``eval`` rows of its ``metrics.jsonl``, each with ``kl``,
+    ``gold_reward`` and the ``proxy`` key (``gold_reward_stderr`` where the run logged it)."""
     run_dir = Path(run_dir)
     rows = [{"step": 0, **json.loads((run_dir / "eval_initial.json").read_text())}]
     rows += [row for row in read_metrics(run_dir / "metrics.jsonl") if row.get("split") == "eval"]
-    points = [
-        CurvePoint(
-            step=int(row["step"]),
-            kl=max(float(row["kl"]), 0.0),
-            proxy=float(row["reward"]),
-            gold=float(row["gold_reward"]),
-        )
-        for row in rows
-        if {"kl", "reward", "gold_reward"} <= row.keys()
-    ]
-    return OptimisationCurve(label=label, kl_coef=coef, points=points)
-
-
-def preference_curve(run: TrainedRun) -> OptimisationCurve:
-    """Gold reward against KL through a DPO-family run, from its held-out evaluations (the
-    starting policy's in ``eval_initial.json``): offline runs score their KL samples with gold
-    (``eval.gold_reward``) and measure the implicit reward ``margin`` on held-out labels, the
-    curve's proxy; online runs give the reward model's score as theirs."""
-    offline = run.preference_curve == "offline"
-    rows = [{"step": 0, **json.loads((run.out / "eval_initial.json").read_text())}]
-    rows += [row for row in read_metrics(run.out / "metrics.jsonl") if row.get("split") == "eval"]
-    proxy = "margin" if offline else "reward"
-    points = [
+    return [
         CurvePoint(
             step=int(row["step"]),
             kl=max(float(row["kl"]), 0.0),
@@ -218,10 +196,24 @@ def preference_curve(run: TrainedRun) -> OptimisationCurve:
         for row in rows
         if {"kl", "gold_reward", proxy} <= row.keys()
     ]
+
+
+def training_curve(label: str, coef: float, run_dir: str | Path) -> OptimisationCurve:
+    """Proxy and gold reward against KL through one online run (:func:`curve_points`: the
+    ``reward``, ``gold_reward`` and ``kl`` of each ``train.eval_every``)."""
+    return OptimisationCurve(label=label, kl_coef=coef, points=curve_points(run_dir))
+
+
+def preference_curve(run: TrainedRun) -> OptimisationCurve:
+    """Gold reward against KL through a DPO-family run (:func:`curve_points`): offline runs
+    score their KL samples with gold (``eval.gold_reward``) and measure the implicit reward
+    ``margin`` on held-out labels, the curve's proxy; online runs give the reward model's
+    score as theirs."""
+    offline = run.preference_curve == "offline"
     return OptimisationCurve(
         label=run.name,
         kl_coef=float(run.curve_kl_coef or 0.0),
-        points=points,
+        points=curve_points(run.out, "margin" if offline else "reward"),
         proxy_name="implicit reward margin (held-out labels)" if offline else "reward model",
         online=not offline,
     )
