@@ -30,14 +30,13 @@ convention and chat templates for message-list prompts.)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlhf.data.records import Text
+from rlhf.data.records import StepRecord, Text
 from rlhf.models.forward import evaluating, unwrap
 from rlhf.models.load import LoraSpec
 from rlhf.models.reward import init_scalar_head_model
@@ -180,7 +179,7 @@ class ProcessRewardModel:
                     solutions[start : start + batch_size],
                     strict=True,
                 ):
-                    solution = _Solution(prompt, tuple(steps), (None,) * len(steps))
+                    solution = StepRecord(prompt, tuple(steps), (None,) * len(steps))
                     tokenized = tokenize_solution(
                         self.tokenizer, solution, self.separator, max_length
                     )
@@ -197,10 +196,3 @@ class ProcessRewardModel:
                     scores = iter(logits.split([len(e.ends) for e in examples]))
                 out += [next(scores) if ok else torch.empty(0) for ok in kept]
         return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Solution:
-    prompt: Text
-    steps: tuple[str, ...]
-    labels: tuple[float | None, ...]
