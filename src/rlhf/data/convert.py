@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from rlhf.data.errors import DataError
 from rlhf.data.records import (
@@ -28,6 +29,14 @@ from rlhf.data.records import (
     Text,
     is_blank,
 )
+
+
+class _Prompted(Protocol):
+    @property
+    def prompt(self) -> Text: ...
+
+
+R = TypeVar("R", bound=_Prompted)
 
 # Text that opens an assistant turn in common transcript formats; an implicit prompt ends with
 # one of them, so the model is asked to answer exactly as at generation time.
@@ -126,6 +135,15 @@ def ranking_to_pairs(ranking: RankingRecord) -> list[PreferenceRecord]:
     return pairs
 
 
+def by_prompt(records: Iterable[R]) -> list[list[R]]:
+    """``records`` grouped by prompt: one list per distinct prompt, in order of first
+    appearance, each in the records' order."""
+    groups: dict[Text, list[R]] = {}
+    for record in records:
+        groups.setdefault(record.prompt, []).append(record)
+    return list(groups.values())
+
+
 def ratings_to_pairs(
     records: Iterable[RatingRecord], keep_ties: bool = False
 ) -> list[PreferenceRecord]:
@@ -135,11 +153,8 @@ def ratings_to_pairs(
     rated response as chosen). Pairs of identical responses are dropped. Ratings of one prompt
     on different scales are not comparable and raise :class:`DataError`.
     """
-    groups: dict[Text, list[RatingRecord]] = {}
-    for record in records:
-        groups.setdefault(record.prompt, []).append(record)
     pairs = []
-    for group in groups.values():
+    for group in by_prompt(records):
         if len({record.scale for record in group}) > 1:
             raise DataError(
                 None, None, "scale",

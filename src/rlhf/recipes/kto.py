@@ -34,10 +34,10 @@ import torch
 from pydantic import Field
 
 from rlhf.config import StrictModel
-from rlhf.data.convert import as_preferences, preference_to_binary
+from rlhf.data.convert import as_preferences, by_prompt, preference_to_binary
 from rlhf.data.errors import DataError
 from rlhf.data.preference import PairBatch, PairText, tokenize_pairs
-from rlhf.data.records import BinaryRecord, Record, Text
+from rlhf.data.records import BinaryRecord, Record
 from rlhf.data.tokenize import TruncationReport
 from rlhf.engine.trainer import TrainConfig
 from rlhf.losses.preference import LossOutput, UnpairedLogps, kto_loss
@@ -113,13 +113,6 @@ def binary_feedback(records: Sequence[Record], source: str) -> list[BinaryRecord
         binary += [thumb for pair in pairs for thumb in preference_to_binary(pair)]
     unique = {(r.prompt, r.completion, r.label): r for r in reversed(binary)}
     return list(reversed(unique.values()))
-
-
-def grouped_by_prompt(feedback: Sequence[BinaryRecord]) -> list[list[BinaryRecord]]:
-    groups: dict[Text, list[BinaryRecord]] = {}
-    for record in feedback:
-        groups.setdefault(record.prompt, []).append(record)
-    return list(groups.values())
 
 
 def with_mismatched(feedback: Sequence[BinaryRecord], seed: int) -> list[PairText]:
@@ -224,9 +217,7 @@ def run_kto(config: KTOConfig, resume: bool = False) -> RunResult:
         assert data.eval is not None
         return binary_feedback(load_records(data.eval, data), data.eval)
 
-    train_feedback, eval_feedback = split_by_prompt(
-        grouped_by_prompt(feedback), data, seed, read_eval
-    )
+    train_feedback, eval_feedback = split_by_prompt(by_prompt(feedback), data, seed, read_eval)
     check_balance(train_feedback, config.loss)
     train_items = with_mismatched(train_feedback, seed)
     eval_items = with_mismatched(eval_feedback, seed + 1) if eval_feedback else []

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
+from rlhf.data.convert import by_prompt
 from rlhf.data.records import Record
 from rlhf.data.step_tokens import (
     Neutral,
@@ -176,13 +177,6 @@ def _solutions(records: Sequence[Record], source: str) -> list[Any]:
     return list(records)
 
 
-def _by_prompt(solutions: Sequence[Any]) -> list[list[Any]]:
-    groups: dict[str, list[Any]] = {}
-    for solution in solutions:
-        groups.setdefault(repr(solution.prompt), []).append(solution)
-    return list(groups.values())
-
-
 # ------------------------------------------------------------------------------ the recipe
 
 
@@ -199,7 +193,7 @@ def run_prm(config: PRMConfig, resume: bool = False) -> RunResult:
         assert data.eval is not None
         return _solutions(load_records(data.eval, data), data.eval)
 
-    train, held_out = split_by_prompt(_by_prompt(solutions), data, seed, read_eval)
+    train, held_out = split_by_prompt(by_prompt(solutions), data, seed, read_eval)
 
     # model: the backbone with a scalar head on every token, marked with the separator
     def tokenizer_texts() -> list[str]:
