@@ -35,6 +35,24 @@ def error_of(tmp_path: Path, row: object, kind: str | None = None) -> DataError:
     return caught.value
 
 
+def assert_names_field(
+    tmp_path: Path, row: object, field: str, reason: str, message: str | None
+) -> None:
+    """``row``, read with the kind told from its columns and with ``kind="steps"``, stops the
+    load with ``file:2: field: message`` (any non-empty message when ``message`` is None)."""
+    for kind in (None, "steps"):
+        error = error_of(tmp_path, row, kind)
+        assert (error.source, error.field, error.reason) == (
+            str(tmp_path / "bad.jsonl"),
+            field,
+            reason,
+        )
+        prefix = f"{tmp_path / 'bad.jsonl'}:2: {field}: "
+        assert str(error).startswith(prefix) and len(str(error)) > len(prefix)
+        if message is not None:
+            assert str(error) == prefix + message
+
+
 # --- ours -----------------------------------------------------------------------------------
 
 OUR_ROWS = [
@@ -131,17 +149,7 @@ BAD_OUR_ROWS = [
 
 @pytest.mark.parametrize(("row", "field", "reason", "message"), BAD_OUR_ROWS)
 def test_a_bad_step_row_names_file_line_field(tmp_path, row, field, reason, message):
-    for kind in (None, "steps"):
-        error = error_of(tmp_path, row, kind)
-        assert (error.source, error.field, error.reason) == (
-            str(tmp_path / "bad.jsonl"),
-            field,
-            reason,
-        )
-        prefix = f"{tmp_path / 'bad.jsonl'}:2: {field}: "
-        assert str(error).startswith(prefix) and len(str(error)) > len(prefix)
-        if message is not None:
-            assert str(error) == prefix + message
+    assert_names_field(tmp_path, row, field, reason, message)
 
 
 def test_kind_steps_on_another_row_names_the_missing_field(tmp_path):
@@ -305,13 +313,7 @@ BAD_PRM800K_ROWS = [
 
 @pytest.mark.parametrize(("row", "field", "reason", "message"), BAD_PRM800K_ROWS)
 def test_a_bad_prm800k_row_names_file_line_field(tmp_path, row, field, reason, message):
-    for kind in (None, "steps"):
-        error = error_of(tmp_path, row, kind)
-        assert (error.field, error.reason) == (field, reason)
-        prefix = f"{tmp_path / 'bad.jsonl'}:2: {field}: "
-        assert str(error).startswith(prefix) and len(str(error)) > len(prefix)
-        if message is not None:
-            assert str(error) == prefix + message
+    assert_names_field(tmp_path, row, field, reason, message)
 
 
 # --- Math-Shepherd --------------------------------------------------------------------------
@@ -401,13 +403,7 @@ BAD_SHEPHERD_ROWS = [
 
 @pytest.mark.parametrize(("row", "field", "reason", "message"), BAD_SHEPHERD_ROWS)
 def test_a_bad_math_shepherd_row_names_file_line_field(tmp_path, row, field, reason, message):
-    for kind in (None, "steps"):
-        error = error_of(tmp_path, row, kind)
-        assert (error.field, error.reason) == (field, reason)
-        prefix = f"{tmp_path / 'bad.jsonl'}:2: {field}: "
-        assert str(error).startswith(prefix) and len(str(error)) > len(prefix)
-        if message is not None:
-            assert str(error) == prefix + message
+    assert_names_field(tmp_path, row, field, reason, message)
 
 
 def test_layouts_mix_in_one_file_and_skip_bad(tmp_path):
