@@ -34,6 +34,10 @@
 
 from __future__ import annotations
 
+import json
+import reprlib
+from typing import Any
+
 
 class DataError(ValueError):
     """A problem with data; ``str(error)`` reads ``source:line: field: message``.
@@ -69,3 +73,15 @@ class DataError(ValueError):
 
 def _rebuild(source: str, line: int | None, field: str | None, message: str, reason: str):
     return DataError(source, line, field, message, reason=reason)
+
+
+_SHORT = reprlib.Repr()  # bounded in length and depth, whatever the value
+_SHORT.maxstring = _SHORT.maxother = 40
+
+
+def describe_value(value: Any) -> str:
+    """A short view of a bad value for an error message (null and booleans as JSON writes
+    them, anything else cut to a few dozen characters)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return _SHORT.repr(value)

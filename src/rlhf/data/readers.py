@@ -49,7 +49,6 @@ import logging
 import math
 import os
 import re
-import reprlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data.convert import extract_implicit_prompt
-from rlhf.data.errors import DataError
+from rlhf.data.errors import DataError, describe_value
 from rlhf.data.records import (
     RECORD_TYPES,
     ROLES,
@@ -125,19 +124,8 @@ class _Invalid(Exception):
         self.field, self.reason, self.message = field, reason, message
 
 
-_SHORT = reprlib.Repr()  # bounded in length and depth, whatever the value
-_SHORT.maxstring = _SHORT.maxother = 40
-
-
-def _describe(value: Any) -> str:
-    """A short view of a bad value for an error message."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    return _SHORT.repr(value)
-
-
 def _wrong_type(field: str | None, expected: str, value: Any) -> _Invalid:
-    return _Invalid(field, "wrong_type", f"expected {expected}, got {_describe(value)}")
+    return _Invalid(field, "wrong_type", f"expected {expected}, got {describe_value(value)}")
 
 
 def _unicode(text: str, field: str) -> str:
@@ -173,7 +161,7 @@ def _messages(value: Any, field: str, from_text: bool) -> tuple[Message, ...]:
         if not isinstance(role, str) or role not in ROLES:
             raise _Invalid(
                 f"{where}.role", "unknown_role",
-                f"unknown role {_describe(role)}; expected one of {', '.join(sorted(ROLES))}",
+                f"unknown role {describe_value(role)}; expected one of {', '.join(sorted(ROLES))}",
             )  # fmt: skip
         if not isinstance(content, str):
             raise _wrong_type(f"{where}.content", "text", content)
@@ -644,7 +632,7 @@ def _json_rows(path: Path) -> _Rows:
     if isinstance(value, dict):
         value = value["data"] if isinstance(value.get("data"), list) else [value]
     if not isinstance(value, list):
-        message = f'expected a JSON array of rows or {{"data": [...]}}, got {_describe(value)}'
+        message = f'expected a JSON array of rows or {{"data": [...]}}, got {describe_value(value)}'
         raise _file_error(path, message, "unknown_format")
     yield from enumerate(value, 1)
 

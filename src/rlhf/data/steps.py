@@ -32,12 +32,10 @@ Every function raises :class:`~rlhf.data.errors.DataError` naming the field (``l
 
 from __future__ import annotations
 
-import json
 import re
-import reprlib
 from typing import Any
 
-from rlhf.data.errors import DataError
+from rlhf.data.errors import DataError, describe_value
 from rlhf.data.records import StepRecord, Text, is_blank, unicode_problem
 
 MATH_SHEPHERD_TAG = "ки"
@@ -47,19 +45,9 @@ _LABELS = (
     "(P(correct)) or null (unlabelled)"
 )
 
-_SHORT = reprlib.Repr()  # bounded in length and depth, whatever the value
-_SHORT.maxstring = _SHORT.maxother = 40
-
-
-def _describe(value: Any) -> str:
-    """A short view of a bad value for an error message."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    return _SHORT.repr(value)
-
 
 def _wrong_type(field: str, expected: str, value: Any) -> DataError:
-    message = f"expected {expected}, got {_describe(value)}"
+    message = f"expected {expected}, got {describe_value(value)}"
     return DataError(None, None, field, message, reason="wrong_type")
 
 
