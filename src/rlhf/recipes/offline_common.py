@@ -64,7 +64,7 @@ from rlhf.recipes.common import (
     reference_dtype_field,
     split_train_eval,
 )
-from rlhf.recipes.lm import exporter
+from rlhf.recipes.lm import make_trainer
 from rlhf.rewards.base import RewardFunction, score_rollout
 from rlhf.rewards.spec import RewardSpec, build_reward
 from rlhf.rollout.factory import close_engine, engine_for
@@ -656,19 +656,14 @@ def train_offline(
         kl,
         progress=config.progress,
     )
-    export = exporter(model, tokenizer)
-    trainer = Trainer(
+    trainer, export = make_trainer(
+        config,
         model,
-        config.train,
+        tokenizer,
         train_loader,
         partial(offline_loss, objective=objective, reference=None if precompute else reference),
         out,
         evaluate=evaluate if (eval_loader is not None or kl is not None) else None,
-        export=export,
-        tensorboard=config.tensorboard,
-        wandb_project=config.wandb_project,
-        run_config=config.model_dump(mode="json"),
-        progress=config.progress,
         data_metrics=data_metrics,
     )
     if reference is not None and reference.module is not model:
