@@ -157,3 +157,11 @@ def test_rlhf_label_steps_writes_one_label_per_step(tiny_model_dir, tmp_path):
               "-o", str(out)],
     )  # fmt: skip
     assert bad.exit_code != 0 and "not step-level solutions" in bad.output
+
+
+def test_a_separator_typed_on_the_command_line_keeps_its_characters():
+    from rlhf.cli.sample import unescape
+
+    assert unescape("\\n") == "\n" and unescape("\\n\\n") == "\n\n"
+    assert unescape("ки\\n") == "ки\n"  # non-ASCII kept, not read as UTF-8 bytes
+    assert unescape("é") == "é" and unescape("\\u2014") == "—"

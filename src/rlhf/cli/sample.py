@@ -250,6 +250,13 @@ def best_of_n(
     console.print(f"[green]done[/]: wrote {written} to [bold]{out}[/]")
 
 
+def unescape(text: str) -> str:
+    """``text`` with backslash escapes (``\\n``, ``\\t``, ``\\u2014``) read as the characters they
+    name, other characters (non-ASCII ones too) kept as they are: a separator typed on the
+    command line."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def label_steps(
     model: PolicyOption,
     input_path: Annotated[
@@ -314,7 +321,7 @@ def label_steps(
         try:
             labelled = monte_carlo_labels(
                 policy, records, VERIFIERS[verifier], completions=completions,
-                max_new_tokens=max_new_tokens, separator=separator.encode().decode("unicode_escape"),
+                max_new_tokens=max_new_tokens, separator=unescape(separator),
                 estimate=estimate, temperature=temperature, seed=seed,  # type: ignore[arg-type]
             )  # fmt: skip
         finally:
