@@ -14,6 +14,7 @@ Shapes: P examples (pairs, or a rated and a mismatched completion), N examples i
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -137,6 +138,13 @@ class PreferenceLossConfig(StrictModel):
     @property
     def needs_reference(self) -> bool:
         return PREFERENCE_LOSSES[self.name].needs_reference
+
+    @property
+    def effective_beta(self) -> float:
+        """β as the loss reads it: the one set here, else the loss function's own default."""
+        if self.beta is not None:
+            return self.beta
+        return float(inspect.signature(PREFERENCE_LOSSES[self.name].fn).parameters["beta"].default)
 
     def function(self) -> Callable[[PairLogps], LossOutput]:
         """The loss with the hyperparameters set here; unset ones keep the loss's defaults."""

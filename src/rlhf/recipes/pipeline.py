@@ -373,10 +373,9 @@ LOSS_LABELS = {"dpo": "DPO", "ipo": "IPO", "hinge": "SLiC (hinge)"}
 
 def _direct_run(name: str, stage: RecipeConfig, kind: Literal["offline", "online"]) -> TrainedRun:
     """A DPO-family run; with ``train.eval_every`` > 0 it gives a gold-against-KL curve."""
-    settings = stage.model_dump(include={"loss": {"beta"}, "train": {"eval_every"}})
-    if not settings["train"]["eval_every"]:
+    if not stage.train.eval_every:  # type: ignore[attr-defined]
         return TrainedRun(name, Path(stage.out))
-    beta = settings["loss"]["beta"] or 0.1  # the losses' default β
+    beta = stage.loss.effective_beta  # type: ignore[attr-defined]
     return TrainedRun(name, Path(stage.out), curve_kl_coef=beta, preference_curve=kind)
 
 
