@@ -137,7 +137,7 @@ def test_kl_clamping_and_masking() -> None:
     mask = torch.tensor([[1, 1, 0]])
     assert torch.isinf(per_token_kl(logps, ref, mask, estimator="k3")[0, 0])
     clamped = per_token_kl(logps, ref, mask, estimator="k3", clamp=20.0)
-    assert float(clamped[0, 0]) == pytest.approx(math.exp(20) - 1 - 20, rel=1e-5)
+    assert clamped[0, 0].item() == pytest.approx(math.exp(20) - 1 - 20, rel=1e-5)
     capped = per_token_kl(logps, ref, mask, estimator="k3", clamp=20.0, max_kl=10.0)
     close(capped, [[10.0, 0.0, 0.0]])
     capped.sum().backward()

@@ -28,6 +28,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -498,7 +499,14 @@ class Trainer:
         if with_optimizer:  # an empty AdamW's state is materialised first, to be read into
             state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
         try:
-            dcp.load(state, checkpoint_id=str(folder / SHARDED_FOLDER))
+            with warnings.catch_warnings():
+                # one process reading the shards of several ranks is meant (resharding on load)
+                warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                dcp.load(
+                    state,
+                    checkpoint_id=str(folder / SHARDED_FOLDER),
+                    no_dist=not torch.distributed.is_initialized(),
+                )
         except Exception as error:  # torn files, or shapes that no longer fit the model
             reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
             raise CheckpointDamaged(

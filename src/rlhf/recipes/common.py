@@ -360,6 +360,10 @@ def record_config(config: RecipeConfig, out: Path, resuming: Path | bool | None)
             logger.info(
                 "--resume: %s %s -> %s (no effect on training)", key, _show(old), _show(new)
             )
+    from rlhf.models.parallel import is_main_process
+
+    if not is_main_process():  # every rank checks; rank 0 alone writes (no race on the rename)
+        return
     text = config_text(config)
     if saved.is_file() and saved.read_text(encoding="utf-8", errors="replace") != text:
         number = next(n for n in itertools.count(1) if not (out / f"config.{n}.yaml").exists())
