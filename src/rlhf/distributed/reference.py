@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from rlhf.distributed.workers import split_rows, where, worker_call, write_model_files
+from rlhf.distributed.workers import model_folder, split_rows, where, worker_call
 from rlhf.models.parallel import broadcast_object, is_main_process
 from rlhf.models.reference import ReferenceModel
 
@@ -36,7 +35,6 @@ class ReferenceWorker:
         torch.set_num_threads(threads)  # its reserved cores only
         self.index = index
         self.reference: ReferenceModel | None = None
-        self.folder: str | None = None
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (the launcher logs it)."""
@@ -57,17 +55,22 @@ class ReferenceWorker:
         from rlhf.models.reference import load_reference
 
         self.close()
-        if files is not None:
-            self.folder = str(write_model_files(files, prefix=f"rlhf-reference-{self.index}-"))
-            path = self.folder
-        elif os.path.isdir(cwd):
-            os.chdir(cwd)
-        assert path is not None
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        module = load_reference(
-            path, load_tokenizer(path), dtype=dtype, attn_implementation=attn_implementation
-        )
-        self.reference = ReferenceModel.frozen(module).to(torch.device(device))
+
+        def load(source: str) -> None:
+            module = load_reference(
+                source, load_tokenizer(source), dtype=dtype, attn_implementation=attn_implementation
+            )
+            self.reference = ReferenceModel.frozen(module).to(torch.device(device))
+
+        if files is not None:
+            with model_folder(files, prefix=f"rlhf-reference-{self.index}-") as folder:
+                load(str(folder))
+        else:
+            if os.path.isdir(cwd):
+                os.chdir(cwd)
+            assert path is not None
+            load(path)
         return f"{path if files is None else 'the initial policy'} ({dtype}) on {device}"
 
     def response_logps(
@@ -95,9 +98,6 @@ class ReferenceWorker:
 
     def close(self) -> None:
         self.reference = None
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
 
 
 class RemoteReference(ReferenceModel):

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -47,10 +45,10 @@ import torch
 from rlhf.data.records import Text
 from rlhf.distributed.workers import (
     model_files,
+    model_folder,
     split_rows,
     where,
     worker_call,
-    write_model_files,
 )
 from rlhf.models.forward import evaluating
 from rlhf.models.parallel import broadcast_object, is_main_process, is_sharded
@@ -76,7 +74,6 @@ class RolloutWorker:
         self.index = index
         self.model: torch.nn.Module | None = None
         self.engine: Any = None
-        self.folder: Path | None = None
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (the launcher logs it)."""
@@ -96,10 +93,10 @@ class RolloutWorker:
         from rlhf.rollout.vllm_config import VLLMConfig
 
         self.close()
-        self.folder = write_model_files(model_files, prefix=f"rlhf-rollout-{self.index}-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer = load_tokenizer(self.folder)
-        self.model = load_model(self.folder, dtype="float32", device=device, tokenizer=tokenizer)
+        with model_folder(model_files, prefix=f"rlhf-rollout-{self.index}-") as folder:
+            tokenizer = load_tokenizer(folder)
+            self.model = load_model(folder, dtype="float32", device=device, tokenizer=tokenizer)
         vllm = VLLMConfig(**vllm_options) if vllm_options is not None else None
         self.engine = build_engine(
             self.model, tokenizer, batch_size=batch_size, kind=engine_kind, vllm=vllm
@@ -141,9 +138,6 @@ class RolloutWorker:
             if callable(close):
                 close()
         self.engine = self.model = None
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
 
 
 # ------------------------------------------------------------------------------ the trainer's side

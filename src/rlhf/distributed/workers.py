@@ -3,9 +3,10 @@ the split of a call's rows over the workers of a role."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,15 @@ def model_files(model: torch.nn.Module, tokenizer: Any) -> dict[str, bytes]:
         }
 
 
-def write_model_files(files: dict[str, bytes], prefix: str) -> Path:
-    """``files`` (:func:`model_files`) written to a new temporary folder; returns it."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    for name, data in files.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return folder
+@contextlib.contextmanager
+def model_folder(files: dict[str, bytes], prefix: str) -> Iterator[Path]:
+    """``files`` (:func:`model_files`) written to a temporary folder for the ``with`` block,
+    removed after it: a worker loads its copy from there, then needs it no more (a folder
+    kept for the actor's life was left behind whenever Ray killed the actor)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        folder = Path(name)
+        for relative, data in files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        yield folder
