@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.eval.step_selection import Candidate, accuracy_at, select, selection_curves
+from rlhf.eval.step_selection import (
+    Candidate,
+    accuracy_at,
+    comparison,
+    scored_candidates,
+    select,
+    selection_curves,
+    selection_points,
+)
 
 
 def c(correct, answer, steps=(), orm=None):
@@ -126,3 +134,95 @@ def test_a_prm_as_a_reward_aggregates_its_steps(tiny_model_dir, tmp_path):
         )[0]
         assert scores[0].item() == pytest.approx(aggregate_steps(steps, how).item(), abs=1e-6)
         assert scores[1].item() == 0.0  # no step: no reward
+
+
+def test_oracle_and_selection_points_with_standard_errors():
+    p1 = [c(False, "8", (0.9,), orm=0.1), c(True, "9", (0.2,), orm=0.9)]
+    p2 = [c(False, "1", (0.5,), orm=0.5)] * 2
+    assert select(p1, "oracle").correct and not select(p2, "oracle").correct
+    points = selection_points([p1, p2], [1, 2], comparison(with_outcome=True))
+    by = {(p.selector, p.n): p for p in points}
+    assert [s.label for s in comparison(with_outcome=False)] == [
+        "oracle (any right)", "prm (product)", "prm (min)", "prm (last)", "majority",
+        "weighted majority",
+    ]  # fmt: skip
+    # N = 1: every selector takes the one candidate: problem 1 right in 1 of 2 groups, 2 never
+    assert {round(p.accuracy, 6) for p in points if p.n == 1} == {0.25}
+    assert by["oracle (any right)", 1].se == pytest.approx(0.25)  # std of (0.5, 0) / √2
+    assert by["oracle (any right)", 2].accuracy == pytest.approx(0.5)
+    assert by["prm (product)", 2].accuracy == 0.0  # prefers the wrong 0.9
+    assert by["orm", 2].accuracy == pytest.approx(0.5)  # prefers the right 0.9
+
+
+class StepScores:
+    """Stands in for a ProcessReward: the step scores of known responses."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def step_scores(self, prompts, responses):
+        return [torch.tensor(self.scores[r]) for r in responses]
+
+
+def test_scored_candidates_read_gold_answers_steps_and_outcome():
+    from rlhf.rollout.candidates import CandidateRecord
+
+    sample = CandidateRecord(
+        "Compute 2 + 3.",
+        ("2 + 3 = 5\nThe answer is 5.", "2 + 3 = 6\nThe answer is 6.", "no idea"),
+        (True, True, False),
+        (-1.0, -2.0, -3.0),
+        {"rewards": [0.1, 0.7, 0.0], "gold": [1.0, 0.0, 0.0]},
+    )
+    prm = StepScores({sample.responses[0]: [0.9, 0.8], sample.responses[1]: [0.3, 0.9],
+                      "no idea": []})  # fmt: skip
+    (candidates,) = scored_candidates([sample], prm)
+    assert [x.correct for x in candidates] == [True, False, False]
+    assert [x.answer for x in candidates] == ["5", "6", None]
+    assert candidates[0].step_scores == pytest.approx((0.9, 0.8))
+    assert [x.outcome_score for x in candidates] == pytest.approx([0.1, 0.7, 0.0])
+    (without,) = scored_candidates([sample], prm, with_outcome=False)
+    assert without[0].outcome_score is None
+    continuous = CandidateRecord("p", ("a",), (True,), (0.0,), {"rewards": [0.0], "gold": [0.37]})
+    with pytest.raises(ValueError, match="0/1 verifier"):
+        scored_candidates([continuous], StepScores({"a": [0.5]}))
+    no_gold = CandidateRecord("p", ("a",), (True,), (0.0,), {"rewards": [0.0]})
+    with pytest.raises(ValueError, match="gold verifier"):
+        scored_candidates([no_gold], StepScores({"a": [0.5]}))
+
+
+def test_best_of_n_with_a_prm_compares_the_choices(tiny_model_dir, tmp_path):
+    """`rlhf best-of-n --prm` through the command line: one accuracy per selector and N, the
+    same for all at N = 1 (one candidate), the oracle above every other."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+    from rlhf.models.load import load_tokenizer, save_model
+    from rlhf.models.prm import init_process_reward_model
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = init_process_reward_model(tiny_model_dir, tokenizer, "\n", seed=3)
+    save_model(model, tokenizer, tmp_path / "prm")
+    out = tmp_path / "bon"
+    common = [
+        "best-of-n", "-m", str(tiny_model_dir), "--prompts", "builtin:step-problems?n=3",
+        "--reward", "rule=step_world", "--max-n", "4", "--max-new-tokens", "12",
+        "--prm", str(tmp_path / "prm"), "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [*common, "--gold", "rule=step_world"])
+    assert result.exit_code == 0, result.output
+    assert "weighted majority" in result.output
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    selectors = [s.label for s in comparison(with_outcome=True)]
+    assert [(r["selector"], r["n"]) for r in rows] == [(s, n) for s in selectors for n in (1, 2, 4)]
+    assert len({r["accuracy"] for r in rows if r["n"] == 1}) == 1
+    oracle = {r["n"]: r["accuracy"] for r in rows if r["selector"].startswith("oracle")}
+    assert all(r["accuracy"] <= oracle[r["n"]] for r in rows)
+    assert (out / "selection.csv").exists()
+    no_gold = CliRunner().invoke(app, common)
+    assert no_gold.exit_code == 1 and "0/1 verifier as --gold" in no_gold.output
+    continuous = CliRunner().invoke(app, [*common, "--gold", "rule=world_gold"])
+    assert continuous.exit_code == 1 and "0/1 verifier" in continuous.output
+    assert "Traceback" not in continuous.output

@@ -199,6 +199,14 @@ def best_of_n(
     max_n: Annotated[
         int, typer.Option(min=1, max=1024, help="Largest N; the curve has N = 1, 2, 4, ... max.")
     ] = 16,
+    prm: Annotated[
+        Path | None,
+        typer.Option(
+            help="A process reward model (`rlhf prm`'s model folder): also compare choosing by "
+            "it, by --reward, by majority and PRM-weighted voting, by accuracy under --gold "
+            "(a 0/1 verifier); writes selection.jsonl/.csv/.png.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/best-of-n"),
     max_new_tokens: MaxNewTokensOption = 64,
     temperature: TemperatureOption = 1.0,
@@ -218,16 +226,27 @@ def best_of_n(
 
     Samples max-n responses per prompt once; the expected best of each N is computed over
     all N-subsets of them. Writes best_of_n.jsonl/.csv, samples.jsonl (every sample with its
-    rewards) and best_of_n.png when matplotlib is installed.
+    rewards) and best_of_n.png when matplotlib is installed. With --prm, also the accuracy of
+    each way of choosing one of N solutions (docs/prm.md#choosing-one-of-n-solutions).
     """
     try:
-        from rlhf.eval.best_of_n import evaluate_best_of_n
-        from rlhf.recipes.best_of_n import report_table, write_report
+        from rlhf.eval.best_of_n import best_of_n_sizes, evaluate_best_of_n
+        from rlhf.eval.step_selection import comparison, scored_candidates, selection_points
+        from rlhf.recipes.best_of_n import (
+            report_table,
+            selection_table,
+            write_report,
+            write_selection,
+        )
         from rlhf.rewards import build_reward, parse_reward_spec
+        from rlhf.rewards.prm import ProcessReward
         from rlhf.rollout import SamplingParams
         from rlhf.rollout.factory import close_engine
 
         setup_logging()
+        if prm is not None and gold is None:
+            raise ValueError("--prm compares choices by accuracy: give a 0/1 verifier as --gold")
+        process = ProcessReward(prm, device=device) if prm is not None else None
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             num_samples=max_n, seed=seed,
@@ -243,9 +262,19 @@ def best_of_n(
         finally:
             close_engine(sampler)
         paths = write_report(report, out)
+        points = []
+        if process is not None:
+            problems = scored_candidates(
+                report.samples, process, with_outcome=not isinstance(scorer, ProcessReward)
+            )
+            selectors = comparison(with_outcome=not isinstance(scorer, ProcessReward))
+            points = selection_points(problems, best_of_n_sizes(max_n), selectors)
+            paths |= write_selection(points, out)
     except Exception as error:
         fail(error)
     Console().print(report_table(report))
+    if points:
+        Console().print(selection_table(points))
     written = ", ".join(path.name for path in paths.values())
     console.print(f"[green]done[/]: wrote {written} to [bold]{out}[/]")
 

@@ -10,7 +10,8 @@ Pure functions of already scored candidates, so a selection can be re-read from 
 * ``majority``: the most common final answer (self-consistency, Wang et al. 2023); a candidate
   with no final answer does not vote;
 * ``weighted_majority``: the final answer whose candidates' aggregated PRM scores sum highest
-  (PRM-weighted voting, Uesato et al. 2022; Li et al. 2023).
+  (PRM-weighted voting, Uesato et al. 2022; Li et al. 2023);
+* ``oracle``: a right candidate whenever there is one (pass@N, the ceiling of every method).
 
 Ties go to the candidate (or answer) seen first, so a selection is deterministic. Accuracy at
 N averages over the ⌊M / N⌋ disjoint groups of N among a problem's M candidates (in sampled
@@ -22,14 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from rlhf.losses.prm import Aggregation, aggregate_steps
+from rlhf.rewards.rules import response_answer
+from rlhf.rollout.candidates import CandidateRecord
 
-Method = Literal["prm", "orm", "majority", "weighted_majority"]
-METHODS: tuple[Method, ...] = ("prm", "orm", "majority", "weighted_majority")
+if TYPE_CHECKING:
+    from rlhf.rewards.prm import ProcessReward
+
+Method = Literal["prm", "orm", "majority", "weighted_majority", "oracle"]
+METHODS: tuple[Method, ...] = ("prm", "orm", "majority", "weighted_majority", "oracle")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ def select(
         return candidates[
             max(range(len(candidates)), key=lambda i: (candidates[i].outcome_score, -i))
         ]
+    if method == "oracle":
+        return next((c for c in candidates if c.correct), candidates[0])
     if method in ("majority", "weighted_majority"):
         totals: dict[str, float] = {}
         first: dict[str, int] = {}
@@ -79,16 +87,18 @@ def select(
     raise ValueError(f"unknown selection method {method!r} ({', '.join(METHODS)})")
 
 
-def accuracy_at(
+def problem_accuracies(
     problems: Sequence[Sequence[Candidate]],
     n: int,
     method: Method,
     aggregation: Aggregation = "product",
-) -> float:
-    """Share of problems whose selected solution is right, choosing among N candidates,
-    averaged over each problem's disjoint groups of N (module docstring)."""
+) -> list[float]:
+    """Each problem's share of disjoint groups of N whose selected solution is right (module
+    docstring)."""
     if n < 1:
         raise ValueError(f"N must be at least 1, got {n}")
+    if not problems:
+        raise ValueError("no problem to measure accuracy on")
     scores = []
     for candidates in problems:
         groups = len(candidates) // n
@@ -99,8 +109,18 @@ def accuracy_at(
             for g in range(groups)
         ]
         scores.append(sum(hits) / groups)
-    if not scores:
-        raise ValueError("no problem to measure accuracy on")
+    return scores
+
+
+def accuracy_at(
+    problems: Sequence[Sequence[Candidate]],
+    n: int,
+    method: Method,
+    aggregation: Aggregation = "product",
+) -> float:
+    """Share of problems whose selected solution is right, choosing among N candidates,
+    averaged over each problem's disjoint groups of N (module docstring)."""
+    scores = problem_accuracies(problems, n, method, aggregation)
     return sum(scores) / len(scores)
 
 
@@ -112,3 +132,88 @@ def selection_curves(
 ) -> dict[str, list[float]]:
     """Accuracy at each N for each method: ``{"prm": [acc at ns[0], ...], ...}``."""
     return {m: [accuracy_at(problems, n, m, aggregation) for n in ns] for m in methods}
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One line of the comparison: a method, with the PRM aggregation it uses (if any)."""
+
+    label: str  # e.g. "prm (product)"
+    method: Method
+    aggregation: Aggregation = "product"
+
+
+def comparison(with_outcome: bool) -> list[Selector]:
+    """The selectors ``rlhf best-of-n --prm`` compares (issue: Lightman et al. 2023, fig. 3):
+    the oracle, the PRM by each aggregation, the ORM (``with_outcome``), majority voting and
+    PRM-weighted majority (product)."""
+    selectors = [Selector("oracle (any right)", "oracle")]
+    selectors += [Selector(f"prm ({how})", "prm", how) for how in ("product", "min", "last")]
+    if with_outcome:
+        selectors.append(Selector("orm", "orm"))
+    selectors.append(Selector("majority", "majority"))
+    selectors.append(Selector("weighted majority", "weighted_majority", "product"))
+    return selectors
+
+
+@dataclass
+class SelectionPoint:
+    """Accuracy of one selector at one N: the mean over problems and its standard error."""
+
+    n: int
+    selector: str
+    accuracy: float
+    se: float
+
+
+def selection_points(
+    problems: Sequence[Sequence[Candidate]], ns: Sequence[int], selectors: Sequence[Selector]
+) -> list[SelectionPoint]:
+    """Every selector's accuracy at every N (selector-major, N ascending)."""
+    points = []
+    for selector in selectors:
+        for n in ns:
+            scores = torch.tensor(
+                problem_accuracies(problems, n, selector.method, selector.aggregation),
+                dtype=torch.float64,
+            )
+            se = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
+            points.append(SelectionPoint(n, selector.label, float(scores.mean()), se))
+    return points
+
+
+def scored_candidates(
+    samples: Sequence[CandidateRecord], prm: ProcessReward, *, with_outcome: bool = True
+) -> list[list[Candidate]]:
+    """Each prompt's sampled responses (``rlhf best-of-n``'s samples: ``gold`` per response, a
+    0/1 verifier's verdict; ``rewards``, the outcome reward) as candidates: right when the
+    gold is 1, the final answer the response gives (:func:`rlhf.rewards.rules.response_answer`:
+    after ``####``, in ``\\boxed{}``, else its last number), the PRM's step scores, and the
+    outcome reward as the ORM's score when ``with_outcome``."""
+    problems = []
+    for index, sample in enumerate(samples):
+        gold = sample.extra.get("gold")
+        if gold is None:
+            raise ValueError("choosing by accuracy needs a gold verifier (--gold rule=...)")
+        unsure = [value for value in gold if value not in (0.0, 1.0)]
+        if unsure:
+            raise ValueError(
+                f"the gold reward gave {unsure[0]!r} to a response of prompt {index}: accuracy "
+                "needs a 0/1 verifier as gold (e.g. rule=step_world or rule=gsm8k)"
+            )
+        prompts = [sample.prompt] * len(sample.responses)
+        steps = prm.step_scores(prompts, list(sample.responses))
+        outcome = sample.extra.get("rewards") if with_outcome else None
+        candidates = []
+        for k, response in enumerate(sample.responses):
+            answer = response_answer(response)
+            candidates.append(
+                Candidate(
+                    correct=gold[k] == 1.0,
+                    answer=None if answer is None else str(answer),
+                    step_scores=tuple(steps[k].tolist()),
+                    outcome_score=None if outcome is None else float(outcome[k]),
+                )
+            )
+        problems.append(candidates)
+    return problems

@@ -16,6 +16,11 @@ best of N from those samples (:func:`rlhf.eval.best_of_n.evaluate_best_of_n`, wh
 pipeline's report uses too); this module writes what the command shows: the curve as JSON
 Lines, CSV and a plot, every sample, and the console table. Sampling candidates and keeping the
 best k of each prompt is :mod:`rlhf.eval.sampling`.
+
+With ``--prm`` (a process reward model) and a 0/1 verifier as ``--gold``, the command also
+compares ways of *choosing* one of N solutions by accuracy (:mod:`rlhf.eval.step_selection`:
+the PRM by each aggregation, the outcome reward, majority and PRM-weighted voting, and the
+oracle): ``selection.jsonl``/``.csv`` and one plot of accuracy against N, ``selection.png``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,25 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rlhf.eval.best_of_n import BestOfNReport
+from rlhf.eval.step_selection import SelectionPoint
 
 logger = logging.getLogger("rlhf")
+
+
+def _write_rows(rows: list[dict[str, object]], out: Path, name: str) -> dict[str, Path]:
+    """``<name>.jsonl`` and ``<name>.csv`` of ``rows`` (one dict each, the same keys)."""
+    paths = {"jsonl": out / f"{name}.jsonl", "csv": out / f"{name}.csv"}
+    with paths["jsonl"].open("w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+    with paths["csv"].open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return paths
 
 
 def write_report(report: BestOfNReport, out: str | Path) -> dict[str, Path]:
@@ -38,15 +58,7 @@ def write_report(report: BestOfNReport, out: str | Path) -> dict[str, Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [asdict(point) for point in report.points]
-    paths = {"jsonl": out / "best_of_n.jsonl", "csv": out / "best_of_n.csv"}
-    with paths["jsonl"].open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row) + "\n")
-    with paths["csv"].open("w", encoding="utf-8", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    paths = _write_rows([asdict(point) for point in report.points], out, "best_of_n")
     paths["samples"] = write_candidates(out / "samples.jsonl", report.samples)
     plot = _plot(report, out / "best_of_n.png")
     if plot is not None:
@@ -54,14 +66,56 @@ def write_report(report: BestOfNReport, out: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _plot(report: BestOfNReport, path: Path) -> Path | None:
+def write_selection(points: list[SelectionPoint], out: str | Path) -> dict[str, Path]:
+    """``selection.jsonl`` and ``.csv`` (one row per selector and N) and, when matplotlib is
+    installed, ``selection.png``: accuracy against N, one line per selector."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        f"selection_{kind}": path
+        for kind, path in _write_rows([asdict(p) for p in points], out, "selection").items()
+    }
+    plt = _pyplot("selection.png")
+    if plt is None:
+        return paths
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for selector in dict.fromkeys(point.selector for point in points):
+        line = [point for point in points if point.selector == selector]
+        axes.errorbar(
+            [p.n for p in line], [p.accuracy for p in line], [p.se for p in line],
+            marker="o", markersize=3, capsize=2, label=selector,
+            linestyle=":" if selector.startswith("oracle") else "-",
+        )  # fmt: skip
+    axes.set_xscale("log", base=2)
+    ns = sorted({point.n for point in points})
+    axes.set_xticks(ns, [str(n) for n in ns])
+    axes.set_xlabel("N (solutions sampled per problem)")
+    axes.set_ylabel("accuracy of the chosen solution")
+    axes.set_title("choosing one of N solutions")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    paths["selection_png"] = out / "selection.png"
+    figure.savefig(paths["selection_png"], dpi=120)
+    plt.close(figure)
+    return paths
+
+
+def _pyplot(name: str) -> Any:
+    """matplotlib's pyplot on the file backend, or None (and a note) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info("matplotlib is not installed: no best_of_n.png (pip install matplotlib)")
+        logger.info("matplotlib is not installed: no %s (pip install matplotlib)", name)
+        return None
+    return plt
+
+
+def _plot(report: BestOfNReport, path: Path) -> Path | None:
+    plt = _pyplot(path.name)
+    if plt is None:
         return None
     kl = [point.kl for point in report.points]
     figure, axes = plt.subplots(figsize=(5, 3.5))
@@ -99,4 +153,19 @@ def report_table(report: BestOfNReport) -> object:
         if has_gold:
             cells.append(f"{point.gold:.4f} ± {point.gold_se:.4f}")
         table.add_row(*cells)
+    return table
+
+
+def selection_table(points: list[SelectionPoint]) -> object:
+    """A rich table of the selection comparison: one row per selector, one column per N."""
+    from rich.table import Table
+
+    ns = sorted({point.n for point in points})
+    table = Table(title="accuracy of the chosen solution, choosing among N")
+    table.add_column("selector")
+    for n in ns:
+        table.add_column(f"N={n}", justify="right")
+    for selector in dict.fromkeys(point.selector for point in points):
+        by_n = {p.n: p for p in points if p.selector == selector}
+        table.add_row(selector, *(f"{by_n[n].accuracy:.3f}" for n in ns))
     return table

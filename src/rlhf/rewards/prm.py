@@ -41,17 +41,26 @@ class ProcessReward(Reward):
         pieces = response.split(self.model.separator)
         return [piece.strip() for piece in pieces if piece.strip()]
 
-    def score(
-        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
-    ) -> RewardOutput:
-        check_lengths(prompts, responses, metadata)
+    def step_scores(self, prompts: Sequence[Text], responses: Sequence[str]) -> list[torch.Tensor]:
+        """P(step correct) [n_i] of each response's steps (:meth:`steps`; empty when it has
+        none, or when not even its first step fits the model)."""
+        check_lengths(prompts, responses)
         solutions = [self.steps(response) for response in responses]
         rows = [i for i, steps in enumerate(solutions) if steps]
-        scores = torch.zeros(len(responses))
+        out = [torch.empty(0) for _ in responses]
         probabilities = self.model.step_probabilities(
             [prompts[i] for i in rows], [solutions[i] for i in rows], batch_size=self.batch_size
         )
         for row, steps in zip(rows, probabilities, strict=True):
+            out[row] = steps
+        return out
+
+    def score(
+        self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
+    ) -> RewardOutput:
+        check_lengths(prompts, responses, metadata)
+        scores = torch.zeros(len(responses))
+        for row, steps in enumerate(self.step_scores(prompts, responses)):
             if steps.numel():
                 scores[row] = aggregate_steps(steps, self.aggregation)
         return RewardOutput(scores)
