@@ -165,6 +165,7 @@ def ppo_token_rewards(
     estimator: str = "k1",
     clamp: float | None = None,
     max_kl: float | None = None,
+    score_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Per-token rewards of PPO for RLHF (Ziegler et al., 2019, eq. 2; Ouyang et al., 2022, eq. 2).
 
@@ -172,6 +173,9 @@ def ppo_token_rewards(
 
         reward_t = −β · k(t)                 for every real token t
         reward_T = score − β · k(T)          at the last real token T of the response
+
+    or, with ``score_tokens`` (a dense reward, e.g. a process reward model's steps), the score
+    spread over the tokens as given: ``reward_t = score_t − β · k(t)``.
 
     with ``k(t)`` the chosen per-token KL estimator (:func:`rlhf.losses.kl.per_token_kl`; k1,
     ``log π − log π_ref``, as in InstructGPT). Feed the result to :func:`gae`.
@@ -184,6 +188,8 @@ def ppo_token_rewards(
         mask: [B, T] nonzero at real response tokens (right-padded, at least one per row).
         kl_coef: β ≥ 0 (fixed, or the adaptive controller's current value).
         estimator, clamp, max_kl: as in :func:`rlhf.losses.kl.per_token_kl`.
+        score_tokens: [B, T] or None: where each score sits, 0 at padding, each row summing
+            to its score (None: all of it on the last real token).
 
     Returns:
         ``(rewards, metrics)``: rewards [B, T] float32, 0 at padding; metrics are sums so they add
@@ -210,8 +216,20 @@ def ppo_token_rewards(
     )  # [B, T], 0 at padding
     kl_rewards = -kl_coef * kl
     rewards = kl_rewards.clone()
-    rows = torch.arange(logps.shape[0], device=logps.device)
-    rewards[rows, last] += scores.detach().float()
+    if score_tokens is None:
+        rows = torch.arange(logps.shape[0], device=logps.device)
+        rewards[rows, last] += scores.detach().float()
+    else:
+        _check_tokens("score_tokens", score_tokens, logps, "logps")
+        placed = score_tokens.detach().float() * mask
+        gap = (placed.sum(-1) - scores.detach().float()).abs()
+        if bool((gap > 1e-4 * (1 + scores.detach().float().abs())).any()):
+            row = int(gap.argmax())
+            raise ValueError(
+                f"score_tokens must sum to the scores on real tokens: row {row} sums to "
+                f"{float(placed[row].sum()):.6g}, its score is {float(scores[row]):.6g}"
+            )
+        rewards += placed
     metrics = {
         "sequences": float(logps.shape[0]),
         "tokens": float(mask.bool().sum()),

@@ -7,7 +7,9 @@ with the details of Huang et al. (2024, "The N+ Implementation Details of RLHF w
   every response token (``k1 = log π_old − log π_ref``) and the sequence reward on the last
   one, β fixed or adapted to a target KL (Ziegler et al., §2.2; ``kl.target``). The score may
   first be normalised (``ppo.reward_norm``: by the rollout's statistics, or running ones kept
-  across rollouts and checkpointed) and clipped (``ppo.reward_clip``).
+  across rollouts and checkpointed) and clipped (``ppo.reward_clip``). A reward that places
+  its value on tokens (a process reward model with ``prm_dense``: each step's reward on its
+  last token) is used as placed, normalised the same way.
 * **Advantages** by GAE(γ, λ) (Schulman et al., 2016) over the critic's values ``V(s_t)``
   computed once per rollout, then whitened over the rollout's real tokens only.
 * **The update**: ``ppo_epochs`` passes over the rollout in shuffled minibatches; the loss is
@@ -45,7 +47,13 @@ from pydantic import Field
 
 from rlhf.config import StrictModel
 from rlhf.engine.trainer import StepCallback
-from rlhf.losses.advantages import gae, masked_mean, masked_whiten, ppo_token_rewards
+from rlhf.losses.advantages import (
+    gae,
+    last_token_index,
+    masked_mean,
+    masked_whiten,
+    ppo_token_rewards,
+)
 from rlhf.losses.policy import entropy_from_logits, entropy_loss, value_loss
 from rlhf.models.forward import logits_at, unwrap
 from rlhf.models.load import LoraSpec
@@ -58,7 +66,7 @@ from rlhf.online.phases import rollout_metrics
 from rlhf.online.settings import KLSettings, PolicyLossSettings, RolloutSettings
 from rlhf.recipes.common import RunResult
 from rlhf.recipes.online_common import OnlineConfig, OnlineRun, prepare_online, run_online
-from rlhf.rewards.base import score_rollout
+from rlhf.rewards.base import dense_token_rewards, score_rollout
 
 logger = logging.getLogger("rlhf")
 
@@ -182,17 +190,39 @@ class ScoreNormaliser:
         self.settings = settings
         self.moments = RunningMoments()
 
+    def _affine(self, scores: torch.Tensor) -> tuple[float, float]:
+        """(a, b): ``reward_norm`` maps a score s to a·s + b (the running moments take this
+        rollout in first, as OpenRLHF does)."""
+        if self.settings.reward_norm == "batch" and scores.numel() > 1:
+            std = float(scores.std(unbiased=False)) + 1e-8
+            return 1 / std, -float(scores.mean()) / std
+        if self.settings.reward_norm == "running":
+            self.moments.update(scores)
+            return 1 / (self.moments.std + 1e-8), -self.moments.mean / (self.moments.std + 1e-8)
+        return 1.0, 0.0
+
+    def _clip(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.settings.reward_clip is None:
+            return scores
+        return scores.clamp(-self.settings.reward_clip, self.settings.reward_clip)
+
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """[N] scores after ``reward_norm`` and ``reward_clip``."""
-        scores = scores.float()
-        if self.settings.reward_norm == "batch" and scores.numel() > 1:
-            scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
-        elif self.settings.reward_norm == "running":
-            self.moments.update(scores)  # this rollout included, as OpenRLHF does
-            scores = (scores - self.moments.mean) / (self.moments.std + 1e-8)
-        if self.settings.reward_clip is not None:
-            scores = scores.clamp(-self.settings.reward_clip, self.settings.reward_clip)
-        return scores
+        scale, shift = self._affine(scores.float())
+        return self._clip(scale * scores.float() + shift)
+
+    def tokens(
+        self, scores: torch.Tensor, token_scores: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A dense reward normalised like :meth:`__call__`: scores [N] and token_scores [N, R]
+        (each row summing to its score on the mask [N, R]) -> both normalised, the rows still
+        summing to the scores: every token scaled, the shift and the clip's change on the last."""
+        scale, shift = self._affine(scores.float())
+        normalised = self._clip(scale * scores.float() + shift)
+        dense = scale * token_scores.float() * mask
+        rows = torch.arange(len(scores))
+        dense[rows, last_token_index(mask)] += normalised - scale * scores.float()
+        return normalised, dense
 
     def state_dict(self) -> dict[str, Any]:
         return {"reward_moments": self.moments.state_dict()}
@@ -210,7 +240,8 @@ def make_experience(
     settings, kl = config.ppo, config.kl
     prompts = run.prompts_for(iteration)  # [P]
     batch = run.sample(prompts, iteration)  # [N] responses, with old log-probs
-    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata)  # [N]
+    # [N]; with per-token rewards (a dense PRM) where the tokens' texts end says where
+    reward = score_rollout(run.reward, prompts.texts, batch, prompts.metadata, run.tokenizer)
     reference = run.reference_term(batch)  # log π_ref [N, R] and the KL, with β
     mask = batch.response_mask.float()  # [N, R]
     with torch.no_grad():  # values: V(s_t) of the critic at rollout time, 0 on padding
@@ -223,7 +254,13 @@ def make_experience(
             batch_size=config.sampling.batch_size,
             groups=batch.prompt_index,
         )  # [N, R]
-    scores = normalise(reward.scores)
+    token_scores = None  # the whole score on the last token
+    if reward.token_rewards is None:
+        scores = normalise(reward.scores)
+    else:
+        placed = dense_token_rewards(reward, batch.response_lengths)[:, : mask.shape[1]]
+        placed = torch.nn.functional.pad(placed, (0, mask.shape[1] - placed.shape[1]))
+        scores, token_scores = normalise.tokens(reward.scores, placed, mask)
     in_reward = reference.in_reward and reference.ref_logps is not None
     rewards, sums = ppo_token_rewards(
         scores,
@@ -231,8 +268,9 @@ def make_experience(
         reference.ref_logps if in_reward else batch.logps,  # no reference: no penalty
         mask,
         kl_coef=reference.coef if in_reward else 0.0,
+        score_tokens=token_scores,
         **kl.estimator_options(),
-    )  # [N, R]: −β·KL per token, the score on the last
+    )  # [N, R]: −β·KL per token, the score on the last (or where the reward put it)
     advantages, returns = gae(rewards, values, mask, gamma=settings.gamma, lam=settings.lam)
     if settings.whiten_advantages:
         advantages = masked_whiten(advantages, mask)

@@ -17,7 +17,10 @@ say. The keys rewards read (``ANSWER``, ``FINISHED``, ``RESPONSE_TOKENS`` of
 * ``"answer"``: the ground truth of a verifiable task (a data row's ``answer`` field, e.g. a
   GSM8K reference solution ending ``#### 72``, or just ``72``);
 * ``"finished"``: the response ended with EOS (``False``: cut at ``max_new_tokens``);
-* ``"response_tokens"``: the response's length in tokens, EOS included.
+* ``"response_tokens"``: the response's length in tokens, EOS included;
+* ``"response_token_ends"`` (``RESPONSE_TOKEN_ENDS``, only for a reward whose
+  ``reads_token_ends`` is set, and only where the caller has the policy's tokenizer): for each
+  response token, the length of the text its tokens so far decode to.
 
 :func:`rollout_metadata` builds the last two from a rollout batch (and spreads per-prompt
 metadata such as the answer over the prompt's samples). Plain functions of
@@ -41,7 +44,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from rlhf.data.records import Message, Text
-from rlhf.rollout.types import ANSWER, FINISHED, RESPONSE_TOKENS, RolloutBatch
+from rlhf.rollout.tokens import token_text_ends
+from rlhf.rollout.types import (
+    ANSWER,
+    FINISHED,
+    RESPONSE_TOKEN_ENDS,
+    RESPONSE_TOKENS,
+    RolloutBatch,
+)
 
 Metadata = Sequence[Mapping[str, Any]] | None
 """Per-row metadata: ``None`` or one mapping per response (see the module docstring)."""
@@ -115,6 +125,10 @@ class RewardOutput:
 class Reward:
     """Base of the rewards in this package: implement :meth:`score`; calling the reward returns
     its scores alone, so every :class:`Reward` is a :class:`RewardFunction`."""
+
+    # whether score() reads `response_token_ends` from the metadata (a reward that places
+    # values on tokens; score_rollout computes them only for such a reward)
+    reads_token_ends: bool = False
 
     def score(
         self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
@@ -214,16 +228,26 @@ def call_reward(
 
 
 def rollout_metadata(
-    batch: RolloutBatch, prompt_metadata: Sequence[Mapping[str, Any]] | None = None
+    batch: RolloutBatch,
+    prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
+    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
     """Per-row metadata of a rollout: ``finished`` and ``response_tokens`` from the batch, plus
-    ``prompt_metadata[i]`` (e.g. ``{"answer": "72"}``) on every sample of prompt ``i``."""
+    ``prompt_metadata[i]`` (e.g. ``{"answer": "72"}``) on every sample of prompt ``i``; with
+    the policy's ``tokenizer``, ``response_token_ends`` too (where each token's text ends)."""
     finished = batch.ended_with_eos.tolist()
     lengths = batch.response_lengths.tolist()
+    ends = None
+    if tokenizer is not None:
+        ends = token_text_ends(
+            tokenizer, batch.response_ids, batch.response_mask, batch.response_texts
+        )
     rows = []
     for row, index in enumerate(batch.prompt_index.tolist()):
         entry = dict(prompt_metadata[index]) if prompt_metadata is not None else {}
         entry[FINISHED], entry[RESPONSE_TOKENS] = bool(finished[row]), int(lengths[row])
+        if ends is not None:
+            entry[RESPONSE_TOKEN_ENDS] = ends[row]
         rows.append(entry)
     return rows
 
@@ -233,14 +257,18 @@ def score_rollout(
     prompts: Sequence[Text],
     batch: RolloutBatch,
     prompt_metadata: Sequence[Mapping[str, Any]] | None = None,
+    tokenizer: Any = None,
 ) -> RewardOutput:
     """The reward of each of a rollout's responses ([N] ``scores`` and the components).
     ``prompts`` are the P prompts the batch was sampled from (row ``i`` answers
     ``prompts[batch.prompt_index[i]]``); the reward sees each row's metadata
     (:func:`rollout_metadata`: EOS reached, token count, plus ``prompt_metadata`` of its prompt,
-    e.g. the ground-truth ``answer``)."""
+    e.g. the ground-truth ``answer``). A reward that places values on tokens
+    (``reads_token_ends``: a dense PRM) also gets where each token's text ends when the
+    policy's ``tokenizer`` is given (PPO gives it; without it the reward gives scores only)."""
     rows = [prompts[i] for i in batch.prompt_index.tolist()]
-    metadata = rollout_metadata(batch, prompt_metadata)
+    wants_ends = tokenizer is not None and getattr(reward, "reads_token_ends", False)
+    metadata = rollout_metadata(batch, prompt_metadata, tokenizer if wants_ends else None)
     return score_reward(reward, rows, batch.response_texts, metadata)
 
 

@@ -62,6 +62,10 @@ class CompositeReward(Reward):
                 raise ValueError(f"composite part name {name!r} must be non-empty, without '/'")
         self.parts = {name: (float(weight), reward) for name, (weight, reward) in parts.items()}
 
+    @property
+    def reads_token_ends(self) -> bool:  # type: ignore[override]
+        return any(getattr(reward, "reads_token_ends", False) for _, reward in self.parts.values())
+
     def score(
         self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
     ) -> RewardOutput:
@@ -142,6 +146,10 @@ class MissingEOSPenalty(Reward):
         if (penalty is None) == (value is None):
             raise ValueError("set exactly one of the missing-EOS penalty and value")
         self.base, self.penalty, self.value = base, penalty, value
+
+    @property
+    def reads_token_ends(self) -> bool:  # type: ignore[override]
+        return getattr(self.base, "reads_token_ends", False)
 
     def score(
         self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None

@@ -7,6 +7,15 @@ dropped), each step's P(correct) read in one batched pass
 (:func:`rlhf.losses.prm.aggregate_steps`: ``product``, the probability that no step is wrong,
 as Lightman et al. 2023 rank solutions; ``min``; ``last``). A response with no step scores 0.
 The reward is then in [0, 1]; ``rlhf best-of-n --reward prm=runs/prm/model`` picks by it.
+
+**Dense** (``prm_dense: true``): the same total spread over the response's tokens, on the
+token where each step's text ends. Step k gets ``A_k − A_{k−1}``, the change its score makes to
+the running aggregate ``A_k`` of steps 1..k (``A_0 = 0``), so the step rewards sum to the
+sequence reward and only *where* the credit lands changes: a potential-based reshaping of the
+outcome-level PRM reward (Ng et al. 1999), which keeps its optimum. With ``product``, a step the
+PRM doubts takes the loss it causes (``A_{k−1} · (p_k − 1)``) right where it is written. PPO
+reads these per-token rewards (the rollout gives the token ends, :data:`RESPONSE_TOKEN_ENDS`);
+elsewhere the reward is its sequence score.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import torch
 from rlhf.data.records import Text
 from rlhf.losses.prm import Aggregation, aggregate_steps
 from rlhf.rewards.base import Metadata, Reward, RewardOutput, check_lengths
+from rlhf.rollout.types import RESPONSE_TOKEN_ENDS
 
 
 class ProcessReward(Reward):
@@ -27,6 +37,7 @@ class ProcessReward(Reward):
         path: str | Path,
         *,
         aggregation: Aggregation = "product",
+        dense: bool = False,
         device: str = "auto",
         batch_size: int = 16,
     ) -> None:
@@ -34,12 +45,22 @@ class ProcessReward(Reward):
         from rlhf.models.prm import ProcessRewardModel
 
         self.path, self.aggregation, self.batch_size = str(path), aggregation, batch_size
+        self.dense = self.reads_token_ends = dense
         self.model = ProcessRewardModel.load(path, device=str(resolve_device(device)))
 
+    def step_ends(self, response: str) -> list[tuple[str, int]]:
+        """The response's steps with where each ends in it: its pieces between separators,
+        stripped, blank ones dropped; (the step's text, the offset just past it)."""
+        steps, start = [], 0
+        for piece in response.split(self.model.separator):
+            if piece.strip():
+                steps.append((piece.strip(), start + len(piece.rstrip())))
+            start += len(piece) + len(self.model.separator)
+        return steps
+
     def steps(self, response: str) -> list[str]:
-        """The response's steps: its pieces between separators, stripped, blank ones dropped."""
-        pieces = response.split(self.model.separator)
-        return [piece.strip() for piece in pieces if piece.strip()]
+        """The response's steps (:meth:`step_ends` without the offsets)."""
+        return [step for step, _ in self.step_ends(response)]
 
     def step_scores(self, prompts: Sequence[Text], responses: Sequence[str]) -> list[torch.Tensor]:
         """P(step correct) [n_i] of each response's steps (:meth:`steps`; empty when it has
@@ -60,10 +81,24 @@ class ProcessReward(Reward):
     ) -> RewardOutput:
         check_lengths(prompts, responses, metadata)
         scores = torch.zeros(len(responses))
-        for row, steps in enumerate(self.step_scores(prompts, responses)):
+        probabilities = self.step_scores(prompts, responses)
+        for row, steps in enumerate(probabilities):
             if steps.numel():
                 scores[row] = aggregate_steps(steps, self.aggregation)
-        return RewardOutput(scores)
+        ends = None
+        if self.dense and metadata is not None:
+            ends = [entry.get(RESPONSE_TOKEN_ENDS) for entry in metadata]
+        if ends is None or any(row is None for row in ends):
+            return RewardOutput(scores)  # no token ends given: the sequence score alone
+        token_rewards = torch.zeros(len(responses), max((len(row) for row in ends), default=0))
+        for row, steps in enumerate(probabilities):
+            running = [aggregate_steps(steps[: k + 1], self.aggregation) for k in range(len(steps))]
+            changes = torch.diff(torch.stack(running), prepend=torch.zeros(1)) if running else []
+            for change, (_, end) in zip(changes, self.step_ends(responses[row]), strict=False):
+                # the first token whose text reaches the step's end (its last token)
+                token = next((t for t, e in enumerate(ends[row]) if e >= end), len(ends[row]) - 1)
+                token_rewards[row, token] += change
+        return RewardOutput(scores, token_rewards=token_rewards)
 
     def __repr__(self) -> str:
         return f"ProcessReward({self.path!r}, aggregation={self.aggregation!r})"

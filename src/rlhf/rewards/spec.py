@@ -187,6 +187,12 @@ class RewardSpec(StrictModel):
     prm_aggregation: Literal["product", "min", "last"] = Field(
         "product", description="How a PRM's step probabilities make one reward (with prm)."
     )
+    prm_dense: bool = Field(
+        False,
+        description="With prm: in PPO, reward each step on its last token (its change to the "
+        "running aggregate; the steps sum to the sequence reward) instead of the whole "
+        "reward on the response's last token (docs/prm.md#the-prm-as-a-dense-reward-in-ppo).",
+    )
     regex_full_match: bool = Field(
         False, description="With `regex`: the pattern must match the whole response."
     )
@@ -273,6 +279,8 @@ class RewardSpec(StrictModel):
             )
         if self.missing_eos_penalty is not None and self.missing_eos_reward is not None:
             raise ValueError("set at most one of missing_eos_penalty and missing_eos_reward")
+        if self.prm_dense and self.prm is None:
+            raise ValueError("prm_dense: true needs a process reward model (prm: PATH)")
         return self
 
     @property
@@ -287,6 +295,8 @@ class RewardSpec(StrictModel):
             text = self.judge.describe()
         else:
             text = f"{self.source}:{getattr(self, self.source)}"
+            if self.prm_dense:
+                text += "-dense"
         if self.length_penalty:
             text += f"-length{self.length_penalty:g}"
         if self.missing_eos_penalty is not None:
@@ -317,8 +327,8 @@ def _build_source(spec: RewardSpec) -> RewardFunction:
         from rlhf.rewards.prm import ProcessReward
 
         return ProcessReward(
-            spec.prm, aggregation=spec.prm_aggregation, device=spec.device,
-            batch_size=spec.batch_size,
+            spec.prm, aggregation=spec.prm_aggregation, dense=spec.prm_dense,
+            device=spec.device, batch_size=spec.batch_size,
         )  # fmt: skip
     from rlhf.rewards.model import RewardModelReward
 

@@ -147,3 +147,30 @@ def response_texts(
             prompt_index.tolist(), response_ids.tolist(), response_mask.sum(-1), ended, strict=True
         )
     ]
+
+
+def token_text_ends(
+    tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor, texts: Sequence[str]
+) -> list[list[int]]:
+    """For each response (ids [B, R], mask [B, R], its decoded text), the length of the text
+    its first t + 1 tokens decode to, t = 0 .. len − 1: token t is where text position
+    ``ends[t] − 1`` is complete.
+
+    The prefixes are decoded alone (one batched call) and shifted by what decoding the whole
+    response alone misses of ``texts`` (the leading space :func:`decode_continuation` keeps),
+    capped at the text's length; ends never decrease (a token that completes a multi-byte
+    character mid-way decodes to a replacement character first)."""
+    lengths = response_mask.sum(-1).tolist()
+    rows = [response_ids[b, :length].tolist() for b, length in enumerate(lengths)]
+    prefixes = [row[: t + 1] for row in rows for t in range(len(row))]
+    decoded = iter(tokenizer.batch_decode(prefixes, skip_special_tokens=True) if prefixes else [])
+    out = []
+    for row, text in zip(rows, texts, strict=True):
+        ends = [len(next(decoded)) for _ in row]
+        shift = len(text) - (ends[-1] if ends else 0)
+        running, clean = 0, []
+        for end in ends:
+            running = max(running, min(len(text), max(0, end + shift)))
+            clean.append(running)
+        out.append(clean)
+    return out

@@ -27,6 +27,10 @@ from rlhf.rollout.vllm_config import VLLMConfig
 ANSWER = "answer"  # the ground-truth answer of a verifiable task (a data row's `answer`)
 FINISHED = "finished"  # bool: the response ended with EOS
 RESPONSE_TOKENS = "response_tokens"  # int: response tokens, EOS included
+# list[int], given only to rewards that read it (a dense PRM): for each response token t, the
+# length of the response text its tokens 0..t decode to, so a reward can put a value on the
+# token where a piece of the text ends (rlhf.rollout.tokens.token_text_ends)
+RESPONSE_TOKEN_ENDS = "response_token_ends"
 
 
 def logp_temperature(temperature: float) -> float:
