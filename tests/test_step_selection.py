@@ -221,6 +221,8 @@ def test_best_of_n_with_a_prm_compares_the_choices(tiny_model_dir, tmp_path):
     oracle = {r["n"]: r["accuracy"] for r in rows if r["selector"].startswith("oracle")}
     assert all(r["accuracy"] <= oracle[r["n"]] for r in rows)
     assert (out / "selection.csv").exists()
+    markdown = (out / "report.md").read_text()
+    assert "## Choosing one of N solutions" in markdown and "| weighted majority |" in markdown
     no_gold = CliRunner().invoke(app, common)
     assert no_gold.exit_code == 1 and "0/1 verifier as --gold" in no_gold.output
     continuous = CliRunner().invoke(app, [*common, "--gold", "rule=world_gold"])

@@ -235,6 +235,7 @@ def best_of_n(
         from rlhf.recipes.best_of_n import (
             report_table,
             selection_table,
+            write_markdown,
             write_report,
             write_selection,
         )
@@ -270,6 +271,8 @@ def best_of_n(
             selectors = comparison(with_outcome=not isinstance(scorer, ProcessReward))
             points = selection_points(problems, best_of_n_sizes(max_n), selectors)
             paths |= write_selection(points, out)
+        source = f"{model} on {prompts}, chosen by {reward}" + (f", PRM {prm}" if prm else "")
+        paths["report"] = write_markdown(report, points, out, source)
     except Exception as error:
         fail(error)
     Console().print(report_table(report))

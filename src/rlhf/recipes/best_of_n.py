@@ -169,3 +169,59 @@ def selection_table(points: list[SelectionPoint]) -> object:
         by_n = {p.n: p for p in points if p.selector == selector}
         table.add_row(selector, *(f"{by_n[n].accuracy:.3f}" for n in ns))
     return table
+
+
+SELECTOR_MEANINGS = {
+    "oracle": "a right solution whenever one of the N is right (the ceiling)",
+    "prm": "the solution whose step probabilities aggregate highest",
+    "orm": "the solution the outcome reward (--reward) scores highest",
+    "majority": "the most common final answer",
+    "weighted majority": "the final answer whose solutions' PRM scores (product) sum highest",
+}
+
+
+def write_markdown(
+    report: BestOfNReport, points: list[SelectionPoint], out: str | Path, source: str
+) -> Path:
+    """``report.md``: the best-of-N curve and, with ``points``, the selection comparison, each
+    as a table beside its plot (``source`` says what was sampled: the command's arguments)."""
+    out = Path(out)
+    has_gold = report.points[0].gold is not None
+    lines = [
+        "# Best-of-N",
+        "",
+        f"{source}: {report.num_prompts} prompts, {report.max_n} samples each "
+        f"({report.finished_rate:.0%} ended with EOS).",
+        "",
+        "| N | KL (nats) | reward | " + ("gold |" if has_gold else ""),
+        "|---|---|---|" + ("---|" if has_gold else ""),
+    ]
+    for point in report.points:
+        row = f"| {point.n} | {point.kl:.3f} | {point.reward:.4f} ± {point.reward_se:.4f} |"
+        if has_gold:
+            row += f" {point.gold:.4f} ± {point.gold_se:.4f} |"
+        lines.append(row)
+    if (out / "best_of_n.png").exists():
+        lines += ["", "![best-of-N](best_of_n.png)"]
+    if points:
+        ns = sorted({point.n for point in points})
+        lines += [
+            "",
+            "## Choosing one of N solutions",
+            "",
+            "Accuracy of the chosen solution under the gold verifier, over disjoint groups of N "
+            "of each prompt's samples (± standard error over prompts).",
+            "",
+            "| selector | " + " | ".join(f"N = {n}" for n in ns) + " |",
+            "|---|" + "---|" * len(ns),
+        ]
+        for selector in dict.fromkeys(point.selector for point in points):
+            by_n = {p.n: p for p in points if p.selector == selector}
+            cells = " | ".join(f"{by_n[n].accuracy:.3f} ± {by_n[n].se:.3f}" for n in ns)
+            lines.append(f"| {selector} | {cells} |")
+        lines += ["", "![accuracy against N](selection.png)", ""]
+        for name, meaning in SELECTOR_MEANINGS.items():
+            lines.append(f"- **{name}**: {meaning}.")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
