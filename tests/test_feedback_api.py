@@ -1835,8 +1835,8 @@ def test_answers_are_what_their_schemas_say(api: Api) -> None:
 
 
 def test_an_assignment_answer_names_its_fields(api: Api) -> None:
-    """The assignment model lists the fields an item is shown with; the chat-only ones are
-    optional and left out of other tasks' answers (not sent as null)."""
+    """The assignment model lists the fields an item is shown with; the chat-only and
+    steps-only ones are optional and left out of other tasks' answers (not sent as null)."""
     models = api.app.openapi()["components"]["schemas"]
     view = models["AssignmentView"]
     common = {
@@ -1844,7 +1844,7 @@ def test_an_assignment_answer_names_its_fields(api: Api) -> None:
         "responses", "progress",
     }  # fmt: skip
     assert set(view["required"]) == common
-    assert set(view["properties"]) == common | {"opening", "turns"}
+    assert set(view["properties"]) == common | {"opening", "turns", "answer"}
     assert models["Progress"]["required"] == ["done", "remaining"]
     assert set(models["Rendered"]["required"]) == {"text", "html"}
     campaign = api.campaign("pairwise", rows_of(1, 2))

@@ -14,6 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,13 @@ class Live:
         return self.call("POST", "/api/admin/users", json={"name": name}).json()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """The app under uvicorn on a free loopback port, with users and a campaign per task."""
-    app = create_app(str(tmp_path_factory.mktemp("feedback") / "fb.db"), sampler=fake_model)
+@contextmanager
+def serve_live(
+    db: Path, sources: dict[str, tuple[str, list[Any], dict[str, Any]]]
+) -> Iterator[Live]:
+    """The app under uvicorn on a free loopback port, with alice and bob and a campaign per
+    source (name: (task, rows, extra campaign settings), as in SOURCES)."""
+    app = create_app(str(db), sampler=fake_model)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -128,7 +132,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         live = Live(f"http://127.0.0.1:{port}", admin, "", "", 0)
         alice, bob = live.user("alice"), live.user("bob")
         live.alice, live.bob, live.alice_id = alice["token"], bob["token"], alice["id"]
-        for name, (task, rows, extra) in SOURCES.items():
+        for name, (task, rows, extra) in sources.items():
             body = {"name": name, "task_type": task, "source_jsonl": jsonl(rows), **extra}
             body["guidelines"] = f"Label each {task} item carefully."
             live.campaigns[name] = live.call("POST", "/api/admin/campaigns", json=body).json()["id"]
@@ -137,6 +141,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The app with users and a campaign per task."""
+    with serve_live(tmp_path_factory.mktemp("feedback") / "fb.db", SOURCES) as live:
+        yield live
 
 
 @pytest.fixture

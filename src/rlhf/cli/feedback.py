@@ -193,10 +193,14 @@ def feedback_add_user(
 @app.command("create-campaign")
 def feedback_create_campaign(
     source: Annotated[
-        Path, typer.Argument(help="JSON Lines of prompts and responses, as `rlhf sample` writes.")
+        Path,
+        typer.Argument(
+            help="JSON Lines of prompts and responses, as `rlhf sample` writes (steps: step "
+            "records {prompt, steps}, PRM800K or Math-Shepherd rows)."
+        ),
     ],
     name: Annotated[str, typer.Option(help="Campaign name.")],
-    task: Annotated[str, typer.Option(help="pairwise, rank, rate, thumbs, edit or chat.")],
+    task: Annotated[str, typer.Option(help="pairwise, rank, rate, thumbs, edit, chat or steps.")],
     db: DbOption = "feedback.db",
     k: Annotated[int, typer.Option(help="Distinct annotators per item.")] = 1,
     guidelines: Annotated[
@@ -231,11 +235,11 @@ def feedback_export(
         str | None,
         typer.Option(
             help="Record kind; default by task: preference, ranking, rating, binary, "
-            "completion (edit), preference (chat)."
+            "completion (edit), preference (chat), steps (steps)."
         ),
     ] = None,
 ) -> None:
-    """Export a campaign's labels as data records that rm, dpo, kto and sft read."""
+    """Export a campaign's labels as data records that rm, dpo, kto, sft and prm read."""
     import json
 
     from sqlalchemy import or_, select

@@ -1,4 +1,5 @@
-"""The human-feedback web app: people compare, rank, rate, approve and edit model responses.
+"""The human-feedback web app: people compare, rank, rate, approve and edit model responses,
+and judge solutions step by step.
 
 ``rlhf feedback serve`` runs it (see docs/feedback.md). Layers, each usable on its own:
 

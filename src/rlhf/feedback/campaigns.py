@@ -7,11 +7,17 @@ A row is what ``rlhf sample`` writes (extra columns are ignored)::
 ``prompt`` is a string or a list of ``{"role", "content"}`` messages; ``responses`` a list of
 strings (``response`` or ``completion``, a single string, also do); ``gold`` the hidden answer
 for quality control (docs/feedback.md). A chat campaign's rows need only a ``prompt``: the
-annotator's opening message, or ``""`` to let the annotator open.
+annotator's opening message, or ``""`` to let the annotator open. A steps campaign's rows are
+step records as :mod:`rlhf.data.steps` reads them, told apart by their columns as
+:mod:`rlhf.data.readers` tells them: ours (``steps``), PRM800K's (``question`` + ``label``) or
+Math-Shepherd's (``input`` + ``label``)::
+
+    {"prompt": "2 + 3 * 4?", "steps": ["3 * 4 = 12", "2 + 12 = 14"], "answer": "14"}
 
 How rows become items: ``pairwise`` makes one item per pair of a row's responses (a row of
 K = 4 gives 6 pairs); ``rank`` one item per row (2..9 responses); ``rate``, ``thumbs`` and
-``edit`` one item per response; ``chat`` one item per row. A pairwise or rank row whose
+``edit`` one item per response; ``chat`` one item per row; ``steps`` one item per row, whose
+responses are the steps (:mod:`rlhf.feedback.tasks`). A pairwise or rank row whose
 responses repeat one another is refused (:func:`_distinct`); every text is at most
 ``MAX_TEXT`` characters.
 """
@@ -24,8 +30,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf.data.records import ROLES
-from rlhf.feedback.tasks import MAX_RANKED, LabelError, check_gold, check_text, comparable
+from rlhf.data.errors import DataError
+from rlhf.data.records import ROLES, StepRecord, text_to_json
+from rlhf.data.steps import (
+    answer_text,
+    from_math_shepherd,
+    from_prm800k,
+    step_labels,
+    step_record,
+    step_texts,
+)
+from rlhf.feedback.tasks import (
+    MAX_RANKED,
+    LabelError,
+    as_text,
+    check_gold,
+    check_text,
+    comparable,
+)
 
 
 class SourceError(ValueError):
@@ -104,6 +126,9 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
     where = f"line {line}"
     if not isinstance(row, dict):
         raise SourceError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if task == "steps":
+        yield _steps_item(row, where, line)
+        return
     if "prompt" not in row:
         raise SourceError(f"{where}: prompt: missing")
     prompt = _prompt(row["prompt"], f"{where}: prompt", allow_empty=task == "chat")
@@ -139,6 +164,47 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
         for index, response in enumerate(responses):
             item_gold = _gold(task, golds[index], 1, f"{where}: gold[{index}]")
             yield NewItem(prompt, [response], item_gold, {**source, "responses": [index]})
+
+
+def _steps_item(row: dict[str, Any], where: str, line: int) -> NewItem:
+    """A steps row's item: the prompt, the steps as its responses, the known answer kept in its
+    source. Labels the row carries are checked as the data readers check them but neither
+    shown nor kept: the campaign asks people for their own."""
+    if row.get("gold") is not None:
+        raise SourceError(f"{where}: gold: steps tasks take no gold answer")
+    try:
+        record = _step_record(row, where)
+    except DataError as error:  # it names the field, not the line
+        raise SourceError(f"{where}: {error}") from None
+    source: dict[str, Any] = {"line": line}
+    if record.answer is not None:
+        source["answer"] = record.answer
+    return NewItem(text_to_json(record.prompt), list(record.steps), None, source)
+
+
+def _step_record(row: dict[str, Any], where: str) -> StepRecord:
+    """The step record of a row in any of the layouts :mod:`rlhf.data.steps` reads, in the
+    order :mod:`rlhf.data.readers` tries them."""
+    if row.get("steps") is not None:
+        if "prompt" not in row:
+            raise SourceError(f"{where}: prompt: missing")
+        # an empty prompt is a record's too: the problem is then in the first step
+        prompt = as_text(_prompt(row["prompt"], f"{where}: prompt", allow_empty=True))
+        labels, answer = row.get("labels"), row.get("answer")
+        return step_record(
+            prompt,
+            step_texts(row["steps"]),
+            None if labels is None else step_labels(labels),
+            None if answer is None else answer_text(answer),
+        )
+    if row.get("question") is not None and row.get("label") is not None:
+        return from_prm800k(row["question"], row["label"])
+    if row.get("input") is not None and row.get("label") is not None:
+        return from_math_shepherd(row["input"], row["label"])
+    raise SourceError(
+        f"{where}: steps: missing (a steps row is ours {{prompt, steps, [labels, answer]}}, "
+        "PRM800K's {question, label} or Math-Shepherd's {input, label})"
+    )
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:

@@ -85,7 +85,8 @@ class Item(Base):
     prompt: Mapped[Any] = mapped_column()  # str | list of {"role", "content"}
     responses: Mapped[list[Any]] = mapped_column()  # list of str, original order
     gold: Mapped[Any] = mapped_column(nullable=True)  # hidden answer for quality control
-    source: Mapped[dict[str, Any]] = mapped_column(default=dict)  # line and row indices
+    # line and row indices; a steps item's known final answer (rlhf.feedback.tasks)
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Assignment(Base):

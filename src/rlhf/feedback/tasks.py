@@ -16,7 +16,18 @@ thumbs     ``up`` true/false                ``up``                       binary
 edit       ``text``, the rewrite            ``text``                     demonstration,
                                                                          edit, or pair
 chat       ``choice`` 0/1 per turn          ``chosen`` candidate index   pairs in context
+steps      ``labels``, one per step: 1      ``labels`` as submitted      steps (the layout
+           correct, -1 incorrect, 0                                      ``rlhf prm`` reads)
+           neutral; null only after the
+           first -1
 =========  ==============================  ===========================  ==================
+
+A ``steps`` item is one solution already split into steps (PRM800K's interface: Lightman et
+al. 2023, "Let's Verify Step by Step"): its ``responses`` are the steps, shown in their own
+order (:data:`SHOWN_IN_ORDER`: each step builds on the ones before, so they are never shuffled),
+and the problem's known final answer, if any, rides in the item's ``source`` as ``answer``. As
+PRM800K's labellers may, an annotator can stop at the first incorrect step: the steps after it
+may stay unlabelled (null), and are exported so.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf.data.errors import describe_value
 from rlhf.data.records import (
     BinaryRecord,
     CompletionRecord,
@@ -39,9 +51,12 @@ from rlhf.data.records import (
     Text,
     unicode_problem,
 )
+from rlhf.data.steps import step_record
 from rlhf.feedback.limits import MAX_TEXT
 
-TASK_TYPES: tuple[str, ...] = ("pairwise", "rank", "rate", "thumbs", "edit", "chat")
+TASK_TYPES: tuple[str, ...] = ("pairwise", "rank", "rate", "thumbs", "edit", "chat", "steps")
+# tasks whose responses are shown in the item's order rather than a random one per assignment
+SHOWN_IN_ORDER = frozenset({"steps"})
 MAX_RANKED = 9  # one digit key per response on the annotator page
 RATING_SCALE = (1, 5)
 
@@ -51,6 +66,9 @@ RATING_SCALE = (1, 5)
 # Llama 2's margin loss (Touvron et al., 2023, eq. 2), where a clearer preference asks the
 # reward model for a wider gap.
 PAIRWISE_POINTS = 8
+
+# PRM800K's step ratings (Lightman et al. 2023), the labels of rlhf.data.steps
+STEP_LABELS = {1: "correct", -1: "incorrect", 0: "neutral"}
 
 
 class LabelError(ValueError):
@@ -139,7 +157,36 @@ def normalise_label(task: str, payload: dict[str, Any], order: Sequence[int]) ->
         if not isinstance(text, str) or not text.strip():
             raise LabelError("text: the edited response is empty")
         return {"text": check_text(text, "text")}
+    if task == "steps":  # shown in order (SHOWN_IN_ORDER): display order is the steps' own
+        return {"labels": check_step_labels(payload.get("labels"), len(order))}
     raise LabelError(f"{task} tasks are labelled turn by turn (chat endpoints), not here")
+
+
+def check_step_labels(labels: Any, n_steps: int) -> list[int | None]:
+    """A steps submission checked: one label a step, 1 (correct), -1 (incorrect) or 0
+    (neutral); null (unlabelled) only after the first incorrect step, where PRM800K's labellers
+    may stop, since a solution that went wrong there says nothing sure about the rest."""
+    kinds = ", ".join(f"{value} ({name})" for value, name in STEP_LABELS.items())
+    if not isinstance(labels, list) or len(labels) != n_steps:
+        raise LabelError(
+            f"labels: expected a list of {n_steps} step labels, each {kinds} or null; "
+            f"got {describe_value(labels)}"
+        )
+    for index, label in enumerate(labels):
+        if label is not None and (
+            isinstance(label, bool) or not isinstance(label, int) or label not in STEP_LABELS
+        ):
+            raise LabelError(
+                f"labels[{index}]: expected {kinds} or null, got {describe_value(label)}"
+            )
+    first_incorrect = labels.index(-1) if -1 in labels else n_steps
+    for index in range(first_incorrect):
+        if labels[index] is None:
+            raise LabelError(
+                f"labels[{index}]: step {index + 1} is unlabelled; label every step up to the "
+                "first incorrect one (only the steps after it may stay null)"
+            )
+    return labels
 
 
 def shown_value(task: str, value: dict[str, Any], order: Sequence[int]) -> dict[str, Any]:
@@ -204,8 +251,9 @@ def agreement_units(task: str, labels_by_item: dict[int, list[dict[str, Any]]]) 
 
     Pairwise: the 1..8 score on the original order, interval metric (the scale's points are
     evenly spaced). Rank: one unit per pair of responses, the ordinal value -1/0/1 of which
-    was ranked higher. Rate: the rating, ordinal. Thumbs: nominal. Edit and chat have no
-    shared categories (every rewrite and every conversation differs): no units.
+    was ranked higher. Rate: the rating, ordinal. Thumbs: nominal. Steps: one unit per step,
+    its label nominal (an unlabelled step is a missing value). Edit and chat have no shared
+    categories (every rewrite and every conversation differs): no units.
     """
     units: list[list[Any]] = []
     if task == "pairwise":
@@ -222,6 +270,11 @@ def agreement_units(task: str, labels_by_item: dict[int, list[dict[str, Any]]]) 
         return AgreementUnits("ordinal", units)
     if task == "thumbs":
         units = [[v["up"] for v in values] for values in labels_by_item.values()]
+        return AgreementUnits("nominal", units)
+    if task == "steps":
+        for values in labels_by_item.values():
+            steps = zip(*(v["labels"] for v in values), strict=True)
+            units.extend(list(step) for step in steps)
         return AgreementUnits("nominal", units)
     return AgreementUnits("nominal", [])
 
@@ -240,6 +293,7 @@ EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
     "thumbs": ("binary",),
     "edit": ("completion", "preference", "edit"),
     "chat": ("preference", "conversation"),
+    "steps": ("steps",),
 }
 
 
@@ -261,10 +315,12 @@ def export_records(
     responses: Sequence[str],
     value: dict[str, Any],
     chat_turn: dict[str, Any] | None = None,
+    answer: str | None = None,
 ) -> Iterator[Record]:
     """The data records one stored label gives in export format ``fmt``.
 
-    ``chat_turn`` (chat only) holds the turn's ``messages`` and ``candidates``.
+    ``chat_turn`` (chat only) holds the turn's ``messages`` and ``candidates``; ``answer``
+    (steps only) the problem's known final answer.
     """
     if fmt not in EXPORT_FORMATS[task]:
         choices = ", ".join(EXPORT_FORMATS[task])
@@ -316,3 +372,5 @@ def export_records(
                 yield PreferenceRecord(context, _reply(chosen), _reply(rejected))
         else:
             yield ConversationRecord((*context, Message("assistant", chosen)))
+    elif task == "steps":
+        yield step_record(text, tuple(responses), tuple(value["labels"]), answer)

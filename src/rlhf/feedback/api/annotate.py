@@ -56,7 +56,8 @@ class PromptMessage(BaseModel):
 
 class AssignmentView(BaseModel):
     """An item handed to the caller, its responses in the order shown to them (random and
-    recorded: labels refer to the shown order, the server maps them back)."""
+    recorded: labels refer to the shown order, the server maps them back). A steps item's
+    responses are its steps, in their own order."""
 
     id: int
     campaign_id: int
@@ -72,6 +73,9 @@ class AssignmentView(BaseModel):
     )
     turns: list[TurnView] | None = Field(
         default=None, description="chat campaigns only: the turns so far"
+    )
+    answer: str | None = Field(
+        default=None, description="steps campaigns only: the problem's known final answer"
     )
 
 
@@ -152,6 +156,10 @@ def assignment_view(session: Session, user: User, assignment: Assignment) -> Ass
         view.opening = item.prompt if isinstance(item.prompt, str) else ""
         view.prompt = [] if isinstance(item.prompt, str) else view.prompt
         view.turns = [turn_view(turn, render) for turn in turns]
+    if campaign.task_type == "steps":
+        view.answer = item.source.get("answer")
+        if isinstance(item.prompt, str) and not item.prompt.strip():
+            view.prompt = []  # a Math-Shepherd row without "Step 1:": the problem is in step 1
     return view
 
 
@@ -184,7 +192,7 @@ def label(
         dict[str, Any],
         Body(
             description="client_id (new per submission) and the task's answer: choice, "
-            "ranks, rating, up or text, in the order the responses were shown"
+            "ranks, rating, up, text or labels (steps), in the order the responses were shown"
         ),
     ],
 ) -> LabelAck:

@@ -134,6 +134,11 @@ def add_campaign(body: CampaignBody, caller: AsAdmin, state: State) -> CampaignS
     check_spec(spec)  # before the model samples anything
     if (body.source_jsonl is None) == (body.sample is None):
         raise FeedbackError(422, "give exactly one of source_jsonl or sample")
+    if body.sample is not None and body.task_type == "steps":
+        raise FeedbackError(
+            422, "sample: a steps campaign labels solutions already split into steps; upload "
+            "them as source_jsonl (step records, PRM800K or Math-Shepherd rows)"
+        )  # fmt: skip
     try:
         if body.source_jsonl is not None:
             items = parse_source(body.task_type, body.source_jsonl)

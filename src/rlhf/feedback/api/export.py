@@ -1,5 +1,5 @@
 """Admins export a campaign's labels as JSON Lines of :mod:`rlhf.data` records, the files
-``rlhf rm``, ``dpo``, ``kto`` and ``sft`` read (:mod:`rlhf.feedback.service.export`)."""
+``rlhf rm``, ``dpo``, ``kto``, ``sft`` and ``prm`` read (:mod:`rlhf.feedback.service.export`)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from rlhf.feedback.db import Assignment, Campaign, ChatTurn, Item, User, utcnow
 from rlhf.feedback.limits import MAX_SKIP_REASON
 from rlhf.feedback.service.errors import FeedbackError
+from rlhf.feedback.tasks import SHOWN_IN_ORDER
 
 # A pending assignment older than this goes back to the pool (its annotator left the page).
 ASSIGNMENT_TIMEOUT = dt.timedelta(hours=2)
@@ -102,7 +103,8 @@ def next_assignment(session: Session, user: User, campaign: Campaign) -> Assignm
 
 def _assign(session: Session, campaign: Campaign, item: Item, user: User) -> Assignment:
     order = list(range(len(item.responses)))
-    random.SystemRandom().shuffle(order)  # display order, randomised and recorded
+    if campaign.task_type not in SHOWN_IN_ORDER:
+        random.SystemRandom().shuffle(order)  # display order, randomised and recorded
     assignment = Assignment(campaign_id=campaign.id, item_id=item.id, user_id=user.id, order=order)
     session.add(assignment)
     session.flush()

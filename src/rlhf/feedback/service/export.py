@@ -52,8 +52,9 @@ def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) ->
             )  # fmt: skip
             chat_turn = {"messages": turn.messages, "candidates": turn.candidates}
         records = export_records(
-            campaign.task_type, fmt, item.prompt, item.responses, label.value, chat_turn
-        )
+            campaign.task_type, fmt, item.prompt, item.responses, label.value, chat_turn,
+            answer=item.source.get("answer"),
+        )  # fmt: skip
         for record in records:
             yield {
                 **record.to_dict(), "campaign": campaign.name, "item": item.id,

@@ -7,6 +7,12 @@ const PAIRWISE = [
 ];
 const RATINGS = ['very poor', 'poor', 'okay', 'good', 'excellent'];
 const LETTERS = 'abcdefghi'; // rank tasks show at most 9 responses
+// PRM800K's step ratings (rlhf.feedback.tasks.STEP_LABELS): the value sent, its keys, its mark in the history
+const STEP_LABELS = [
+  { value: 1, name: 'correct', keys: ['1', '+'], mark: '+' },
+  { value: -1, name: 'incorrect', keys: ['2', '-'], mark: '−' },
+  { value: 0, name: 'neutral', keys: ['3', '0'], mark: '0' },
+];
 
 let campaigns = [];
 // The item on screen: its assignment, the client_id of its label (one per item view, reused
@@ -242,7 +248,72 @@ const TASKS = {
   },
 
   chat: chatTask,
+  steps: stepsTask,
 };
+
+/** Each step of a solution judged correct, incorrect or neutral; as PRM800K's labellers may, the
+ * annotator can stop at the first incorrect step (the steps after it may stay unlabelled). */
+function stepsTask(a) {
+  const n = a.responses.length;
+  const labels = new Array(n).fill(null);
+  let selected = 0;
+  const firstIncorrect = () => (labels.includes(-1) ? labels.indexOf(-1) : n);
+  const rows = a.responses.map((step, i) => el('li', { class: 'step', 'data-testid': `step-${i}` },
+    el('h3', {}, `Step ${i + 1}`),
+    textBlock(step.html),
+    el('div', { class: 'step-labels', role: 'group', 'aria-label': `Step ${i + 1}: correct, incorrect or neutral?` },
+      STEP_LABELS.map((choice) => el('button', {
+        type: 'button', class: `step-label ${choice.name}`, 'data-testid': `step-${i}-${choice.name}`, 'aria-pressed': 'false',
+        onclick: () => setLabel(i, choice.value),
+      }, el('kbd', {}, choice.keys[0]), el('span', {}, choice.name[0].toUpperCase() + choice.name.slice(1)))))));
+  rows.forEach((row, i) => row.querySelector('.text').addEventListener('click', () => select(i)));
+  const tally = el('p', { class: 'muted', 'aria-live': 'polite', 'data-testid': 'step-tally' });
+
+  function refresh() {
+    const first = firstIncorrect();
+    rows.forEach((row, i) => {
+      row.classList.toggle('selected', i === selected);
+      if (i === selected) row.setAttribute('aria-current', 'step');
+      else row.removeAttribute('aria-current');
+      row.classList.toggle('optional', i > first && labels[i] === null);
+      row.querySelectorAll('.step-label').forEach((button, c) => button.setAttribute('aria-pressed', String(labels[i] === STEP_LABELS[c].value)));
+    });
+    const done = labels.filter((label) => label !== null).length;
+    tally.textContent = `${done} of ${n} steps labelled${first < n ? ` · step ${first + 1} is incorrect: the steps after it may stay unlabelled` : ''}`;
+  }
+  function select(i) {
+    selected = Math.max(0, Math.min(i, n - 1));
+    refresh();
+    rows[selected].scrollIntoView({ block: 'nearest' });
+  }
+  function setLabel(i, value) {
+    labels[i] = value;
+    select(i + 1); // keys pressed in a row label the steps in order
+  }
+  function go() {
+    const missing = labels.findIndex((label, i) => label === null && i < firstIncorrect());
+    if (missing !== -1) {
+      select(missing);
+      return showError(`Label step ${missing + 1}: every step up to the first incorrect one needs a label.`);
+    }
+    return submit({ labels });
+  }
+
+  const keys = { Enter: go, ArrowDown: () => select(selected + 1), j: () => select(selected + 1), ArrowUp: () => select(selected - 1), k: () => select(selected - 1) };
+  for (const choice of STEP_LABELS) for (const key of choice.keys) keys[key] = () => setLabel(selected, choice.value);
+  refresh();
+  return {
+    node: [
+      a.answer ? el('p', { class: 'answer', 'data-testid': 'answer' }, el('strong', {}, 'Known answer: '), a.answer) : null,
+      el('ol', { class: 'steps', 'data-testid': 'steps', 'aria-label': 'the solution, step by step' }, rows),
+      tally,
+      el('button', { type: 'button', class: 'primary', 'data-testid': 'submit', onclick: go }, 'Submit labels'),
+    ],
+    keys,
+    help: '↑ / ↓ or k / j select a step · 1 or + correct · 2 or - incorrect · 3 or 0 neutral (each labels the step and goes to the next) · '
+      + 'Enter submit (after the first incorrect step the rest may stay unlabelled)',
+  };
+}
 
 function chatTask(a) {
   const keys = {};
@@ -354,6 +425,7 @@ function excerpt(prompt) {
 
 function describe({ value, turn, task_type: task }) {
   if (task === 'chat') return `turn ${turn + 1}: reply ${value.choice + 1} picked`;
+  if (task === 'steps') return `steps ${value.labels.map((label) => STEP_LABELS.find((c) => c.value === label)?.mark ?? '·').join(' ')}`;
   if ('choice' in value) return `${value.choice}: ${PAIRWISE[value.choice - 1]}`;
   if ('ranks' in value) return `ranks ${value.ranks.join(',')}`;
   if ('rating' in value) return `rating ${value.rating}`;
@@ -389,8 +461,8 @@ document.addEventListener('keydown', (event) => {
     $('help').hidden = !$('help').hidden;
     return;
   }
-  // Enter on a focused control activates it, except on rank buttons, where it submits
-  if (event.key === 'Enter' && target.closest('button, a, summary') && !target.closest('.rank-row')) return;
+  // Enter on a focused control activates it, except on rank and step buttons, where it submits
+  if (event.key === 'Enter' && target.closest('button, a, summary') && !target.closest('.rank-row, .step-labels')) return;
   const action = $('work').hidden ? undefined : view.keys[event.key];
   if (action) {
     event.preventDefault();
