@@ -137,3 +137,64 @@ def test_ppo_returns_follow_rewards_placed_on_tokens(tiny_model_dir):
     score_rollout(lambda p, r, m: seen.extend(m) or torch.zeros(len(r)), run.prompts_for(1).texts,
                   batch, None, run.tokenizer)  # fmt: skip
     assert seen and all(RESPONSE_TOKEN_ENDS not in entry for entry in seen)
+
+
+def test_process_advantages_against_hand_numbers():
+    from rlhf.losses.advantages import process_advantages
+
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    rewards = [torch.tensor([0.9, 0.5]), torch.tensor([0.2])]
+    advantages, sums = process_advantages(rewards, [[1, 3], [2]], mask, 2)
+    group = torch.tensor([0.9, 0.5, 0.2])
+    r = (group - group.mean()) / (group.std() + 1e-4)  # the group's steps, normalised together
+    expected = torch.tensor(
+        [
+            [r[0] + r[1], r[0] + r[1], r[1], r[1]],  # a token: its step's and the later ones'
+            [r[2], r[2], r[2], 0.0],  # padding: 0
+        ]
+    )
+    torch.testing.assert_close(advantages, expected)
+    assert sums == {"groups": 1.0, "tied_groups": 0.0, "steps": 3.0}
+    centred, _ = process_advantages(rewards, [[1, 3], [2]], mask, 2, scale=False)
+    assert centred[1, 0].item() == pytest.approx(0.2 - group.mean().item())
+    # a response with no step: one step of reward 0 on its last token
+    none, _ = process_advantages([torch.tensor([0.6]), torch.empty(0)], [[0], []], mask, 2)
+    low = (torch.tensor([0.0]) - 0.3) / (torch.tensor([0.6, 0.0]).std() + 1e-4)
+    assert none[1, 2].item() == pytest.approx(low.item()) and none[1, 0] == none[1, 2]
+    tied, sums = process_advantages([torch.tensor([0.5])] * 2, [[0], [0]], mask, 2)
+    assert tied.abs().sum() == 0 and sums["tied_groups"] == 1.0
+    with pytest.raises(ValueError, match="outside"):
+        process_advantages(rewards, [[1, 3], [3]], mask, 2)  # row 1 has 3 tokens
+    with pytest.raises(ValueError, match="2 step rewards, 1 tokens"):
+        process_advantages(rewards, [[1], [2]], mask, 2)
+
+
+def test_grpo_with_process_supervision_reads_the_prm_steps(tiny_model_dir, prm_dir):
+    from functools import partial
+
+    from rlhf.models.load import load_model
+    from rlhf.recipes import grpo
+    from rlhf.recipes.grpo import GRPOConfig, GRPOSettings
+
+    from .online_helpers import make_buffer, make_run
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    run = make_run((load_model(tiny_model_dir, tokenizer=tokenizer), tokenizer), GRPOConfig)
+    run.reward = build_reward(RewardSpec(prm=str(prm_dir)))
+    buffer = make_buffer(run, partial(grpo.make_experience, run, GRPOSettings(process=True)))
+    buffer.next_batch()
+    experience = buffer.experience
+    assert experience.metrics["rollout_prm_steps"] > 0
+    # per-token advantages: within a response they change where a step ends
+    real = experience.advantages * experience.mask
+    assert real.abs().sum() > 0
+    base = {
+        "out": "x", "model": {"path": "x"}, "data": {"prompts": "x"},
+        "grpo": {"process": True},
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="process reward model alone"):
+        GRPOConfig.model_validate(base | {"reward": {"rule": "step_world"}})
+    with pytest.raises(ValueError, match=r"kl\.in_reward"):
+        GRPOConfig.model_validate(
+            base | {"reward": {"prm": "x"}, "kl": {"coef": 0.04, "in_reward": True}}
+        )

@@ -14,6 +14,9 @@ depend on the response itself, broadcast to its tokens with :func:`expand_to_tok
 - REINFORCE++ (optionally with the group mean as baseline), normalised over the whole batch's
   tokens rather than per group (:func:`reinforce_pp_advantages`).
 
+Step-level (GRPO with process supervision): each step's reward normalised over the group's
+steps, a token's advantage the sum of those from its step on (:func:`process_advantages`).
+
 DAPO's dynamic sampling keeps only the groups whose rewards do not all tie
 (:func:`informative_groups`) and samples more until the batch is full
 (:func:`dynamic_sampling_refill`).
@@ -28,6 +31,8 @@ returns float32. Pure torch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -453,6 +458,84 @@ def dynamic_sampling_refill(
     if sampled_groups and kept_groups:
         prompts = -(-shortfall * sampled_groups // kept_groups)  # ⌈shortfall / rate⌉, exact
     return prompts if max_prompts is None else min(prompts, max_prompts)
+
+
+def process_advantages(
+    step_rewards: Sequence[Tensor],
+    step_tokens: Sequence[Sequence[int]],
+    mask: Tensor,
+    group_size: int,
+    *,
+    scale: bool = True,
+    eps: float = 1e-4,
+) -> tuple[Tensor, Metrics]:
+    """GRPO's advantages under process supervision (Shao et al., 2024, "DeepSeekMath", §4.1.3).
+
+    Every step j of sample i has a reward r_i,j (a process reward model's P(step correct)),
+    placed on the token index(j) where the step ends. Within each prompt's group of K samples,
+    all step rewards are normalised together, and a token's advantage is the sum of the
+    normalised rewards of the steps ending at or after it::
+
+        r̃_i,j = (r_i,j − mean(R)) / (std(R) + eps)      R: every step reward of the group
+        A_i,t = Σ_{j : index(j) ≥ t} r̃_i,j
+
+    so a token is credited with what its own step and the later ones earned. A sample with no
+    step counts as one step of reward 0 on its last token (a process reward model's score of
+    a response it cannot read). A group whose step rewards all tie gets A = 0.
+
+    Args:
+        step_rewards: B tensors [n_i] (B = N · K, each prompt's K samples contiguous).
+        step_tokens: B lists [n_i] of token indices (< the row's real tokens in ``mask``).
+        mask: [B, T] nonzero at real response tokens (right-padded, ≥ 1 per row).
+        group_size: K ≥ 2.
+        scale: divide by the group's std (false: centred only, as Dr. GRPO).
+        eps: added to the group's std (Bessel-corrected, as :func:`grpo_advantages`).
+
+    Returns:
+        ``(advantages [B, T] float32, 0 at padding, metrics)``; metrics are sums: ``groups``,
+        ``tied_groups`` and ``steps`` (the steps scored).
+    """
+    batch = len(step_rewards)
+    if len(step_tokens) != batch or mask.dim() != 2 or mask.shape[0] != batch:
+        raise ValueError(
+            f"step_rewards ({batch}), step_tokens ({len(step_tokens)}) and mask "
+            f"{tuple(mask.shape)} must describe the same rows"
+        )
+    if group_size < 2 or batch % group_size:
+        raise ValueError(f"{batch} rows do not split into groups of {group_size} (K ≥ 2)")
+    last = last_token_index(mask)  # [B]
+    rewards, tokens = [], []
+    for row in range(batch):
+        values = step_rewards[row].detach().float().flatten()
+        where = [int(t) for t in step_tokens[row]]
+        if len(where) != values.numel():
+            raise ValueError(f"row {row}: {values.numel()} step rewards, {len(where)} tokens")
+        if any(not 0 <= t <= int(last[row]) for t in where):
+            raise ValueError(f"row {row}: step tokens {where} outside its {int(last[row]) + 1}")
+        if not where:  # no step: one of reward 0 on the last token
+            values, where = torch.zeros(1), [int(last[row])]
+        rewards.append(values)
+        tokens.append(where)
+    advantages = torch.zeros(mask.shape, dtype=torch.float32)
+    tied = 0
+    for start in range(0, batch, group_size):
+        group = torch.cat(rewards[start : start + group_size])
+        spread = group.std() if group.numel() > 1 else torch.tensor(0.0)
+        if group.numel() < 2 or float(spread) == 0.0:
+            tied += 1
+            continue
+        mean = group.mean()
+        for row in range(start, start + group_size):
+            placed = torch.zeros(mask.shape[1])
+            normalised = (rewards[row] - mean) / (spread + eps if scale else 1.0)
+            placed.index_add_(0, torch.tensor(tokens[row]), normalised)
+            advantages[row] = placed.flip(0).cumsum(0).flip(0)  # Σ over steps ending at ≥ t
+    advantages = advantages * mask.float()
+    return advantages, {
+        "groups": float(batch // group_size),
+        "tied_groups": float(tied),
+        "steps": float(sum(step_rewards[row].numel() for row in range(batch))),
+    }
 
 
 def grpo_advantages(

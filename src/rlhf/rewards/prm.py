@@ -76,29 +76,53 @@ class ProcessReward(Reward):
             out[row] = steps
         return out
 
+    def steps_on_tokens(
+        self,
+        prompts: Sequence[Text],
+        responses: Sequence[str],
+        token_ends: Sequence[Sequence[int]],
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Each response's step probabilities [n] (:meth:`step_scores`) with the response token
+        each step ends on: the first token whose text (``token_ends``, the rollout's
+        :data:`RESPONSE_TOKEN_ENDS`) reaches the step's last character."""
+        placed = []
+        for steps, response, ends in zip(
+            self.step_scores(prompts, responses), responses, token_ends, strict=True
+        ):
+            tokens = [
+                next((t for t, e in enumerate(ends) if e >= end), len(ends) - 1)
+                for _, end in self.step_ends(response)[: len(steps)]
+            ]
+            placed.append((steps, tokens))
+        return placed
+
     def score(
         self, prompts: Sequence[Text], responses: Sequence[str], metadata: Metadata = None
     ) -> RewardOutput:
         check_lengths(prompts, responses, metadata)
-        scores = torch.zeros(len(responses))
-        probabilities = self.step_scores(prompts, responses)
-        for row, steps in enumerate(probabilities):
-            if steps.numel():
-                scores[row] = aggregate_steps(steps, self.aggregation)
         ends = None
         if self.dense and metadata is not None:
             ends = [entry.get(RESPONSE_TOKEN_ENDS) for entry in metadata]
-        if ends is None or any(row is None for row in ends):
-            return RewardOutput(scores)  # no token ends given: the sequence score alone
+        if ends is None or any(row is None for row in ends):  # the sequence score alone
+            return RewardOutput(self.aggregate(self.step_scores(prompts, responses)))
+        placed = self.steps_on_tokens(prompts, responses, ends)
         token_rewards = torch.zeros(len(responses), max((len(row) for row in ends), default=0))
-        for row, steps in enumerate(probabilities):
+        for row, (steps, tokens) in enumerate(placed):
             running = [aggregate_steps(steps[: k + 1], self.aggregation) for k in range(len(steps))]
-            changes = torch.diff(torch.stack(running), prepend=torch.zeros(1)) if running else []
-            for change, (_, end) in zip(changes, self.step_ends(responses[row]), strict=False):
-                # the first token whose text reaches the step's end (its last token)
-                token = next((t for t, e in enumerate(ends[row]) if e >= end), len(ends[row]) - 1)
-                token_rewards[row, token] += change
-        return RewardOutput(scores, token_rewards=token_rewards)
+            if running:  # each step's change to the running aggregate, on its last token
+                changes = torch.diff(torch.stack(running), prepend=torch.zeros(1))
+                token_rewards[row].index_add_(0, torch.tensor(tokens), changes)
+        return RewardOutput(
+            self.aggregate([steps for steps, _ in placed]), token_rewards=token_rewards
+        )
+
+    def aggregate(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[B] the sequence rewards of step probabilities (0 for a response with none)."""
+        scores = torch.zeros(len(probabilities))
+        for row, steps in enumerate(probabilities):
+            if steps.numel():
+                scores[row] = aggregate_steps(steps, self.aggregation)
+        return scores
 
     def __repr__(self) -> str:
         return f"ProcessReward({self.path!r}, aggregation={self.aggregation!r})"
