@@ -207,6 +207,17 @@ def best_of_n(
             "(a 0/1 verifier); writes selection.jsonl/.csv/.png.",
         ),
     ] = None,
+    beams: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64,
+            help="With --prm: also search step by step, keeping this many partial solutions, "
+            "each continued --expansions times a step (shown at N = beams × expansions).",
+        ),
+    ] = None,
+    expansions: Annotated[
+        int, typer.Option(min=1, max=64, help="With --beams: continuations per beam and step.")
+    ] = 4,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/best-of-n"),
     max_new_tokens: MaxNewTokensOption = 64,
     temperature: TemperatureOption = 1.0,
@@ -221,7 +232,7 @@ def best_of_n(
     device: DeviceOption = "auto",
     engine: EngineOption = "hf",
     vllm: VLLMOption = None,
-) -> None:
+) -> None:  # fmt: skip
     """Reward (and gold reward) of best-of-N against its analytic KL, log N - (N-1)/N.
 
     Samples max-n responses per prompt once; the expected best of each N is computed over
@@ -231,6 +242,7 @@ def best_of_n(
     """
     try:
         from rlhf.eval.best_of_n import best_of_n_sizes, evaluate_best_of_n
+        from rlhf.eval.step_search import beam_search_point
         from rlhf.eval.step_selection import comparison, scored_candidates, selection_points
         from rlhf.recipes.best_of_n import (
             report_table,
@@ -247,6 +259,8 @@ def best_of_n(
         setup_logging()
         if prm is not None and gold is None:
             raise ValueError("--prm compares choices by accuracy: give a 0/1 verifier as --gold")
+        if beams is not None and prm is None:
+            raise ValueError("--beams searches step by step with a PRM: give --prm")
         process = ProcessReward(prm, device=device) if prm is not None else None
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -260,6 +274,13 @@ def best_of_n(
             report = evaluate_best_of_n(
                 sampler, prompt_list, params, scorer, gold_scorer, prompt_metadata=metadata
             )
+            searched = None
+            if beams is not None and process is not None and gold_scorer is not None:
+                searched = beam_search_point(
+                    sampler, process, prompt_list, gold_scorer, metadata, beams=beams,
+                    expansions=expansions, step_tokens=max_new_tokens,
+                    temperature=temperature, seed=seed,
+                )  # fmt: skip
         finally:
             close_engine(sampler)
         paths = write_report(report, out)
@@ -270,6 +291,7 @@ def best_of_n(
             )
             selectors = comparison(with_outcome=not isinstance(scorer, ProcessReward))
             points = selection_points(problems, best_of_n_sizes(max_n), selectors)
+            points += [searched] if searched is not None else []
             paths |= write_selection(points, out)
         source = f"{model} on {prompts}, chosen by {reward}" + (f", PRM {prm}" if prm else "")
         paths["report"] = write_markdown(report, points, out, source)

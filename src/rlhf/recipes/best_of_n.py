@@ -167,7 +167,7 @@ def selection_table(points: list[SelectionPoint]) -> object:
         table.add_column(f"N={n}", justify="right")
     for selector in dict.fromkeys(point.selector for point in points):
         by_n = {p.n: p for p in points if p.selector == selector}
-        table.add_row(selector, *(f"{by_n[n].accuracy:.3f}" for n in ns))
+        table.add_row(selector, *(f"{by_n[n].accuracy:.3f}" if n in by_n else "" for n in ns))
     return table
 
 
@@ -217,10 +217,18 @@ def write_markdown(
         ]
         for selector in dict.fromkeys(point.selector for point in points):
             by_n = {p.n: p for p in points if p.selector == selector}
-            cells = " | ".join(f"{by_n[n].accuracy:.3f} ± {by_n[n].se:.3f}" for n in ns)
+            cells = " | ".join(
+                f"{by_n[n].accuracy:.3f} ± {by_n[n].se:.3f}" if n in by_n else "" for n in ns
+            )
             lines.append(f"| {selector} | {cells} |")
         lines += ["", "![accuracy against N](selection.png)", ""]
-        for name, meaning in SELECTOR_MEANINGS.items():
+        meanings = dict(SELECTOR_MEANINGS)
+        if any(point.selector.startswith("prm beam search") for point in points):
+            meanings["prm beam search (B×E)"] = (
+                "step by step, B partial solutions each continued E times a step, the PRM "
+                "keeping the best B (shown at N = B × E)"
+            )
+        for name, meaning in meanings.items():
             lines.append(f"- **{name}**: {meaning}.")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
