@@ -1,5 +1,5 @@
 """``rlhf feedback``: the human-feedback web app (serve it, add accounts and campaigns,
-export labels; docs/feedback.md)."""
+export labels, let simulated annotators label through its API; docs/feedback.md)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from rlhf.cli.common import (
 from rlhf.feedback.limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES
 
 app = typer.Typer(
-    help="The human-feedback web app: serve it, add accounts and campaigns, export labels "
-    "(docs/feedback.md).",
+    help="The human-feedback web app: serve it, add accounts and campaigns, export labels, "
+    "let simulated annotators label (docs/feedback.md).",
     no_args_is_help=True,
 )
 DbOption = Annotated[
@@ -265,3 +265,134 @@ def feedback_export(
     console.print(
         f"[green]done[/]: {len(rows)} records → [bold]{rich.markup.escape(str(output))}[/]"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@app.command("bots")
+def feedback_bots(
+    url: Annotated[str, typer.Option(help="The app's address, e.g. http://127.0.0.1:8000.")],
+    campaign: Annotated[str, typer.Option(help="Campaign name or id.")],
+    bots: Annotated[
+        int | None,
+        typer.Option(
+            "--bots", min=1, help="How many bots label at once (default: one per --token, or 1)."
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RLHF_ADMIN_TOKEN",
+            help="An admin's token: makes the accounts PREFIX-1..N, or gives those that exist "
+            "a new token (their old one stops working).",
+        ),
+    ] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token",
+            envvar="RLHF_BOT_TOKENS",
+            help="Instead of --admin-token: an annotator account's token, one per bot (repeat "
+            "it; an admin made the accounts, e.g. with `rlhf feedback add-user bot-1`).",
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="With --admin-token: the accounts' name.")] = "bot",
+    labels: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most labels per bot (default: until nothing is left)."),
+    ] = None,
+    speed: Annotated[float, typer.Option(min=0, help="Seconds per label, on average.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
+    noise: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Label noise τ in gold units (the Bradley-Terry temperature; 0: none)."
+        ),
+    ] = 0.1,
+    careless: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of labels given at random.")
+    ] = 0.0,
+    length_bias: Annotated[
+        float, typer.Option(help="Utility added per content sentence (> 0: likes long answers).")
+    ] = 0.0,
+    position_bias: Annotated[
+        float, typer.Option(help="Lean towards the response shown first in a pair, gold units.")
+    ] = 0.0,
+    nontransitive: Annotated[
+        float, typer.Option(min=0, help="Strength of the world's cyclic taste in pairs (0: none).")
+    ] = 0.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Tries again after a lost connection, a 409 or a 503.")
+    ] = 3,
+) -> None:
+    """Simulated annotators label a campaign through the app's API, beside people.
+
+    Each bot logs in as an annotator account, asks for items, decides as the embedded world's
+    simulated annotator (rlhf.sim.annotators) and submits: pairwise, rank, rate, thumbs and
+    step-world steps items; others are skipped with a reason. Ctrl-C stops them.
+    """
+    from rlhf.sim.annotators import SimulatedAnnotator
+
+    from rlhf.sim.bots import SKIPPED_TASKS, AnnotatorBot, BotError, bot_accounts, run_bots
+
+    made: list[AnnotatorBot] = []
+    try:
+        if admin_token and token:
+            raise ValueError("--admin-token makes the bots' accounts, --token names them: not both")
+        if token:
+            if bots is not None and bots != len(token):
+                raise ValueError(f"--bots {bots} but {len(token)} --token: one token per bot")
+            accounts: list[tuple[str | None, str]] = [(None, t) for t in token]
+        elif admin_token:
+            accounts = list(bot_accounts(url, admin_token, bots or 1, prefix, retries=retries))
+        else:
+            raise ValueError(
+                "the bots need accounts: --admin-token TOKEN (an admin's; makes "
+                f"{prefix}-1..N) or one --token per bot (accounts an admin made)"
+            )
+        for index, (name, secret) in enumerate(accounts, start=1):
+            annotator = SimulatedAnnotator(
+                noise, length_bias=length_bias, careless=careless, seed=f"{seed}-bot-{index}",
+                nontransitive=nontransitive, position_bias=position_bias,
+            )  # fmt: skip
+            made.append(
+                AnnotatorBot(
+                    name, secret, annotator, url, speed=speed, seed=f"{seed}-{index}",
+                    retries=retries,
+                )
+            )  # fmt: skip
+        found = made[0].find_campaign(campaign)
+        if found.task_type in SKIPPED_TASKS:
+            raise ValueError(
+                f"{found.task_type} campaign {found.name!r}: a bot writes no text, it would "
+                "skip every item"
+            )
+        what = rich.markup.escape(f"{found.task_type} campaign {found.name!r} at {url}")
+        console.print(
+            f"{_count(len(made), 'bot')} labelling the {what}; Ctrl-C stops them", soft_wrap=True
+        )
+        reports = run_bots(made, found.id, labels)
+    except (BotError, ValueError) as error:
+        fail(error)
+    finally:
+        for bot in made:
+            bot.close()
+    failed = False
+    for report in reports:
+        tasks = ", ".join(f"{task} {n}" for task, n in sorted(report.labelled.items()))
+        line = f"{report.bot}: {_count(report.labels, 'label')}" + (f" ({tasks})" if tasks else "")
+        line += f", {report.skipped} skipped"
+        if report.duplicates:
+            line += f", {_count(report.duplicates, 'retried label')} answered from the stored copy"
+        line += f"; stopped: {report.stopped}"
+        console.print(rich.markup.escape(line), soft_wrap=True, highlight=False)
+        for error in report.errors:
+            failed = True
+            console.print(f"  [red]error:[/] {rich.markup.escape(error)}", soft_wrap=True)
+    total = sum(report.labels for report in reports)
+    done = f"{_count(total, 'label')} by {_count(len(reports), 'bot')}"
+    console.print(f"[green]done[/]: {done}", soft_wrap=True)
+    if failed:
+        raise typer.Exit(code=1)

@@ -25,6 +25,15 @@ so a careful annotator (no length bias, never careless) labels pairs by the gold
 :func:`rlhf.sim.preference.gold_preference`. A ranking, a rating or a thumb is a function of
 one utility per response and cannot carry a cycle: λ leaves them as they are.
 
+``position_bias`` β leans a pairwise comparison towards the response shown first, ``a``
+(people, and LLM judges, favour one side of a pair whatever it holds: Zheng et al. 2023,
+"Judging LLM-as-a-Judge", §3.3)::
+
+    P(a ≻ b) = σ((u(a) − u(b) + λ · C(a, b) + β) / τ)
+
+β = 0 (the default) is no lean; the feedback app shows each annotator the two responses in a
+random order, which turns the lean into noise that averages out over annotators.
+
 :class:`AnnotatorPool` labels each item by one of several annotators drawn at random, and
 :func:`label_groups` labels K responses per prompt as pairs, rankings, ratings or thumbs.
 How often labelled pairs agree with gold (what a reward model that had learnt gold exactly
@@ -77,7 +86,8 @@ class SimulatedAnnotator:
     what the annotator values (a judge's or a reward model's scores, for data outside the
     world; τ is then in its units, and ratings and thumbs keep gold's calibration).
     ``nontransitive`` λ ≥ 0 adds the world's cyclic taste to pairwise comparisons (see the
-    module docstring; 0: none).
+    module docstring; 0: none). ``position_bias`` β leans pairwise comparisons towards the
+    response shown first (see the module docstring; 0: none).
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class SimulatedAnnotator:
         thumbs_threshold: float = THUMBS_THRESHOLD,
         reward: Callable[[Text, str], float] = gold_score,
         nontransitive: float = 0.0,
+        position_bias: float = 0.0,
     ) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {temperature}")
@@ -97,14 +108,18 @@ class SimulatedAnnotator:
             raise ValueError(f"careless is a share, from 0 to 1; got {careless}")
         if not (nontransitive >= 0 and math.isfinite(nontransitive)):
             raise ValueError(f"nontransitive must be a finite number ≥ 0, got {nontransitive}")
+        if not math.isfinite(position_bias):
+            raise ValueError(f"position_bias must be a finite number, got {position_bias}")
         self.temperature, self.length_bias, self.careless = temperature, length_bias, careless
-        self.nontransitive = nontransitive
+        self.nontransitive, self.position_bias = nontransitive, position_bias
         self.thumbs_threshold, self.reward = thumbs_threshold, reward
         self.seed = seed
         self.rng = random.Random(f"annotator-{seed}")
 
     def __repr__(self) -> str:
         cyclic = f", nontransitive={self.nontransitive:g}" if self.nontransitive else ""
+        if self.position_bias:
+            cyclic += f", position_bias={self.position_bias:g}"
         return (
             f"SimulatedAnnotator(temperature={self.temperature:g}, "
             f"length_bias={self.length_bias:g}, careless={self.careless:g}{cyclic}, "
@@ -117,11 +132,12 @@ class SimulatedAnnotator:
         return self.reward(prompt, response) + bias
 
     def utility_difference(self, prompt: Text, a: str, b: str) -> float:
-        """u(a) − u(b) + λ · C(a, b): what this annotator's comparison of a and b follows."""
+        """u(a) − u(b) + λ · C(a, b) + β: what this annotator's comparison of a (shown first)
+        and b follows."""
         delta = self.utility(prompt, a) - self.utility(prompt, b)
         if self.nontransitive:
             delta += self.nontransitive * cyclic_term(a, b)
-        return delta
+        return delta + self.position_bias
 
     def preference_probability(self, prompt: Text, a: str, b: str) -> float:
         """P(a ≻ b) for this annotator, carelessness included."""
