@@ -334,7 +334,6 @@ def feedback_bots(
     step-world steps items; others are skipped with a reason. Ctrl-C stops them.
     """
     from rlhf.sim.annotators import SimulatedAnnotator
-
     from rlhf.sim.bots import SKIPPED_TASKS, AnnotatorBot, BotError, bot_accounts, run_bots
 
     made: list[AnnotatorBot] = []
