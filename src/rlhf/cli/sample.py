@@ -218,6 +218,9 @@ def best_of_n(
     expansions: Annotated[
         int, typer.Option(min=1, max=64, help="With --beams: continuations per beam and step.")
     ] = 4,
+    step_tokens: Annotated[
+        int, typer.Option(min=1, help="With --beams: tokens sampled for one step at most.")
+    ] = 32,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/best-of-n"),
     max_new_tokens: MaxNewTokensOption = 64,
     temperature: TemperatureOption = 1.0,
@@ -278,7 +281,7 @@ def best_of_n(
             if beams is not None and process is not None and gold_scorer is not None:
                 searched = beam_search_point(
                     sampler, process, prompt_list, gold_scorer, metadata, beams=beams,
-                    expansions=expansions, step_tokens=max_new_tokens,
+                    expansions=expansions, step_tokens=step_tokens,
                     temperature=temperature, seed=seed,
                 )  # fmt: skip
         finally:
