@@ -328,7 +328,7 @@ def ppo_inputs() -> dict[str, torch.Tensor]:
 def test_ppo_policy_loss_by_hand() -> None:
     inputs = ppo_inputs()
     loss, metrics = ppo_policy_loss(**inputs, clip_eps=0.2, aggregation="token")
-    assert float(loss) == pytest.approx(-1.2 - 0.5 + 1.6 + 2.2 - 0.5)  # 1.6
+    assert loss.item() == pytest.approx(-1.2 - 0.5 + 1.6 + 2.2 - 0.5)  # 1.6
     assert metrics["clipped_tokens"] == 2.0
     assert metrics["tokens"] == 5.0 and metrics["sequences"] == 2.0
     assert metrics["ratio_sum"] == pytest.approx(1.5 + 0.5 + 0.5 + 1.1 + 1.0)
@@ -339,16 +339,16 @@ def test_ppo_policy_loss_by_hand() -> None:
     close(inputs["logps"].grad, [[0.0, -0.5, 0.0], [0.0, 2.2, -0.5]], atol=1e-6)
 
     sequence, _ = ppo_policy_loss(**ppo_inputs(), aggregation="sequence")
-    assert float(sequence) == pytest.approx((-1.2 - 0.5) / 2 + (1.6 + 2.2 - 0.5) / 3)
+    assert sequence.item() == pytest.approx((-1.2 - 0.5) / 2 + (1.6 + 2.2 - 0.5) / 3)
     constant, _ = ppo_policy_loss(**ppo_inputs(), aggregation="constant", max_length=4)
-    assert float(constant) == pytest.approx(1.6 / 4)
+    assert constant.item() == pytest.approx(1.6 / 4)
 
 
 def test_ppo_clip_higher_and_sequence_advantages() -> None:
     inputs = ppo_inputs()
     # ε_high = 0.6: the ratio 1.5 with A = +1 is no longer clipped → −1.5
     loss, metrics = ppo_policy_loss(**inputs, clip_eps=0.2, clip_eps_high=0.6)
-    assert float(loss) == pytest.approx(1.6 - 0.3)
+    assert loss.item() == pytest.approx(1.6 - 0.3)
     assert metrics["clipped_tokens"] == 1.0
     # [B] advantages broadcast over each row's tokens
     inputs = ppo_inputs()
@@ -356,7 +356,7 @@ def test_ppo_clip_higher_and_sequence_advantages() -> None:
     per_token, _ = ppo_policy_loss(
         **(inputs | {"advantages": torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])})
     )
-    assert float(per_row) == pytest.approx(float(per_token))
+    assert per_row.item() == pytest.approx(per_token.item())
 
 
 def test_value_loss_by_hand() -> None:
@@ -373,16 +373,16 @@ def test_value_loss_by_hand() -> None:
     returns = torch.tensor([[1.2, 0.0, 3.0], [-2.0, 1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     loss, metrics = value_loss(values, old_values, returns, mask, clip_eps=0.2)
-    assert float(loss) == pytest.approx(0.125 + 0.08 + 1.62 + 1.62 + 0.5)
+    assert loss.item() == pytest.approx(0.125 + 0.08 + 1.62 + 1.62 + 0.5)
     assert metrics["value_clipped_tokens"] == 3.0
     assert metrics["value_sum"] == pytest.approx(4.4)
     loss.backward()
     # gradient (V − R) where the unclipped error is taken, 0 where the clipped one is
     close(values.grad, [[0.0, 0.4, 0.0], [0.0, 1.0, 0.0]])
     unclipped, _ = value_loss(values, old_values, returns, mask, clip_eps=None)
-    assert float(unclipped) == pytest.approx(0.5 * (0.04 + 0.16 + 1 + 1 + 1))
+    assert unclipped.item() == pytest.approx(0.5 * (0.04 + 0.16 + 1 + 1 + 1))
     per_sequence, _ = value_loss(values, old_values, returns, mask, aggregation="sequence")
-    assert float(per_sequence) == pytest.approx((0.125 + 0.08 + 1.62) / 3 + (1.62 + 0.5) / 2)
+    assert per_sequence.item() == pytest.approx((0.125 + 0.08 + 1.62) / 3 + (1.62 + 0.5) / 2)
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -425,13 +425,13 @@ def test_entropy_from_logits_and_loss() -> None:
     expected = torch.distributions.Categorical(logits=logits).entropy()  # [2, 3]
     torch.testing.assert_close(entropy_from_logits(logits), expected)
     loss, metrics = entropy_loss(mask, logits=logits)
-    real_sum = float(expected[mask.bool()].sum())
-    assert float(loss) == pytest.approx(-real_sum, rel=1e-6)
+    real_sum = expected[mask.bool()].sum().item()
+    assert loss.item() == pytest.approx(-real_sum, rel=1e-6)
     assert metrics["entropy_sum"] == pytest.approx(real_sum, rel=1e-6)
     loss.backward()
     assert (logits.grad[~mask.bool()] == 0).all()
     precomputed, _ = entropy_loss(mask, entropies=expected.detach(), aggregation="sequence")
-    by_hand = float(expected[0, :2].mean() + expected[1, 0])
+    by_hand = (expected[0, :2].mean() + expected[1, 0]).item()
     assert float(precomputed) == pytest.approx(-by_hand, rel=1e-6)
     # uniform over V: H = log V
     uniform = entropy_from_logits(torch.zeros(1, 1, 7))
@@ -444,13 +444,13 @@ def test_kl_penalty_loss() -> None:
     mask = torch.tensor([[1, 1, 0]])
     loss, metrics = kl_penalty_loss(logps, ref, mask, estimator="k3")
     # log r = −1, 0: k3 = e^{−1} − 1 + 1, 0
-    assert float(loss) == pytest.approx(math.exp(-1))
+    assert loss.item() == pytest.approx(math.exp(-1))
     assert metrics["kl_sum"] == pytest.approx(math.exp(-1))
     loss.backward()
     # ∂k3/∂log π = 1 − r
     close(logps.grad, [[1 - math.exp(-1), 0.0, 0.0]])
     k2, _ = kl_penalty_loss(logps, ref, mask, estimator="k2", aggregation="sequence")
-    assert float(k2) == pytest.approx(0.5 / 2)
+    assert k2.item() == pytest.approx(0.5 / 2)
     with pytest.raises(ValueError, match="k1"):
         kl_penalty_loss(logps, ref, mask, estimator="k1")
 

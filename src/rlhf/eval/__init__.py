@@ -2,10 +2,20 @@
 
 ``results`` holds the dataclasses the pipeline fills, ``stats`` the small statistics (win
 rate, best-of-N KL, gold peak, verdicts), ``findings`` what a report concludes, and ``report``
-writes the plots, ``report.md``, ``report.html`` and ``report.json``.
+writes the plots, ``report.md``, ``report.html`` and ``report.json``. ``ratings`` turns
+model-against-model comparisons (checkpoints of successive rounds) into win rates,
+Bradley–Terry / Elo ratings and the classic sequential Elo.
 """
 
 from rlhf.eval.findings import Expectation, Findings, assess, summary
+from rlhf.eval.ratings import (
+    Comparison,
+    Rating,
+    Ratings,
+    bradley_terry,
+    elo_sequential,
+    win_rates,
+)
 from rlhf.eval.report import ReportPaths, load_report, summary_table, write_report
 from rlhf.eval.results import (
     BestOfNPoint,
@@ -40,6 +50,7 @@ from rlhf.eval.stats import (
 
 __all__ = [
     "BestOfNPoint",
+    "Comparison",
     "Criteria",
     "CurveFindings",
     "CurvePoint",
@@ -49,6 +60,8 @@ __all__ = [
     "HeadToHead",
     "OptimisationCurve",
     "PolicyEval",
+    "Rating",
+    "Ratings",
     "Report",
     "ReportPaths",
     "RewardModelEval",
@@ -59,8 +72,10 @@ __all__ = [
     "assess",
     "best_of_n_curve",
     "best_of_n_kl",
+    "bradley_terry",
     "compare_gold",
     "curve_findings",
+    "elo_sequential",
     "gold_at_kl",
     "gold_peak",
     "load_report",
@@ -72,5 +87,6 @@ __all__ = [
     "summary",
     "summary_table",
     "win_rate",
+    "win_rates",
     "write_report",
 ]

@@ -441,13 +441,25 @@ def load_model(
     if disable_dropout:
         _turn_off_dropout(model)
     if lora is not None:
-        from peft import get_peft_model
-
         try:
-            model = get_peft_model(model, lora.to_peft())
+            model = add_lora_adapters(model, lora.to_peft())
         except Exception as exc:
             raise ModelLoadError(label, f"could not add LoRA adapters ({_describe(exc)})") from exc
     return model
+
+
+def add_lora_adapters(model: torch.nn.Module, config: Any) -> torch.nn.Module:
+    """``peft.get_peft_model(model, config)``, without the FutureWarning peft 0.x triggers by
+    reading transformers' deprecated ``is_gradient_checkpointing`` (nothing a user can change)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        return get_peft_model(model, config)
 
 
 def _gguf_options(gguf_file: str) -> dict[str, Any]:

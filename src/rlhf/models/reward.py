@@ -173,11 +173,11 @@ def init_scalar_head_model(
         init_reward_head(reward_head(model), seed)
     _report_load(model, name_or_path, gguf_file, info, reports, new_head, seed)
     if lora is not None:
-        from peft import get_peft_model
+        from rlhf.models.load import add_lora_adapters
 
         spec = dataclasses.replace(lora.to_peft(), task_type=peft_task)
         try:
-            model = get_peft_model(model, spec)
+            model = add_lora_adapters(model, spec)
         except Exception as exc:
             raise ModelLoadError(str(name_or_path), f"could not add LoRA adapters ({exc})") from exc
     return model
