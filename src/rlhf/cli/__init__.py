@@ -10,7 +10,7 @@ lists every key with its type, default and meaning.
 | ``sample`` | ``score``, ``sample``, ``best-of-n`` |
 | ``pipeline`` | ``quickstart``, ``run`` |
 | ``data`` | ``data check`` |
-| ``feedback`` | ``feedback serve``, ``add-user``, ``create-campaign``, ``export``, ``bots`` |
+| ``feedback`` | ``feedback serve``, ``add-user``, ``create-campaign``, ``export``, ``bots``, ``ratings`` |
 | ``common`` | config resolution, the error line, logging, shared options |
 """
 

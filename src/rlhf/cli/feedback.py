@@ -267,6 +267,73 @@ def feedback_export(
     )
 
 
+@app.command("ratings")
+def feedback_ratings(
+    campaigns: Annotated[
+        list[str], typer.Argument(help="Campaign names or ids whose responses name their models.")
+    ],
+    db: DbOption = "feedback.db",
+    anchor: Annotated[
+        str | None, typer.Option(help="The model rated 0 (Elo 1000); default: the mean.")
+    ] = None,
+) -> None:
+    """Win rates and Bradley-Terry / Elo ratings of the models whose replies people compared
+    (campaign rows with `models`, one name per response; docs/feedback.md)."""
+    from rich.table import Table
+    from sqlalchemy import or_, select
+
+    from rlhf.eval.ratings import bradley_terry, comparisons_from_rows, win_rates
+    from rlhf.feedback import service
+    from rlhf.feedback.db import Campaign
+
+    try:
+        rows: list[dict] = []
+        with _sessions(db)() as session:
+            for name in campaigns:
+                key = int(name) if name.isdigit() else -1
+                found = session.scalar(
+                    select(Campaign).where(or_(Campaign.name == name, Campaign.id == key))
+                )
+                if found is None:
+                    raise ValueError(f"no campaign {name!r} in {db}")
+                if found.task_type not in ("pairwise", "rank"):
+                    raise ValueError(f"{name}: a {found.task_type} campaign compares no models")
+                fmt = "ranking" if found.task_type == "rank" else None
+                rows += service.export_rows(session, found, fmt)
+        comparisons = comparisons_from_rows(rows)
+        if not comparisons:
+            raise ValueError(
+                "no labelled comparison between two different models: the campaigns' rows "
+                "need `models`, one name per response (docs/feedback.md)"
+            )
+        fitted = bradley_terry(comparisons, anchor=anchor)
+        table = win_rates(comparisons)
+    except Exception as error:
+        fail(getattr(error, "message", error))
+    ratings = Table(title=f"Bradley-Terry ratings from {len(comparisons)} comparisons")
+    for column in ("model", "Elo", "± se", "games", "score"):
+        ratings.add_column(column, justify="left" if column == "model" else "right")
+    order = sorted(fitted.models, key=lambda m: -fitted[m].elo)  # strongest first
+    for model in order:
+        rating = fitted[model]
+        ratings.add_row(
+            model, f"{rating.elo:.0f}", f"{rating.elo_se:.0f}", f"{rating.games:g}",
+            f"{rating.score:g}",
+        )  # fmt: skip
+    console.print(ratings)
+    pairs = Table(title="win rates (row model against column model)")
+    pairs.add_column("model")
+    for model in order:
+        pairs.add_column(model, justify="right")
+    for a in order:
+        cells = []
+        for b in order:
+            rate = table.get((a, b))
+            cells.append("" if rate is None else f"{rate.rate:.2f} ± {rate.se:.2f}")
+        pairs.add_row(a, *cells)
+    console.print(pairs)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 

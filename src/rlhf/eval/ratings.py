@@ -506,3 +506,27 @@ def elo_sequential(
         ratings[a] = rating_a + change
         ratings[b] = rating_b - change
     return ratings
+
+
+def comparisons_from_rows(rows: Iterable[dict]) -> list[Comparison]:
+    """The model-against-model comparisons in a feedback export (``rlhf feedback export``
+    rows of a campaign whose responses name their models): a preference row's
+    ``chosen_model`` beat its ``rejected_model``; a ranking row with ``models`` gives every
+    pair of its responses, the better-ranked one winning (equal ranks: a tie). Two replies of
+    the same model say nothing about models and are left out, as are rows naming none."""
+    out: list[Comparison] = []
+    for index, row in enumerate(rows):
+        if row.get("chosen_model") is not None and row.get("rejected_model") is not None:
+            chosen, rejected = str(row["chosen_model"]), str(row["rejected_model"])
+            if chosen != rejected:
+                out.append(Comparison(chosen, rejected, 1.0))
+        elif row.get("models") is not None:
+            models, ranks = row["models"], row.get("ranks")
+            if not isinstance(ranks, list) or len(ranks) != len(models):
+                raise ValueError(f"row {index}: models needs a ranks list of the same length")
+            for i in range(len(models)):
+                for j in range(i + 1, len(models)):
+                    if models[i] != models[j]:
+                        outcome = 0.5 if ranks[i] == ranks[j] else float(ranks[i] < ranks[j])
+                        out.append(Comparison(str(models[i]), str(models[j]), outcome))
+    return out

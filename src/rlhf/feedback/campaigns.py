@@ -6,7 +6,13 @@ A row is what ``rlhf sample`` writes (extra columns are ignored)::
 
 ``prompt`` is a string or a list of ``{"role", "content"}`` messages; ``responses`` a list of
 strings (``response`` or ``completion``, a single string, also do); ``gold`` the hidden answer
-for quality control (docs/feedback.md). A chat campaign's rows need only a ``prompt``: the
+for quality control (docs/feedback.md); ``models`` (pairwise and rank), one name per response,
+the checkpoint that wrote it, for model-against-model comparisons: annotators never see it,
+the export names the chosen and rejected models, and ``rlhf feedback ratings`` turns the labels
+into win rates and Bradley–Terry / Elo ratings per model::
+
+    {"prompt": "Tell a story.", "responses": ["...", "..."], "models": ["round-1", "round-2"]}
+ A chat campaign's rows need only a ``prompt``: the
 annotator's opening message, or ``""`` to let the annotator open. A steps campaign's rows are
 step records as :mod:`rlhf.data.steps` reads them, told apart by their columns as
 :mod:`rlhf.data.readers` tells them: ours (``steps``), PRM800K's (``question`` + ``label``) or
@@ -96,6 +102,21 @@ def _responses(row: dict[str, Any], where: str) -> list[str]:
     return value
 
 
+def _models(row: dict[str, Any], task: str, n: int, where: str) -> list[str] | None:
+    """A row's ``models`` (one checkpoint name per response), checked; None without."""
+    value = row.get("models")
+    if value is None:
+        return None
+    if task not in ("pairwise", "rank"):
+        raise SourceError(f"{where}: models: only pairwise and rank tasks compare models")
+    if not isinstance(value, list) or len(value) != n:
+        raise SourceError(f"{where}: models: expected a list of {n} names, one per response")
+    for index, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip():
+            raise SourceError(f"{where}: models[{index}]: expected a model's name")
+    return [name.strip() for name in value]
+
+
 def _distinct(responses: list[str], where: str) -> None:
     """Refuse a row of a comparing task (pairwise, rank) that repeats a response.
 
@@ -140,6 +161,9 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
         return
     responses = _responses(row, where)
     gold = row.get("gold")
+    models = _models(row, task, len(responses), where)
+    if models is not None and task == "rank":
+        source["models"] = models
     if task == "pairwise":
         if len(responses) < 2:
             raise SourceError(f"{where}: responses: a pairwise task needs at least 2")
@@ -149,7 +173,8 @@ def items_from_row(task: str, row: Any, line: int) -> Iterator[NewItem]:
         gold = _gold(task, gold, 2, f"{where}: gold")
         for i, j in itertools.combinations(range(len(responses)), 2):
             pair = [responses[i], responses[j]]
-            yield NewItem(prompt, pair, gold, {**source, "responses": [i, j]})
+            origin = {"models": [models[i], models[j]]} if models is not None else {}
+            yield NewItem(prompt, pair, gold, {**source, "responses": [i, j], **origin})
     elif task == "rank":
         if not 2 <= len(responses) <= MAX_RANKED:
             raise SourceError(f"{where}: responses: a rank task takes 2 to {MAX_RANKED}")

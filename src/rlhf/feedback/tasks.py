@@ -374,3 +374,20 @@ def export_records(
             yield ConversationRecord((*context, Message("assistant", chosen)))
     elif task == "steps":
         yield step_record(text, tuple(responses), tuple(value["labels"]), answer)
+
+
+def model_columns(
+    task: str, fmt: str, models: Sequence[str] | None, value: dict[str, Any]
+) -> dict[str, Any]:
+    """The export columns naming the models behind an item's responses (``models``, one per
+    response in the item's order; None: the item names none): a pairwise label's
+    ``chosen_model`` and ``rejected_model``, a ranking's ``models`` beside its ranks. A rank
+    label exported as pairs names none (each pair's models are not kept apart there)."""
+    if not models:
+        return {}
+    if task == "pairwise":
+        better = value["better"]
+        return {"chosen_model": models[better], "rejected_model": models[1 - better]}
+    if task == "rank" and fmt == "ranking":
+        return {"models": list(models)}
+    return {}

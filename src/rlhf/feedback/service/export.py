@@ -9,14 +9,15 @@ from sqlalchemy.orm import Session
 
 from rlhf.feedback.db import Assignment, Campaign, ChatTurn, Item, Label
 from rlhf.feedback.service.errors import FeedbackError
-from rlhf.feedback.tasks import EXPORT_FORMATS, export_records
+from rlhf.feedback.tasks import EXPORT_FORMATS, export_records, model_columns
 
 
 def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) -> Iterator[dict]:
     """The campaign's labels as JSON rows of data records (one or more per label).
 
     Each row is a record's canonical dict plus ``campaign``, ``item`` and a pseudonymous
-    ``annotator`` (the account id, never the name), which the readers ignore.
+    ``annotator`` (the account id, never the name), which the readers ignore; an item whose
+    responses name their models adds them (:func:`rlhf.feedback.tasks.model_columns`).
     """
     fmt = fmt or EXPORT_FORMATS[campaign.task_type][0]
     if fmt not in EXPORT_FORMATS[campaign.task_type]:
@@ -55,8 +56,10 @@ def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) ->
             campaign.task_type, fmt, item.prompt, item.responses, label.value, chat_turn,
             answer=item.source.get("answer"),
         )  # fmt: skip
+        models = item.source.get("models")
         for record in records:
             yield {
                 **record.to_dict(), "campaign": campaign.name, "item": item.id,
                 "annotator": f"a{label.user_id}",
+                **model_columns(campaign.task_type, fmt, models, label.value),
             }  # fmt: skip
