@@ -90,7 +90,7 @@ def test_sft_loss_under_checkpointing_is_the_plain_one(tiny_model_dir, tiny_toke
         model.zero_grad(set_to_none=True)
         loss, metrics = lm_loss(model, batch)
         loss.backward()
-        assert metrics["nll_sum"] == pytest.approx(float(loss))
+        assert metrics["nll_sum"] == pytest.approx(loss.item())
         return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     plain, checkpointed = fresh_model(tiny_model_dir), fresh_model(tiny_model_dir)
