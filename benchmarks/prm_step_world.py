@@ -8,7 +8,9 @@ world's gold checker (``rlhf.sim.steps``). Seeded; one run from nothing:
    solutions (``builtin:step-sft``).
 2. **PRM.** Initialised from that policy, 2,000 steps on 16,000 noisy solutions whose every step
    the checker labelled (``builtin:step-solutions``, ``rlhf prm``); held-out step and
-   first-error accuracy.
+   first-error accuracy. With ``--prm-data policy`` the 16,000 solutions are the policy's own
+   samples (temperature 1) on other training problems, each step labelled by the checker: the
+   mistakes the PRM learns are then the ones the policy makes.
 3. **ORM.** The same start and budget on outcome labels of the same kind of noisy solutions
    (``builtin:step-outcomes``: thumbs up when the final answer is right, ``rlhf rm``).
 4. **Choosing one of N.** ``--max-n`` solutions sampled per held-out problem once, then the
@@ -102,6 +104,28 @@ def train(name: str, out: Path, base: dict[str, Any], overrides: list[str]) -> A
     entry = recipe(name)
     config = load_config(entry.config_class(), None, [f"out={out}", *overrides], base=base)
     return entry.run_function()(config)
+
+
+def policy_solutions(root: Path, policy: Path, count: int, seed: int) -> Path:
+    """``count`` solutions the policy samples (temperature 1) for training problems, each step
+    labelled by the checker, as step records (JSON Lines) for ``rlhf prm``."""
+    from rlhf.rollout.candidates import load_prompts_and_answers
+    from rlhf.rollout.factory import load_engine
+    from rlhf.rollout.types import SamplingParams
+    from rlhf.sim.steps import check_steps, parse_problem, split_steps
+
+    source = f"builtin:step-problems?n={count}&seed={seed + 1}&split=train"
+    prompts, _ = load_prompts_and_answers(source, None)
+    params = SamplingParams(max_new_tokens=80, temperature=1.0, num_samples=1, seed=seed)
+    batch = load_engine(policy, batch_size=256).generate(prompts, params)
+    path = root / "policy-solutions.jsonl"
+    with path.open("w", encoding="utf-8") as file:
+        for prompt, text in zip(prompts, batch.response_texts, strict=True):
+            steps = split_steps(text)
+            if steps:  # an empty sample has no step to label
+                labels = check_steps(parse_problem(prompt), steps)
+                file.write(json.dumps({"prompt": prompt, "steps": steps, "labels": labels}) + "\n")
+    return path
 
 
 def last_eval(out: Path) -> dict[str, Any]:
@@ -200,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-n", type=int, default=64, help="largest N of the selection")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="keep everything here")
+    parser.add_argument(
+        "--prm-data",
+        choices=("noisy", "policy"),
+        default="noisy",
+        help="the PRM's solutions: the noisy solver's (builtin) or the policy's own samples",
+    )
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -210,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     progress("policy: SFT on canonical step-by-step solutions")
     policy = Path(train("sft", root / "sft", {**QUIET, **SFT}, seed).model_dir)
     start = {**QUIET, "model": {"path": str(policy)}}
-    progress("PRM on checker-labelled noisy solutions")
-    prm = Path(train("prm", root / "prm", {**start, **PRM}, seed).model_dir)
+    prm_config = {**start, **PRM}
+    if args.prm_data == "policy":
+        progress("the policy's own solutions, each step labelled by the checker")
+        solutions = policy_solutions(root, policy, 16000, args.seed)
+        prm_config["data"] = {**PRM["data"], "train": str(solutions)}
+    progress(f"PRM on checker-labelled solutions ({args.prm_data})")
+    prm = Path(train("prm", root / "prm", prm_config, seed).model_dir)
     progress("ORM on outcome labels")
     orm = Path(train("rm", root / "orm", {**start, **ORM}, seed).model_dir)
     prm_eval, orm_eval = last_eval(root / "prm"), last_eval(root / "orm")
@@ -227,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     for point in points:
         selection.setdefault(point.selector, {})[point.n] = round(point.accuracy, 4)
     summary = {
-        "prm": {key: round(prm_eval[key], 4) for key in ("step_accuracy", "first_error_accuracy")},
+        "prm": {key: round(prm_eval[key], 4) for key in ("step_accuracy", "first_error_accuracy")}
+        | {"data": args.prm_data},
         "orm": {"accuracy": round(orm_eval["accuracy"], 4)},
         "selection": selection,
         "rl": results,
