@@ -49,7 +49,7 @@ def test_sppo_loss_against_hand_numbers():
     logps = torch.tensor([-1.0, -2.0], requires_grad=True)
     loss, sums = sppo_loss(logps, torch.tensor([-1.5, -2.0]), torch.tensor([0.75, 0.25]), eta=2.0)
     # targets η(P̂ − ½) = 0.5, −0.5; log-ratios 0.5, 0 → squares 0, 0.25
-    assert float(loss) == pytest.approx(0.25)
+    assert loss.item() == pytest.approx(0.25)
     assert sums["target_sum"] == pytest.approx(0.0) and sums["log_ratio_sum"] == pytest.approx(0.5)
     loss.backward()
     torch.testing.assert_close(logps.grad, torch.tensor([0.0, 1.0]))  # 2(0 − (−0.5))

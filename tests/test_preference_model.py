@@ -77,7 +77,7 @@ def test_loss_against_numbers_worked_by_hand():
     #   pair 3: y = ¼, P = ¾:     −¼ ln ¾ − ¾ ln ¼                 = 1.1116412889528632
     hand = [0.31326168751822286, 0.6931471805599453, 0.12692801104297263, 1.1116412889528632]
     loss, metrics = pairwise_preference_loss(forward, reverse, labels)
-    assert float(loss) == pytest.approx(sum(hand), rel=1e-6)
+    assert loss.item() == pytest.approx(sum(hand), rel=1e-6)
     assert metrics["loss_sum"] == pytest.approx(sum(hand), rel=1e-6)
     assert metrics["pairs"] == 4.0
     # right, a tie (½), right (d < 0 with y = 0), wrong (d > 0 with y = ¼)
@@ -106,7 +106,7 @@ def test_the_loss_does_not_depend_on_the_order_a_pair_is_given_in():
     labels = torch.rand(64, generator=generator)
     loss, metrics = pairwise_preference_loss(forward, reverse, labels)
     swapped, swapped_metrics = pairwise_preference_loss(reverse, forward, 1 - labels)
-    assert float(loss) == pytest.approx(float(swapped), rel=1e-6)
+    assert loss.item() == pytest.approx(float(swapped), rel=1e-6)
     assert metrics["correct_pairs"] == swapped_metrics["correct_pairs"]
 
 
