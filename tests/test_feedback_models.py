@@ -98,3 +98,5 @@ def test_labels_become_ratings_per_model(tmp_path):
     assert "round-1" in lines[0]  # the stronger model first
     refused = CliRunner().invoke(app, ["feedback", "ratings", "nope", "--db", db])
     assert refused.exit_code == 1 and "no campaign 'nope'" in refused.output
+    twice = CliRunner().invoke(app, ["feedback", "ratings", "versus", "1", "--db", db])
+    assert twice.exit_code == 1 and "named twice" in twice.output

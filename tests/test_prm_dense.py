@@ -198,3 +198,51 @@ def test_grpo_with_process_supervision_reads_the_prm_steps(tiny_model_dir, prm_d
         GRPOConfig.model_validate(
             base | {"reward": {"prm": "x"}, "kl": {"coef": 0.04, "in_reward": True}}
         )
+
+
+def test_tied_or_nearly_tied_scores_normalise_to_nothing():
+    """Scores that all tie carry no signal: normalised to 0 everywhere, not noise over ~0."""
+    mask = torch.ones(3, 4)
+    placed = torch.tensor([[0.3, 0.0, 0.0, 0.0]] * 3)
+    for norm in ("batch", "running"):
+        settings = PPOSettings(reward_norm=norm)
+        scores, dense = ScoreNormaliser(settings).tokens(torch.full((3,), 0.3), placed, mask)
+        assert scores.abs().sum() == 0 and dense.abs().sum() == 0
+        assert ScoreNormaliser(settings)(torch.full((3,), 0.3)).abs().sum() == 0
+    # a near tie over many tokens: the rows still sum to their normalised scores (float64)
+    generator = torch.Generator().manual_seed(0)
+    scores = 0.9 + 5e-4 * torch.randn(64, generator=generator)
+    placed = torch.zeros(64, 256)
+    placed[:, 7], placed[:, 200] = scores / 2, scores / 2
+    mask = torch.ones(64, 256)
+    normalised, dense = ScoreNormaliser(PPOSettings(reward_norm="batch")).tokens(
+        scores, placed, mask
+    )
+    ppo_token_rewards(
+        normalised, torch.zeros(64, 256), torch.zeros(64, 256), mask, kl_coef=0.0,
+        score_tokens=dense,
+    )  # fmt: skip
+
+
+def test_the_last_step_takes_the_tokens_after_it():
+    from rlhf.losses.advantages import process_advantages
+
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1]])
+    rewards = [torch.tensor([0.9, 0.5]), torch.tensor([0.2])]
+    advantages, _ = process_advantages(rewards, [[0, 1], [1]], mask, 2)
+    group = torch.tensor([0.9, 0.5, 0.2])
+    r = (group - group.mean()) / (group.std() + 1e-4)
+    # row 0's last step ends at token 1, but tokens 2 and 3 (EOS) belong to it
+    torch.testing.assert_close(advantages[0], torch.stack([r[0] + r[1], r[1], r[1], r[1]]))
+    torch.testing.assert_close(advantages[1], torch.stack([r[2]] * 4))
+
+
+def test_grpo_process_refuses_reward_workers():
+    from rlhf.recipes.grpo import GRPOConfig
+
+    with pytest.raises(ValueError, match="reward_workers=0"):
+        GRPOConfig.model_validate(
+            {"out": "x", "model": {"path": "x"}, "data": {"prompts": "x"},
+             "reward": {"prm": "x"}, "grpo": {"process": True},
+             "distributed": {"reward_workers": 1}}
+        )  # fmt: skip

@@ -18,6 +18,8 @@ def test_next_step_reads_up_to_the_separator():
     assert next_step("5 - 1 = 4\n", "\n", ended=True) == ("5 - 1 = 4", True)  # nothing after
     assert next_step("5 - 1 = 4\nThe", "\n", ended=True) == ("5 - 1 = 4", False)
     assert next_step("", "\n", ended=True) == ("", True)
+    assert next_step("\n \n5 - 1 = 4\n", "\n", ended=False) == ("5 - 1 = 4", False)  # blanks
+    assert next_step("5 - 1 = 4 and then", "\n", ended=False) is None  # cut off mid-step
 
 
 # a policy that continues each prefix with fixed steps, and a PRM that likes some of them
@@ -67,6 +69,10 @@ def test_beam_search_keeps_the_best_partial_solutions():
     # max_steps=1: the first step is also the last
     (short,) = beam_search(ScriptedEngine(), ScriptedPRM(), ["P"], beams=2, max_steps=1)
     assert short.steps == ("a1",) and short.done
+    # every continuation cut off mid-step: the beam ends where it is
+    CONTINUATIONS["Q"] = [("a1 cut", False), ("b1 cut", False)]
+    (stuck,) = beam_search(ScriptedEngine(), ScriptedPRM(), ["Q"], beams=2, expansions=2)
+    assert stuck.steps == () and stuck.done
     with pytest.raises(ValueError, match="plain-text prompts"):
         beam_search(ScriptedEngine(), ScriptedPRM(), [({"role": "user"},)], beams=1)
     with pytest.raises(ValueError, match="at least 1"):

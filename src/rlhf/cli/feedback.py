@@ -280,7 +280,7 @@ def feedback_ratings(
     """Win rates and Bradley-Terry / Elo ratings of the models whose replies people compared
     (campaign rows with `models`, one name per response; docs/feedback.md)."""
     from rich.table import Table
-    from sqlalchemy import or_, select
+    from sqlalchemy import select
 
     from rlhf.eval.ratings import bradley_terry, comparisons_from_rows, win_rates
     from rlhf.feedback import service
@@ -289,13 +289,17 @@ def feedback_ratings(
     try:
         rows: list[dict] = []
         with _sessions(db)() as session:
+            chosen: set[int] = set()
             for name in campaigns:
-                key = int(name) if name.isdigit() else -1
-                found = session.scalar(
-                    select(Campaign).where(or_(Campaign.name == name, Campaign.id == key))
-                )
+                # a name first (a campaign may be named "3"), then an id
+                found = session.scalar(select(Campaign).where(Campaign.name == name))
+                if found is None and name.isdigit():
+                    found = session.get(Campaign, int(name))
                 if found is None:
                     raise ValueError(f"no campaign {name!r} in {db}")
+                if found.id in chosen:
+                    raise ValueError(f"campaign {name!r} is named twice: its labels count once")
+                chosen.add(found.id)
                 if found.task_type not in ("pairwise", "rank"):
                     raise ValueError(f"{name}: a {found.task_type} campaign compares no models")
                 fmt = "ranking" if found.task_type == "rank" else None

@@ -63,6 +63,13 @@ class RewardWorker:
         self.reward = None
 
 
+def _places_on_tokens(spec: dict[str, Any]) -> bool:
+    """Whether the reward ``spec`` (a RewardSpec's dict) reads token ends: a dense PRM, alone
+    or in a composite."""
+    parts = (spec.get("composite") or {}).values()
+    return bool(spec.get("prm_dense")) or any(_places_on_tokens(part) for part in parts)
+
+
 class RemoteReward(Reward):
     """The reward computed on reward workers (see the module docstring)."""
 
@@ -70,6 +77,8 @@ class RemoteReward(Reward):
         if not workers:
             raise ValueError("RemoteReward needs at least one reward worker")
         self.workers = list(workers)
+        # a dense PRM places its reward on tokens: the rollout's token ends must reach it
+        self.reads_token_ends = _places_on_tokens(spec)
         if is_main_process():  # the reward is built (a model loaded) once per worker
             built = [worker.setup.remote(spec, os.getcwd()) for worker in self.workers]
             for index, ref in enumerate(built):

@@ -41,10 +41,16 @@ class Beam:
         return separator.join(self.steps)
 
 
-def next_step(continuation: str, separator: str, ended: bool) -> tuple[str, bool]:
-    """The step a continuation writes (its text up to the first separator, stripped) and whether
-    it is the last one: the continuation ended (EOS) without starting another step."""
+def next_step(continuation: str, separator: str, ended: bool) -> tuple[str, bool] | None:
+    """The step a continuation writes (its text up to the first separator after any leading
+    blank pieces, stripped) and whether it is the last one: the continuation ended (EOS)
+    without starting another step. None when the step was cut off (no separator and no EOS
+    within the step's token budget): an unfinished step is not scored as a step."""
+    while continuation.lstrip(" \t").startswith(separator):  # blank pieces first: skipped
+        continuation = continuation.lstrip(" \t")[len(separator) :]
     step, found, rest = continuation.partition(separator)
+    if not found and not ended:
+        return None
     return step.strip(), ended and not (found and rest.strip())
 
 
@@ -81,28 +87,38 @@ def beam_search(
         batch = engine.generate(texts, params)
         children: list[tuple[int, tuple[str, ...], bool]] = []
         seen: set[tuple[int, tuple[str, ...]]] = set()
+        extended: set[int] = set()  # open beams (by index) with at least one child
         for index, continuation, ended in zip(
             batch.prompt_index.tolist(), batch.response_texts, batch.ended_with_eos.tolist(),
             strict=True,
         ):  # fmt: skip
             p, beam = open_beams[index]
-            step, last = next_step(continuation, separator, bool(ended))
+            read = next_step(continuation, separator, bool(ended))
+            if read is None:  # cut off mid-step: dropped (the beam's other children remain)
+                continue
+            extended.add(index)
+            step, last = read
             steps = (*beam.steps, step) if step else beam.steps
             finished = last or not step or depth == max_steps - 1
             if (p, steps) not in seen:  # the same partial solution twice adds nothing
                 seen.add((p, steps))
                 children.append((p, steps, finished))
-        scores = prm.aggregate(
-            prm.step_scores(
-                [prompts[p] for p, _, _ in children],
-                [separator.join(steps) for _, steps, _ in children],
-            )
-        )
+        scores = []
+        if children:
+            scores = prm.aggregate(
+                prm.step_scores(
+                    [prompts[p] for p, _, _ in children],
+                    [separator.join(steps) for _, steps, _ in children],
+                )
+            ).tolist()
         next_frontier: list[list[Beam]] = [
             [beam for beam in kept if beam.done] for kept in frontier
         ]
-        for (p, steps, finished), score in zip(children, scores.tolist(), strict=True):
+        for (p, steps, finished), score in zip(children, scores, strict=True):
             next_frontier[p].append(Beam(steps, score, finished))
+        for index, (p, beam) in enumerate(open_beams):  # every child cut off: it ends here
+            if index not in extended:
+                next_frontier[p].append(Beam(beam.steps, beam.score, True))
         frontier = [sorted(kept, key=lambda beam: -beam.score)[:beams] for kept in next_frontier]
     best = []
     for kept in frontier:

@@ -227,8 +227,9 @@ def ppo_token_rewards(
     else:
         _check_tokens("score_tokens", score_tokens, logps, "logps")
         placed = score_tokens.detach().float() * mask
-        gap = (placed.sum(-1) - scores.detach().float()).abs()
-        if bool((gap > 1e-4 * (1 + scores.detach().float().abs())).any()):
+        gap = (placed.double().sum(-1) - scores.detach().double()).abs()
+        scale = 1 + placed.double().abs().sum(-1) + scores.detach().double().abs()
+        if bool((gap > 1e-4 * scale).any()):
             row = int(gap.argmax())
             raise ValueError(
                 f"score_tokens must sum to the scores on real tokens: row {row} sums to "
@@ -479,8 +480,9 @@ def process_advantages(
         r̃_i,j = (r_i,j − mean(R)) / (std(R) + eps)      R: every step reward of the group
         A_i,t = Σ_{j : index(j) ≥ t} r̃_i,j
 
-    so a token is credited with what its own step and the later ones earned. A sample with no
-    step counts as one step of reward 0 on its last token (a process reward model's score of
+    so a token is credited with what its own step and the later ones earned. The tokens after
+    the last step (EOS, trailing blanks) count as part of it, so the decision to stop is
+    credited too. A sample with no step counts as one step of reward 0 on its last token (a process reward model's score of
     a response it cannot read). A group whose step rewards all tie gets A = 0.
 
     Args:
@@ -514,6 +516,8 @@ def process_advantages(
             raise ValueError(f"row {row}: step tokens {where} outside its {int(last[row]) + 1}")
         if not where:  # no step: one of reward 0 on the last token
             values, where = torch.zeros(1), [int(last[row])]
+        else:  # what follows the last step (EOS, a blank line) belongs to it: stopping counts
+            where[-1] = int(last[row])
         rewards.append(values)
         tokens.append(where)
     advantages = torch.zeros(mask.shape, dtype=torch.float32)

@@ -84,6 +84,11 @@ class GRPOConfig(OnlineConfig):
                 "grpo.process: the reward must be a process reward model alone (reward.prm, "
                 "without length or missing-EOS penalties)"
             )
+        if self.grpo.process and self.distributed.reward_workers > 0:
+            raise ValueError(
+                "grpo.process reads the PRM's steps in the trainer: set "
+                "distributed.reward_workers=0"
+            )
         if self.grpo.process and self.kl.in_reward:
             raise ValueError(
                 "grpo.process with kl.in_reward: step-level advantages take the KL as a loss "

@@ -192,14 +192,19 @@ class ScoreNormaliser:
 
     def _affine(self, scores: torch.Tensor) -> tuple[float, float]:
         """(a, b): ``reward_norm`` maps a score s to a·s + b (the running moments take this
-        rollout in first, as OpenRLHF does)."""
+        rollout in first, as OpenRLHF does). Scores that (nearly) all tie carry no signal to
+        normalise: a = b = 0, every normalised score 0, rather than noise divided by ~0."""
+        scores = scores.double()
         if self.settings.reward_norm == "batch" and scores.numel() > 1:
-            std = float(scores.std(unbiased=False)) + 1e-8
-            return 1 / std, -float(scores.mean()) / std
-        if self.settings.reward_norm == "running":
+            mean, std = float(scores.mean()), float(scores.std(unbiased=False))
+        elif self.settings.reward_norm == "running":
             self.moments.update(scores)
-            return 1 / (self.moments.std + 1e-8), -self.moments.mean / (self.moments.std + 1e-8)
-        return 1.0, 0.0
+            mean, std = self.moments.mean, self.moments.std if self.moments.count > 1 else 0.0
+        else:
+            return 1.0, 0.0
+        if std <= 1e-6 * max(1.0, abs(mean)):
+            return 0.0, 0.0
+        return 1 / std, -mean / std
 
     def _clip(self, scores: torch.Tensor) -> torch.Tensor:
         if self.settings.reward_clip is None:
@@ -208,21 +213,22 @@ class ScoreNormaliser:
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """[N] scores after ``reward_norm`` and ``reward_clip``."""
-        scale, shift = self._affine(scores.float())
-        return self._clip(scale * scores.float() + shift)
+        scale, shift = self._affine(scores)
+        return self._clip(scale * scores.double() + shift).float()
 
     def tokens(
         self, scores: torch.Tensor, token_scores: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A dense reward normalised like :meth:`__call__`: scores [N] and token_scores [N, R]
         (each row summing to its score on the mask [N, R]) -> both normalised, the rows still
-        summing to the scores: every token scaled, the shift and the clip's change on the last."""
-        scale, shift = self._affine(scores.float())
-        normalised = self._clip(scale * scores.float() + shift)
-        dense = scale * token_scores.float() * mask
+        summing to the scores: every token scaled, the shift and the clip's change on the last
+        (in float64, so the rows' sums hold)."""
+        scale, shift = self._affine(scores)
+        normalised = self._clip(scale * scores.double() + shift)
+        dense = scale * token_scores.double() * mask
         rows = torch.arange(len(scores))
-        dense[rows, last_token_index(mask)] += normalised - scale * scores.float()
-        return normalised, dense
+        dense[rows, last_token_index(mask)] += normalised - scale * scores.double()
+        return normalised.float(), dense.float()
 
     def state_dict(self) -> dict[str, Any]:
         return {"reward_moments": self.moments.state_dict()}
@@ -255,7 +261,9 @@ def make_experience(
             groups=batch.prompt_index,
         )  # [N, R]
     token_scores = None  # the whole score on the last token
-    if reward.token_rewards is None:
+    # per-token rewards only from a reward that places its value on tokens on purpose (a
+    # dense PRM); others' (a length penalty's) sum on the last token, as they always have
+    if reward.token_rewards is None or not getattr(run.reward, "reads_token_ends", False):
         scores = normalise(reward.scores)
     else:
         placed = dense_token_rewards(reward, batch.response_lengths)[:, : mask.shape[1]]

@@ -27,6 +27,7 @@ import torch
 
 from rlhf.data.records import Text
 from rlhf.losses.prm import Aggregation, aggregate_steps
+from rlhf.models.forward import position_limit
 from rlhf.rewards.base import Metadata, Reward, RewardOutput, check_lengths
 from rlhf.rollout.types import RESPONSE_TOKEN_ENDS
 
@@ -70,8 +71,9 @@ class ProcessReward(Reward):
         rows = [i for i, steps in enumerate(solutions) if steps]
         out = [torch.empty(0) for _ in responses]
         probabilities = self.model.step_probabilities(
-            [prompts[i] for i in rows], [solutions[i] for i in rows], batch_size=self.batch_size
-        )
+            [prompts[i] for i in rows], [solutions[i] for i in rows], batch_size=self.batch_size,
+            max_length=position_limit(self.model.model),  # the steps that fit are scored
+        )  # fmt: skip
         for row, steps in zip(rows, probabilities, strict=True):
             out[row] = steps
         return out

@@ -149,6 +149,11 @@ def response_texts(
     ]
 
 
+# tokens of left context decoded with each token when measuring its text: enough for a
+# multi-byte character or a merged piece to come out whole, far fewer than a whole prefix
+TEXT_END_WINDOW = 8
+
+
 def token_text_ends(
     tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor, texts: Sequence[str]
 ) -> list[list[int]]:
@@ -156,17 +161,27 @@ def token_text_ends(
     its first t + 1 tokens decode to, t = 0 .. len − 1: token t is where text position
     ``ends[t] − 1`` is complete.
 
-    The prefixes are decoded alone (one batched call) and shifted by what decoding the whole
-    response alone misses of ``texts`` (the leading space :func:`decode_continuation` keeps),
-    capped at the text's length; ends never decrease (a token that completes a multi-byte
-    character mid-way decodes to a replacement character first)."""
+    Each token's text is measured in a short window of the tokens before it (decode(window +
+    token) − decode(window), :data:`TEXT_END_WINDOW` tokens, one batched call for all), so the
+    cost grows with B·R, not with B·R² as decoding every prefix would. The running sums are
+    shifted by what decoding the response alone misses of ``texts`` (the leading space
+    :func:`decode_continuation` keeps) and capped at the text's length; ends never decrease (a
+    token that completes a multi-byte character mid-way decodes to a replacement character)."""
     lengths = response_mask.sum(-1).tolist()
     rows = [response_ids[b, :length].tolist() for b, length in enumerate(lengths)]
-    prefixes = [row[: t + 1] for row in rows for t in range(len(row))]
-    decoded = iter(tokenizer.batch_decode(prefixes, skip_special_tokens=True) if prefixes else [])
+    windows = []
+    for row in rows:
+        for t in range(len(row)):
+            start = max(0, t - TEXT_END_WINDOW)
+            windows += [row[start : t + 1], row[start:t]]
+    decoded = iter(tokenizer.batch_decode(windows, skip_special_tokens=True) if windows else [])
     out = []
     for row, text in zip(rows, texts, strict=True):
-        ends = [len(next(decoded)) for _ in row]
+        ends, total = [], 0
+        for _ in row:
+            with_token, without = next(decoded), next(decoded)
+            total += max(0, len(with_token) - len(without))
+            ends.append(total)
         shift = len(text) - (ends[-1] if ends else 0)
         running, clean = 0, []
         for end in ends:
