@@ -161,6 +161,21 @@ def feedback_serve(
         fail(error)
 
 
+def _campaign(session: Any, name: str, db: str) -> Any:
+    """The campaign called ``name``, else the one whose id it is (a campaign may be named
+    "3"); a ValueError naming ``db`` when there is neither."""
+    from sqlalchemy import select
+
+    from rlhf.feedback.db import Campaign
+
+    found = session.scalar(select(Campaign).where(Campaign.name == name))
+    if found is None and name.isdigit():
+        found = session.get(Campaign, int(name))
+    if found is None:
+        raise ValueError(f"no campaign {name!r} in {db}")
+    return found
+
+
 def _sessions(db: str) -> Any:
     """A session factory on ``db``, its schema created or migrated first."""
     from rlhf.feedback.db import database_url, make_engine, migrate, session_factory
@@ -242,20 +257,11 @@ def feedback_export(
     """Export a campaign's labels as data records that rm, dpo, kto, sft and prm read."""
     import json
 
-    from sqlalchemy import or_, select
-
     from rlhf.feedback import service
-    from rlhf.feedback.db import Campaign
 
     try:
         with _sessions(db)() as session:
-            key = int(campaign) if campaign.isdigit() else -1
-            found = session.scalar(
-                select(Campaign).where(or_(Campaign.name == campaign, Campaign.id == key))
-            )
-            if found is None:
-                raise ValueError(f"no campaign {campaign!r} in {db}")
-            rows = list(service.export_rows(session, found, format))
+            rows = list(service.export_rows(session, _campaign(session, campaign, db), format))
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as file:
             for row in rows:
@@ -280,23 +286,16 @@ def feedback_ratings(
     """Win rates and Bradley-Terry / Elo ratings of the models whose replies people compared
     (campaign rows with `models`, one name per response; docs/feedback.md)."""
     from rich.table import Table
-    from sqlalchemy import select
 
     from rlhf.eval.ratings import bradley_terry, comparisons_from_rows, win_rates
     from rlhf.feedback import service
-    from rlhf.feedback.db import Campaign
 
     try:
         rows: list[dict] = []
         with _sessions(db)() as session:
             chosen: set[int] = set()
             for name in campaigns:
-                # a name first (a campaign may be named "3"), then an id
-                found = session.scalar(select(Campaign).where(Campaign.name == name))
-                if found is None and name.isdigit():
-                    found = session.get(Campaign, int(name))
-                if found is None:
-                    raise ValueError(f"no campaign {name!r} in {db}")
+                found = _campaign(session, name, db)
                 if found.id in chosen:
                     raise ValueError(f"campaign {name!r} is named twice: its labels count once")
                 chosen.add(found.id)

@@ -21,7 +21,7 @@ import torch
 
 from rlhf.data.records import Text
 from rlhf.eval.sampling import rewards_per_prompt
-from rlhf.eval.stats import best_of_n_kl
+from rlhf.eval.stats import best_of_n_kl, mean_and_se
 from rlhf.rewards.base import RewardFunction, score_rollout
 from rlhf.rollout.candidates import CandidateRecord, candidates_from_rollout
 from rlhf.rollout.types import GenerationEngine, SamplingParams
@@ -103,12 +103,6 @@ class BestOfNReport:
     meta: dict[str, object] = field(default_factory=dict)
 
 
-def _mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    mean = float(values.mean())
-    se = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
-    return mean, se
-
-
 def best_of_n_estimates(
     rewards: torch.Tensor, gold: torch.Tensor | None = None, sizes: Sequence[int] | None = None
 ) -> list[BestOfNEstimate]:
@@ -116,10 +110,10 @@ def best_of_n_estimates(
     from rewards [P, M] and the gold rewards [P, M] of the same samples."""
     points = []
     for n in sizes or best_of_n_sizes(rewards.shape[1]):
-        reward, reward_se = _mean_and_se(expected_best_of_n(rewards, n))
+        reward, reward_se = mean_and_se(expected_best_of_n(rewards, n).tolist())
         point = BestOfNEstimate(n, best_of_n_kl(n), reward, reward_se)
         if gold is not None:
-            point.gold, point.gold_se = _mean_and_se(expected_best_of_n(rewards, n, gold))
+            point.gold, point.gold_se = mean_and_se(expected_best_of_n(rewards, n, gold).tolist())
         points.append(point)
     return points
 

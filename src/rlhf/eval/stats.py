@@ -41,6 +41,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance)
 
 
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``values`` [N] and its standard error, sample std / sqrt(N) (0 for one value)."""
+    mean, std = mean_std(values)
+    return mean, std / math.sqrt(len(values))
+
+
 def standard_error(values: Sequence[float]) -> float:
     """Standard error of the mean of ``values`` [N]: sample std / sqrt(N); NaN below N = 2."""
     if len(values) < 2:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf.eval.stats import mean_and_se
 from rlhf.eval.step_selection import SelectionPoint
 from rlhf.rewards.base import RewardFunction, score_reward
 from rlhf.rewards.prm import ProcessReward
@@ -141,10 +142,10 @@ def beam_search_point(
     found = beam_search(engine, prm, prompts, **search)
     separator = prm.model.separator
     texts = [beam.text(separator) for beam in found]
-    right = score_reward(gold, list(prompts), texts, metadata).scores.double()
-    if not bool(((right == 0) | (right == 1)).all()):
+    right = score_reward(gold, list(prompts), texts, metadata).scores.tolist()
+    if any(value not in (0.0, 1.0) for value in right):
         raise ValueError("beam search accuracy needs a 0/1 verifier as gold (e.g. rule=step_world)")
-    se = float(right.std() / len(right) ** 0.5) if len(right) > 1 else 0.0
+    accuracy, se = mean_and_se(right)
     return SelectionPoint(
-        beams * expansions, f"prm beam search ({beams}×{expansions})", float(right.mean()), se
+        beams * expansions, f"prm beam search ({beams}×{expansions})", accuracy, se
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from rlhf.eval.stats import mean_and_se
 from rlhf.losses.prm import Aggregation, aggregate_steps
 from rlhf.rewards.rules import response_answer
 from rlhf.rollout.candidates import CandidateRecord
@@ -173,12 +174,10 @@ def selection_points(
     points = []
     for selector in selectors:
         for n in ns:
-            scores = torch.tensor(
-                problem_accuracies(problems, n, selector.method, selector.aggregation),
-                dtype=torch.float64,
+            accuracy, se = mean_and_se(
+                problem_accuracies(problems, n, selector.method, selector.aggregation)
             )
-            se = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
-            points.append(SelectionPoint(n, selector.label, float(scores.mean()), se))
+            points.append(SelectionPoint(n, selector.label, accuracy, se))
     return points
 
 
