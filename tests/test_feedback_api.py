@@ -1309,7 +1309,7 @@ def test_an_older_schema_is_migrated_at_start(db_url: str, monkeypatch: pytest.M
     def add_a_column(connection: Any) -> None:  # what a later schema change would append
         connection.execute(text("ALTER TABLE campaigns ADD COLUMN notes TEXT"))
 
-    monkeypatch.setattr(db_module, "MIGRATIONS", [add_a_column])
+    monkeypatch.setattr(db_module, "MIGRATIONS", [*db_module.MIGRATIONS, add_a_column])
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     engine = make_engine(database_url(db_url))
     try:

@@ -1,4 +1,5 @@
-"""``rlhf quickstart`` and ``rlhf run``: the whole loop, stage after stage, ending in a report."""
+"""``rlhf quickstart`` and ``rlhf run``: the whole loop, stage after stage, ending in a report;
+``rlhf loop``: the loop in rounds through the feedback app."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rlhf.cli.common import OverridesArgument, console, fail, setup_logging
+from rlhf.cli.common import (
+    ConfigOption,
+    OverridesArgument,
+    PresetOption,
+    ResumeOption,
+    console,
+    fail,
+    setup_logging,
+)
 from rlhf.config import config_help, load_config, preset_path, read_yaml
 
 if TYPE_CHECKING:
@@ -97,9 +106,52 @@ def run_pipeline_file(
     run_pipeline(loaded, start)
 
 
+def loop(
+    config: ConfigOption = None,
+    preset: PresetOption = None,
+    resume: ResumeOption = False,
+    overrides: OverridesArgument = None,
+) -> None:
+    """Rounds of sample → label in the feedback app (annotator bots and/or people, over
+    HTTP) → reward model → policy, the app serving every round's campaign; Ctrl-C or a
+    crash loses nothing: --resume continues (docs/loop.md)."""
+    from rich.table import Table
+
+    from rlhf.eval.loop_report import COLUMNS, cell
+    from rlhf.recipes.loop import LoopConfig, run_loop
+
+    def said(summary: dict) -> None:
+        gold = f", gold {summary['gold']:.4f}" if "gold" in summary else ""
+        accuracy = summary.get("rm_accuracy_fresh")
+        fresh = f", RM accuracy on fresh labels {accuracy:.3f}" if accuracy is not None else ""
+        console.print(
+            f"[bold]round {summary['round']}[/]: {summary['labels']} labels "
+            f"({summary['labels_total']} so far){fresh}{gold}",
+            soft_wrap=True,
+        )
+
+    try:
+        base = read_yaml(preset_path("loop", preset)) if preset else None
+        loaded = load_config(LoopConfig, config, overrides or [], base=base)
+        setup_logging()
+        result = run_loop(loaded, resume, on_round=said)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: continue with the same command and --resume")
+        raise typer.Exit(code=130) from None
+    except Exception as error:  # every failure reaches the user as one clear line
+        fail(error)
+    table = Table(*(title for _, title, _ in COLUMNS))
+    for row in result.rounds:
+        table.add_row(*(cell(row, key, fmt) for key, _, fmt in COLUMNS))
+    console.print(table)
+    console.print(f"[green]done[/]: report at [bold]{result.report}[/]", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
+    from rlhf.recipes.loop import LoopConfig
     from rlhf.recipes.pipeline import PipelineConfig
 
     app.command()(quickstart)
     epilog = "\b\nConfig keys:\n" + config_help(PipelineConfig)
     app.command("run", epilog=epilog)(run_pipeline_file)
+    app.command("loop", epilog="\b\nConfig keys:\n" + config_help(LoopConfig))(loop)

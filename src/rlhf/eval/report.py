@@ -101,18 +101,18 @@ def _finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def _plain(text: str) -> str:
+def plain_text(text: str) -> str:
     """Text that matplotlib draws as written: a ``$`` would otherwise start mathtext."""
     return text.replace("$", r"\$")
 
 
-def _save(figure: Any, title: str, left_out: int, path: Path) -> Path:
+def save_figure(figure: Any, title: str, left_out: int, path: Path) -> Path:
     """Title the figure, note the points it could not draw, and write it as a PNG."""
     if left_out:
         figure.text(
             0.01, 0.01, f"{left_out} non-finite point(s) not shown", fontsize=8, color="red"
         )
-    figure.suptitle(_plain(title))
+    figure.suptitle(plain_text(title))
     figure.tight_layout()
     figure.savefig(path, dpi=120, format="png")
     return path
@@ -151,7 +151,7 @@ def plot_overoptimisation(report: Report, path: Path) -> Path:
                 x,
                 [getattr(p, attr) for p in points],
                 yerr=yerr,
-                label=_plain(label),
+                label=plain_text(label),
                 capsize=2,
                 markersize=4,
                 **style,
@@ -185,7 +185,7 @@ def plot_overoptimisation(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
     if gold_axes.get_legend_handles_labels()[0]:
         gold_axes.legend(fontsize=8)
-    return _save(figure, report.title, left_out, path)
+    return save_figure(figure, report.title, left_out, path)
 
 
 def plot_preference_curves(report: Report, path: Path) -> Path:
@@ -204,7 +204,7 @@ def plot_preference_curves(report: Report, path: Path) -> Path:
         if not points:
             continue
         style = {"color": color, "marker": "o", "linestyle": "--" if curve.online else "-"}
-        label = _plain(curve.label + (" (online)" if curve.online else ""))
+        label = plain_text(curve.label + (" (online)" if curve.online else ""))
         if not curve.online:
             implicit_axes.plot(
                 [p.step for p in points], [p.proxy for p in points], label=label, **style
@@ -237,7 +237,7 @@ def plot_preference_curves(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
-    return _save(figure, report.title, left_out, path)
+    return save_figure(figure, report.title, left_out, path)
 
 
 def plot_policies(report: Report, path: Path) -> Path:
@@ -273,12 +273,12 @@ def plot_policies(report: Report, path: Path) -> Path:
             color="grey",
             linestyle="--",
             linewidth=1,
-            label=_plain(f"{baseline.name} level"),
+            label=plain_text(f"{baseline.name} level"),
         )
         axes.legend(fontsize=8)
     axes.set_xticks(
         range(len(policies)),
-        [_plain(p.name) for p in policies],
+        [plain_text(p.name) for p in policies],
         rotation=15 if len(policies) > 4 else 0,
     )
     axes.set_ylabel("mean gold reward (±1 s.e.)")

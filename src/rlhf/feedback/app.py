@@ -26,14 +26,24 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlhf.feedback.api import annotate, auth, campaigns, chat, export, health, pages, users
+from rlhf.feedback.api import (
+    annotate,
+    auth,
+    campaigns,
+    chat,
+    export,
+    health,
+    loops,
+    pages,
+    users,
+)
 from rlhf.feedback.api.middleware import BodyLimit, Guard
 from rlhf.feedback.api.state import AppState, Sampler
 from rlhf.feedback.limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES
 from rlhf.feedback.service.errors import FeedbackError
 
 log = logging.getLogger("rlhf.feedback")
-ROUTERS = (pages, health, auth, annotate, chat, users, campaigns, export)
+ROUTERS = (pages, health, auth, annotate, chat, users, campaigns, export, loops)
 
 
 def _message(error: RequestValidationError) -> str:
@@ -93,3 +103,66 @@ def create_app(
         return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code)
 
     return app
+
+
+class ServedApp:
+    """The app under uvicorn in a background thread of this process, for a program that
+    also does other work (``rlhf loop`` serves its rounds' campaigns while it trains), as a
+    context manager: ``url`` once entered, ``state`` the app's :class:`AppState` (its
+    transactions are the ones the routes use, so the program and the routes never write at
+    once). ``port`` 0: a free one."""
+
+    def __init__(self, db: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = create_app(db)
+        self.state: AppState = self.app.state.feedback
+        self.host, self.port = host, port
+        self.url = ""
+        self._server: Any = None
+        self._thread: Any = None
+        self._socket: Any = None
+
+    def __enter__(self) -> ServedApp:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self.state.start()  # the schema before any request; the first admin's token kept
+        self._socket = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((self.host, self.port))
+        except OSError as error:
+            self._socket.close()
+            raise OSError(
+                f"cannot serve the feedback app on {self.host}:{self.port}: {error}"
+            ) from None
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True,
+            name="feedback-app",
+        )  # fmt: skip
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if not self._server.started:
+            self.__exit__()
+            raise RuntimeError(f"the feedback app did not start on {self.host}:{self.port}")
+        port = self._socket.getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self.state.engine.dispose()

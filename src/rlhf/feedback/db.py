@@ -140,14 +140,50 @@ class ChatTurn(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Loop(Base):
+    """An ``rlhf loop`` run whose rounds label through this app (the loop's own bookkeeping:
+    the app shows it on the admin page; the labels live in each round's campaign)."""
+
+    __tablename__ = "loops"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    out: Mapped[str] = mapped_column(Text)  # the run folder
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what the admin page shows
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoopRound(Base):
+    """One round of a loop: waiting (for an admin to start it) -> sampling -> labelling (its
+    campaign made) -> training (its labels exported) -> done (its summary written)."""
+
+    __tablename__ = "loop_rounds"
+    __table_args__ = (UniqueConstraint("loop_id", "number", name="uq_loop_round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    loop_id: Mapped[int] = mapped_column(ForeignKey("loops.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ...
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    campaign_id: Mapped[int | None] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="SET NULL"), nullable=True
+    )
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)  # labels, RM accuracy, ...
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class SchemaVersion(Base):
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
-# Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1. Version 1 is the
-# schema above; a later change to the tables appends a step here and bumps nothing else.
-MIGRATIONS: list[Callable[[Any], None]] = []
+# Migrations: MIGRATIONS[v - 1] takes a database at schema version v to v + 1. The schema
+# above is the newest; a later change to the tables appends a step here and bumps nothing else.
+def _add_loop_tables(connection: Any) -> None:
+    """Version 1 -> 2: the tables of ``rlhf loop`` runs."""
+    Base.metadata.create_all(connection, tables=[Loop.__table__, LoopRound.__table__])
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_add_loop_tables]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

@@ -26,19 +26,19 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config import ConfigError, StrictModel, _deep_merge, validate_config
+from rlhf.config import ConfigError, StrictModel, _deep_merge
 from rlhf.data.records import Record, Text
 from rlhf.eval.policies import EvalConfig, PipelineRuns, TrainedRun
 from rlhf.eval.results import Report, StageTiming
 from rlhf.recipes.common import AnnotatorsConfig, ModelConfig, RecipeConfig, RunResult
-from rlhf.recipes.registry import stage_recipe
+from rlhf.recipes.registry import stage_config, stage_recipe
 from rlhf.rewards.spec import RewardSpec
 from rlhf.rollout.types import EngineChoice
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from rlhf.rewards.base import RewardFunction
 
 logger = logging.getLogger("rlhf")
-C = TypeVar("C", bound=RecipeConfig)
 
 
 class FeedbackConfig(EngineChoice):
@@ -159,22 +158,6 @@ class PipelineConfig(StrictModel):
 # ------------------------------------------------------------------------------ stage configs
 
 
-def _set_default(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """``data[a][b]... = value`` unless the key is already set."""
-    *parents, last = dotted.split(".")
-    for key in parents:
-        data = data.setdefault(key, {})
-    data.setdefault(last, value)
-
-
-def _stage(cls: type[C], name: str, section: Mapping[str, Any], defaults: Mapping[str, Any]) -> C:
-    """A stage's recipe config: its section, with ``defaults`` (dotted keys) where unset."""
-    data = _deep_merge({}, dict(section))
-    for dotted, value in defaults.items():
-        _set_default(data, dotted, value)
-    return validate_config(cls, data, f"pipeline stage `{name}`")
-
-
 @dataclass
 class Stages:
     """Every stage's validated config and where its model lands."""
@@ -225,7 +208,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
     base = config.model.path or ""
     pretrain = None
     if config.pretrain is not None:
-        pretrain = _stage(
+        pretrain = stage_config(
             config_class("pretrain"),
             "pretrain",
             config.pretrain,
@@ -234,7 +217,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
         base = str(out / "pretrain" / "model")
     sft = None
     if config.sft is not None:
-        sft = _stage(
+        sft = stage_config(
             config_class("sft"),
             "sft",
             config.sft,
@@ -249,7 +232,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
         "data.eval": str(feedback / "heldout.jsonl"),
         **common,
     }
-    rm = _stage(
+    rm = stage_config(
         config_class("reward_model"),
         "reward_model",
         config.reward_model,
@@ -268,7 +251,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
     }
     stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, policy_dir=policy)
     for coef in config.ppo_kl_coefs if config.ppo is not None else []:
-        stages.ppo[coef] = _stage(
+        stages.ppo[coef] = stage_config(
             config_class("ppo"),
             f"ppo (kl.coef={coef:g})",
             _deep_merge(_deep_merge({}, config.ppo or {}), {"kl": {"coef": coef}}),
@@ -278,11 +261,11 @@ def stage_configs(config: PipelineConfig) -> Stages:
         # its held-out evaluations score their KL samples with gold too, from the starting
         # policy on: gold and the implicit reward along training
         dpo_defaults = {"eval.gold_reward": gold, "eval.before": True, **on_labels}
-        stages.dpo = _stage(
+        stages.dpo = stage_config(
             config_class("dpo"), "dpo", config.dpo, {"out": str(out / "dpo"), **dpo_defaults}
         )
         for loss in config.dpo_losses:
-            stages.dpo_losses[loss] = variant = _stage(
+            stages.dpo_losses[loss] = variant = stage_config(
                 config_class("dpo"),
                 f"dpo (loss.name={loss})",
                 _deep_merge(_deep_merge({}, config.dpo), {"loss": {"name": loss}}),
@@ -294,13 +277,13 @@ def stage_configs(config: PipelineConfig) -> Stages:
                     "be compared at"
                 )
     if config.grpo is not None:
-        stages.grpo = _stage(
+        stages.grpo = stage_config(
             config_class("grpo"), "grpo", config.grpo, {"out": str(out / "grpo"), **online}
         )
     if config.online_dpo is not None:
         # the same people as the offline labels judge the policy's own samples
         annotators = config.feedback.annotators.model_dump()
-        stages.online_dpo = _stage(
+        stages.online_dpo = stage_config(
             config_class("online_dpo"),
             "online_dpo",
             config.online_dpo,
@@ -313,7 +296,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
             },
         )
     if config.preference_model is not None:
-        stages.preference_model = _stage(
+        stages.preference_model = stage_config(
             config_class("preference_model"),
             "preference_model",
             config.preference_model,
@@ -327,7 +310,7 @@ def stage_configs(config: PipelineConfig) -> Stages:
                 setattr(
                     stages,
                     name,
-                    _stage(config_class(name), name, section, {"out": folder, **nash}),
+                    stage_config(config_class(name), name, section, {"out": folder, **nash}),
                 )
     return stages
 
@@ -529,14 +512,14 @@ def run_pipeline(
     plan: list[tuple[str, Callable[[], Any]]] = []
     results: dict[str, Any] = {}
 
-    def recipe(name: str, stage: str, stage_config: RecipeConfig) -> None:
-        """Plan stage ``name``: the recipe registered for ``stage`` on ``stage_config`` (on
+    def recipe(name: str, stage: str, run_config: RecipeConfig) -> None:
+        """Plan stage ``name``: the recipe registered for ``stage`` on ``run_config`` (on
         Ray workers when its own ``distributed`` section asks)."""
         entry = stage_recipe(stage)
 
         def go() -> RunResult:
-            stage_config.overwrite = True
-            return entry.start(stage_config, False)
+            run_config.overwrite = True
+            return entry.start(run_config, False)
 
         plan.append((name, go))
 
@@ -553,8 +536,8 @@ def run_pipeline(
         )
     )
     recipe("reward_model", "reward_model", stages.reward_model)
-    for name, stage, stage_config in stages.trained_after_feedback():
-        recipe(name, stage, stage_config)
+    for name, stage, run_config in stages.trained_after_feedback():
+        recipe(name, stage, run_config)
     evaluation = (config.eval, evaluated_runs(stages))
     plan.append(
         (

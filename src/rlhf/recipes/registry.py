@@ -16,13 +16,15 @@ smoke tests over every recipe and, with ``stage=``, the pipeline's stage then fi
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from rlhf.recipes.common import RecipeConfig, RunResult
+
+C = TypeVar("C", bound="RecipeConfig")
 
 RunFunction: TypeAlias = "Callable[[RecipeConfig, bool], RunResult]"
 
@@ -189,6 +191,28 @@ def stage_recipe(stage: str) -> Recipe:
             return entry
     stages = ", ".join(r.stage for r in RECIPES if r.stage)
     raise ValueError(f"no recipe runs as pipeline stage {stage!r} (stages: {stages})")
+
+
+def _set_default(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b]... = value`` unless the key is already set."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data.setdefault(last, value)
+
+
+def stage_config(
+    cls: type[C], name: str, section: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> C:
+    """A recipe's config inside a larger run (the pipeline's stages, the loop's rounds):
+    ``section`` (a partial config), with ``defaults`` (dotted keys) where it is silent,
+    validated now; errors name the stage ``name``."""
+    from rlhf.config import _deep_merge, validate_config
+
+    data = _deep_merge({}, dict(section))
+    for dotted, value in defaults.items():
+        _set_default(data, dotted, value)
+    return validate_config(cls, data, f"stage `{name}`")
 
 
 def online_recipes() -> list[Recipe]:

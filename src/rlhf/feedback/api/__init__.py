@@ -6,7 +6,7 @@
 * :mod:`~.schemas` — the pieces of request and answer models several routers share;
 * one router per concern: :mod:`~.pages`, :mod:`~.health`, :mod:`~.auth` (login, logout,
   me), :mod:`~.annotate` (an annotator's campaigns, items, labels, skips), :mod:`~.chat`
-  (chat campaigns' turns), :mod:`~.users` and :mod:`~.campaigns` (admin) and
+  (chat campaigns' turns), :mod:`~.users`, :mod:`~.campaigns` and :mod:`~.loops` (admin) and
   :mod:`~.export` (admin).
 
 Every JSON route declares its answer's model, so ``/docs`` and ``app.openapi()`` describe
