@@ -1,5 +1,6 @@
-// The admin page: campaigns (progress, annotators, agreement, status, export), new
-// campaigns from a JSON Lines file, and accounts with their tokens.
+// The admin page: campaigns (progress, annotators, agreement, status, export), rlhf loop runs
+// (rounds as a chart, starting a round), new campaigns from a JSON Lines file, and accounts
+// with their tokens.
 import { $, api, clearError, el, fail, session, toast } from './common.js';
 
 let selected = null; // the campaign in the details panel
@@ -23,6 +24,108 @@ async function loadCampaigns() {
       'data-id': c.id, onclick: open, onkeydown: (event) => { if (event.key === 'Enter') open(); },
     }, [c.name, c.task_type, String(c.k), c.status, String(c.items), String(c.labels)]);
   }));
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+/** An SVG element (el() makes HTML ones). */
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// the chart's lines: a round summary's key, its name, its colour
+const SERIES = [
+  ['rm_accuracy_fresh', 'RM accuracy on fresh labels', '#2563eb'],
+  ['win_rate_vs_previous', 'win rate vs previous round (gold)', '#16a34a'],
+  ['human_win_rate', 'win rate vs previous round (people)', '#d97706'],
+];
+
+/** Labels per round as bars (left scale) and the rates in [0, 1] as lines (right scale). */
+function loopChart(loop) {
+  const width = 640; const height = 220; const left = 40; const right = 40; const top = 12; const bottom = 28;
+  const rounds = loop.rounds;
+  const plotW = width - left - right; const plotH = height - top - bottom;
+  const step = plotW / Math.max(rounds.length, 1);
+  const most = Math.max(1, ...rounds.map((r) => r.labels));
+  const x = (index) => left + step * (index + 0.5);
+  const yLabels = (value) => top + plotH * (1 - value / most);
+  const yRate = (value) => top + plotH * (1 - value);
+  const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'loop-chart', role: 'img', 'data-testid': `loop-chart-${loop.id}`,
+    'aria-label': `${loop.name}: labels, reward-model accuracy and win rate per round` });
+  chart.append(svg('line', { x1: left, y1: top + plotH, x2: width - right, y2: top + plotH, class: 'axis' }));
+  chart.append(svg('line', { x1: left, y1: top + plotH / 2, x2: width - right, y2: top + plotH / 2, class: 'axis', 'stroke-dasharray': '4 3' }));
+  chart.append(svg('text', { x: 2, y: top + 10 }, String(most)), svg('text', { x: 2, y: top + plotH }, '0'));
+  chart.append(svg('text', { x: width - right + 4, y: top + 10 }, '1.0'), svg('text', { x: width - right + 4, y: top + plotH / 2 + 4 }, '0.5'));
+  rounds.forEach((r, index) => {
+    const barTop = yLabels(r.labels);
+    chart.append(svg('rect', { x: x(index) - step * 0.3, y: barTop, width: step * 0.6, height: top + plotH - barTop, class: 'bar', 'data-testid': 'loop-bar' },
+      svg('title', {}, `round ${r.number}: ${r.labels} labels`)));
+    chart.append(svg('text', { x: x(index) - 4, y: height - 8 }, String(r.number)));
+  });
+  for (const [key, name, colour] of SERIES) {
+    const points = rounds.map((r, index) => [index, r.summary?.[key]]).filter(([, value]) => typeof value === 'number');
+    if (!points.length) continue;
+    chart.append(svg('polyline', { points: points.map(([i, v]) => `${x(i)},${yRate(v)}`).join(' '), fill: 'none', stroke: colour, 'stroke-width': 2 }));
+    for (const [i, v] of points) {
+      chart.append(svg('circle', { cx: x(i), cy: yRate(v), r: 3.5, fill: colour, 'data-testid': `loop-point-${key}` },
+        svg('title', {}, `round ${rounds[i].number}: ${name} ${v.toFixed(3)}`)));
+    }
+  }
+  return chart;
+}
+
+const fixed = (value, digits = 3) => (typeof value === 'number' ? value.toFixed(digits) : 'n/a');
+
+function loopView(loop) {
+  const s = loop.settings;
+  const waiting = loop.rounds.find((r) => r.status === 'waiting');
+  const head = el('h3', {}, loop.name, ' ', el('span', { class: 'pill' }, `${s.selection} selection · ${s.policy} · ${s.bots} bot${s.bots === 1 ? '' : 's'}`));
+  const children = [head];
+  if (waiting) {
+    children.push(el('div', { class: 'buttons' }, el('button', {
+      type: 'button', class: 'primary', 'data-testid': `start-round-${loop.id}`, onclick: () => startRound(loop.id),
+    }, `Start round ${waiting.number}`)));
+  }
+  children.push(loopChart(loop));
+  children.push(el('div', { class: 'legend' }, el('span', {}, el('span', { class: 'swatch', style: 'background: var(--accent-soft)' }), 'labels'),
+    ...SERIES.map(([, name, colour]) => el('span', {}, el('span', { class: 'swatch', style: `background: ${colour}` }), name))));
+  const rows = loop.rounds.map((r) => row({ 'data-testid': 'loop-round' }, [
+    String(r.number), r.status, String(r.labels), fixed(r.summary?.rm_accuracy_fresh), fixed(r.summary?.gold, 4),
+    fixed(r.summary?.win_rate_vs_previous), fixed(r.summary?.human_win_rate)]));
+  children.push(el('div', { class: 'scroll' }, el('table', { 'data-testid': `loop-rounds-${loop.id}` },
+    el('thead', {}, el('tr', {}, ...['Round', 'Status', 'Labels', 'RM accuracy (fresh)', 'Gold', 'Win rate (gold)', 'Win rate (people)'].map((t) => el('th', {}, t)))),
+    el('tbody', {}, ...rows))));
+  const rated = [...loop.rounds].reverse().find((r) => r.summary?.ratings)?.summary.ratings;
+  if (rated) {
+    const ranked = Object.entries(rated).sort((a, b) => b[1].elo - a[1].elo);
+    children.push(el('p', { 'data-testid': `loop-ratings-${loop.id}` }, 'Checkpoints rated by people (Bradley–Terry, Elo): ',
+      ranked.map(([model, r]) => `${model} ${r.elo.toFixed(0)} ± ${r.elo_se.toFixed(0)}`).join(' · ')));
+  }
+  return el('div', { class: 'loop', 'data-testid': `loop-${loop.id}` }, ...children);
+}
+
+async function loadLoops() {
+  let loops;
+  try {
+    loops = await api('GET', '/api/admin/loops');
+  } catch (error) {
+    return fail(error, loadLoops);
+  }
+  $('loops-panel').hidden = loops.length === 0;
+  $('loops').replaceChildren(...loops.map(loopView));
+  return loops;
+}
+
+async function startRound(loopId) {
+  try {
+    const started = await api('POST', `/api/admin/loops/${loopId}/start`);
+    toast(`round ${started.number} started`);
+  } catch (error) {
+    return fail(error);
+  }
+  return loadLoops();
 }
 
 async function showCampaign(id, scroll = false) {
@@ -187,7 +290,8 @@ async function start() {
   $('new-campaign').addEventListener('submit', createCampaign);
   $('new-user').addEventListener('submit', addUser);
   $('copy-token').addEventListener('click', copyToken);
-  return Promise.all([loadCampaigns(), loadUsers()]);
+  setInterval(() => { if (!document.hidden) loadLoops(); }, 3000); // a loop moves on its own
+  return Promise.all([loadCampaigns(), loadUsers(), loadLoops()]);
 }
 
 start();
