@@ -481,6 +481,18 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
     return items
 
 
+# the quickstart's model (presets/pipeline_quickstart.yaml): a 2-layer Llama the experiments
+# pretrain and fine-tune from scratch
+TINY = {
+    "vocab_size": 512,
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 344,
+    "max_position_embeddings": 128,
+}
+
+
 def progress(message: str) -> None:
     """A progress note on stderr, keeping stdout for the table and the result line."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

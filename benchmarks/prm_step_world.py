@@ -45,18 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import cpu_description, format_table, progress
+from _harness import TINY, cpu_description, format_table, progress
 
 TRAIN_PROBLEMS = "builtin:step-problems?n=4000&seed=0&split=train"
 HELD_OUT = "builtin:step-problems?n=128&seed=7&split=eval"
-TINY = {
-    "vocab_size": 512,
-    "hidden_size": 128,
-    "num_layers": 2,
-    "num_heads": 4,
-    "intermediate_size": 344,
-    "max_position_embeddings": 128,
-}
 QUIET = {"overwrite": True, "progress": False, "tensorboard": False}
 SFT = {
     "model": {"tiny": TINY},

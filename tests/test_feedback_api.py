@@ -264,6 +264,7 @@ def test_health_and_pages(api: Api) -> None:
         "ok": True,
         "schema_version": SCHEMA_VERSION,
         "model": True,
+        "models": ["model"],
     }
     for page in ("/login", "/annotate", "/admin"):
         response = api.call("GET", page, None, 200)

@@ -100,3 +100,121 @@ def test_labels_become_ratings_per_model(tmp_path):
     assert refused.exit_code == 1 and "no campaign 'nope'" in refused.output
     twice = CliRunner().invoke(app, ["feedback", "ratings", "versus", "1", "--db", db])
     assert twice.exit_code == 1 and "named twice" in twice.output
+
+
+class Named:
+    """A served model that signs its replies: "<name>: reply i to <last message>"."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, prompts: list, n: int) -> list[list[str]]:
+        out = []
+        for prompt in prompts:
+            last = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            out.append([f"{self.name}: reply {i} to {last}" for i in range(n)])
+        return out
+
+
+@pytest.fixture
+def two_models(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rlhf.feedback.app import create_app
+    from tests.test_feedback_api import Api, bearer
+
+    app = create_app(str(tmp_path / "fb.db"), sampler={"old": Named("old"), "new": Named("new")})
+    with TestClient(app) as client:
+        api = Api(app, client, None, str(tmp_path / "fb.db"))
+        api.admin = bearer(app.state.feedback.admin_token)
+        yield api
+
+
+def test_a_chat_campaign_pits_two_served_models(two_models):
+    api = two_models
+    health = api.call("GET", "/api/health", None, 200).json()
+    assert health["models"] == ["old", "new"]
+    body = {"name": "old-vs-new", "task_type": "chat", "source_jsonl": '{"prompt": "Hi?"}\n'}
+    for models, message in [
+        (["old", "old"], "models: two different models"),
+        (["old", "gone"], "models: this server does not serve gone (it serves old, new)"),
+    ]:
+        refused = api.call(
+            "POST", "/api/admin/campaigns", api.admin, 422, json=body | {"models": models}
+        )
+        assert refused.json()["detail"].startswith(message)
+    pairwise = body | {"task_type": "pairwise", "models": ["old", "new"]}
+    assert "a chat campaign's" in api.call("POST", "/api/admin/campaigns", api.admin, 422,
+                                           json=pairwise).json()["detail"]  # fmt: skip
+    campaign = api.call("POST", "/api/admin/campaigns", api.admin, 201,
+                        json=body | {"models": ["old", "new"]}).json()  # fmt: skip
+
+    person = api.annotator("alice")
+    assignment = api.next(person, campaign["id"])
+    chosen_models = []
+    for turn_index, message in enumerate(["", "And then?"]):
+        turn = api.say(person, assignment["id"], message).json()["turn"]
+        shown = [c["text"] for c in turn["candidates"]]
+        last = "Hi?" if turn_index == 0 else message
+        assert sorted(shown) == [f"new: reply 0 to {last}", f"old: reply 0 to {last}"]
+        pick = turn_index  # the first shown, then the second: whichever model each is
+        chosen_models.append(shown[pick].split(":")[0])
+        api.choose(person, assignment["id"], turn_index, pick)
+    rows = api.export(campaign["id"], "preference")
+    assert [(r["chosen_model"], r["rejected_model"]) for r in rows] == [
+        (m, "old" if m == "new" else "new") for m in chosen_models
+    ]
+    assert [c.model_a for c in comparisons_from_rows(rows)] == chosen_models
+
+
+def test_a_pairwise_campaign_sampled_from_two_served_models(two_models):
+    api = two_models
+    prompts = '{"prompt": "Q1?"}\n{"prompt": "Q2?"}\n'
+    body = {"name": "sampled", "task_type": "pairwise",
+            "sample": {"prompts_jsonl": prompts, "models": ["new", "old"]}}  # fmt: skip
+    campaign = api.call("POST", "/api/admin/campaigns", api.admin, 201, json=body).json()
+    assert campaign["items"] == 2
+    rank = body | {"name": "r", "task_type": "rank"}
+    refused = api.call("POST", "/api/admin/campaigns", api.admin, 422, json=rank).json()
+    assert refused["detail"] == "sample.models: two models' replies make pairwise items"
+    person = api.annotator("bob")
+    while (assignment := api.next(person, campaign["id"])) is not None:
+        shown = [r["text"] for r in assignment["responses"]]
+        new_side = 1 if shown[0].startswith("new") else 8  # 1: A much better, 8: B
+        api.label(person, assignment["id"], choice=new_side)
+    rows = api.export(campaign["id"])
+    assert [(r["chosen_model"], r["rejected_model"]) for r in rows] == [("new", "old")] * 2
+
+
+def test_serve_names_its_models():
+    from rlhf.cli.feedback import served_models
+
+    assert served_models(["runs/sft/model"]) == {"model": "runs/sft/model"}
+    assert served_models(["old=runs/r1/model", "new=runs/r2/model"]) == {
+        "old": "runs/r1/model", "new": "runs/r2/model",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="name each: NAME=PATH"):
+        served_models(["runs/a", "runs/b"])
+    with pytest.raises(ValueError, match="'old' is named twice"):
+        served_models(["old=a", "old=b"])
+
+
+def test_create_campaign_command_takes_two_models_for_chat(tmp_path):
+    source = tmp_path / "prompts.jsonl"
+    source.write_text('{"prompt": "Hi?"}\n', encoding="utf-8")
+    db = str(tmp_path / "fb.db")
+    runner = CliRunner()
+    base = ["feedback", "create-campaign", str(source), "--db", db, "--name"]
+    done = runner.invoke(app, [*base, "duel", "--task", "chat", "--models", "old,new"])
+    assert done.exit_code == 0, done.output
+    refused = runner.invoke(app, [*base, "bad", "--task", "pairwise", "--models", "old,new"])
+    assert refused.exit_code != 0 and "for a chat campaign" in refused.output
+    engine = make_engine(database_url(db))
+    with session_factory(engine)() as session:
+        from sqlalchemy import select
+
+        from rlhf.feedback.db import Campaign
+
+        campaign = session.scalar(select(Campaign).where(Campaign.name == "duel"))
+        assert campaign.settings == {"models": ["old", "new"]}
+    engine.dispose()

@@ -35,6 +35,7 @@ SMALL = [
     "progress=false",
     "pretrain.train.max_steps=30",
     "sft.train.max_steps=10",
+    "rounds=2",
     "labels_per_round=8",
     "selection.pool=2",
     "compare_items=4",
@@ -266,3 +267,23 @@ def test_loop_preset_runs_through_the_cli(tmp_path: Path) -> None:
     said = done.stdout + done.stderr  # the console writes to stderr
     assert "round 1: 8 labels (8 so far)" in said
     assert "report at" in said and (out / "report.md").exists()
+
+
+def test_an_online_policy_update_trains_against_the_rounds_reward_model(tmp_path: Path) -> None:
+    out = tmp_path / "grpo-loop"
+    base = read_yaml(preset_path("loop", "tiny"))
+    base["policy_algorithm"] = "grpo"
+    base["policy"] = {  # the preset's section is DPO's: GRPO's replaces it
+        "sampling": {"max_new_tokens": 24},
+        "rollout": {"iterations": 2, "prompts_per_iteration": 4, "samples_per_prompt": 4},
+        "train": {"batch_size": 16},
+        "eval": {"prompts": 8},
+    }
+    overrides = [f"out={out}", *SMALL, "rounds=1", "compare_items=0"]
+    overrides.remove("policy.train.max_steps=4")
+    result = run_loop(load_config(LoopConfig, None, overrides, base=base))
+    [summary] = result.rounds
+    assert summary["labels"] == 8 and summary["kl"] > 0
+    grpo_config = (out / "rounds" / "round-1" / "policy" / "config.yaml").read_text()
+    assert str(out / "rounds" / "round-1" / "reward_model-0" / "model") in grpo_config
+    assert (out / "rounds" / "round-1" / "policy" / "model" / "config.json").exists()

@@ -75,14 +75,35 @@ def feedback_sampler(
     )
 
 
+def served_models(options: list[str]) -> dict[str, str]:
+    """``--model`` options as {name: path}: one ``PATH`` is named ``model``; several are each
+    ``NAME=PATH`` with distinct names."""
+    from rlhf.feedback.api.state import DEFAULT_MODEL
+
+    if len(options) == 1 and "=" not in options[0]:
+        return {DEFAULT_MODEL: options[0]}
+    named: dict[str, str] = {}
+    for option in options:
+        name, sep, path = option.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--model {option}: with several models, name each: NAME=PATH")
+        if name.strip() in named:
+            raise ValueError(f"--model: {name.strip()!r} is named twice")
+        named[name.strip()] = path.strip()
+    return named
+
+
 @app.command("serve")
 def feedback_serve(
     db: DbOption = "feedback.db",
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     model: Annotated[
-        str | None,
-        typer.Option(help="Checkpoint or hub name to sample candidates and chat replies from."),
+        list[str] | None,
+        typer.Option(
+            help="Checkpoint or hub name to sample candidates and chat replies from; NAME=PATH, "
+            "repeated, serves several (a chat campaign may pit two against each other)."
+        ),
     ] = None,
     max_new_tokens: MaxNewTokensOption = 128,
     temperature: TemperatureOption = 1.0,
@@ -122,7 +143,7 @@ def feedback_serve(
 
         from rlhf.feedback.app import create_app
 
-        if model is None and (engine != "hf" or vllm):
+        if not model and (engine != "hf" or vllm):
             raise ValueError("--engine and --vllm choose how --model samples: add --model")
         with socket.socket() as probe:  # a taken port, said before a model loads
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -130,16 +151,18 @@ def feedback_serve(
                 probe.bind((host, port))
             except OSError as error:
                 raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-        setup_logging(models=model is not None)
-        sampler = None
-        if model is not None:
-            sampler = feedback_sampler(
-                model, dtype, device, max_new_tokens, temperature, top_p, seed, engine, vllm
+        named = served_models(model or [])
+        setup_logging(models=bool(named))
+        samplers = {
+            name: feedback_sampler(
+                path, dtype, device, max_new_tokens, temperature, top_p, seed, engine, vllm
             )
+            for name, path in named.items()
+        }
         try:
             web = create_app(
                 db,
-                sampler=sampler,
+                sampler=samplers or None,
                 secure_cookies=secure_cookies,
                 max_body_bytes=max_body,
                 max_upload_bytes=max_upload,
@@ -155,7 +178,7 @@ def feedback_serve(
                 timeout_graceful_shutdown=5,
             )  # fmt: skip
         finally:
-            if sampler is not None:
+            for sampler in samplers.values():
                 sampler.close()  # vLLM's engine process ends with the server
     except Exception as error:
         fail(error)
@@ -222,15 +245,29 @@ def feedback_create_campaign(
         Path | None, typer.Option(help="A text or markdown file of guidelines.")
     ] = None,
     render: Annotated[str, typer.Option(help="Show model text as text or markdown.")] = "text",
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="chat: two models the server serves (--model NAME=PATH), comma-separated; "
+            "each turn then has one reply from each, blinded.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a campaign from a file (the admin page does the same by upload)."""
     from rlhf.feedback import service
     from rlhf.feedback.campaigns import parse_source
 
     try:
+        settings = None
+        if models is not None:
+            names = [part.strip() for part in models.split(",")]
+            if task != "chat" or len(names) != 2 or names[0] == names[1] or not all(names):
+                raise ValueError(f"--models {models}: two different names, for a chat campaign")
+            settings = {"models": names}
         items = parse_source(task, source.read_text(encoding="utf-8"))
         notes = guidelines.read_text(encoding="utf-8") if guidelines else ""
-        spec = service.CampaignSpec(name, task, notes, k, render)
+        spec = service.CampaignSpec(name, task, notes, k, render, settings)
         with _sessions(db)() as session:
             service.create_campaign(session, spec, items)
             session.commit()

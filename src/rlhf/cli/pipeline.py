@@ -106,6 +106,16 @@ def run_pipeline_file(
     run_pipeline(loaded, start)
 
 
+SHOWN = (
+    "round",
+    "labels_total",
+    "rm_accuracy_fresh",
+    "rm_gold_accuracy",
+    "gold",
+    "win_rate_vs_previous",
+)
+
+
 def loop(
     config: ConfigOption = None,
     preset: PresetOption = None,
@@ -140,9 +150,11 @@ def loop(
         raise typer.Exit(code=130) from None
     except Exception as error:  # every failure reaches the user as one clear line
         fail(error)
-    table = Table(*(title for _, title, _ in COLUMNS))
+    # the report has every column; a terminal shows these
+    shown = [c for c in COLUMNS if c[0] in SHOWN]
+    table = Table(*(title for _, title, _ in shown))
     for row in result.rounds:
-        table.add_row(*(cell(row, key, fmt) for key, _, fmt in COLUMNS))
+        table.add_row(*(cell(row, key, fmt) for key, _, fmt in shown))
     console.print(table)
     console.print(f"[green]done[/]: report at [bold]{result.report}[/]", soft_wrap=True)
 

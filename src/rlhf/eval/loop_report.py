@@ -22,7 +22,9 @@ COLUMNS = (
     ("selection", "selection", "{}"),
     ("alpha", "agreement (α)", "{:.3f}"),
     ("rm_accuracy_fresh", "RM accuracy on fresh labels", "{:.3f}"),
+    ("rm_gold_accuracy", "RM accuracy vs gold", "{:.3f}"),
     ("gold", "gold", "{:.4f}"),
+    ("best_of_n_gold", "best-of-n gold", "{:.4f}"),
     ("kl", "KL to initial", "{:.3f}"),
     ("win_rate_vs_previous", "win rate vs previous (gold)", "{:.3f}"),
     ("human_win_rate", "win rate vs previous (people)", "{:.3f}"),
@@ -111,24 +113,37 @@ def write_loop_report(rows: Sequence[Mapping[str, Any]], out: Path, title: str) 
     return path
 
 
+EFFICIENCY = (
+    ("gold", "policy gold reward"),
+    ("best_of_n_gold", "gold of the RM's best-of-n pick"),
+    ("rm_gold_accuracy", "RM accuracy against gold"),
+)
+
+
 def plot_label_efficiency(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, title: str
 ) -> Path:
-    """Policy gold against labels spent, one line per loop (e.g. active against random
-    selection), each point with its standard error."""
+    """What each loop reached against the labels it spent (e.g. active against random
+    selection), one panel per measure of :data:`EFFICIENCY`, each point with its standard
+    error where it has one; the policy's starting gold at 0 labels."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.5, 4.2))
-    axes = figure.subplots()
-    for name, rows in runs.items():
-        points = [(r["labels_total"], r["gold"], r.get("gold_se") or 0.0) for r in rows]
-        if rows and rows[0].get("gold_initial") is not None:
-            points.insert(0, (0, rows[0]["gold_initial"], 0.0))
-        if points:
-            xs, ys, errors = zip(*points, strict=True)
-            axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=plain_text(name))
-    axes.set_xlabel("labels spent")
-    axes.set_ylabel("policy gold reward")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    figure = Figure(figsize=(13, 4.2))
+    panels = figure.subplots(1, len(EFFICIENCY))
+    for axes, (key, label) in zip(panels, EFFICIENCY, strict=True):
+        for name, rows in runs.items():
+            points = [
+                (r["labels_total"], r[key], r.get(f"{key}_se") or 0.0)
+                for r in rows
+                if r.get(key) is not None
+            ]
+            if key == "gold" and rows and rows[0].get("gold_initial") is not None:
+                points.insert(0, (0, rows[0]["gold_initial"], 0.0))
+            if points:
+                xs, ys, errors = zip(*points, strict=True)
+                axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=plain_text(name))
+        axes.set_xlabel("labels spent")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    panels[0].legend()
     return save_figure(figure, title, 0, path)

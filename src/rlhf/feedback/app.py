@@ -17,6 +17,7 @@ How a request is authenticated, and why cookie writes must come from the app's o
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -58,7 +59,7 @@ def _message(error: RequestValidationError) -> str:
 
 def create_app(
     db: str,
-    sampler: Sampler | None = None,
+    sampler: Sampler | Mapping[str, Sampler] | None = None,
     secure_cookies: bool | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -66,7 +67,9 @@ def create_app(
     """The app on database ``db`` (a URL or a SQLite file path).
 
     ``sampler(prompts, n)`` returns n replies per prompt; with it, admins may have the
-    server sample a campaign's candidates and chat campaigns work. ``secure_cookies``:
+    server sample a campaign's candidates and chat campaigns work. A mapping of names to
+    samplers serves several models: a chat campaign may then pit two of them against each
+    other (its ``models``), each turn one reply from each. ``secure_cookies``:
     None marks the cookie Secure when the request came over HTTPS (directly or as
     ``X-Forwarded-Proto`` from a proxy uvicorn trusts); True or False forces it.
     ``max_body_bytes``: the largest request body, except a campaign upload's, which may

@@ -380,8 +380,9 @@ def model_columns(
     task: str, fmt: str, models: Sequence[str] | None, value: dict[str, Any]
 ) -> dict[str, Any]:
     """The export columns naming the models behind an item's responses (``models``, one per
-    response in the item's order; None: the item names none): a pairwise label's
-    ``chosen_model`` and ``rejected_model``, a ranking's ``models`` beside its ranks. A rank
+    response in the item's order, or a chat campaign's two models, one per candidate reply;
+    None: none named): a pairwise label's or a chat turn's ``chosen_model`` and
+    ``rejected_model``, a ranking's ``models`` beside its ranks. A rank
     label exported as pairs names none (each pair's models are not kept apart there)."""
     if not models:
         return {}
@@ -390,4 +391,7 @@ def model_columns(
         return {"chosen_model": models[better], "rejected_model": models[1 - better]}
     if task == "rank" and fmt == "ranking":
         return {"models": list(models)}
+    if task == "chat" and fmt == "preference":  # a turn's two replies, one from each model
+        chosen = value["chosen"]
+        return {"chosen_model": models[chosen], "rejected_model": models[1 - chosen]}
     return {}

@@ -658,9 +658,64 @@ def evaluate_policy(config: LoopConfig, paths: LoopPaths, number: int) -> dict[s
         result["gold_samples"] = samples.gold.tolist()
     if proxy is not None:
         result["proxy"] = float(samples.proxy.mean())
+    n = config.eval.samples_per_prompt
+    if gold is not None and proxy is not None and n > 1:
+        # best-of-n by the round's reward model among the policy's own samples: how much
+        # the reward model's choices are worth in gold, on what the policy now writes
+        picked = samples.proxy.view(-1, n).argmax(dim=1, keepdim=True)
+        chosen = samples.gold.view(-1, n).gather(1, picked).squeeze(1)
+        result["best_of_n_gold"], result["best_of_n_gold_se"] = mean_and_se(chosen.tolist())
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result), encoding="utf-8")
     return result
+
+
+def gold_pair_accuracy(config: LoopConfig, paths: LoopPaths, reward_models: Sequence[str]) -> float:
+    """How often the reward models (their mean score) order a fixed set of pairs as the gold
+    reward does: two samples of the initial policy for each evaluation prompt, made once
+    (``rounds/round-0/gold_pairs.jsonl``), pairs of equal gold left out."""
+    from rlhf.rewards.base import call_reward
+    from rlhf.rewards.spec import build_reward
+    from rlhf.rollout.candidates import load_prompts
+    from rlhf.rollout.factory import close_engine, load_engine_for
+    from rlhf.rollout.types import SamplingParams
+
+    assert config.eval.gold is not None
+    path = paths.round(0) / "gold_pairs.jsonl"
+    if not path.exists():
+        prompts = load_prompts(config.eval.prompts, limit=config.eval.count)
+        params = SamplingParams(
+            config.sampling.max_new_tokens, temperature=config.sampling.temperature,
+            num_samples=2, seed=config.seed + 2, return_logps=False,
+        )  # fmt: skip
+        engine = load_engine_for(
+            config.sampling, initial_policy(config, paths), batch_size=config.sampling.batch_size
+        )
+        try:
+            texts = engine.generate(prompts, params).response_texts
+        finally:
+            close_engine(engine)
+        repeated = [prompt for prompt in prompts for _ in range(2)]
+        gold = call_reward(build_reward(config.eval.gold), repeated, texts).tolist()
+        rows = [
+            {"prompt": prompts[i], "a": texts[2 * i], "b": texts[2 * i + 1],
+             "gold_a": gold[2 * i], "gold_b": gold[2 * i + 1]}
+            for i in range(len(prompts))
+            if gold[2 * i] != gold[2 * i + 1]
+        ]  # fmt: skip
+        write_jsonl(path, rows)
+    rows = read_jsonl(path)
+    if not rows:
+        return float("nan")
+    prompts = [row["prompt"] for row in rows]
+    scores = reward_scores(
+        reward_models, prompts * 2, [r["a"] for r in rows] + [r["b"] for r in rows], 1
+    )
+    assert scores is not None
+    mean = scores.mean(dim=(1, 2))
+    says_a = mean[: len(rows)] > mean[len(rows) :]
+    gold_a = torch.tensor([row["gold_a"] > row["gold_b"] for row in rows])
+    return float((says_a == gold_a).double().mean())
 
 
 def human_comparisons(paths: LoopPaths, upto: int) -> list[dict[str, Any]]:
@@ -860,6 +915,11 @@ class _Loop:
                 target = paths.policy(number) / "model"
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(policy_of_round(config, paths, number - 1), target)
+        members_now = [
+            str(paths.reward_model(number, m) / "model")
+            for m in range(config.reward_model_ensemble)
+        ]
+        gold_accuracy = gold_pair_accuracy(config, paths, members_now) if config.eval.gold else None
         before = evaluate_policy(config, paths, number - 1)
         after = evaluate_policy(config, paths, number)
         stats = self.db(lambda s: campaign_stats(s, get_campaign(s, campaign_id)))
@@ -871,6 +931,7 @@ class _Loop:
             "labels_total": self.labels_spent(number),
             "alpha": stats["alpha"]["value"],
             "rm_accuracy_fresh": accuracy,
+            "rm_gold_accuracy": gold_accuracy,
             "selection": config.selection.strategy if number > 1 else "random",
             **{k: v for k, v in after.items() if k != "gold_samples"},
         }

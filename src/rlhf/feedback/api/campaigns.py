@@ -34,6 +34,11 @@ router = APIRouter(tags=["admin: campaigns"], responses=refusals(401, 403))
 class SampleBody(Strict):
     prompts_jsonl: str = Field(min_length=1)
     n: int = Field(default=2, ge=1, le=9)
+    models: list[str] | None = Field(
+        default=None,
+        description="two of the models this server serves: each prompt gets one reply from "
+        "each (pairwise), blinded and in a random order, for model against model",
+    )
 
 
 class CampaignBody(Strict):
@@ -44,6 +49,25 @@ class CampaignBody(Strict):
     render: str = "text"
     source_jsonl: str | None = None
     sample: SampleBody | None = None
+    models: list[str] | None = Field(
+        default=None,
+        description="chat campaigns: two of the models this server serves; each turn's two "
+        "replies then come one from each (blinded, in a random order)",
+    )
+
+
+def check_models(state: AppState, models: list[str] | None, where: str) -> None:
+    """Two distinct models, both served here (model-against-model campaigns)."""
+    if models is None:
+        return
+    if len(models) != 2 or models[0] == models[1]:
+        raise FeedbackError(422, f"{where}: two different models, got {models}")
+    missing = [name for name in models if name not in state.samplers]
+    if missing:
+        served = ", ".join(state.samplers) or "none"
+        raise FeedbackError(
+            422, f"{where}: this server does not serve {', '.join(missing)} (it serves {served})"
+        )
 
 
 class CampaignPatch(Strict):
@@ -130,8 +154,17 @@ def admin_campaigns(caller: AsAdmin) -> list[CampaignSummary]:
 @router.post("/api/admin/campaigns", status_code=201, responses=refusals(409, 413, 422, 503))
 def add_campaign(body: CampaignBody, caller: AsAdmin, state: State) -> CampaignSummary:
     caller(lambda session, user: None)  # a non-admin is refused before any work
-    spec = CampaignSpec(body.name, body.task_type, body.guidelines, body.k, body.render)
+    settings = {"models": body.models} if body.models is not None else None
+    spec = CampaignSpec(body.name, body.task_type, body.guidelines, body.k, body.render, settings)
     check_spec(spec)  # before the model samples anything
+    if body.models is not None and body.task_type != "chat":
+        raise FeedbackError(422, "models: a chat campaign's (sample.models pits two models in "
+                            "a pairwise one)")  # fmt: skip
+    check_models(state, body.models, "models")
+    if body.sample is not None and body.sample.models is not None:
+        if body.task_type != "pairwise":
+            raise FeedbackError(422, "sample.models: two models' replies make pairwise items")
+        check_models(state, body.sample.models, "sample.models")
     if (body.source_jsonl is None) == (body.sample is None):
         raise FeedbackError(422, "give exactly one of source_jsonl or sample")
     if body.sample is not None and body.task_type == "steps":
@@ -159,7 +192,16 @@ def sampled_items(state: AppState, task: str, sample: SampleBody) -> list[NewIte
     prompts = parse_source("chat", sample.prompts_jsonl)  # rows need only a prompt
     if any(not item.prompt for item in prompts):
         raise SourceError("every prompt must be non-empty to sample responses for it")
-    replies = state.sample([item.prompt for item in prompts], sample.n)
+    texts = [item.prompt for item in prompts]
+    if sample.models is not None:  # one reply from each model, the item naming them
+        first, second = (state.sample(texts, 1, model) for model in sample.models)
+        pairs: list[NewItem] = []
+        for item, a, b in zip(prompts, first, second, strict=True):
+            if a[0] != b[0]:  # identical replies say nothing about the models
+                row = {"prompt": item.prompt, "responses": [a[0], b[0]], "models": sample.models}
+                pairs.extend(items_from_row(task, row, item.source["line"]))
+        return pairs
+    replies = state.sample(texts, sample.n)
     items: list[NewItem] = []
     for item, responses in zip(prompts, replies, strict=True):
         row: dict[str, Any] = {"prompt": item.prompt, "responses": responses}

@@ -15,6 +15,7 @@ from rlhf.feedback.limits import MAX_CHAT_MESSAGE
 from rlhf.feedback.render import to_html
 from rlhf.feedback.service.chat import (
     MAX_CHAT_TURNS,
+    ChatRequest,
     chat_choose,
     chat_finish,
     chat_prepare,
@@ -74,15 +75,19 @@ def chat(assignment_id: Id, body: ChatBody, caller: AsUser, state: State) -> Tur
         campaign_id = session.get(Assignment, turn.assignment_id).campaign_id
         return TurnAnswer(turn=turn_view(turn, session.get(Campaign, campaign_id).render))
 
-    def prepare(session: Session, user: User) -> TurnAnswer | list[dict[str, str]]:
+    def prepare(session: Session, user: User) -> TurnAnswer | ChatRequest:
         prepared = chat_prepare(session, user, assignment_id, body.client_id, body.message)
-        return answer(session, prepared.turn) if prepared.turn else prepared.messages
+        return answer(session, prepared.turn) if prepared.turn else prepared
 
-    prepared = caller(prepare)
-    if isinstance(prepared, TurnAnswer):  # a retried message: the turn made the first time
-        return prepared
-    # the model answers outside any transaction: a slow reply holds no database lock
-    replies = state.sample([prepared], 2)[0]
+    request = caller(prepare)
+    if isinstance(request, TurnAnswer):  # a retried message: the turn made the first time
+        return request
+    prepared = request.messages
+    # the models answer outside any transaction: a slow reply holds no database lock
+    if request.models:  # model against model: one reply from each, in the models' order
+        replies = [state.sample([prepared], 1, model)[0][0] for model in request.models]
+    else:
+        replies = state.sample([prepared], 2)[0]
 
     def record(session: Session, user: User) -> TurnAnswer:
         turn = chat_record(session, user, assignment_id, body.client_id, prepared, replies)

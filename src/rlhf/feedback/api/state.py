@@ -1,5 +1,5 @@
 """The app's shared state, one per :func:`~rlhf.feedback.app.create_app`: the database, the
-model to sample from (if any), and the transaction every request runs in. Routes receive it
+models to sample from (if any, by name), and the transaction every request runs in. Routes receive it
 through :data:`rlhf.feedback.api.deps.State`.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -23,16 +23,28 @@ T = TypeVar("T")
 
 # (prompts: str or message dicts, replies per prompt) -> that many replies per prompt
 Sampler = Callable[[list[Any], int], list[list[str]]]
+DEFAULT_MODEL = "model"  # the name of a server's one model when it serves one unnamed
 
 
 class AppState:
-    """The app's shared state: the database and, if serving a model, its sampler."""
+    """The app's shared state: the database and, if serving models, their samplers by name
+    (one sampler alone is named :data:`DEFAULT_MODEL`)."""
 
-    def __init__(self, db: str, sampler: Sampler | None, secure_cookies: bool | None) -> None:
+    def __init__(
+        self,
+        db: str,
+        sampler: Sampler | Mapping[str, Sampler] | None,
+        secure_cookies: bool | None,
+    ) -> None:
         self.url = database_url(db)
         self.engine = make_engine(self.url)
         self.sessions = session_factory(self.engine)
-        self.sampler = sampler
+        if sampler is None:
+            self.samplers: dict[str, Sampler] = {}
+        elif isinstance(sampler, Mapping):
+            self.samplers = dict(sampler)
+        else:
+            self.samplers = {DEFAULT_MODEL: sampler}
         self.secure_cookies = secure_cookies
         self.admin_token: str | None = None
         self.started = False
@@ -78,12 +90,17 @@ class AppState:
                         ) from error
         raise AssertionError("unreachable")
 
-    def sample(self, prompts: list[Any], n: int) -> list[list[str]]:
-        if self.sampler is None:
+    def sample(self, prompts: list[Any], n: int, model: str | None = None) -> list[list[str]]:
+        """n replies per prompt from ``model`` (None: the server's first model)."""
+        if not self.samplers:
             raise FeedbackError(503, "this server has no model (serve with --model)")
+        name = model if model is not None else next(iter(self.samplers))
+        if name not in self.samplers:
+            served = ", ".join(self.samplers)
+            raise FeedbackError(503, f"this server does not serve the model {name!r} ({served})")
         with self._model_lock:
             try:
-                replies = self.sampler(prompts, n)
+                replies = self.samplers[name](prompts, n)
             except Exception as error:
                 log.exception("sampling failed")
                 raise FeedbackError(503, f"the model could not answer: {error}") from error

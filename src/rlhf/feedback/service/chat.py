@@ -27,11 +27,13 @@ def _turns(session: Session, assignment: Assignment) -> list[ChatTurn]:
 
 @dataclass
 class ChatRequest:
-    """A chat message waiting for the model: the conversation to answer, or the turn a
-    retried request already made."""
+    """A chat message waiting for the model: the conversation to answer (and, in a campaign
+    of model against model, the two models, candidate 0's first), or the turn a retried
+    request already made."""
 
     messages: list[dict[str, str]] | None = None
     turn: ChatTurn | None = None
+    models: list[str] | None = None
 
 
 def chat_prepare(
@@ -63,7 +65,10 @@ def chat_prepare(
     if not message:
         raise FeedbackError(422, "message: empty")
     history = conversation(session, assignment, turns)
-    return ChatRequest(messages=[*history, {"role": "user", "content": message}])
+    return ChatRequest(
+        messages=[*history, {"role": "user", "content": message}],
+        models=(campaign.settings or {}).get("models"),
+    )
 
 
 def chat_record(

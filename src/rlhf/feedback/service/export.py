@@ -56,7 +56,11 @@ def export_rows(session: Session, campaign: Campaign, fmt: str | None = None) ->
             campaign.task_type, fmt, item.prompt, item.responses, label.value, chat_turn,
             answer=item.source.get("answer"),
         )  # fmt: skip
-        models = item.source.get("models")
+        models = (
+            (campaign.settings or {}).get("models")
+            if campaign.task_type == "chat"
+            else item.source.get("models")
+        )
         for record in records:
             yield {
                 **record.to_dict(), "campaign": campaign.name, "item": item.id,
