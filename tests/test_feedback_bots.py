@@ -498,3 +498,16 @@ def test_the_bots_command_labels_and_says_what_is_wrong(served: Served):
     assert result.exit_code == 1 and "cannot reach http://127.0.0.1:9" in result.output
     result = rlhf("--url", "localhost:8000", "--campaign", "cli", "--token", dave)
     assert result.exit_code == 1 and "url: expected the app's address" in result.output
+
+
+def test_a_bots_pairwise_answer_does_not_depend_on_the_order_shown() -> None:
+    from rlhf.sim.bots import PAIRWISE_POINTS, pairwise_choice
+
+    prompt = "Tell me about the red fox.\n"
+    a, b = "The red fox runs fast. It is very happy.", "The fox."
+    for seed in range(20):  # a noisy annotator: each draw may go either way
+        first = SimulatedAnnotator(0.5, careless=0.3, seed=seed)
+        swapped = SimulatedAnnotator(0.5, careless=0.3, seed=seed)
+        shown_ab = pairwise_choice(first, prompt, a, b)
+        shown_ba = pairwise_choice(swapped, prompt, b, a)
+        assert shown_ab == PAIRWISE_POINTS + 1 - shown_ba  # the same side, mirrored

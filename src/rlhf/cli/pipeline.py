@@ -127,6 +127,7 @@ def loop(
     crash loses nothing: --resume continues (docs/loop.md)."""
     from rich.table import Table
 
+    from rlhf.engine.trainer import TrainingInterrupted
     from rlhf.eval.loop_report import COLUMNS, cell
     from rlhf.recipes.loop import LoopConfig, run_loop
 
@@ -145,7 +146,7 @@ def loop(
         loaded = load_config(LoopConfig, config, overrides or [], base=base)
         setup_logging()
         result = run_loop(loaded, resume, on_round=said)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):
         console.print("[yellow]interrupted[/]: continue with the same command and --resume")
         raise typer.Exit(code=130) from None
     except Exception as error:  # every failure reaches the user as one clear line

@@ -44,6 +44,7 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -539,9 +540,12 @@ def label_round(config: LoopConfig, served: Any, bots: Sequence[Any], campaign_i
     said = False
     while True:
         if bots:
-            for report in run_bots(bots, campaign_id):
+            stop = threading.Event()  # set by run_bots on Ctrl-C, which stops the loop too
+            for report in run_bots(bots, campaign_id, stop=stop):
                 for error in report.errors:
                     logger.warning("bot %s: %s", report.bot, error)
+            if stop.is_set():
+                raise KeyboardInterrupt
         stats = served.state.transaction(
             lambda session: campaign_stats(session, get_campaign(session, campaign_id))
         )

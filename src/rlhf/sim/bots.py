@@ -15,8 +15,8 @@ How a bot decides, per task (responses arrive in the order shown to it, and it a
 that order; the server maps the answer back to the item's own order):
 
 =========  ===============================================================================
-pairwise   the side: :meth:`SimulatedAnnotator.compare` of the shown pair (A first, so a
-           ``position_bias`` leans to A); the strength: the annotator's probability p of
+pairwise   the side: :meth:`SimulatedAnnotator.compare` of the pair, in a fixed order (the
+           order shown, A first, only with a ``position_bias``, which leans to A); the strength: the annotator's probability p of
            the side it chose (:meth:`~SimulatedAnnotator.preference_probability`), its
            confidence 2p − 1 against :data:`LEVEL_CONFIDENCE` gives the level 0..3, so
            ``choice`` 4 − level (A) or 5 + level (B) on the 8-point scale
@@ -37,9 +37,9 @@ submission retried after its answer was lost is stored once: the server answers 
 with the first label (``duplicate``). Ids are random (``uuid4``), not seeded: a rerun with the
 same seed must not present an old label's id. A bot never submits an assignment twice.
 
-What a bot labels is seeded (its annotator's stream and its own), but which items it gets
-and the order they are shown in are the server's, so two runs differ unless the bot labels
-alone.
+What a bot labels is seeded (its annotator's stream and its own), and without a position
+bias it does not depend on the order the app shows a pair in (random, for blinding); but
+which items it gets is the server's, so two runs differ unless the bot labels alone.
 """
 
 from __future__ import annotations
@@ -207,7 +207,11 @@ def pairwise_choice(annotator: SimulatedAnnotator, prompt: Text, a: str, b: str)
     from the probability of that side."""
     if a == b:  # nothing to prefer (campaigns refuse such pairs; old ones may hold some)
         return PAIRWISE_POINTS // 2 + (annotator.rng.random() < 0.5)
-    a_wins = annotator.compare(prompt, a, b).chosen == a
+    # Without a position bias the order shown must not matter: decide on the pair in a fixed
+    # order, so that the app's random display order (its blinding) does not change what a
+    # seeded bot answers, and a seeded run labels the same again.
+    first, second = (a, b) if annotator.position_bias or a <= b else (b, a)
+    a_wins = annotator.compare(prompt, first, second).chosen == a
     p = annotator.preference_probability(prompt, a, b)
     confidence = 2 * (p if a_wins else 1 - p) - 1
     level = sum(confidence >= threshold for threshold in LEVEL_CONFIDENCE)

@@ -89,8 +89,9 @@ function loopView(loop) {
     }, `Start round ${waiting.number}`)));
   }
   children.push(loopChart(loop));
-  children.push(el('div', { class: 'legend' }, el('span', {}, el('span', { class: 'swatch', style: 'background: var(--accent-soft)' }), 'labels'),
-    ...SERIES.map(([, name, colour]) => el('span', {}, el('span', { class: 'swatch', style: `background: ${colour}` }), name))));
+  // the swatches' colours are in app.css (.swatch.s0 ...): the page allows no inline styles
+  children.push(el('div', { class: 'legend' }, el('span', {}, el('span', { class: 'swatch bars' }), 'labels'),
+    ...SERIES.map(([, name], index) => el('span', {}, el('span', { class: `swatch s${index}` }), name))));
   const rows = loop.rounds.map((r) => row({ 'data-testid': 'loop-round' }, [
     String(r.number), r.status, String(r.labels), fixed(r.summary?.rm_accuracy_fresh), fixed(r.summary?.gold, 4),
     fixed(r.summary?.win_rate_vs_previous), fixed(r.summary?.human_win_rate)]));
