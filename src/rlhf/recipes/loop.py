@@ -384,15 +384,15 @@ def sample_pool(
         ]
         if len(distinct) < 2:
             continue  # nothing to compare
-        pair = tuple(sorted(draw.sample(distinct, 2)))
-        score = 0.0
+        first, second = sorted(draw.sample(distinct, 2))
+        pair, score = (first, second), 0.0
         if scores is not None:
             best = pair_uncertainty(scores[index][:, distinct])
             pair = (distinct[best.first], distinct[best.second])
             score = best.score
         if config.selection.strategy == "divergence":
             score = float(divergence[index])
-        pool.append(Candidate(prompt, responses, pair, score, float(divergence[index])))  # type: ignore[arg-type]
+        pool.append(Candidate(prompt, responses, pair, score, float(divergence[index])))
     return pool
 
 
