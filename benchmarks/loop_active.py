@@ -8,7 +8,8 @@ policy (pretrained and fine-tuned once, seeded): each round samples 4 replies to
 random — and an annotator bot labels them through the feedback app's HTTP API
 (Bradley–Terry noise on the world's gold, 10 % careless; one bot, so that which bot labels
 which item does not vary with thread timing and a seed gives the same labels each run). An ensemble of reward models
-(warm-started each round, trained on every label so far) and DPO on the round's pairs follow.
+(warm-started each round, trained on every label so far) and DPO on the round's pairs (or,
+``--policy grpo``, GRPO against the round's reward model) follow.
 Round 1 has no reward model yet: every arm picks it at random, with the same seed, so the arms
 part from round 2.
 
@@ -43,6 +44,25 @@ from typing import Any
 
 from _harness import TINY, cpu_description, format_table, progress
 
+# each round's policy update: DPO on the round's pairs, or GRPO against the round's reward
+# model (the quickstart's GRPO, fewer iterations a round)
+POLICY_SETTINGS: dict[str, dict[str, Any]] = {
+    "dpo": {
+        "data": {"max_length": 96},
+        "loss": {"beta": 0.1},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 2.0e-4, "warmup_steps": 2},
+        "eval": {"kl_prompts": 8, "max_new_tokens": 48},
+    },
+    "grpo": {
+        "sampling": {"max_new_tokens": 48, "batch_size": 256},
+        "rollout": {"iterations": 15, "prompts_per_iteration": 16, "samples_per_prompt": 4},
+        "kl": {"coef": 0.05, "estimator": "k3", "in_reward": False},
+        "train": {"batch_size": 64, "lr": 5.0e-4, "warmup_steps": 0, "schedule": "constant",
+                  "eval_every": 0},
+        "eval": {"prompts": 64, "samples_per_prompt": 1},
+    },
+}  # fmt: skip
+
 
 def loop_settings(args: argparse.Namespace, strategy: str, out: Path) -> dict[str, Any]:
     return {
@@ -60,13 +80,8 @@ def loop_settings(args: argparse.Namespace, strategy: str, out: Path) -> dict[st
             "train": {"epochs": 2, "batch_size": 32, "lr": 3.0e-4, "warmup_steps": 5},
         },
         "reward_model_ensemble": args.ensemble,
-        "policy_algorithm": "dpo",
-        "policy": {
-            "data": {"max_length": 96},
-            "loss": {"beta": 0.1},
-            "train": {"epochs": 2, "batch_size": 16, "lr": 2.0e-4, "warmup_steps": 2},
-            "eval": {"kl_prompts": 8, "max_new_tokens": 48},
-        },
+        "policy_algorithm": args.policy,
+        "policy": POLICY_SETTINGS[args.policy],
         "eval": {
             "prompts": "builtin:world-prompts?n=400&seed=99&split=eval",
             "count": args.eval_prompts,

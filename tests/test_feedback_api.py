@@ -370,6 +370,8 @@ ADMIN_ENDPOINTS = [
     ("GET", "/api/admin/campaigns/{campaign_id}", None),
     ("PATCH", "/api/admin/campaigns/{campaign_id}", {"status": "closed"}),
     ("GET", "/api/admin/campaigns/{campaign_id}/export", None),
+    ("GET", "/api/admin/loops", None),
+    ("POST", "/api/admin/loops/{loop_id}/start", None),
 ]
 
 
@@ -606,7 +608,7 @@ def test_identical_responses_are_refused_at_upload_and_sampling(api: Api) -> Non
         assert detail.startswith("source: line 2: responses[2]: the same text as responses[0]")
     assert api.call("GET", "/api/admin/campaigns", api.admin, 200).json() == []
     # a model that says the same twice: the prompt's line is named
-    api.app.state.feedback.sampler = lambda prompts, n: [["same"] * n for _ in prompts]
+    api.app.state.feedback.samplers = {"model": lambda prompts, n: [["same"] * n for _ in prompts]}
     prompts = jsonl([{"prompt": "Name a colour."}])
     body = {"name": "s", "task_type": "pairwise", "sample": {"prompts_jsonl": prompts, "n": 2}}
     detail = api.detail_of("POST", "/api/admin/campaigns", api.admin, 422, json=body)

@@ -50,7 +50,7 @@ def loops(caller: AsAdmin) -> list[LoopRow]:
     return caller(run)
 
 
-@router.post("/api/admin/loops/{loop_id}/start", responses=refusals(404, 409))
+@router.post("/api/admin/loops/{loop_id}/start", responses=refusals(404, 409, 422))
 def start(loop_id: Id, caller: AsAdmin) -> Started:
     def run(session: Session, _: User) -> Started:
         entry = start_round(session, loop_id)
