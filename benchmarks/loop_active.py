@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=3, help="Reward models per round.")
     parser.add_argument("--eval-prompts", type=int, default=256)
     parser.add_argument("--strategies", nargs="+", default=["uncertainty", "divergence", "random"])
+    parser.add_argument(
+        "--policy", choices=sorted(POLICY_SETTINGS), default="dpo",
+        help="Each round's policy update: DPO on the pairs, or GRPO against the reward model.",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from rlhf.cli.common import setup_logging
