@@ -181,6 +181,12 @@ class LoopConfig(StrictModel):
     policy: dict[str, Any] = Field(
         default_factory=dict, description="The policy update's config (a partial one)."
     )
+    policy_reference: Literal["initial", "previous"] | None = Field(
+        None,
+        description="π_ref of each round's policy update: the initial policy or the previous "
+        "round's (default: previous for DPO, i.e. iterative DPO; initial for the online "
+        "recipes, whose KL to a moving reference would compound round after round).",
+    )
     eval: LoopEval = Field(default_factory=LoopEval, description="Evaluation after each round.")
 
     @model_validator(mode="after")
@@ -299,6 +305,11 @@ def stage_configs_of_round(
         }
     if gold is not None:
         defaults["eval.gold_reward"] = gold
+    anchor = config.policy_reference or (
+        "previous" if config.policy_algorithm == "dpo" else "initial"
+    )
+    if anchor == "initial":  # else the recipe's default: its starting weights, the last policy
+        defaults["reference.path"] = initial_policy(config, paths)
     cls = stage_recipe(config.policy_algorithm).config_class()
     policy = stage_config(
         cls, f"{config.policy_algorithm} (round {number})", config.policy, defaults
