@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from rlhf.cli import app as cli
-from rlhf.feedback.app import create_app
+from rlhf.feedback.app import ServedApp
 
 try:
     from playwright.sync_api import Page, expect
@@ -115,21 +112,8 @@ def serve_live(
 ) -> Iterator[Live]:
     """The app under uvicorn on a free loopback port, with alice and bob and a campaign per
     source (name: (task, rows, extra campaign settings), as in SOURCES)."""
-    app = create_app(str(db), sampler=fake_model)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "the server did not start"
-        port = sock.getsockname()[1]
-        admin = app.state.feedback.admin_token
-        live = Live(f"http://127.0.0.1:{port}", admin, "", "", 0)
+    with ServedApp(str(db), sampler=fake_model) as served:
+        live = Live(served.url, served.state.admin_token, "", "", 0)
         alice, bob = live.user("alice"), live.user("bob")
         live.alice, live.bob, live.alice_id = alice["token"], bob["token"], alice["id"]
         for name, (task, rows, extra) in sources.items():
@@ -137,10 +121,6 @@ def serve_live(
             body["guidelines"] = f"Label each {task} item carefully."
             live.campaigns[name] = live.call("POST", "/api/admin/campaigns", json=body).json()["id"]
         yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,19 @@ def ratings_table(rows: Sequence[Mapping[str, Any]]) -> str | None:
     return "\n".join(lines)
 
 
+def labels_points(rows: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, float, float]]:
+    """(labels spent, the rounds' ``key``, its standard error or 0) for each round that has
+    it; for ``gold``, the initial policy's at 0 labels first."""
+    points = [
+        (r.get("labels_total", 0), r[key], r.get(f"{key}_se") or 0.0)
+        for r in rows
+        if r.get(key) is not None
+    ]
+    if key == "gold" and rows and rows[0].get("gold_initial") is not None:
+        points.insert(0, (0, rows[0]["gold_initial"], 0.0))
+    return points
+
+
 def plot_loop(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
     """Gold against labels spent (left); RM accuracy on fresh labels and win rate over the
     previous round, per round (right)."""
@@ -67,11 +80,7 @@ def plot_loop(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path
 
     figure = Figure(figsize=(11, 4.2))
     gold_axes, rate_axes = figure.subplots(1, 2)
-    points = [
-        (r.get("labels_total", 0), r["gold"], r.get("gold_se") or 0.0) for r in rows if "gold" in r
-    ]
-    if rows and rows[0].get("gold_initial") is not None:
-        points.insert(0, (0, rows[0]["gold_initial"], 0.0))
+    points = labels_points(rows, "gold")
     if points:
         xs, ys, errors = zip(*points, strict=True)
         gold_axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3)
@@ -132,13 +141,7 @@ def plot_label_efficiency(
     panels = figure.subplots(1, len(EFFICIENCY))
     for axes, (key, label) in zip(panels, EFFICIENCY, strict=True):
         for name, rows in runs.items():
-            points = [
-                (r["labels_total"], r[key], r.get(f"{key}_se") or 0.0)
-                for r in rows
-                if r.get(key) is not None
-            ]
-            if key == "gold" and rows and rows[0].get("gold_initial") is not None:
-                points.insert(0, (0, rows[0]["gold_initial"], 0.0))
+            points = labels_points(rows, key)
             if points:
                 xs, ys, errors = zip(*points, strict=True)
                 axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=plain_text(name))

@@ -113,10 +113,16 @@ class ServedApp:
     also does other work (``rlhf loop`` serves its rounds' campaigns while it trains), as a
     context manager: ``url`` once entered, ``state`` the app's :class:`AppState` (its
     transactions are the ones the routes use, so the program and the routes never write at
-    once). ``port`` 0: a free one."""
+    once). ``port`` 0: a free one; ``sampler`` as :func:`create_app` takes it."""
 
-    def __init__(self, db: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = create_app(db)
+    def __init__(
+        self,
+        db: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sampler: Sampler | Mapping[str, Sampler] | None = None,
+    ) -> None:
+        self.app = create_app(db, sampler=sampler)
         self.state: AppState = self.app.state.feedback
         self.host, self.port = host, port
         self.url = ""

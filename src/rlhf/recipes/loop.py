@@ -255,6 +255,16 @@ def init_stages(config: LoopConfig, paths: LoopPaths) -> list[tuple[str, RecipeC
     return stages
 
 
+def reward_models_after(config: LoopConfig, paths: LoopPaths, number: int) -> list[str]:
+    """The ensemble's model folders after round ``number`` (none after round 0)."""
+    if number == 0:
+        return []
+    return [
+        str(paths.reward_model(number, member) / "model")
+        for member in range(config.reward_model_ensemble)
+    ]
+
+
 def policy_of_round(config: LoopConfig, paths: LoopPaths, number: int) -> str:
     """The policy after round ``number`` (0: the initial one)."""
     if number == 0 or config.policy_algorithm == "none":
@@ -609,19 +619,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ measuring
 
 
+def ensemble_margins(
+    reward_models: Sequence[str],
+    prompts: Sequence[Text],
+    first: Sequence[str],
+    second: Sequence[str],
+) -> torch.Tensor:
+    """[N] the reward models' mean score of ``first[i]`` less that of ``second[i]``."""
+    scores = reward_scores(reward_models, [*prompts, *prompts], [*first, *second], 1)
+    assert scores is not None
+    mean = scores.mean(dim=(1, 2))
+    return mean[: len(prompts)] - mean[len(prompts) :]
+
+
 def fresh_accuracy(reward_models: Sequence[str], rows: Sequence[dict[str, Any]]) -> float | None:
     """How often the last round's reward models (their mean score) already agreed with this
-    round's new labels: accuracy on labels they never saw (None in round 1)."""
+    round's new labels: accuracy on labels they never saw, a tie counting ½ (None in round
+    1)."""
     if not reward_models or not rows:
         return None
-    prompts = [row["prompt"] for row in rows]
-    chosen = reward_scores(reward_models, prompts * 2, [r["chosen"] for r in rows]
-                           + [r["rejected"] for r in rows], 1)  # fmt: skip
-    assert chosen is not None
-    mean = chosen.mean(dim=(1, 2))
-    wins = (mean[: len(rows)] > mean[len(rows) :]).double()
-    ties = (mean[: len(rows)] == mean[len(rows) :]).double()
-    return float((wins + 0.5 * ties).mean())
+    margins = ensemble_margins(
+        reward_models, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
+        [r["rejected"] for r in rows],
+    )  # fmt: skip
+    return float(((margins > 0).double() + 0.5 * (margins == 0).double()).mean())
 
 
 def evaluate_policy(config: LoopConfig, paths: LoopPaths, number: int) -> dict[str, Any]:
@@ -722,13 +743,10 @@ def gold_pair_accuracy(config: LoopConfig, paths: LoopPaths, reward_models: Sequ
     rows = read_jsonl(path)
     if not rows:
         return float("nan")
-    prompts = [row["prompt"] for row in rows]
-    scores = reward_scores(
-        reward_models, prompts * 2, [r["a"] for r in rows] + [r["b"] for r in rows], 1
+    margins = ensemble_margins(
+        reward_models, [r["prompt"] for r in rows], [r["a"] for r in rows], [r["b"] for r in rows]
     )
-    assert scores is not None
-    mean = scores.mean(dim=(1, 2))
-    says_a = mean[: len(rows)] > mean[len(rows) :]
+    says_a = margins > 0
     gold_a = torch.tensor([row["gold_a"] > row["gold_b"] for row in rows])
     return float((says_a == gold_a).double().mean())
 
@@ -856,12 +874,8 @@ class _Loop:
         config, paths = self.config, self.paths
         pool_size = items * config.selection.pool
         prompts = round_prompts(self.prompts, pool_size, (number - 1) * pool_size, config.seed)
-        members = range(config.reward_model_ensemble)
-        reward_models = (
-            [str(paths.reward_model(number - 1, m) / "model") for m in members]
-            if number > 1 and config.selection.strategy == "uncertainty"
-            else []
-        )
+        uncertainty = config.selection.strategy == "uncertainty"
+        reward_models = reward_models_after(config, paths, number - 1) if uncertainty else []
         pool = sample_pool(config, paths, number, prompts, reward_models)
         strategy: Strategy = config.selection.strategy if number > 1 else "random"
         picked = select([c.score for c in pool], items, strategy, seed=config.seed * 1_000 + number)
@@ -914,11 +928,7 @@ class _Loop:
                 "anyone labelled)"
             )
         write_jsonl(paths.round(number) / "reward_model_labels.jsonl", rm_rows)
-        previous = [
-            str(paths.reward_model(number - 1, m) / "model")
-            for m in range(config.reward_model_ensemble)
-        ] if number > 1 else []  # fmt: skip
-        accuracy = fresh_accuracy(previous, train_rows)
+        accuracy = fresh_accuracy(reward_models_after(config, paths, number - 1), train_rows)
         members, policy = stage_configs_of_round(config, paths, number)
         for member, member_config in enumerate(members):
             run_stage(f"round {number}: reward model {member}", "reward_model", member_config)
@@ -930,11 +940,11 @@ class _Loop:
                 target = paths.policy(number) / "model"
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(policy_of_round(config, paths, number - 1), target)
-        members_now = [
-            str(paths.reward_model(number, m) / "model")
-            for m in range(config.reward_model_ensemble)
-        ]
-        gold_accuracy = gold_pair_accuracy(config, paths, members_now) if config.eval.gold else None
+        gold_accuracy = (
+            gold_pair_accuracy(config, paths, reward_models_after(config, paths, number))
+            if config.eval.gold
+            else None
+        )
         before = evaluate_policy(config, paths, number - 1)
         after = evaluate_policy(config, paths, number)
         stats = self.db(lambda s: campaign_stats(s, get_campaign(s, campaign_id)))
