@@ -405,6 +405,12 @@ def add_run_arguments(parser: Any) -> Any:
         default=1,
         help="runs of each side, alternating; each side's best counts (default %(default)s)",
     )
+    return add_bf16_argument(parser)
+
+
+def add_bf16_argument(parser: Any) -> Any:
+    """``--no-bf16`` (``args.bf16``), which :func:`variants` reads; shared with every benchmark
+    that runs the bf16 variants."""
     parser.add_argument(
         "--no-bf16",
         dest="bf16",

@@ -48,6 +48,13 @@ Each side also runs a compiled variant unless ``--no-compile`` (as ``bench_grpo`
 ``cache_implementation="static"`` and ``torch_compile=True``. Each side's figure is its best
 setting. Every child gets a fresh TorchInductor cache folder.
 
+On a CPU with bf16 matrix units (AVX512-BF16 or AMX) every setting also runs in bf16 mixed
+precision on both sides, as in ``bench_grpo`` (``--no-bf16`` skips them): fp32 weights,
+gradients and optimiser state under bf16 autocast; ours ``train.mixed_precision=bf16`` (the
+update and π_ref's pass under autocast, sampling in fp32), TRL ``bf16=True`` (its default;
+compiled without the static cache, which transformers allocates in fp32 and autocast cannot
+write bf16 keys into). The MFU column stays against the fp32 peak.
+
 The table shows, per run, what a reader needs to check that both did the same work: the mean
 response length (tokens, EOS included; the untrained policy rarely emits EOS, so about
 ``--max-new-tokens``), the share of responses that ended with EOS, the optimiser steps taken,
@@ -110,8 +117,8 @@ from _harness import (
     trl_train_settings,
 )
 from bench_dpo import fresh_compile_cache
+from bench_grpo import add_bf16_argument, matmul_peak, run_sides, summarize, variants
 from bench_grpo import build_workload as build_grpo_workload
-from bench_grpo import matmul_peak, run_sides, summarize
 from bench_sft import MAX_GRAD_NORM, SEED
 
 BENCHMARK = "online_dpo"
@@ -218,10 +225,12 @@ def train_ours(
     labeller: str,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run ``rlhf.recipes.online_dpo.run_online_dpo``; each step's end time and rollout
     figures from metrics.jsonl, the sampling seconds of each iteration (``OnlineRun.sample``).
-    ``compile``: ``sampling.compile`` and ``train.compile``."""
+    ``compile``: ``sampling.compile`` and ``train.compile``; ``bf16``:
+    ``train.mixed_precision=bf16``."""
     fresh_compile_cache(out_dir)
     import torch
 
@@ -266,6 +275,7 @@ def train_ours(
                 seed=SEED,
                 max_grad_norm=MAX_GRAD_NORM,
                 compile=compile,
+                mixed_precision="bf16" if bf16 else "no",
             ),
             "eval": {"prompts": 0},
             "out": out_dir,
@@ -301,6 +311,7 @@ def train_trl(
     labeller: str,
     threads: int | None = None,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run TRL's ``OnlineDPOTrainer`` configured like our side, timing each step's end and
     each ``_generate`` call, and checking the prompt ids it generates from.
@@ -308,7 +319,8 @@ def train_trl(
     One TRL step takes ``per_device_train_batch_size`` = P prompts, samples 2 responses to
     each, scores, labels and trains on them: a whole iteration, as on our side. ``compile``:
     a static KV cache for ``generate`` and ``torch_compile`` (the model compiled by the
-    Trainer), the nearest TRL's API comes to our compiled decoding.
+    Trainer), the nearest TRL's API comes to our compiled decoding; with ``bf16`` (TRL's
+    default mixed precision) ``generate`` keeps its dynamic cache (see the module docstring).
     """
     fresh_compile_cache(out_dir)
     import time
@@ -341,10 +353,10 @@ def train_trl(
         loss_type="sigmoid",
         missing_eos_penalty=None,
         use_vllm=False,
-        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED),
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED, bf16=bf16),
         disable_dropout=True,
         model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
-        cache_implementation="static" if compile else None,
+        cache_implementation="static" if compile and not bf16 else None,
         torch_compile=compile,
     )
     clock = trl_step_clock()
@@ -375,8 +387,10 @@ def train_trl(
 
     trainer._generate = recorded
     trainer.train()
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
+        raise RuntimeError(
+            f"TRL must train with bf16={bf16} and without gradient checkpointing here"
+        )
     if bad_prompts:
         raise RuntimeError(
             f"TRL generated from {len(bad_prompts)} prompts that are not our ids "
@@ -452,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="runs of each side, alternating; each side's best counts (default %(default)s)",
     )
-    args = parser.parse_args(argv)
+    args = add_bf16_argument(parser).parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         sys.exit("--steps and --repeats must be at least 1 and --warmup at least 0")
     if args.prompts_per_step < 1 or args.max_new_tokens < 1 or args.prompt_tokens < 2:
@@ -484,9 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_path": workload["tokens_path"],
         }
         runs = []
-        for compile in (False, True) if args.compile else (False,):
-            suffix, tag = (" compiled", "-compiled") if compile else ("", "")
-            setting = common | {"compile": compile}
+        for suffix, tag, variant in variants(args):
+            setting = common | variant
             runs.append(
                 (
                     f"ours{suffix}",

@@ -14,8 +14,9 @@ it, and the loss is averaged over the labelled steps of the batch. Both sides se
 token ids and the same batches: our side reads the builtin source and tokenises it itself
 (:mod:`rlhf.data.step_tokens`), TRL gets ``{"prompt", "completions", "labels"}`` rows and
 tokenises them itself (its ``tokenize_row``), with the separator appended to a prompt that does
-not end with it already (TRL writes none after it; ours does, once) and its tokenizer's BOS unset (TRL prepends BOS whenever the tokenizer
-has one; this tokenizer's convention, which ours follows, writes none). TRL reads the rows in
+not end with it already (TRL writes none after it; ours does, once) and its tokenizer's BOS
+unset (TRL prepends BOS whenever the tokenizer has one; this tokenizer's convention, which ours
+follows, writes none). TRL reads the rows in
 the order our loader served them (``train_sampling_strategy="sequential"``), so every batch
 holds the same solutions, padded to the same length. The TRL child returns its tokenisation
 and the run checks it against ours, id for id and label for label.
@@ -30,8 +31,10 @@ TRL removed ``PRMTrainer`` after 1.12 (``trl.experimental.prm``), so its side ru
 
 Metric: ``steps_per_s``, labelled solution steps (not optimiser steps) trained on per second
 over the measured optimiser steps, from the end of the last warm-up step to the end of the
-last. Each side runs in its own process, eager and compiled; each side's figure is its faster
-setting.
+last. Each side runs in its own process, eager and compiled, each in fp32 and, on a CPU with
+bf16 matrix units (AVX512-BF16 or AMX), in bf16 mixed precision (ours
+``train.mixed_precision=bf16``, TRL ``bf16=True``; ``--no-bf16`` skips them); each side's figure
+is its fastest setting.
 
     python benchmarks/bench_prm.py                  # 5 warm-up + 30 measured steps
     python benchmarks/bench_prm.py --threads 1      # on a shared machine
@@ -66,7 +69,7 @@ from _harness import (
     trl_train_settings,
 )
 from bench_dpo import fresh_compile_cache
-from bench_grpo import matmul_peak
+from bench_grpo import add_bf16_argument, matmul_peak, variants
 from bench_ppo import trl_python
 from bench_sft import MAX_GRAD_NORM, SEED, TOKENIZER_SENTENCES, VOCAB_SIZE
 
@@ -166,8 +169,10 @@ def train_ours(
     total_steps: int,
     compile: bool,
     threads: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """Run ``rlhf.recipes.prm.run_prm``; step end times from metrics.jsonl.
+    """Run ``rlhf.recipes.prm.run_prm``; step end times from metrics.jsonl. ``bf16``:
+    ``train.mixed_precision=bf16``.
 
     The solutions of every batch are recorded as the recipe's collate function receives them
     (a reference kept per step; read after training), for TRL to read in the same order.
@@ -199,6 +204,7 @@ def train_ours(
                 max_steps=total_steps,
                 epochs=1.0,
                 compile=compile,
+                mixed_precision="bf16" if bf16 else "no",
             ),
             "out": out_dir,
             "tensorboard": False,
@@ -238,9 +244,11 @@ def train_trl(
     total_steps: int,
     compile: bool,
     threads: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Run TRL 1.12's ``PRMTrainer`` configured like our side (in ``.venv-trl-ppo``), reading
-    the rows in order; returns its tokenisation next to the step end times."""
+    the rows in order; returns its tokenisation next to the step end times. ``bf16``: TRL's
+    ``bf16=True`` (its default)."""
     fresh_compile_cache(out_dir)
     import warnings
 
@@ -267,7 +275,7 @@ def train_trl(
         max_steps=total_steps,
         per_device_train_batch_size=BATCH_SOLUTIONS,
         gradient_accumulation_steps=1,
-        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED),
+        **trl_train_settings(LEARNING_RATE, MAX_GRAD_NORM, SEED, bf16=bf16),
         train_sampling_strategy="sequential",  # the rows come in our loader's batch order
         max_length=MAX_LENGTH,
         max_completion_length=None,
@@ -285,8 +293,10 @@ def train_trl(
         callbacks=[clock],
     )
     output = trainer.train()
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
+        raise RuntimeError(
+            f"TRL must train with bf16={bf16} and without gradient checkpointing here"
+        )
     solutions = [
         [
             ids,
@@ -357,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "--trl-python",
         help="Python of an environment with trl==1.12.0 (default: .venv-trl-ppo/bin/python)",
     )
-    args = parser.parse_args(argv)
+    args = add_bf16_argument(parser).parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         sys.exit("--steps must be at least 1 and --warmup at least 0")
     total_steps = args.warmup + args.steps
@@ -375,20 +385,21 @@ def main(argv: list[str] | None = None) -> int:
         progress("timing fp32 matrix products")
         peak = run_in_child(matmul_peak, threads=args.threads)
         # Each side runs eager and compiled (ours: `train.compile`, regional; TRL:
-        # `torch_compile`, the whole model); each side's figure is its faster setting.
-        settings = (False, True) if args.compile else (False,)
+        # `torch_compile`, the whole model), each in fp32 and, on a CPU with bf16 matrix units,
+        # bf16 mixed precision; each side's figure is its fastest setting.
+        settings = variants(args)
         common = {"model_dir": workload["model_dir"], "total_steps": total_steps}
         common |= {"threads": args.threads}
         sides: dict[str, dict[str, Any]] = {}
-        for compiled in settings:
-            label = f"ours{' compiled' if compiled else ''}"
+        for suffix, tag, setting in settings:
+            label = f"ours{suffix}"
             progress(f"{label}: {total_steps} steps")
             try:
                 sides[label] = run_in_child(
                     train_ours,
                     source=workload["source"],
-                    out_dir=str(work / label.replace(" ", "-")),
-                    compile=compiled,
+                    out_dir=str(work / f"ours{tag}"),
+                    **setting,
                     **common,
                 )
             except BenchmarkError as error:  # a setting that fails is reported, not fatal
@@ -403,16 +414,16 @@ def main(argv: list[str] | None = None) -> int:
                 workload["model_dir"], workload["source"], workload["trl_rows"], served
             )
             rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-            for compiled in settings:
-                label = f"trl{' compiled' if compiled else ''}"
+            for suffix, tag, setting in settings:
+                label = f"trl{suffix}"
                 progress(f"{label}: {total_steps} steps")
                 try:
                     sides[label] = run_in_child(
                         train_trl,
                         python=python,
                         rows_path=str(rows_path),
-                        out_dir=str(work / label.replace(" ", "-")),
-                        compile=compiled,
+                        out_dir=str(work / f"trl{tag}"),
+                        **setting,
                         **common,
                     )
                 except BenchmarkError as error:

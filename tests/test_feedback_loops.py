@@ -66,3 +66,48 @@ def test_a_version_1_database_gains_the_loop_tables(tmp_path: Path) -> None:
             assert connection.execute(text("SELECT version FROM schema_version")).scalar() == 2
     finally:
         engine.dispose()
+
+
+def test_the_loops_bots_never_take_over_an_admins_or_a_deactivated_account(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    import pytest
+    from sqlalchemy import select
+
+    from rlhf.config import ConfigError, load_config, preset_path, read_yaml
+    from rlhf.feedback.db import User
+    from rlhf.feedback.service import create_user
+    from rlhf.recipes.loop import LoopConfig, bot_annotators
+
+    config = load_config(
+        LoopConfig, None, [f"out={tmp_path / 'demo'}", "bots.count=2"],
+        base=read_yaml(preset_path("loop", "tiny")),
+    )  # fmt: skip
+    with serve(str(tmp_path / "fb.db")) as api:
+        state = api.app.state.feedback
+        served = SimpleNamespace(state=state, url="http://127.0.0.1:9")  # no request is made
+
+        def accounts(session):  # type: ignore[no-untyped-def]
+            users = session.scalars(select(User).where(User.name.like("demo-bot-%")))
+            return {user.name: (user.role, user.active) for user in users}
+
+        # made where missing, taken again (a new token) by a resumed loop
+        first = [bot.name for bot in bot_annotators(config, served, "demo")]
+        assert first == ["demo-bot-1", "demo-bot-2"]
+        assert [bot.name for bot in bot_annotators(config, served, "demo")] == first
+        assert state.transaction(accounts) == {
+            "demo-bot-1": ("annotator", True), "demo-bot-2": ("annotator", True),
+        }  # fmt: skip
+        state.transaction(lambda session: create_user(session, "other-bot-2", "admin"))
+        with pytest.raises(ConfigError, match=r"'other-bot-2' is an admin's.*loop_name"):
+            bot_annotators(config, served, "other")
+
+        def deactivate(session):  # type: ignore[no-untyped-def]
+            session.scalar(select(User).where(User.name == "demo-bot-2")).active = False
+
+        state.transaction(deactivate)
+        with pytest.raises(ConfigError, match=r"'demo-bot-2' is deactivated.*bots\.count"):
+            bot_annotators(config, served, "demo")
+        assert state.transaction(accounts)["demo-bot-2"] == ("annotator", False)

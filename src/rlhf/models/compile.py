@@ -45,9 +45,13 @@ def compile_blocks(model: torch.nn.Module) -> bool:
     if none were found."""
     # One block's code serves every pass over every model, and dynamo keeps a graph per
     # combination it meets: grad on or off, trainable or frozen weights (policy vs. reference),
-    # per-row or shared positions (padded vs. packed batches), static then dynamic lengths.
-    # An online recipe meets about a dozen; past the limit (8 by default) dynamo silently runs
-    # the block eagerly, so the limit is raised to leave room for all of them.
+    # per-row or shared positions (padded vs. packed batches), a padding mask or none (a batch
+    # of equal lengths). An online recipe meets about a dozen; past the limit (8 by default)
+    # dynamo silently runs the block eagerly, so the limit is raised to leave room for all.
+    # Lengths are dynamic from the first graph on: with dynamo's default (a graph specialised
+    # to the first length, a dynamic one when the length changes) batches of varying length
+    # compiled two or three graphs more per combination, seconds each, some of them well into
+    # training (bench_prm: a 3.8 s step at step 6).
     torch._dynamo.config.recompile_limit = max(
         torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT
     )
@@ -60,11 +64,11 @@ def compile_blocks(model: torch.nn.Module) -> bool:
             continue  # a causal LM's inner decoder holds the blocks already compiled
         compiled.add(id(blocks))
         for block in blocks:
-            block.compile(dynamic=None)
+            block.compile(dynamic=True)
         base = unwrap(module)
         final_norm = getattr(getattr(base, base.base_model_prefix, None), "norm", None)
         if isinstance(final_norm, torch.nn.Module):
-            final_norm.compile(dynamic=None)
+            final_norm.compile(dynamic=True)
     if not compiled:
         logger.warning("compile: no transformer blocks found; training uncompiled")
     return bool(compiled)

@@ -474,7 +474,10 @@ def checkpoint_name(number: int) -> str:
 
 
 def bot_annotators(config: LoopConfig, served: Any, loop_name: str) -> list[Any]:
-    """The bots' accounts (made, or given a new token on --resume) and the bots, logged in."""
+    """The bots' accounts (made, or given a new token on --resume) and the bots, logged in.
+    An account of a bot's name that is an admin's or deactivated is an error, not taken over
+    (as :func:`rlhf.sim.bots.bot_accounts` refuses it through the admin API)."""
+    from rlhf.config import ConfigError
     from rlhf.feedback.db import User
     from rlhf.feedback.service import create_user, rotate_token
     from rlhf.sim.annotators import SimulatedAnnotator
@@ -491,8 +494,18 @@ def bot_annotators(config: LoopConfig, served: Any, loop_name: str) -> list[Any]
             user = session.scalar(select(User).where(User.name == name))
             if user is None:
                 made.append((name, create_user(session, name, "annotator")[1]))
-            else:
-                made.append((name, rotate_token(session, user)))
+                continue
+            if user.role != "annotator":
+                raise ConfigError(
+                    f"bots: the account {name!r} is an {user.role}'s, not a bot's; choose "
+                    "another loop_name"
+                )
+            if not user.active:
+                raise ConfigError(
+                    f"bots: the account {name!r} is deactivated; reactivate it on the admin "
+                    "page, or set a smaller bots.count"
+                )
+            made.append((name, rotate_token(session, user)))
         return made
 
     bots = []
