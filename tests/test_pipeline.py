@@ -238,3 +238,58 @@ def test_the_full_packaged_pipelines_validate(name, tmp_path):
         assert config.eval.preference.nontransitive == config.feedback.annotators.nontransitive
     else:
         assert "builtin:offline-vs-online" in " ".join(config.notes)
+
+
+def test_process_supervision_tiny_compares_choosing_one_of_n_in_the_report(tmp_path):
+    """`rlhf run builtin:process-supervision-tiny`: a PRM stage after the reward model, and the
+    report's "choosing one of N" comparison of the SFT policy's best-of-N samples; then the
+    comparison's wiring on hand-made samples: the reward model's scores choose for the ORM,
+    the gold verdicts say what is right, the PRM's own step scores choose for the PRM."""
+    from rlhf.eval.policies import choose_among_samples
+    from rlhf.eval.report import load_report
+    from rlhf.eval.step_selection import comparison
+    from rlhf.losses.prm import aggregate_steps
+    from rlhf.rewards.prm import ProcessReward
+    from rlhf.rollout.candidates import CandidateRecord
+
+    out = tmp_path / "ps"
+    result = CliRunner().invoke(
+        app, ["run", "builtin:process-supervision-tiny", f"out={out}", "progress=false"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "prm" / "model" / "config.json").exists()
+    report = load_report(out / "report")
+    labels = [selector.label for selector in comparison(with_outcome=True)]
+    assert [(p.selector, p.n) for p in report.selection] == [
+        (label, n) for label in labels for n in (1, 2, 4)
+    ]
+    assert all(0.0 <= p.accuracy <= 1.0 for p in report.selection)
+    markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert "## Choosing one of N solutions" in markdown and "selection.png" in markdown
+    assert (out / "report" / "selection.png").stat().st_size > 0
+
+    prompt = "Compute 4 - 1 - 2 - 1.\n"
+    right = "4 - 1 = 3\n3 - 2 = 1\n1 - 1 = 0\nThe answer is 0."
+    wrong = ["4 - 1 = 3\n3 - 2 = 2\n2 - 1 = 1\nThe answer is 1.", "4 - 1 = 2\nThe answer is 2."]
+    responses = (wrong[0], right, wrong[1], right)
+    sample = CandidateRecord(
+        prompt, responses, (True,) * 4, (0.0,) * 4,
+        extra={"rewards": [0.9, 0.1, 0.2, 0.3], "gold": [0.0, 1.0, 0.0, 1.0]},
+    )  # fmt: skip
+    points = {
+        (p.selector, p.n): p.accuracy
+        for p in choose_among_samples([sample], out / "prm" / "model", 4)
+    }
+    assert points["oracle (any right)", 1] == 0.5 and points["oracle (any right)", 4] == 1.0
+    assert points["orm", 2] == 0.5 and points["orm", 4] == 0.0  # 0.9 is the wrong first one
+    assert points["majority", 4] == 1.0  # "0" twice, "1" and "2" once each
+    steps = ProcessReward(str(out / "prm" / "model")).step_scores([prompt] * 4, list(responses))
+    products = [float(aggregate_steps(s, "product")) for s in steps]
+    chosen = max(range(4), key=lambda k: (products[k], -k))  # ties: the first
+    assert points["prm (product)", 4] == (1.0 if chosen in (1, 3) else 0.0)
+
+    with pytest.raises(ConfigError, match=r"eval\.best_of_n"):
+        load_config(
+            PipelineConfig, None, ["eval.best_of_n=1"],
+            base=read_yaml(preset_path("pipeline", "process-supervision-tiny")),
+        )  # fmt: skip

@@ -77,7 +77,8 @@ def run_pipeline_file(
         str,
         typer.Argument(
             help="Pipeline YAML (see docs/quickstart.md), or builtin:NAME for a packaged one: "
-            "quickstart, tiny, offline-vs-online, offline-vs-online-tiny."
+            "quickstart, tiny, offline-vs-online, offline-vs-online-tiny, process-supervision, "
+            "process-supervision-tiny."
         ),
     ],
     overrides: OverridesArgument = None,

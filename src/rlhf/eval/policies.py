@@ -32,6 +32,7 @@ from rlhf.eval.results import (
     PolicyEval,
     Report,
     RewardModelEval,
+    SelectionPoint,
 )
 from rlhf.eval.stats import preference_rate, win_rate
 from rlhf.rewards.preference import PreferenceSpec
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from rlhf.models.reference import ReferenceModel
     from rlhf.rewards.base import RewardFunction
     from rlhf.rewards.preference import PreferenceFunction
+    from rlhf.rollout.candidates import CandidateRecord
     from rlhf.rollout.types import GenerationEngine, RolloutBatch, SamplingParams
 
 
@@ -95,6 +97,9 @@ class PipelineRuns:
     reward_model: Path  # the reward model's run folder (model/, metrics.jsonl)
     feedback: Path  # the labels: train.jsonl and heldout.jsonl
     trained: list[TrainedRun] = field(default_factory=list)  # in the report's order
+    # a process reward model's run folder: choosing one of the SFT policy's best-of-N samples
+    # by it, by the reward model and by voting, scored by the gold verifier
+    process_reward_model: Path | None = None
 
 
 @dataclass
@@ -336,6 +341,7 @@ def evaluate_pipeline(
                 )
 
         best_of_n: list[BestOfNPoint] = []
+        selection: list[SelectionPoint] = []
         if settings.best_of_n > 1:
             bon_params = SamplingParams(
                 settings.max_new_tokens,
@@ -348,6 +354,10 @@ def evaluate_pipeline(
                 BestOfNPoint(n=p.n, kl=p.kl, proxy=p.reward, gold=float(p.gold or 0.0))
                 for p in curve.points
             ]
+            if runs.process_reward_model is not None:
+                selection = choose_among_samples(
+                    curve.samples, runs.process_reward_model / "model", settings.best_of_n
+                )
     finally:
         close_engine(sft_engine)
 
@@ -400,4 +410,21 @@ def evaluate_pipeline(
         config=dict(config) if config is not None else {},
         preference_curves=[preference_curve(r) for r in runs.trained if r.preference_curve],
         head_to_head=matches,
+        selection=selection,
     )
+
+
+def choose_among_samples(
+    samples: Sequence[CandidateRecord], prm_dir: Path, max_n: int
+) -> list[SelectionPoint]:
+    """Choosing one of N of each prompt's best-of-N samples (``rewards``: the reward model's
+    scores, the ORM; ``gold``: a 0/1 verifier's) by the process reward model in ``prm_dir``, the
+    ORM, majority and PRM-weighted voting, and the oracle, at N = 1, 2, 4, ..., ``max_n``
+    (:mod:`rlhf.eval.step_selection`, as ``rlhf best-of-n --prm``)."""
+    from rlhf.eval.best_of_n import best_of_n_sizes
+    from rlhf.eval.step_selection import comparison, scored_candidates, selection_points
+    from rlhf.rewards.prm import ProcessReward
+
+    process = ProcessReward(str(prm_dir))
+    problems = scored_candidates(samples, process, with_outcome=True)
+    return selection_points(problems, best_of_n_sizes(max_n), comparison(with_outcome=True))

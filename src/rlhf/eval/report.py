@@ -29,6 +29,7 @@ from rich.text import Text
 from rlhf.eval.findings import Expectation, Findings, assess, fmt, percent, summary
 from rlhf.eval.results import (
     Report,
+    SelectionPoint,
     json_safe,
 )
 from rlhf.eval.stats import best_of_n_curve, matched_kl
@@ -39,6 +40,7 @@ __all__ = [
     "plot_overoptimisation",
     "plot_policies",
     "plot_preference_curves",
+    "plot_selection",
     "summary_table",
     "to_html",
     "to_markdown",
@@ -49,6 +51,7 @@ REPORT_JSON = "report.json"
 OVEROPTIMISATION_PNG = "overoptimisation.png"
 POLICIES_PNG = "policies.png"
 PREFERENCE_CURVES_PNG = "preference_curves.png"
+SELECTION_PNG = "selection.png"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ def write_report(report: Report, out_dir: str | Path) -> ReportPaths:
         plots["policies"] = plot_policies(report, out / POLICIES_PNG)
     if report.preference_curves:
         plots["preference_curves"] = plot_preference_curves(report, out / PREFERENCE_CURVES_PNG)
+    if report.selection:
+        plots["selection"] = plot_selection(report.selection, out / SELECTION_PNG)
     blocks = _document(report, assess(report), {name: path.name for name, path in plots.items()})
     markdown_path = out / "report.md"
     markdown_path.write_text(to_markdown(blocks), encoding="utf-8")
@@ -238,6 +243,45 @@ def plot_preference_curves(report: Report, path: Path) -> Path:
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
     return save_figure(figure, report.title, left_out, path)
+
+
+def plot_selection(points: Sequence[SelectionPoint], path: Path) -> Path:
+    """Accuracy of the chosen solution against N (log scale), one line per selector, error
+    bars ±1 standard error over problems; the oracle (any right) dotted, as the ceiling."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 3.8))
+    axes = figure.subplots()
+    left_out = 0
+    for selector in dict.fromkeys(point.selector for point in points):
+        line = [p for p in points if p.selector == selector and _finite(p.accuracy, p.se)]
+        left_out += sum(p.selector == selector for p in points) - len(line)
+        axes.errorbar(
+            [p.n for p in line], [p.accuracy for p in line], [p.se for p in line],
+            marker="o", markersize=3, capsize=2, label=plain_text(selector),
+            linestyle=":" if selector.startswith("oracle") else "-",
+        )  # fmt: skip
+    axes.set_xscale("log", base=2)
+    ns = sorted({point.n for point in points})
+    axes.set_xticks(ns, [str(n) for n in ns])
+    axes.set_xlabel("N (solutions sampled per problem)")
+    axes.set_ylabel("accuracy of the chosen solution")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    return save_figure(figure, "choosing one of N solutions", left_out, path)
+
+
+def selection_rows(points: Sequence[SelectionPoint]) -> tuple[list[str], list[list[str]]]:
+    """The selection comparison as a table: one row per selector, one column per N, each
+    cell the accuracy ± its standard error."""
+    ns = sorted({point.n for point in points})
+    rows = []
+    for selector in dict.fromkeys(point.selector for point in points):
+        by_n = {p.n: p for p in points if p.selector == selector}
+        rows.append(
+            [selector, *(_with_se(by_n[n].accuracy, by_n[n].se) if n in by_n else "" for n in ns)]
+        )
+    return ["selector", *(f"N = {n}" for n in ns)], rows
 
 
 def plot_policies(report: Report, path: Path) -> Path:
@@ -441,6 +485,27 @@ def _document(report: Report, findings: Findings, images: dict[str, str]) -> lis
                     [True, True, True, True, True],
                 ),
             ]
+
+    if report.selection:
+        from rlhf.eval.step_selection import SELECTOR_MEANINGS
+
+        header, rows = selection_rows(report.selection)
+        blocks += [
+            Heading(2, "Choosing one of N solutions"),
+            Paragraph(
+                "The SFT policy's best-of-N samples again, now asking how often the solution "
+                "each method chooses among N is right under the gold verifier (over disjoint "
+                "groups of N of each problem's samples, ± standard error over problems); "
+                "Lightman et al. 2023 expect the process reward model above majority voting "
+                "above the outcome reward model."
+            ),
+        ]
+        if "selection" in images:
+            blocks.append(Image(images["selection"], "accuracy against N"))
+        blocks += [
+            Table(header, rows, [False, *([True] * (len(header) - 1))]),
+            Bullets([f"{name}: {meaning}" for name, meaning in SELECTOR_MEANINGS.items()]),
+        ]
 
     if report.head_to_head:
         rows = [

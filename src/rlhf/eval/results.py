@@ -206,6 +206,18 @@ class HeadToHead(_Flat):
 
 
 @dataclass
+class SelectionPoint(_Flat):
+    """Choosing one of N solutions: the accuracy of one selector (a PRM aggregation, the ORM,
+    majority voting, ...) at one N, the mean over problems and its standard error
+    (:mod:`rlhf.eval.step_selection`)."""
+
+    n: int
+    selector: str
+    accuracy: float
+    se: float
+
+
+@dataclass
 class RewardModelEval(_Flat):
     """Reward-model accuracy on held-out simulated preference labels."""
 
@@ -262,6 +274,8 @@ class Report:
     # the DPO family's and online DPO's gold against KL along training (offline vs online)
     preference_curves: list[OptimisationCurve] = field(default_factory=list)
     head_to_head: list[HeadToHead] = field(default_factory=list)
+    # choosing one of the SFT policy's N samples by a PRM, the reward model, voting (PRM stage)
+    selection: list[SelectionPoint] = field(default_factory=list)
 
     def policy(self, name: str) -> PolicyEval | None:
         return next((p for p in self.policies if p.name == name), None)
@@ -281,6 +295,7 @@ class Report:
             "criteria": self.criteria.to_dict(),
             "preference_curves": [c.to_dict() for c in self.preference_curves],
             "head_to_head": [h.to_dict() for h in self.head_to_head],
+            "selection": [p.to_dict() for p in self.selection],
         }
 
     @classmethod
@@ -302,4 +317,5 @@ class Report:
                 OptimisationCurve.from_dict(c) for c in data.get("preference_curves", [])
             ],
             head_to_head=[HeadToHead.from_dict(h) for h in data.get("head_to_head", [])],
+            selection=[SelectionPoint.from_dict(p) for p in data.get("selection", [])],
         )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from rlhf.eval.results import SelectionPoint
 from rlhf.eval.stats import mean_and_se
 from rlhf.losses.prm import Aggregation, aggregate_steps
 from rlhf.rewards.rules import response_answer
@@ -135,6 +136,16 @@ def selection_curves(
     return {m: [accuracy_at(problems, n, m, aggregation) for n in ns] for m in methods}
 
 
+# what each selector picks, for reports (a beam-search line adds its own)
+SELECTOR_MEANINGS = {
+    "oracle": "a right solution whenever one of the N is right (the ceiling)",
+    "prm": "the solution whose step probabilities aggregate highest",
+    "orm": "the solution the outcome reward model scores highest",
+    "majority": "the most common final answer",
+    "weighted majority": "the final answer whose solutions' PRM scores (product) sum highest",
+}
+
+
 @dataclass(frozen=True)
 class Selector:
     """One line of the comparison: a method, with the PRM aggregation it uses (if any)."""
@@ -155,16 +166,6 @@ def comparison(with_outcome: bool) -> list[Selector]:
     selectors.append(Selector("majority", "majority"))
     selectors.append(Selector("weighted majority", "weighted_majority", "product"))
     return selectors
-
-
-@dataclass
-class SelectionPoint:
-    """Accuracy of one selector at one N: the mean over problems and its standard error."""
-
-    n: int
-    selector: str
-    accuracy: float
-    se: float
 
 
 def selection_points(

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.eval.best_of_n import BestOfNReport
-from rlhf.eval.step_selection import SelectionPoint
+from rlhf.eval.results import SelectionPoint
+from rlhf.eval.step_selection import SELECTOR_MEANINGS
 
 logger = logging.getLogger("rlhf")
 
@@ -75,28 +76,14 @@ def write_selection(points: list[SelectionPoint], out: str | Path) -> dict[str, 
         f"selection_{kind}": path
         for kind, path in _write_rows([asdict(p) for p in points], out, "selection").items()
     }
-    plt = _pyplot("selection.png")
-    if plt is None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.info("matplotlib is not installed: no selection.png (pip install matplotlib)")
         return paths
-    figure, axes = plt.subplots(figsize=(5.5, 3.8))
-    for selector in dict.fromkeys(point.selector for point in points):
-        line = [point for point in points if point.selector == selector]
-        axes.errorbar(
-            [p.n for p in line], [p.accuracy for p in line], [p.se for p in line],
-            marker="o", markersize=3, capsize=2, label=selector,
-            linestyle=":" if selector.startswith("oracle") else "-",
-        )  # fmt: skip
-    axes.set_xscale("log", base=2)
-    ns = sorted({point.n for point in points})
-    axes.set_xticks(ns, [str(n) for n in ns])
-    axes.set_xlabel("N (solutions sampled per problem)")
-    axes.set_ylabel("accuracy of the chosen solution")
-    axes.set_title("choosing one of N solutions")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    paths["selection_png"] = out / "selection.png"
-    figure.savefig(paths["selection_png"], dpi=120)
-    plt.close(figure)
+    from rlhf.eval.report import plot_selection
+
+    paths["selection_png"] = plot_selection(points, out / "selection.png")
     return paths
 
 
@@ -171,15 +158,6 @@ def selection_table(points: list[SelectionPoint]) -> object:
     return table
 
 
-SELECTOR_MEANINGS = {
-    "oracle": "a right solution whenever one of the N is right (the ceiling)",
-    "prm": "the solution whose step probabilities aggregate highest",
-    "orm": "the solution the outcome reward (--reward) scores highest",
-    "majority": "the most common final answer",
-    "weighted majority": "the final answer whose solutions' PRM scores (product) sum highest",
-}
-
-
 def write_markdown(
     report: BestOfNReport, points: list[SelectionPoint], out: str | Path, source: str
 ) -> Path:
@@ -204,7 +182,9 @@ def write_markdown(
     if (out / "best_of_n.png").exists():
         lines += ["", "![best-of-N](best_of_n.png)"]
     if points:
-        ns = sorted({point.n for point in points})
+        from rlhf.eval.report import selection_rows
+
+        header, rows = selection_rows(points)
         lines += [
             "",
             "## Choosing one of N solutions",
@@ -212,15 +192,10 @@ def write_markdown(
             "Accuracy of the chosen solution under the gold verifier, over disjoint groups of N "
             "of each prompt's samples (± standard error over prompts).",
             "",
-            "| selector | " + " | ".join(f"N = {n}" for n in ns) + " |",
-            "|---|" + "---|" * len(ns),
+            "| " + " | ".join(header) + " |",
+            "|---|" + "---|" * (len(header) - 1),
+            *("| " + " | ".join(row) + " |" for row in rows),
         ]
-        for selector in dict.fromkeys(point.selector for point in points):
-            by_n = {p.n: p for p in points if p.selector == selector}
-            cells = " | ".join(
-                f"{by_n[n].accuracy:.3f} ± {by_n[n].se:.3f}" if n in by_n else "" for n in ns
-            )
-            lines.append(f"| {selector} | {cells} |")
         lines += ["", "![accuracy against N](selection.png)", ""]
         meanings = dict(SELECTOR_MEANINGS)
         if any(point.selector.startswith("prm beam search") for point in points):

@@ -15,8 +15,12 @@ stage's ``out`` under the pipeline's ``out``, ``model.path`` from the stage befo
 feedback stage wrote, the seed) wherever the section leaves it unset, and every stage's config
 is validated when the pipeline's is loaded, so a typo fails before anything trains.
 
+With a ``prm`` section a process reward model trains from the SFT policy too, and the report
+compares choosing one of the SFT policy's best-of-N samples by it, by the reward model and by
+voting (``rlhf run builtin:process-supervision``, on the embedded step world).
+
 Output (``out``): one folder per stage (``pretrain/``, ``sft/``, ``feedback/``,
-``reward_model/``, ``ppo-kl0.01/``, ..., ``dpo/``), ``metrics.jsonl`` (every stage's rows, each
+``reward_model/``, ``ppo-kl0.01/``, ..., ``dpo/``, ``prm/``), ``metrics.jsonl`` (every stage's rows, each
 with its ``stage``), ``report/`` (``report.md``, ``report.html``, plots, ``report.json``).
 """
 
@@ -128,6 +132,13 @@ class PipelineConfig(StrictModel):
     sppo: dict[str, Any] | None = Field(
         None, description="SPPO against the preference model (a partial `rlhf sppo` config)."
     )
+    prm: dict[str, Any] | None = Field(
+        None,
+        description="A process reward model from the SFT policy (a partial `rlhf prm` config; "
+        "its data.train: step-labelled solutions): the report then compares choosing one of "
+        "the SFT policy's best-of-N samples by it, by the reward model and by voting, scored "
+        "by eval.gold (a 0/1 verifier such as rule=step_world).",
+    )
     title: str | None = Field(None, description="The report's title (default: from eval.gold).")
     notes: list[str] = Field([], description="Lines added to the report's notes.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -145,6 +156,11 @@ class PipelineConfig(StrictModel):
             raise ValueError("dpo_losses: each is a run like `dpo`; set the `dpo` section too")
         if len(set(self.dpo_losses)) != len(self.dpo_losses):
             raise ValueError(f"dpo_losses: a loss is named twice: {self.dpo_losses}")
+        if self.prm is not None and self.eval.best_of_n < 2:
+            raise ValueError(
+                "prm: the report compares choosing among the SFT policy's best-of-N samples; "
+                "set eval.best_of_n to 2 or more"
+            )
         needing = [name for name in ("nash_md", "sppo") if getattr(self, name) is not None]
         if needing and self.preference_model is None:
             raise ValueError(
@@ -175,6 +191,7 @@ class Stages:
     preference_model: RecipeConfig | None = None
     nash_md: RecipeConfig | None = None
     sppo: RecipeConfig | None = None
+    prm: RecipeConfig | None = None
 
     @property
     def feedback_dir(self) -> Path:
@@ -191,6 +208,7 @@ class Stages:
             ("preference_model", "preference_model", self.preference_model),
             ("nash-md", "nash_md", self.nash_md),
             ("sppo", "sppo", self.sppo),
+            ("prm", "prm", self.prm),
         ]
         return [(name, stage, config) for name, stage, config in runs if config is not None]
 
@@ -250,6 +268,13 @@ def stage_configs(config: PipelineConfig) -> Stages:
         **common,
     }
     stages = Stages(out=out, pretrain=pretrain, sft=sft, reward_model=rm, policy_dir=policy)
+    if config.prm is not None:
+        stages.prm = stage_config(
+            config_class("prm"),
+            "prm",
+            config.prm,
+            {"out": str(out / "prm"), "model.path": policy, **common},
+        )
     for coef in config.ppo_kl_coefs if config.ppo is not None else []:
         stages.ppo[coef] = stage_config(
             config_class("ppo"),
@@ -347,6 +372,7 @@ def evaluated_runs(stages: Stages) -> PipelineRuns:
         reward_model=Path(stages.reward_model.out),
         feedback=stages.feedback_dir,
         trained=trained,
+        process_reward_model=None if stages.prm is None else Path(stages.prm.out),
     )
 
 

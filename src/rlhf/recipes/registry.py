@@ -93,6 +93,7 @@ RECIPES: tuple[Recipe, ...] = (
         "prm", "rlhf.recipes.prm", "PRMConfig", "run_prm",
         "Train a process reward model: P(step correct) at every step of a solution, a "
         "per-step binary loss on step-level labels.",
+        stage="prm",
     ),
     Recipe(
         "raft", "rlhf.recipes.raft", "RAFTConfig", "run_raft",
