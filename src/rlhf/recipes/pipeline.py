@@ -20,8 +20,9 @@ compares choosing one of the SFT policy's best-of-N samples by it, by the reward
 voting (``rlhf run builtin:process-supervision``, on the embedded step world).
 
 Output (``out``): one folder per stage (``pretrain/``, ``sft/``, ``feedback/``,
-``reward_model/``, ``ppo-kl0.01/``, ..., ``dpo/``, ``prm/``), ``metrics.jsonl`` (every stage's rows, each
-with its ``stage``), ``report/`` (``report.md``, ``report.html``, plots, ``report.json``).
+``reward_model/``, ``ppo-kl0.01/``, ..., ``dpo/``, ``prm/``), ``metrics.jsonl`` (every stage's
+rows, each with its ``stage``), ``report/`` (``report.md``, ``report.html``, plots,
+``report.json``).
 """
 
 from __future__ import annotations
