@@ -101,3 +101,28 @@ def test_compile_blocks_leaves_room_for_every_graph_a_block_needs(tiny_model_dir
     with torch._dynamo.config.patch(recompile_limit=8):
         assert compile_blocks(load_model(str(tiny_model_dir)))
         assert torch._dynamo.config.recompile_limit == BLOCK_RECOMPILE_LIMIT
+
+
+def test_compiled_blocks_take_new_lengths_without_recompiling(tiny_model_dir):
+    """Batches of varying length (a reward model's, a PRM's) compile one block graph for
+    padded batches, whatever their length, and one for a batch without padding (transformers
+    passes no mask then): before lengths were dynamic from the start, each new kind of batch
+    compiled a graph for its first length and a dynamic one at its second."""
+    from torch._dynamo.utils import counters
+
+    from rlhf.models.load import load_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = load_model(str(tiny_model_dir))
+    assert compile_blocks(model)
+    generator = torch.Generator().manual_seed(0)
+    for length, padded in ((9, True), (12, True), (15, True), (11, False), (14, False), (8, True)):
+        ids = torch.randint(5, 100, (2, length), generator=generator)
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[1, length - 3 :] = 0  # right padding in the second row
+        # no KV cache, as every training and scoring pass runs (rlhf.models.forward)
+        model(input_ids=ids, attention_mask=mask, use_cache=False).logits.sum().backward()
+    # blocks with a padding mask, blocks without, the final norm (dynamo's default made 5)
+    assert counters["stats"]["unique_graphs"] == 3
