@@ -315,6 +315,16 @@ def trl_train_settings(
     }
 
 
+def check_trl_settings(trainer: Any, bf16: bool = False) -> None:
+    """After TRL trained: it ran in the precision :func:`trl_train_settings` asked for (fp32
+    unless ``bf16``) and without gradient checkpointing, which TRL's configs default to; a
+    RuntimeError otherwise (the comparison would not be of the same work)."""
+    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
+        raise RuntimeError(
+            f"TRL must train with bf16={bf16} and without gradient checkpointing here"
+        )
+
+
 def engine_step_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The training rows of our engine's ``metrics.jsonl`` (one per logged optimiser step, with
     ``log_every=1`` every step), in step order; each has ``time``, seconds since the training

@@ -40,6 +40,7 @@ from _harness import (
     FORWARD_FLOPS_PER_PARAM_TOKEN,
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     BenchmarkError,
+    check_trl_settings,
     common_arguments,
     engine_step_metrics,
     engine_train_settings,
@@ -208,8 +209,7 @@ def train_trl(
         )
     output = trainer.train()
     wall = time.perf_counter() - start
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    check_trl_settings(trainer)
     # every batch is full: the data hold a whole number of batches
     return {
         "ref_s": sum(reference_calls),

@@ -60,6 +60,7 @@ from _harness import (
     FORWARD_FLOPS_PER_PARAM_TOKEN,
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     BenchmarkError,
+    check_trl_settings,
     common_arguments,
     engine_step_metrics,
     engine_train_settings,
@@ -295,8 +296,7 @@ def train_trl(
         callbacks=[clock],
     )
     trainer.train()
-    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in the variant's precision without checkpointing")
+    check_trl_settings(trainer, bf16)
     return {
         "step_end_times": clock.ends,
         "episodes_per_step": [BATCH_RESPONSES] * len(clock.ends),

@@ -101,6 +101,7 @@ from typing import Any
 from _harness import (
     FORWARD_FLOPS_PER_PARAM_TOKEN,
     TRAIN_FLOPS_PER_PARAM_TOKEN,
+    check_trl_settings,
     common_arguments,
     cpu_description,
     engine_step_metrics,
@@ -387,10 +388,7 @@ def train_trl(
 
     trainer._generate = recorded
     trainer.train()
-    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError(
-            f"TRL must train with bf16={bf16} and without gradient checkpointing here"
-        )
+    check_trl_settings(trainer, bf16)
     if bad_prompts:
         raise RuntimeError(
             f"TRL generated from {len(bad_prompts)} prompts that are not our ids "

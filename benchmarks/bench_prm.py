@@ -53,6 +53,7 @@ from typing import Any
 from _harness import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     BenchmarkError,
+    check_trl_settings,
     common_arguments,
     cpu_description,
     engine_step_metrics,
@@ -293,10 +294,7 @@ def train_trl(
         callbacks=[clock],
     )
     output = trainer.train()
-    if trainer.args.bf16 != bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError(
-            f"TRL must train with bf16={bf16} and without gradient checkpointing here"
-        )
+    check_trl_settings(trainer, bf16)
     solutions = [
         [
             ids,

@@ -32,6 +32,7 @@ from typing import Any
 from _harness import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     BenchmarkError,
+    check_trl_settings,
     common_arguments,
     engine_step_metrics,
     engine_train_settings,
@@ -257,8 +258,7 @@ def train_trl(
     if len(trainer.train_dataset) != len(dataset):
         raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(dataset)} pairs")
     output = trainer.train()
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    check_trl_settings(trainer)
     # every batch is full: the data hold exactly total_steps x BATCH_PAIRS pairs
     return {
         "step_end_times": clock.ends,

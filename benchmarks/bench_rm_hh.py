@@ -45,6 +45,7 @@ from typing import Any
 
 from _harness import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
+    check_trl_settings,
     common_arguments,
     engine_step_metrics,
     format_table,
@@ -253,8 +254,7 @@ def train_trl(
     output = trainer.train()
     trainer.save_model(str(Path(out_dir) / "model"))  # ours saves its model too
     wall = time.perf_counter() - start
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    check_trl_settings(trainer)
     steps = len(clock.ends)
     return {
         "wall_s": wall,

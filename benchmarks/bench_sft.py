@@ -31,6 +31,7 @@ from typing import Any
 from _harness import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     BenchmarkError,
+    check_trl_settings,
     common_arguments,
     engine_train_settings,
     format_table,
@@ -220,8 +221,7 @@ def train_trl(
         callbacks=[clock],
     )
     output = trainer.train()
-    if trainer.args.bf16 or trainer.model.is_gradient_checkpointing:
-        raise RuntimeError("TRL must train in fp32 without gradient checkpointing here")
+    check_trl_settings(trainer)
     return {
         "mean_loss": output.training_loss,
         "step_end_times": clock.ends,
