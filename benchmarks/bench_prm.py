@@ -16,9 +16,9 @@ token ids and the same batches: our side reads the builtin source and tokenises 
 tokenises them itself (its ``tokenize_row``), with the separator appended to a prompt that does
 not end with it already (TRL writes none after it; ours does, once) and its tokenizer's BOS
 unset (TRL prepends BOS whenever the tokenizer has one; this tokenizer's convention, which ours
-follows, writes none). TRL reads the rows in
-the order our loader served them (``train_sampling_strategy="sequential"``), so every batch
-holds the same solutions, padded to the same length. The TRL child returns its tokenisation
+follows, writes none). TRL reads the rows in the order our loader served them
+(``train_sampling_strategy="sequential"``), so every batch holds the same solutions, padded to
+the same length. The TRL child returns its tokenisation
 and the run checks it against ours, id for id and label for label.
 
 What cannot be matched: TRL's head has 2 outputs (cross-entropy over wrong / correct), ours 1

@@ -76,10 +76,7 @@ def write_selection(points: list[SelectionPoint], out: str | Path) -> dict[str, 
         f"selection_{kind}": path
         for kind, path in _write_rows([asdict(p) for p in points], out, "selection").items()
     }
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        logger.info("matplotlib is not installed: no selection.png (pip install matplotlib)")
+    if _pyplot("selection.png") is None:
         return paths
     from rlhf.eval.report import plot_selection
 
